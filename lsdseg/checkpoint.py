@@ -1,0 +1,160 @@
+"""Checkpoint folders: ``model.safetensors`` + ``config.json`` + ``card.md``.
+
+Weights are stored with safetensors, so loading never unpickles anything. ``config.json`` holds
+every hyper-parameter (the full :class:`~lsdseg.config.ModelConfig`, latent scale factor and
+normalisation included), the lsdseg version that wrote it and a format number. Writes are
+atomic: files go to a temporary sibling folder that is renamed into place, so a crash or kill
+never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lsdseg.config import ModelConfig, from_dict, to_dict
+from lsdseg.model import LatentSegmenter
+from lsdseg.version import __version__
+
+FORMAT_VERSION = 1
+WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "card.md"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that is missing, incomplete, too new or inconsistent."""
+
+
+def save_checkpoint(
+    model: LatentSegmenter,
+    path: str | Path,
+    card: str = "",
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` to the folder ``path`` atomically (an existing folder is replaced).
+
+    Args:
+        model: the network; its ``cfg`` is saved as the config.
+        path: destination folder.
+        card: the model card (Markdown); a minimal one is written when empty.
+        extra: JSON-ready metadata stored under ``"extra"`` in config.json (metrics, data...).
+
+    Returns:
+        The folder written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "lsdseg_version": __version__,
+            "model": to_dict(model.cfg),
+            "extra": extra or {},
+        }
+        (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / CARD).write_text(
+            card or f"# lsdseg checkpoint\n\nWritten by lsdseg {__version__}.\n"
+        )
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+        tmp.rename(path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def read_config(path: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
+    """Read and validate ``config.json`` of a checkpoint folder: (model config, whole file)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist or is not a folder; pass a folder holding "
+            f"{WEIGHTS} and {CONFIG}, or 'default' for the bundled weights"
+        )
+    file = path / CONFIG
+    if not file.is_file():
+        raise CheckpointError(f"checkpoint {path} has no {CONFIG}")
+    try:
+        meta = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{file} is not valid JSON ({e})") from None
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{file} has format_version={version!r}; this lsdseg ({__version__}) reads up to "
+            f"{FORMAT_VERSION}: upgrade lsdseg (pip install -U lsdseg)"
+        )
+    try:
+        cfg = from_dict(ModelConfig, meta.get("model", {}), where=f"{file}:model")
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(str(e)) from None
+    return cfg, meta
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LatentSegmenter:
+    """Build the model from ``config.json`` and load ``model.safetensors`` strictly.
+
+    Raises:
+        CheckpointError: missing files, an unknown format, or weights that do not match the
+            config (missing/unexpected tensors or different shapes are listed).
+    """
+    path = Path(path)
+    cfg, _ = read_config(path)
+    file = path / WEIGHTS
+    if not file.is_file():
+        raise CheckpointError(f"checkpoint {path} has no {WEIGHTS}")
+    try:
+        state = load_file(str(file), device=str(device))
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{file} cannot be read ({e}); re-download or re-export it") from None
+    model = LatentSegmenter(cfg).to(device)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs config {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    )
+    if missing or unexpected or wrong:
+        parts = [
+            f"{name} ({len(items)}): {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
+            for name, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong))
+            if items
+        ]
+        raise CheckpointError(
+            f"{file} does not match {path / CONFIG}: "
+            + "; ".join(parts)
+            + ". The config and weights come from different models."
+        )
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def checkpoint_hash(path: str | Path) -> str:
+    """SHA-256 (first 16 hex digits) over the weights and config of a checkpoint folder."""
+    h = hashlib.sha256()
+    for name in (WEIGHTS, CONFIG):
+        with open(Path(path) / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]

@@ -1,0 +1,282 @@
+"""Frozen, validated configuration for every part of the model.
+
+Each dataclass checks itself in ``__post_init__`` and raises ``ValueError`` naming the field, the
+value and what is allowed. JSON lives only at the edge: :func:`to_dict` / :func:`from_dict`
+round-trip a config and reject unknown keys, so a typo in a config file is an error, not a
+silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _check_channels(name: str, channels: tuple[int, ...], groups: int) -> None:
+    _check(len(channels) >= 1, f"{name}={channels} must list at least one width")
+    for c in channels:
+        _check(
+            c > 0 and c % groups == 0,
+            f"{name}={channels}: every width must be a positive multiple of groups={groups}",
+        )
+
+
+@dataclass(frozen=True)
+class ImageAEConfig:
+    """Image autoencoder E_x / D_x: RGB (3, S, S) -> z_x (latent_channels, S/f, S/f)."""
+
+    factor: int = 8  # spatial down-sampling f; 4 or 8
+    latent_channels: int = 16  # c_x, channels of the image latent fed to the denoiser
+    channels: tuple[int, ...] = (32, 64, 128)  # widths at S/2, S/4, S/8 (len = log2(f))
+    context_channels: tuple[int, ...] = (192, 256)  # context branch widths at S/2f, S/4f, ...
+    groups: int = 8  # GroupNorm groups
+
+    def __post_init__(self) -> None:
+        _check(self.factor in (4, 8), f"factor={self.factor} must be 4 or 8")
+        _check(self.latent_channels >= 1, f"latent_channels={self.latent_channels} must be >= 1")
+        _check(self.groups >= 1, f"groups={self.groups} must be >= 1")
+        _check_channels("channels", self.channels, self.groups)
+        if self.context_channels:
+            _check_channels("context_channels", self.context_channels, self.groups)
+        levels = self.factor.bit_length() - 1
+        _check(
+            len(self.channels) == levels,
+            f"channels={self.channels} needs {levels} widths for factor={self.factor}",
+        )
+
+
+@dataclass(frozen=True)
+class MaskVAEConfig:
+    """Mask VAE E_m / D_m: mask (1, S, S) -> z (latent_channels, S/f, S/f) -> logits (1, S, S).
+
+    The decoder runs once per hypothesis, so it stays thin: it produces logits at
+    ``S / f * 2**(len(decoder_channels) - 1)`` and upsamples them bilinearly to S.
+    """
+
+    factor: int = 8  # spatial down-sampling f; 4 or 8
+    latent_channels: int = 4  # c_m
+    encoder_channels: tuple[int, ...] = (16, 32, 64)  # widths at S/2, S/4, S/8
+    decoder_channels: tuple[int, ...] = (48, 16)  # widths from S/f upwards, one level each
+    groups: int = 8  # GroupNorm groups
+    loss: Literal["wce", "mse"] = "wce"  # reconstruction loss on the decoded logits
+    foreground_weight: float = 4.0  # weight of foreground pixels in the weighted cross-entropy
+    kl_weight: float = 1e-4  # weight of the KL term
+
+    def __post_init__(self) -> None:
+        _check(self.factor in (4, 8), f"factor={self.factor} must be 4 or 8")
+        _check(self.latent_channels >= 1, f"latent_channels={self.latent_channels} must be >= 1")
+        _check(self.groups >= 1, f"groups={self.groups} must be >= 1")
+        _check_channels("encoder_channels", self.encoder_channels, self.groups)
+        _check_channels("decoder_channels", self.decoder_channels, self.groups)
+        levels = self.factor.bit_length() - 1
+        _check(
+            len(self.encoder_channels) == levels,
+            f"encoder_channels={self.encoder_channels} needs {levels} widths for "
+            f"factor={self.factor}",
+        )
+        _check(
+            len(self.decoder_channels) <= levels + 1,
+            f"decoder_channels={self.decoder_channels} has more levels than factor={self.factor}"
+            " allows",
+        )
+        _check(self.loss in ("wce", "mse"), f"loss={self.loss!r} must be 'wce' or 'mse'")
+        _check(
+            self.foreground_weight > 0,
+            f"foreground_weight={self.foreground_weight} must be > 0",
+        )
+        _check(self.kl_weight >= 0, f"kl_weight={self.kl_weight} must be >= 0")
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Latent denoiser: concat(z_t, z_x) at S/f -> eps or v, same shape as z_t."""
+
+    channels: tuple[int, ...] = (16, 32, 64)  # width per resolution level (S/f, S/2f, ...)
+    num_res_blocks: int = 1  # residual blocks per level on the way down (one more going up)
+    attention_levels: tuple[int, ...] = (2,)  # level indices that get self-attention
+    head_dim: int = 32  # attention head width
+    groups: int = 8  # GroupNorm groups
+    time_embed_dim: int = 128  # width of the timestep embedding MLP
+
+    def __post_init__(self) -> None:
+        _check(self.groups >= 1, f"groups={self.groups} must be >= 1")
+        _check_channels("channels", self.channels, self.groups)
+        _check(self.num_res_blocks >= 1, f"num_res_blocks={self.num_res_blocks} must be >= 1")
+        for level in self.attention_levels:
+            _check(
+                0 <= level < len(self.channels),
+                f"attention_levels={self.attention_levels}: level {level} does not exist "
+                f"(0..{len(self.channels) - 1})",
+            )
+        _check(self.head_dim >= 1, f"head_dim={self.head_dim} must be >= 1")
+        for level in self.attention_levels:
+            _check(
+                self.channels[level] % self.head_dim == 0,
+                f"channels[{level}]={self.channels[level]} must be a multiple of "
+                f"head_dim={self.head_dim}",
+            )
+        _check(
+            self.time_embed_dim >= 4 and self.time_embed_dim % 2 == 0,
+            f"time_embed_dim={self.time_embed_dim} must be an even number >= 4",
+        )
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Forward process and training objective."""
+
+    timesteps: int = 1000  # T, number of training timesteps
+    schedule: Literal["linear", "cosine", "scaled_linear"] = "linear"  # beta schedule
+    beta_start: float = 1e-4  # linear schedules: first beta
+    beta_end: float = 0.02  # linear schedules: last beta
+    prediction: Literal["eps", "v"] = "v"  # what the denoiser predicts
+    mask_loss_weight: float = 1.0  # auxiliary BCE+Dice on the decoded x0 estimate (0 = off)
+
+    def __post_init__(self) -> None:
+        _check(2 <= self.timesteps <= 10000, f"timesteps={self.timesteps} must be in 2..10000")
+        _check(
+            self.schedule in ("linear", "cosine", "scaled_linear"),
+            f"schedule={self.schedule!r} must be 'linear', 'cosine' or 'scaled_linear'",
+        )
+        _check(
+            0 < self.beta_start < self.beta_end < 1,
+            f"beta_start={self.beta_start}, beta_end={self.beta_end}: need "
+            "0 < beta_start < beta_end < 1",
+        )
+        _check(
+            self.prediction in ("eps", "v"), f"prediction={self.prediction!r} must be 'eps' or 'v'"
+        )
+        _check(self.mask_loss_weight >= 0, f"mask_loss_weight={self.mask_loss_weight} must be >= 0")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """DDIM sampling defaults (each overridable per call)."""
+
+    steps: int = 4  # DDIM iterations
+    eta: float = 0.0  # 0 = deterministic DDIM, 1 = DDPM-like ancestral noise
+    hypotheses: int = 8  # K, masks sampled per frame
+    threshold: float = 0.5  # mask = mean probability > threshold
+    spacing: Literal["leading", "trailing", "linspace"] = "trailing"  # timestep selection
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.steps <= 1000, f"steps={self.steps} must be between 1 and 1000")
+        _check(0.0 <= self.eta <= 1.0, f"eta={self.eta} must be between 0 and 1")
+        _check(
+            1 <= self.hypotheses <= 256,
+            f"hypotheses={self.hypotheses} must be between 1 and 256",
+        )
+        _check(0.0 < self.threshold < 1.0, f"threshold={self.threshold} must be in (0, 1)")
+        _check(
+            self.spacing in ("leading", "trailing", "linspace"),
+            f"spacing={self.spacing!r} must be 'leading', 'trailing' or 'linspace'",
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The whole segmenter: sizes of every part plus input normalisation."""
+
+    image_size: int = 256  # S, the square input size
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # RGB mean of [0, 1] pixels
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)  # RGB std of [0, 1] pixels
+    latent_scale: float = 1.0  # mask latents are multiplied by this to get unit variance
+    image_ae: ImageAEConfig = field(default_factory=ImageAEConfig)
+    mask_vae: MaskVAEConfig = field(default_factory=MaskVAEConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+
+    def __post_init__(self) -> None:
+        f = self.image_ae.factor
+        _check(
+            self.mask_vae.factor == f,
+            f"mask_vae.factor={self.mask_vae.factor} must equal image_ae.factor={f}",
+        )
+        down = 2 ** max(len(self.unet.channels) - 1, len(self.image_ae.context_channels))
+        _check(
+            self.image_size % (f * down) == 0 and self.image_size >= f * down,
+            f"image_size={self.image_size} must be a multiple of {f * down} "
+            f"(factor {f} x UNet down-sampling {down})",
+        )
+        _check(len(self.image_mean) == 3, f"image_mean={self.image_mean} needs 3 values")
+        _check(
+            len(self.image_std) == 3 and all(s > 0 for s in self.image_std),
+            f"image_std={self.image_std} needs 3 positive values",
+        )
+        _check(self.latent_scale > 0, f"latent_scale={self.latent_scale} must be > 0")
+
+    @property
+    def latent_size(self) -> int:
+        """Side of the latent grid, S / f."""
+        return self.image_size // self.image_ae.factor
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Convert a config dataclass (nested) to plain JSON-ready values."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    """Coerce a JSON value to the annotated field type ``tp``."""
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected an object, got {type(value).__name__}")
+        return from_dict(tp, value, where)
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{where}: expected a list, got {type(value).__name__}")
+        args = typing.get_args(tp)
+        inner = args[0] if args else Any
+        return tuple(_convert(inner, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    # bool is a subclass of int: JSON `true` must not silently become steps=1
+    wrong_bool = tp is not bool and isinstance(value, bool)
+    if tp in (int, float, str, bool) and (wrong_bool or not isinstance(value, tp)):
+        raise ValueError(f"{where}={value!r}: expected {tp.__name__}")
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Build ``cls`` from a dict, rejecting unknown keys; missing keys take their defaults.
+
+    Raises:
+        ValueError: an unknown key (the valid ones are listed), a wrong type or an invalid value.
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
+    kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def save_json(config: Any, path: str | Path) -> None:
+    """Write a config as indented JSON."""
+    Path(path).write_text(json.dumps(to_dict(config), indent=2) + "\n")
+
+
+def load_json(cls: type[T], path: str | Path) -> T:
+    """Read a config of type ``cls`` from a JSON file (unknown keys are an error)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    return from_dict(cls, data, where=str(path))

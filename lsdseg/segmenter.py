@@ -1,0 +1,316 @@
+"""The user-facing segmenter: frames in, K hypotheses and uncertainty maps out.
+
+``lsdseg.load(...)`` returns a :class:`Segmenter`. It preprocesses frames (colour order, resize,
+normalise), hands them to a *backend runner* that produces per-hypothesis probabilities, and
+aggregates and resizes the result back to each frame's size.
+
+Whole-model backends follow the same registry pattern as :mod:`lsdseg.ops`: ``torch`` and
+``triton`` live here; ``onnx`` and ``trt`` are registered by ``lsdseg.export``, which is imported
+by name on first request so the core never imports it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lsdseg import ops
+from lsdseg.checkpoint import CheckpointError, load_checkpoint
+from lsdseg.config import ModelConfig, SamplerConfig
+from lsdseg.data import resize_pair, to_rgb8
+from lsdseg.model import LatentSegmenter
+from lsdseg.uncertainty import aggregate, agreement
+
+log = logging.getLogger(__name__)
+
+
+class Runner(Protocol):
+    """What a backend must provide: normalised images + initial noise -> probabilities."""
+
+    name: str
+
+    def __call__(
+        self,
+        x: torch.Tensor,  # (B, 3, S, S) normalised
+        noise: torch.Tensor,  # (B, K, c_m, S/f, S/f)
+        steps: int,
+        eta: float,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:  # (B, K, S, S) probabilities
+        ...
+
+
+# A factory builds a runner for a loaded model; ``checkpoint`` is its folder (None if in memory).
+RunnerFactory = Callable[[LatentSegmenter, Path | None, torch.device], Runner]
+_BACKENDS: dict[str, RunnerFactory] = {}
+_PLUGINS: dict[str, tuple[str, str]] = {
+    "onnx": ("lsdseg.export", 'pip install "lsdseg[onnx]"'),
+    "trt": ("lsdseg.export", 'pip install "lsdseg[trt]" on a machine with an NVIDIA GPU'),
+}
+
+
+def register_runner(name: str, factory: RunnerFactory) -> None:
+    """Register a whole-model backend under ``name``."""
+    _BACKENDS[name] = factory
+
+
+def runner_names() -> list[str]:
+    """Every backend name that can be requested."""
+    return sorted(set(_BACKENDS) | set(_PLUGINS))
+
+
+@dataclass
+class TorchRunner:
+    """Runs the PyTorch model with the ops of ``ops_backend`` (``torch`` or ``triton``)."""
+
+    model: LatentSegmenter
+    ops_backend: str = "torch"
+    name: str = "torch"
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        x: torch.Tensor,
+        noise: torch.Tensor,
+        steps: int,
+        eta: float,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        with ops.use_backend(self.ops_backend):
+            return self.model.hypotheses(x, noise, steps, eta, generator)
+
+
+register_runner("torch", lambda model, ckpt, device: TorchRunner(model, "torch", "torch"))
+register_runner("triton", lambda model, ckpt, device: TorchRunner(model, "triton", "triton"))
+
+
+def _make_runner(name: str, model: LatentSegmenter, ckpt: Path | None, device: torch.device):
+    if name not in _BACKENDS and name in _PLUGINS:
+        module, install = _PLUGINS[name]
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise RuntimeError(f"backend {name!r} is not available ({e}): {install}") from None
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {runner_names()}")
+    return _BACKENDS[name](model, ckpt, device)
+
+
+@dataclass
+class Result:
+    """Everything lsdseg says about one frame, at the frame's own size (H, W)."""
+
+    mask: np.ndarray  # (H, W) bool: mean > threshold
+    mean: np.ndarray  # (H, W) float32: mean foreground probability (confidence map)
+    std: np.ndarray  # (H, W) float32: std of the K probabilities
+    entropy: np.ndarray  # (H, W) float32: entropy of the mean, bits
+    mutual_info: np.ndarray  # (H, W) float32: mutual information (disagreement), bits
+    hypotheses: np.ndarray  # (K, H, W) float32: per-hypothesis probabilities
+    agreement: float  # mean pairwise Dice of the K binary masks (at S x S)
+    seed: int  # the seed that reproduces this result
+    timings: dict[str, float] = field(default_factory=dict)  # milliseconds per stage
+
+
+Order = Literal["bgr", "rgb"]
+
+
+class Segmenter:
+    """Segments frames with a latent diffusion model and reports its uncertainty.
+
+    Args:
+        model: the network (in eval mode, on ``device``).
+        device: where it runs.
+        backend: a whole-model backend name (see :func:`runner_names`).
+        checkpoint: the folder the model came from, if any (export backends need it).
+    """
+
+    def __init__(
+        self,
+        model: LatentSegmenter,
+        device: str | torch.device = "cpu",
+        backend: str = "torch",
+        checkpoint: str | Path | None = None,
+    ):
+        self.model = model.eval()
+        self.device = torch.device(device)
+        self.checkpoint = Path(checkpoint) if checkpoint else None
+        self.runner = _make_runner(backend, self.model, self.checkpoint, self.device)
+        self.backend = backend
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.cfg
+
+    def _settings(
+        self,
+        hypotheses: int | None,
+        steps: int | None,
+        eta: float | None,
+        threshold: float | None,
+    ) -> SamplerConfig:
+        d = self.config.sampler
+        return SamplerConfig(
+            steps=d.steps if steps is None else steps,
+            eta=d.eta if eta is None else eta,
+            hypotheses=d.hypotheses if hypotheses is None else hypotheses,
+            threshold=d.threshold if threshold is None else threshold,
+            spacing=d.spacing,
+        )
+
+    def preprocess(self, frames: Sequence[np.ndarray], order: Order) -> torch.Tensor:
+        """uint8 frames (any size; grey or RGBA converted) -> normalised (B, 3, S, S)."""
+        size = self.config.image_size
+        batch = []
+        for frame in frames:
+            rgb = to_rgb8(frame, "frame")
+            if order == "bgr":
+                rgb = rgb[..., ::-1]
+            rgb, _ = resize_pair(np.ascontiguousarray(rgb), None, size)
+            batch.append(torch.from_numpy(rgb).permute(2, 0, 1))  # (3, S, S) uint8
+        x = torch.stack(batch).to(self.device, torch.float32) / 255.0
+        return self.model.normalize(x)
+
+    def __call__(
+        self,
+        image: np.ndarray | Sequence[np.ndarray],
+        hypotheses: int | None = None,
+        steps: int | None = None,
+        eta: float | None = None,
+        seed: int | None = None,
+        threshold: float | None = None,
+        order: Order = "bgr",
+    ) -> Result | list[Result]:
+        """Segment one frame (H, W, 3) or a batch (a list, or an array (B, H, W, 3)).
+
+        Frames are OpenCV-style BGR by default (``order="rgb"`` for RGB). Grey (H, W), RGBA
+        and 16-bit frames are converted. Unset settings take the checkpoint's defaults. The same
+        seed on the same backend gives the same result; ``seed=None`` draws one (see
+        ``Result.seed``).
+
+        Raises:
+            ValueError / TypeError: an invalid setting or frame.
+        """
+        if order not in ("bgr", "rgb"):
+            raise ValueError(f"order={order!r} must be 'bgr' or 'rgb'")
+        s = self._settings(hypotheses, steps, eta, threshold)
+        single = isinstance(image, np.ndarray) and (
+            image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (1, 2, 3, 4))
+        )
+        frames = [image] if single else list(image)
+        if not frames:
+            raise ValueError("image is an empty batch; pass at least one frame")
+        for f in frames:
+            if not isinstance(f, np.ndarray):
+                raise TypeError(f"frames must be numpy arrays, got {type(f).__name__}")
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        t0 = time.perf_counter()
+        x = self.preprocess(frames, order)
+        t1 = time.perf_counter()
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.randn((len(frames), s.hypotheses, *self.model.latent_shape), generator=gen)
+        p = self.runner(x, noise.to(self.device), s.steps, s.eta, gen)  # (B, K, S, S)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t2 = time.perf_counter()
+        results = [
+            self._postprocess(p[i].float(), frames[i].shape[:2], s.threshold, seed)
+            for i in range(len(frames))
+        ]
+        t3 = time.perf_counter()
+        per_frame = {
+            "preprocess": (t1 - t0) * 1e3 / len(frames),
+            "inference": (t2 - t1) * 1e3 / len(frames),
+            "postprocess": (t3 - t2) * 1e3 / len(frames),
+            "total": (t3 - t0) * 1e3 / len(frames),
+        }
+        for r in results:
+            r.timings = dict(per_frame)
+        return results[0] if single else results
+
+    @staticmethod
+    def _postprocess(p: torch.Tensor, size: tuple[int, int], threshold: float, seed: int):
+        """(K, S, S) probabilities -> a Result at ``size`` (H, W)."""
+        agg = aggregate(p)
+        agree = float(agreement(p > 0.5))
+        maps = torch.cat(
+            [torch.stack([agg.mean, agg.std, agg.entropy, agg.mutual_info]), p]
+        )  # (4 + K, S, S)
+        if tuple(maps.shape[-2:]) != tuple(size):
+            maps = F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)[0]
+        maps = maps.clamp(0.0, 1.0).cpu().numpy()
+        mean = maps[0]
+        return Result(
+            mask=mean > threshold,
+            mean=mean,
+            std=maps[1],
+            entropy=maps[2],
+            mutual_info=maps[3],
+            hypotheses=maps[4:],
+            agreement=agree,
+            seed=seed,
+        )
+
+
+def bundled_weights() -> Path:
+    """Folder of the default checkpoint shipped inside the package."""
+    return Path(str(resources.files("lsdseg") / "weights" / "default"))
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without it is an error with a fix."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(
+            f"device={device!r} is not a device; use cpu, cuda, cuda:N or auto"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device={device!r} asked for CUDA, but this torch ({torch.__version__}) sees no GPU: "
+            "use --device cpu, or install a CUDA build of torch (see the README)"
+        )
+    return dev
+
+
+def load(
+    name_or_path: str | Path = "default",
+    device: str | torch.device = "cpu",
+    backend: str = "torch",
+) -> Segmenter:
+    """Load a segmenter.
+
+    Args:
+        name_or_path: ``"default"`` (the bundled weights), ``"untrained"`` (randomly initialised
+            default architecture, for tests and demos only), or a checkpoint folder.
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+        backend: ``torch``, ``triton``, ``onnx`` or ``trt``.
+
+    Raises:
+        CheckpointError: the checkpoint is missing or does not match its config.
+        ValueError / RuntimeError: an unknown backend or device, or one that cannot run here.
+    """
+    dev = resolve_device(device)
+    if str(name_or_path) == "untrained":
+        log.warning("lsdseg: using an UNTRAINED model (random weights): its masks mean nothing")
+        torch.manual_seed(0)
+        return Segmenter(LatentSegmenter(ModelConfig()).to(dev), dev, backend)
+    path = bundled_weights() if str(name_or_path) == "default" else Path(name_or_path)
+    if str(name_or_path) == "default" and not (path / "model.safetensors").is_file():
+        raise CheckpointError(
+            "this lsdseg has no bundled default weights; pass a checkpoint folder, or "
+            "'untrained' to try the pipeline with random weights"
+        )
+    return Segmenter(load_checkpoint(path, dev), dev, backend, checkpoint=path)

@@ -1,0 +1,178 @@
+"""The two autoencoders: images (E_x, D_x) and masks (E_m, D_m).
+
+The image encoder E_x runs once per frame; its decoder D_x exists only to train it. The mask VAE
+compresses binary masks into a small Gaussian latent that the denoiser learns to generate; its
+decoder runs once per hypothesis, so it is kept thin and emits logits at a reduced resolution
+that are upsampled bilinearly to the image size.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lsdseg.config import ImageAEConfig, MaskVAEConfig
+from lsdseg.layers import Downsample, GroupNormAct, ResBlock, Upsample
+
+
+class _Encoder(nn.Module):
+    """Strided conv stem, then (Downsample, ResBlock) per level, then a 1x1 head.
+
+    Shapes:
+        (B, c_in, S, S) -> (B, c_out, S / 2**len(channels), S / 2**len(channels)).
+    """
+
+    def __init__(self, c_in: int, channels: tuple[int, ...], c_out: int, groups: int):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(c_in, channels[0], 3, stride=2, padding=1)]
+        for prev, c in itertools.pairwise(channels):
+            layers += [Downsample(prev, c), ResBlock(c, c, groups)]
+        self.body = nn.Sequential(*layers)
+        self.norm = GroupNormAct(channels[-1], groups)
+        self.head = nn.Conv2d(channels[-1], c_out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.body(x)))
+
+
+class _Context(nn.Module):
+    """A small U-shaped branch below S/f that gives the image latent a global receptive field.
+
+    It runs once per frame, so its cost does not scale with K.
+
+    Shapes:
+        (B, C, h, w) -> (B, C, h, w) (residual); inside, widths ``channels`` at h/2, h/4, ...
+    """
+
+    def __init__(self, c: int, channels: tuple[int, ...], groups: int):
+        super().__init__()
+        widths = (c, *channels)
+        self.down = nn.ModuleList(
+            nn.Sequential(Downsample(a, b), ResBlock(b, b, groups))
+            for a, b in itertools.pairwise(widths)
+        )
+        self.up = nn.ModuleList(Upsample(b, a) for a, b in itertools.pairwise(widths))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for down in self.down:
+            skips.append(h)
+            h = down(h)
+        for up in reversed(self.up):
+            h = up(h) + skips.pop()
+        return h
+
+
+class ImageAutoencoder(nn.Module):
+    """Deterministic image autoencoder: normalised RGB -> z_x -> RGB (training only)."""
+
+    def __init__(self, cfg: ImageAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = _Encoder(3, cfg.channels, cfg.latent_channels, cfg.groups)
+        if cfg.context_channels:
+            # the context branch sits between the encoder body and its 1x1 head
+            self.encoder.body.append(_Context(cfg.channels[-1], cfg.context_channels, cfg.groups))
+        rev = cfg.channels[::-1]
+        layers: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, rev[0], 3, padding=1)]
+        for prev, c in itertools.pairwise(rev):
+            layers += [ResBlock(prev, prev, cfg.groups), Upsample(prev, c)]
+        layers += [GroupNormAct(rev[-1], cfg.groups), Upsample(rev[-1], 3)]
+        self.decoder = nn.Sequential(*layers)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised image -> (B, c_x, S/f, S/f)."""
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, c_x, S/f, S/f) -> (B, 3, S, S) reconstruction in normalised units."""
+        return self.decoder(z)
+
+
+class MaskVAE(nn.Module):
+    """Gaussian VAE over binary masks; the decoder returns logits at the full mask size."""
+
+    def __init__(self, cfg: MaskVAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = _Encoder(1, cfg.encoder_channels, 2 * cfg.latent_channels, cfg.groups)
+        dec = cfg.decoder_channels
+        layers: list[nn.Module] = [
+            nn.Conv2d(cfg.latent_channels, dec[0], 3, padding=1),
+            ResBlock(dec[0], dec[0], cfg.groups),
+        ]
+        for prev, c in itertools.pairwise(dec):
+            layers.append(Upsample(prev, c))
+        layers += [GroupNormAct(dec[-1], cfg.groups), nn.Conv2d(dec[-1], 1, 3, padding=1)]
+        self.decoder = nn.Sequential(*layers)
+        self.logit_factor = cfg.factor // 2 ** (len(dec) - 1)  # bilinear upsampling at the end
+
+    def encode(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, S, S) mask in {0, 1} -> mean, logvar, each (B, c_m, S/f, S/f)."""
+        moments = self.encoder(y * 2.0 - 1.0)
+        mean, logvar = moments.chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, c_m, S/f, S/f) -> logits (B, 1, S, S)."""
+        logits = self.decoder(z)  # (B, 1, S/logit_factor, S/logit_factor)
+        if self.logit_factor > 1:
+            logits = F.interpolate(
+                logits,
+                scale_factor=float(self.logit_factor),
+                mode="bilinear",
+                align_corners=False,
+            )
+        return logits
+
+    def forward(
+        self, y: torch.Tensor, eps: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode, sample with the reparameterisation trick (``eps``: the N(0, I) draw, made
+        here when None), decode.
+
+        Returns:
+            logits (B, 1, S, S), mean and logvar (B, c_m, S/f, S/f).
+        """
+        mean, logvar = self.encode(y)
+        if eps is None:
+            eps = torch.randn_like(mean)
+        z = mean + torch.exp(0.5 * logvar) * eps
+        return self.decode(z), mean, logvar
+
+    def loss(
+        self, y: torch.Tensor, logits: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Reconstruction (weighted cross-entropy or MSE on probabilities) plus weighted KL.
+
+        Returns:
+            dict with ``loss`` (the total to minimise), ``recon`` and ``kl`` (scalars).
+        """
+        recon = mask_reconstruction_loss(logits, y, self.cfg.loss, self.cfg.foreground_weight)
+        kl = kl_divergence(mean, logvar)
+        return {"loss": recon + self.cfg.kl_weight * kl, "recon": recon, "kl": kl}
+
+
+def mask_reconstruction_loss(
+    logits: torch.Tensor, y: torch.Tensor, kind: str = "wce", foreground_weight: float = 4.0
+) -> torch.Tensor:
+    """Weighted binary cross-entropy (foreground pixels weigh ``foreground_weight``) or MSE.
+
+    Shapes:
+        logits, y: (B, 1, S, S); y in {0, 1}. Returns a scalar (mean over pixels).
+    """
+    if kind == "wce":
+        weight = 1.0 + (foreground_weight - 1.0) * y
+        return F.binary_cross_entropy_with_logits(logits, y, weight=weight)
+    if kind == "mse":
+        return F.mse_loss(torch.sigmoid(logits), y)
+    raise ValueError(f"kind={kind!r} must be 'wce' or 'mse'")
+
+
+def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, I)), summed over latent dims, averaged over the batch."""
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
+    return kl.flatten(1).sum(dim=1).mean()
