@@ -1,0 +1,1 @@
+"""Benchmarks measure this machine as it is; torch uses every core it sees."""

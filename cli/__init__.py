@@ -1,0 +1,1 @@
+"""The ``lsdseg`` command line (installed as ``lsdseg.cli``)."""

@@ -1,0 +1,175 @@
+"""``lsdseg train``: the two training stages on one or more datasets, resumable."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+from pathlib import Path
+
+from lsdseg.cli.errors import UserError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model (autoencoders, then diffusion); re-run to resume",
+        description="Train on one or more datasets (Kvasir-SEG, PraNet/CVC, ISIC-2018, generic "
+        "layouts are detected). Killing the run and re-running the same command resumes it.",
+    )
+    p.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="dataset folder (repeat to mix datasets)",
+    )
+    p.add_argument(
+        "--val-data",
+        action="append",
+        metavar="DIR",
+        help="validation dataset(s); default: a by-group split of each --data",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="fraction of each --data held out by group when no --val-data",
+    )
+    p.add_argument("--out", default="runs/train/exp", help="run folder (default runs/train/exp)")
+    p.add_argument("--stage", choices=["all", "autoencoders", "diffusion"], default="all")
+    p.add_argument("--epochs", type=int, default=60, help="diffusion-stage epochs")
+    p.add_argument("--ae-epochs", type=int, default=10, help="autoencoder-stage epochs")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=5e-4, help="diffusion-stage learning rate")
+    p.add_argument("--imgsz", type=int, default=256, help="training image size S")
+    p.add_argument("--init", default="", help="start from a checkpoint ('default' or a folder)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
+    p.add_argument("--max-steps-per-epoch", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--model-config", default="", help="JSON file overriding the architecture")
+    p.set_defaults(func=run)
+
+
+def load_pairs(dirs: list[str], val_dirs: list[str] | None, val_fraction: float, seed: int):
+    """Pairs of every dataset, groups prefixed by the dataset's folder name; train/val split."""
+    from lsdseg.data import find_pairs, split_pairs
+
+    def prefixed(root: str):
+        layout, pairs = find_pairs(root)
+        name = Path(root).resolve().name
+        labelled = [p for p in pairs if p.mask is not None]
+        if not labelled:
+            raise UserError(
+                f"{root}: no image/mask pairs found (layout {layout}); training needs masks"
+            )
+        return [dataclasses.replace(p, group=f"{name}:{p.group}") for p in labelled]
+
+    train, val = [], []
+    for d in dirs:
+        pairs = prefixed(d)
+        if val_dirs:
+            train += pairs
+        else:
+            t, v = split_pairs(pairs, val_fraction=val_fraction, seed=seed)
+            train, val = train + t, val + v
+    for d in val_dirs or []:
+        val += prefixed(d)
+    return train, val
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from lsdseg.augment import AugmentConfig
+    from lsdseg.card import training_card
+    from lsdseg.config import ModelConfig, load_json
+    from lsdseg.data import SegmentationDataset
+    from lsdseg.segmenter import bundled_weights, resolve_device
+    from lsdseg.train import TrainConfig, train
+
+    console = Console(stderr=True)
+    device = resolve_device(args.device)
+    model_cfg = load_json(ModelConfig, args.model_config) if args.model_config else ModelConfig()
+    if args.imgsz != model_cfg.image_size:
+        model_cfg = dataclasses.replace(model_cfg, image_size=args.imgsz)
+    init = str(bundled_weights()) if args.init == "default" else args.init
+    cfg = TrainConfig(
+        stage=args.stage,
+        ae_epochs=args.ae_epochs,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        diffusion_lr=args.lr,
+        seed=args.seed,
+        val_every=args.val_every,
+        num_workers=args.workers,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+        init=init,
+    )
+    if not 0 < args.val_fraction < 1:
+        raise UserError(f"--val-fraction {args.val_fraction} must be between 0 and 1")
+    train_pairs, val_pairs = load_pairs(args.data, args.val_data, args.val_fraction, args.seed)
+    console.print(
+        f"train: {len(train_pairs)} pairs, validation: {len(val_pairs)} pairs, "
+        f"device {device}, {torch.get_num_threads()} threads"
+    )
+    size = model_cfg.image_size
+    train_set = SegmentationDataset(train_pairs, size, AugmentConfig(), seed=args.seed)
+    val_set = SegmentationDataset(val_pairs, size) if val_pairs else None
+    with console.status("decoding and caching images"):
+        train_set.preload()
+        if val_set is not None:
+            val_set.preload()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "command.txt").write_text(shlex.join(["lsdseg", *sys.argv[1:]]) + "\n")
+    data_desc = ", ".join(args.data)
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("", total=1, info="")
+
+        def on_event(e: dict) -> None:
+            if e["kind"] == "phase":
+                progress.reset(task, total=e["steps"], description=f"{e['phase']}")
+            elif e["kind"] == "step":
+                progress.update(
+                    task,
+                    completed=e["i"],
+                    description=f"{e['phase']} epoch {e['epoch'] + 1}",
+                    info=f"loss {e['loss']:.4f}",
+                )
+            elif e["kind"] == "epoch":
+                vals = {k: v for k, v in e.items() if k.startswith("val_")}
+                val = " ".join(f"{k[4:]} {v:.3f}" for k, v in vals.items())
+                progress.console.print(
+                    f"{e['phase']} epoch {e['epoch']}: loss {e.get('loss', float('nan')):.4f} "
+                    f"{val} ({e['time_s']:.0f} s)"
+                )
+
+        loop = train(
+            model_cfg,
+            cfg,
+            train_set,
+            val_set,
+            out,
+            device,
+            on_event,
+            card=lambda m, lp: training_card(m, lp, data_desc, str(device)),
+        )
+    console.print(
+        f"done: best validation Dice {loop.best_dice:.4f}; checkpoints in {out}/best and {out}/last"
+    )
+    return 0

@@ -1,0 +1,39 @@
+"""Model cards written beside every checkpoint."""
+
+from __future__ import annotations
+
+import json
+import platform
+
+import torch
+
+from lsdseg.config import to_dict
+from lsdseg.model import LatentSegmenter
+from lsdseg.version import __version__
+
+
+def training_card(model: LatentSegmenter, loop, data: str, device: str) -> str:
+    """A card describing a checkpoint written during training (data, settings, metrics)."""
+    last = loop.history[-1] if loop.history else {}
+    vals = {k: v for k, v in last.items() if k.startswith("val_")}
+    n_params = sum(p.numel() for p in model.parameters())
+    cpu = platform.processor() or platform.machine()
+    return "\n".join(
+        [
+            "# lsdseg checkpoint",
+            "",
+            f"- lsdseg {__version__}, torch {torch.__version__}",
+            f"- training data: {data}",
+            f"- phase {loop.phase}, epoch {loop.epoch}, step {loop.step}, "
+            f"training time {loop.elapsed_s / 60:.1f} min on {device} ({cpu})",
+            f"- parameters: {n_params / 1e6:.2f} M",
+            f"- latest validation: {json.dumps(vals)}",
+            f"- best validation Dice: {loop.best_dice:.4f}",
+            "",
+            "## Architecture",
+            "```json",
+            json.dumps(to_dict(model.cfg), indent=2),
+            "```",
+            "",
+        ]
+    )

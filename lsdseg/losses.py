@@ -1,0 +1,81 @@
+"""Training objectives of the two stages (DESIGN.md, "Training").
+
+Stage 1 trains the autoencoders; stage 2 freezes the mask VAE and trains the denoiser, and the
+image encoder with it, on noised mask latents.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lsdseg.model import LatentSegmenter
+
+
+def soft_dice_loss(logits: torch.Tensor, y: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice per image, averaged. Shapes: logits, y (B, 1, S, S)."""
+    p = torch.sigmoid(logits).flatten(1)
+    y = y.flatten(1)
+    dice = (2 * (p * y).sum(1) + eps) / (p.sum(1) + y.sum(1) + eps)
+    return (1 - dice).mean()
+
+
+def autoencoder_losses(
+    model: LatentSegmenter,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    image_weight: float = 1.0,
+    eps: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Stage 1: mask VAE (reconstruction + KL) and image autoencoder (L1 reconstruction).
+
+    Shapes:
+        x: (B, 3, S, S) normalised; y: (B, 1, S, S) in {0, 1}; eps: (B, c_m, S/f, S/f), the
+        VAE's reparameterisation draw (made inside when None).
+    """
+    logits, mean, logvar = model.mask_vae(y, eps)
+    out = model.mask_vae.loss(y, logits, mean, logvar)
+    out = {"loss": out["loss"], "mask_recon": out["recon"], "kl": out["kl"]}
+    if image_weight > 0:
+        recon = model.image_ae.decode(model.image_ae.encode(x))
+        out["image_recon"] = F.l1_loss(recon, x)
+        out["loss"] = out["loss"] + image_weight * out["image_recon"]
+    return out
+
+
+def diffusion_losses(
+    model: LatentSegmenter,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """Stage 2: denoising loss on mask latents plus an auxiliary mask loss on the x0 estimate.
+
+    The denoiser regresses eps or v (``cfg.diffusion.prediction``). The auxiliary term decodes
+    the z0 estimate through the frozen mask decoder and applies BCE + soft Dice against the
+    mask, weighted by ``cfg.diffusion.mask_loss_weight``: it ties the latent objective to what
+    is measured (Dice after 1-4 sampling steps).
+
+    The caller draws ``t`` and ``noise`` so that a data-parallel run can take its slice of
+    the global batch's draws and match a single-process run.
+
+    Shapes:
+        x: (B, 3, S, S) normalised; y: (B, 1, S, S) in {0, 1}; t: (B,) int64 in [0, T);
+        noise: (B, c_m, S/f, S/f).
+    """
+    cfg = model.cfg.diffusion
+    with torch.no_grad():
+        z0 = model.encode_mask(y)  # (B, c_m, h, w)
+    z_t = model.schedule.add_noise(z0, noise, t)
+    pred = model.unet(z_t, t, model.encode_image(x))
+    out = {"denoise": F.mse_loss(pred, model.schedule.target(z0, noise, t))}
+    out["loss"] = out["denoise"]
+    if cfg.mask_loss_weight > 0:
+        z0_hat, _ = model.schedule.split(z_t, t, pred)
+        logits = model.decode_masks(z0_hat)
+        bce = F.binary_cross_entropy_with_logits(logits, y)
+        dice = soft_dice_loss(logits, y)
+        out["mask_bce"], out["mask_dice"] = bce, dice
+        out["loss"] = out["loss"] + cfg.mask_loss_weight * (bce + dice)
+    return out

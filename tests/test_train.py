@@ -1,0 +1,194 @@
+"""Training: a real (tiny) run resumes exactly after SIGKILL, and DDP matches one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lsdseg.config import ModelConfig, from_dict
+
+TINY = {
+    "image_size": 64,
+    "image_ae": {
+        "channels": [8, 16, 16],
+        "context_channels": [16],
+        "latent_channels": 4,
+        "groups": 4,
+    },
+    "mask_vae": {"encoder_channels": [8, 8, 8], "decoder_channels": [8, 8], "groups": 4},
+    "unet": {
+        "channels": [8, 16],
+        "attention_levels": [1],
+        "head_dim": 8,
+        "groups": 4,
+        "time_embed_dim": 16,
+    },
+}
+
+
+def make_dataset(root: Path, n: int = 12, size: int = 64) -> Path:
+    """Kvasir-style folder of synthetic frames with a bright disc and its mask."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        img = rng.integers(40, 90, (size, size, 3), dtype=np.uint8)
+        mask = np.zeros((size, size), np.uint8)
+        c = tuple(int(v) for v in rng.integers(16, size - 16, 2))
+        cv2.circle(mask, c, int(rng.integers(6, 14)), 255, -1)
+        img[mask > 0] = (200, 120, 140)
+        cv2.imwrite(str(root / "images" / f"{i}.png"), img)
+        cv2.imwrite(str(root / "masks" / f"{i}.png"), mask)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data") / "toy")
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "tiny.json"
+    from_dict(ModelConfig, TINY)  # valid
+    path.write_text(json.dumps(TINY))
+    return path
+
+
+def _cmd(data: Path, cfg: Path, out: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "lsdseg.cli.main",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--model-config",
+        str(cfg),
+        "--imgsz",
+        "64",
+        "--device",
+        "cpu",
+        "--ae-epochs",
+        "2",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "4",
+        "--val-fraction",
+        "0.25",
+    ]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_sigkill_then_rerun_resumes_to_the_same_weights(data, tiny_config, tmp_path):
+    ref = tmp_path / "ref"
+    subprocess.run(_cmd(data, tiny_config, ref), check=True, env=_env(), capture_output=True)
+    rows = (ref / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 2 + 3  # header, 2 autoencoder epochs, 3 diffusion epochs
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _cmd(data, tiny_config, run),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill once some epochs are written, mid-run
+        csv = run / "metrics.csv"
+        if csv.exists() and len(csv.read_text().strip().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not list(run.glob(".last.*")) or (run / "last" / "model.safetensors").exists()
+    done = subprocess.run(_cmd(data, tiny_config, run), env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (run / "metrics.csv").read_text().strip().splitlines()[-1].split(",")[:3] == rows[
+        -1
+    ].split(",")[:3]
+    a, b = _weights(ref / "last"), _weights(run / "last")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    assert (run / "best" / "card.md").exists() and (run / "progress.png").exists()
+
+
+def _ddp_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    _train_tiny(Path(data), Path(out))
+    torch.distributed.destroy_process_group()
+
+
+def _train_tiny(data: Path, out: Path) -> None:
+    from lsdseg.augment import AugmentConfig
+    from lsdseg.data import SegmentationDataset, find_pairs
+    from lsdseg.train import TrainConfig, train
+
+    _, pairs = find_pairs(data)
+    cfg = TrainConfig(ae_epochs=1, epochs=1, batch_size=4, max_steps_per_epoch=2, warmup_steps=1)
+    train(
+        from_dict(ModelConfig, TINY),
+        cfg,
+        SegmentationDataset(pairs, 64, AugmentConfig()),
+        None,
+        out,
+        "cpu",
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(data, tmp_path):
+    torch.manual_seed(0)
+    _train_tiny(data, tmp_path / "single")
+    torch.multiprocessing.spawn(
+        _ddp_worker, args=(2, _free_port(), str(data), str(tmp_path / "ddp")), nprocs=2
+    )
+    a, b = _weights(tmp_path / "single" / "last"), _weights(tmp_path / "ddp" / "last")
+    changed = 0
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    init = _weights_of_init()
+    changed = sum(not torch.equal(a[k], init[k]) for k in a)
+    assert changed > len(a) // 2  # the run really trained
+
+
+def _weights_of_init() -> dict[str, torch.Tensor]:
+    from lsdseg.model import LatentSegmenter
+
+    torch.manual_seed(0)
+    return LatentSegmenter(from_dict(ModelConfig, TINY)).state_dict()
