@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ def save_checkpoint(
     path: str | Path,
     card: str = "",
     extra: dict[str, Any] | None = None,
+    write_more: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``model`` to the folder ``path`` atomically (an existing folder is replaced).
 
@@ -45,6 +47,8 @@ def save_checkpoint(
         path: destination folder.
         card: the model card (Markdown); a minimal one is written when empty.
         extra: JSON-ready metadata stored under ``"extra"`` in config.json (metrics, data...).
+        write_more: writes further files into the (temporary) folder before it is renamed
+            into place, so they appear atomically with the weights (training state).
 
     Returns:
         The folder written.
@@ -65,6 +69,8 @@ def save_checkpoint(
         (tmp / CARD).write_text(
             card or f"# lsdseg checkpoint\n\nWritten by lsdseg {__version__}.\n"
         )
+        if write_more is not None:
+            write_more(tmp)
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())

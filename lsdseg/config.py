@@ -104,7 +104,7 @@ class UNetConfig:
     """Latent denoiser: concat(z_t, z_x) at S/f -> eps or v, same shape as z_t."""
 
     channels: tuple[int, ...] = (16, 32, 64)  # width per resolution level (S/f, S/2f, ...)
-    num_res_blocks: int = 1  # residual blocks per level on the way down (one more going up)
+    num_res_blocks: int = 1  # residual blocks per level, on the way down and on the way up
     attention_levels: tuple[int, ...] = (2,)  # level indices that get self-attention
     head_dim: int = 32  # attention head width
     groups: int = 8  # GroupNorm groups

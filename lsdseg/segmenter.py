@@ -91,7 +91,14 @@ class TorchRunner:
 
 
 register_runner("torch", lambda model, ckpt, device: TorchRunner(model, "torch", "torch"))
-register_runner("triton", lambda model, ckpt, device: TorchRunner(model, "triton", "triton"))
+
+
+def _triton_runner(model: LatentSegmenter, ckpt: Path | None, device: torch.device) -> Runner:
+    ops.get_backend("triton")  # fail now, with the fix in the message, not on the first frame
+    return TorchRunner(model, "triton", "triton")
+
+
+register_runner("triton", _triton_runner)
 
 
 def _make_runner(name: str, model: LatentSegmenter, ckpt: Path | None, device: torch.device):

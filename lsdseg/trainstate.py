@@ -1,0 +1,96 @@
+"""Training state beside a checkpoint: optimiser, EMA weights, RNG and loop counters.
+
+Tensors go to safetensors files and everything else to JSON, so resuming never unpickles. The
+files are written into the checkpoint's temporary folder (``save_checkpoint(write_more=...)``),
+so the weights and the state that belongs to them appear together or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+OPTIMIZER, STATE_TENSORS, STATE_JSON = (
+    "optimizer.safetensors",
+    "trainer.safetensors",
+    "trainer.json",
+)
+
+
+@dataclass
+class LoopState:
+    """Where the loop is; saved with every ``last`` checkpoint."""
+
+    phase: str = "autoencoders"  # "autoencoders", "diffusion" or "done"
+    epoch: int = 0  # epochs completed in this phase
+    step: int = 0  # optimiser steps in this phase
+    best_dice: float = -1.0  # best validation Dice (stage 2)
+    elapsed_s: float = 0.0  # training wall time so far
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
+
+
+def write_state(
+    folder: Path, opt: torch.optim.Optimizer, ema: nn.Module | None, loop: LoopState
+) -> None:
+    """Write optimiser, EMA and RNG state and the loop counters into ``folder``."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    save_file(tensors, str(folder / OPTIMIZER))
+    more = {"torch_rng": torch.get_rng_state()}
+    if ema is not None:
+        more.update(
+            {f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
+        )
+    save_file(more, str(folder / STATE_TENSORS))
+    meta = {
+        # an optimiser saved at a phase boundary belongs to the finished phase
+        "optimizer_phase": loop.phase if loop.epoch else "",
+        "param_groups": sd["param_groups"],
+        "scalars": scalars,
+        "loop": loop.__dict__,
+    }
+    (folder / STATE_JSON).write_text(json.dumps(meta))
+
+
+def has_state(folder: Path) -> bool:
+    """Whether ``folder`` holds a checkpoint with training state."""
+    return all((folder / n).is_file() for n in (OPTIMIZER, STATE_TENSORS, STATE_JSON))
+
+
+def read_loop(folder: Path) -> LoopState:
+    """The loop counters saved in ``folder``."""
+    return LoopState(**json.loads((folder / STATE_JSON).read_text())["loop"])
+
+
+def restore_state(
+    folder: Path, opt: torch.optim.Optimizer, ema: nn.Module | None, phase: str
+) -> None:
+    """Load optimiser (if it belongs to ``phase``), EMA weights and the torch RNG state."""
+    meta = json.loads((folder / STATE_JSON).read_text())
+    if meta["optimizer_phase"] == phase:
+        state: dict[int, dict[str, Any]] = {}
+        for key, v in load_file(str(folder / OPTIMIZER)).items():
+            pid, name = key.split(".", 1)
+            state.setdefault(int(pid), {})[name] = v
+        for key, v in meta["scalars"].items():
+            pid, name = key.split(".", 1)
+            state.setdefault(int(pid), {})[name] = v
+        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    more = load_file(str(folder / STATE_TENSORS))
+    torch.set_rng_state(more["torch_rng"])
+    ema_state = {k[4:]: v for k, v in more.items() if k.startswith("ema.")}
+    if ema is not None and ema_state:
+        ema.load_state_dict(ema_state)

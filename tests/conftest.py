@@ -1,0 +1,99 @@
+"""Shared fixtures: tiny model configurations and models that run in milliseconds on a CPU."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+from lsdseg.config import (
+    DiffusionConfig,
+    ImageAEConfig,
+    MaskVAEConfig,
+    ModelConfig,
+    SamplerConfig,
+    UNetConfig,
+)
+from lsdseg.model import LatentSegmenter
+
+# The models here are tiny: one thread is faster than two, and far faster when the 2-core CI
+# machine is busy (OpenMP workers spinning against another process cost 100x on small convs).
+torch.set_num_threads(1)
+
+
+def _tiny_config(factor: int = 8, image_size: int = 64, **overrides: Any) -> ModelConfig:
+    """A valid ModelConfig with every width tiny; ``overrides`` replace top-level fields.
+
+    Levels: log2(factor) encoder widths; the UNet and the context branch each go one level down,
+    so ``image_size`` must be a multiple of ``2 * factor``. Normalisation and the latent scale are
+    deliberately not the defaults, so code that ignores them is caught.
+    """
+    levels = factor.bit_length() - 1
+    parts: dict[str, Any] = {
+        "image_size": image_size,
+        "image_mean": (0.4, 0.5, 0.6),
+        "image_std": (0.2, 0.25, 0.3),
+        "latent_scale": 1.5,
+        "image_ae": ImageAEConfig(
+            factor=factor,
+            latent_channels=4,
+            channels=(8,) * (levels - 1) + (16,),
+            context_channels=(16,),
+            groups=4,
+        ),
+        "mask_vae": MaskVAEConfig(
+            factor=factor,
+            latent_channels=2,
+            encoder_channels=(8,) * levels,
+            decoder_channels=(8, 8),
+            groups=4,
+        ),
+        "unet": UNetConfig(
+            channels=(8, 16), attention_levels=(1,), head_dim=8, groups=4, time_embed_dim=16
+        ),
+        "diffusion": DiffusionConfig(prediction="v"),
+        "sampler": SamplerConfig(steps=2, hypotheses=3),
+    }
+    parts.update(overrides)
+    return ModelConfig(**parts)
+
+
+def _tiny_model(
+    cfg: ModelConfig | None = None, seed: int = 0, head_std: float = 0.1
+) -> LatentSegmenter:
+    """A seeded tiny LatentSegmenter in eval mode.
+
+    The UNet's output convolution is zero-initialised, which would make the denoiser ignore the
+    image; ``head_std > 0`` re-draws it so that every input actually matters in the tests.
+    """
+    torch.manual_seed(seed)
+    model = LatentSegmenter(cfg or _tiny_config())
+    if head_std > 0:
+        with torch.no_grad():
+            model.unet.conv_out.weight.normal_(0.0, head_std)
+            model.unet.conv_out.bias.normal_(0.0, head_std)
+    return model.eval()
+
+
+@pytest.fixture
+def make_config() -> Callable[..., ModelConfig]:
+    """Factory: ``make_config(factor=8, image_size=64, **top_level_overrides)``."""
+    return _tiny_config
+
+
+@pytest.fixture
+def tiny_config() -> ModelConfig:
+    return _tiny_config()
+
+
+@pytest.fixture
+def make_model() -> Callable[..., LatentSegmenter]:
+    """Factory: ``make_model(cfg=None, seed=0, head_std=0.1)``."""
+    return _tiny_model
+
+
+@pytest.fixture
+def tiny_model() -> LatentSegmenter:
+    return _tiny_model()

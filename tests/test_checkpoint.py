@@ -1,0 +1,200 @@
+"""Tests for lsdseg.checkpoint: round trips, atomic writes, and errors a person can act on."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import lsdseg
+from lsdseg import checkpoint as ckpt
+from lsdseg.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    checkpoint_hash,
+    load_checkpoint,
+    read_config,
+    save_checkpoint,
+)
+from lsdseg.model import LatentSegmenter
+
+
+def _outputs(model: LatentSegmenter) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(0)
+    s = model.cfg.image_size
+    x = torch.randn(2, 3, s, s, generator=gen)
+    noise = torch.randn(2, 3, *model.latent_shape, generator=gen)
+    with torch.no_grad():
+        return model(x, noise)
+
+
+@pytest.fixture
+def saved(tmp_path: Path, tiny_model: LatentSegmenter) -> Path:
+    return save_checkpoint(tiny_model, tmp_path / "ckpt", card="# tiny\n", extra={"dice": 0.5})
+
+
+def test_round_trip_gives_identical_outputs(saved: Path, tiny_model: LatentSegmenter) -> None:
+    loaded = load_checkpoint(saved)
+    assert loaded.cfg == tiny_model.cfg
+    assert not loaded.training
+    for a, b in zip(_outputs(tiny_model), _outputs(loaded), strict=True):
+        assert torch.equal(a, b)
+    for (ka, va), (kb, vb) in zip(
+        tiny_model.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
+        assert ka == kb and torch.equal(va, vb)
+
+
+def test_folder_holds_weights_config_and_card(saved: Path, tiny_model: LatentSegmenter) -> None:
+    assert sorted(p.name for p in saved.iterdir()) == [
+        "card.md",
+        "config.json",
+        "model.safetensors",
+    ]
+    meta = json.loads((saved / "config.json").read_text())
+    assert meta["lsdseg_version"] == lsdseg.__version__
+    assert meta["format_version"] == FORMAT_VERSION
+    assert meta["model"]["latent_scale"] == tiny_model.cfg.latent_scale == 1.5
+    assert meta["model"]["image_mean"] == list(tiny_model.cfg.image_mean)
+    assert meta["extra"] == {"dice": 0.5}
+    assert (saved / "card.md").read_text() == "# tiny\n"
+    cfg, whole = read_config(saved)
+    assert cfg == tiny_model.cfg and whole == meta
+
+
+def test_default_card_is_written(tmp_path: Path, tiny_model: LatentSegmenter) -> None:
+    path = save_checkpoint(tiny_model, tmp_path / "c")
+    assert lsdseg.__version__ in (path / "card.md").read_text()
+
+
+def test_overwrite_is_atomic_and_leaves_no_temporaries(
+    tmp_path: Path, make_model: Callable[..., LatentSegmenter]
+) -> None:
+    first, second = make_model(seed=0), make_model(seed=1)
+    save_checkpoint(first, tmp_path / "ckpt", card="first")
+    save_checkpoint(second, tmp_path / "ckpt", card="second")
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no .ckpt.* temp or .old folders
+    assert (tmp_path / "ckpt" / "card.md").read_text() == "second"
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    assert torch.equal(_outputs(loaded)[2], _outputs(second)[2])
+    assert not torch.equal(_outputs(loaded)[2], _outputs(first)[2])
+
+
+def test_a_failed_save_keeps_the_old_checkpoint(
+    saved: Path, make_model: Callable[..., LatentSegmenter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = checkpoint_hash(saved)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(make_model(seed=1), saved)
+    assert [p.name for p in saved.parent.iterdir()] == [saved.name]
+    assert checkpoint_hash(saved) == before
+    load_checkpoint(saved)
+
+
+def test_config_that_does_not_match_the_weights(saved: Path) -> None:
+    meta = json.loads((saved / "config.json").read_text())
+    meta["model"]["unet"]["channels"] = [8, 24]  # valid config, different model
+    (saved / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="does not match") as info:
+        load_checkpoint(saved)
+    assert "shape" in str(info.value)
+
+
+def test_weights_missing_a_tensor(saved: Path) -> None:
+    state = load_file(str(saved / "model.safetensors"))
+    del state["unet.conv_out.weight"]
+    save_file(state, str(saved / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="does not match") as info:
+        load_checkpoint(saved)
+    assert "missing" in str(info.value) and "unet.conv_out.weight" in str(info.value)
+
+
+def test_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist") as info:
+        load_checkpoint(tmp_path / "nowhere")
+    assert "nowhere" in str(info.value)
+
+
+def test_missing_weights(saved: Path) -> None:
+    (saved / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"has no model\.safetensors"):
+        load_checkpoint(saved)
+
+
+def test_missing_config(saved: Path) -> None:
+    (saved / "config.json").unlink()
+    with pytest.raises(CheckpointError, match=r"has no config\.json"):
+        load_checkpoint(saved)
+
+
+def test_corrupt_weights(saved: Path) -> None:
+    (saved / "model.safetensors").write_bytes(b"\x00" * 40)
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(saved)
+
+
+def test_future_format_version(saved: Path) -> None:
+    meta = json.loads((saved / "config.json").read_text())
+    meta["format_version"] = FORMAT_VERSION + 1
+    (saved / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=f"format_version={FORMAT_VERSION + 1}") as info:
+        load_checkpoint(saved)
+    assert "upgrade" in str(info.value)
+
+
+def test_invalid_json(saved: Path) -> None:
+    (saved / "config.json").write_text('{"format_version": 1,')
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_checkpoint(saved)
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda m: m["model"]["sampler"].update(steps=0), "steps=0"),
+        (lambda m: m["model"].update(colour="red"), "colour"),
+    ],
+)
+def test_invalid_config_values_are_checkpoint_errors(saved: Path, edit, fragment: str) -> None:
+    meta = json.loads((saved / "config.json").read_text())
+    edit(meta)
+    (saved / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=fragment):
+        load_checkpoint(saved)
+
+
+def test_checkpoint_error_is_a_value_error() -> None:
+    assert issubclass(CheckpointError, ValueError)
+
+
+def test_loading_never_unpickles(saved: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a checkpoint must never be unpickled")
+
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(pickle, "Unpickler", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    model = load_checkpoint(saved)
+    assert isinstance(model, LatentSegmenter)
+    assert (saved / "model.safetensors").read_bytes()[:2] != b"\x80\x02"  # no pickle protocol
+
+
+def test_hash_follows_the_content(
+    tmp_path: Path, make_model: Callable[..., LatentSegmenter]
+) -> None:
+    a = save_checkpoint(make_model(seed=0), tmp_path / "a")
+    b = save_checkpoint(make_model(seed=0), tmp_path / "b")
+    c = save_checkpoint(make_model(seed=1), tmp_path / "c")
+    assert checkpoint_hash(a) == checkpoint_hash(b) != checkpoint_hash(c)
+    assert len(checkpoint_hash(a)) == 16

@@ -1,0 +1,198 @@
+"""Tests for lsdseg.segmenter: frames in, Results at the frame's size out."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+import lsdseg
+from lsdseg.model import LatentSegmenter
+from lsdseg.segmenter import Result, Segmenter, runner_names
+from lsdseg.uncertainty import aggregate
+
+H, W = 37, 53
+
+
+@pytest.fixture
+def seg(tiny_model: LatentSegmenter) -> Segmenter:
+    return Segmenter(tiny_model)
+
+
+def _frame(seed: int = 0, h: int = H, w: int = W) -> np.ndarray:
+    """A BGR uint8 frame with structure (a bright disc on a gradient) and colour."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack(
+        [xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), np.full_like(xx, 60)], axis=-1
+    ).astype(np.int64)
+    disc = (yy - h / 2) ** 2 + (xx - w / 3) ** 2 < (min(h, w) / 4) ** 2
+    img[disc] = [30, 200, 240]
+    img += rng.integers(-10, 10, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _same(a: Result, b: Result) -> None:
+    for name in ("mask", "mean", "std", "entropy", "mutual_info", "hypotheses"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert a.agreement == b.agreement and a.seed == b.seed
+
+
+def test_untrained_default_model_runs(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        seg = lsdseg.load("untrained")
+    assert "UNTRAINED" in caplog.text
+    assert seg.config == lsdseg.ModelConfig()
+    r = seg(_frame(h=20, w=30), hypotheses=2, steps=1, seed=0)
+    assert r.mask.shape == (20, 30) and r.hypotheses.shape == (2, 20, 30)
+
+
+def test_result_fields_at_the_input_size(seg: Segmenter) -> None:
+    r = seg(_frame(), hypotheses=4, seed=1)
+    assert isinstance(r, Result)
+    assert r.mask.shape == (H, W) and r.mask.dtype == np.bool_
+    for name in ("mean", "std", "entropy", "mutual_info"):
+        value = getattr(r, name)
+        assert value.shape == (H, W) and value.dtype == np.float32, name
+        assert value.min() >= 0.0 and value.max() <= 1.0, name
+    assert r.hypotheses.shape == (4, H, W) and r.hypotheses.dtype == np.float32
+    assert 0.0 <= r.agreement <= 1.0 and r.seed == 1
+    assert set(r.timings) == {"preprocess", "inference", "postprocess", "total"}
+    assert seg(_frame(), seed=1).hypotheses.shape[0] == seg.config.sampler.hypotheses
+
+
+def test_result_equals_the_model_on_the_preprocessed_frame(seg: Segmenter) -> None:
+    """At S x S nothing is resized: the Result is the model's output on the same noise."""
+    s = seg.config.image_size
+    bgr = _frame(h=s, w=s)
+    r = seg(bgr, hypotheses=3, steps=2, seed=7)
+
+    cfg = seg.config
+    rgb = torch.from_numpy(bgr[..., ::-1].copy()).permute(2, 0, 1).float() / 255.0  # (3, S, S)
+    x = (rgb - torch.tensor(cfg.image_mean)[:, None, None]) / torch.tensor(cfg.image_std)[
+        :, None, None
+    ]
+    noise = torch.randn((1, 3, *seg.model.latent_shape), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        p = seg.model.hypotheses(x[None], noise, 2)[0]  # (K, S, S)
+    np.testing.assert_allclose(r.hypotheses, p.numpy(), atol=1e-5)
+    agg = aggregate(p)
+    np.testing.assert_allclose(r.mean, agg.mean.numpy(), atol=1e-5)
+    np.testing.assert_allclose(r.std, agg.std.numpy(), atol=1e-5)
+    np.testing.assert_allclose(r.entropy, agg.entropy.numpy(), atol=1e-5)
+    np.testing.assert_allclose(r.mutual_info, agg.mutual_info.numpy(), atol=1e-5)
+
+
+def test_mean_is_the_mean_of_the_resized_hypotheses(seg: Segmenter) -> None:
+    r = seg(_frame(), hypotheses=3, seed=2)
+    np.testing.assert_allclose(r.mean, r.hypotheses.mean(axis=0), atol=1e-6)
+
+
+def test_seed_reproduces_and_differs(seg: Segmenter) -> None:
+    frame = _frame()
+    a, b = seg(frame, hypotheses=3, seed=11), seg(frame, hypotheses=3, seed=11)
+    _same(a, b)
+    c = seg(frame, hypotheses=3, seed=12)
+    assert not np.allclose(a.hypotheses, c.hypotheses, atol=1e-4)
+    drawn = seg(frame, hypotheses=3)
+    assert isinstance(drawn.seed, int)
+    _same(drawn, seg(frame, hypotheses=3, seed=drawn.seed))
+
+
+def test_stochastic_sampling_is_seeded_too(seg: Segmenter) -> None:
+    frame = _frame()
+    a, b = seg(frame, eta=1.0, seed=3), seg(frame, eta=1.0, seed=3)
+    _same(a, b)
+    assert not np.allclose(a.hypotheses, seg(frame, eta=0.0, seed=3).hypotheses, atol=1e-4)
+
+
+def test_grey_rgba_and_16_bit_frames(seg: Segmenter) -> None:
+    bgr = _frame()
+    grey = bgr[..., 1].copy()
+    r = seg(grey, seed=0)
+    assert r.mean.shape == (H, W)
+    _same(r, seg(np.repeat(grey[..., None], 3, axis=2), seed=0))
+    rgba = np.concatenate([bgr, np.full((H, W, 1), 17, np.uint8)], axis=2)
+    _same(seg(rgba, seed=0), seg(bgr, seed=0))  # alpha is ignored
+    deep = bgr.astype(np.uint16) * 257  # the same picture in 16 bits
+    _same(seg(deep, seed=0), seg(bgr, seed=0))
+
+
+def test_batches_keep_each_frame_size(seg: Segmenter) -> None:
+    frames = [_frame(0, 37, 53), _frame(1, 64, 64), _frame(2, 20, 90)]
+    out = seg(frames, hypotheses=2, seed=5)
+    assert isinstance(out, list) and len(out) == 3
+    for f, r in zip(frames, out, strict=True):
+        assert r.mask.shape == f.shape[:2] and r.hypotheses.shape == (2, *f.shape[:2])
+    # frame 0 of a batch gets the same noise as the frame alone
+    alone = seg(frames[0], hypotheses=2, seed=5)
+    np.testing.assert_allclose(out[0].hypotheses, alone.hypotheses, atol=1e-5)
+    stacked = seg(np.stack([frames[0], frames[0]]), hypotheses=2, seed=5)
+    assert isinstance(stacked, list) and len(stacked) == 2
+
+
+def test_colour_order_is_a_channel_flip(seg: Segmenter) -> None:
+    img = _frame()
+    _same(seg(img, order="rgb", seed=4), seg(np.ascontiguousarray(img[..., ::-1]), seed=4))
+    _same(seg(img, order="rgb", seed=4), seg(img[..., ::-1], order="bgr", seed=4))
+    assert not np.allclose(seg(img, order="rgb", seed=4).mean, seg(img, seed=4).mean, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"steps": 0}, "steps=0"),
+        ({"hypotheses": 0}, "hypotheses=0"),
+        ({"threshold": 1.5}, "threshold=1.5"),
+        ({"eta": 2.0}, "eta=2.0"),
+        ({"order": "xyz"}, "order='xyz'"),
+    ],
+)
+def test_invalid_settings_name_the_argument(seg: Segmenter, kwargs: dict, fragment: str) -> None:
+    with pytest.raises(ValueError) as info:
+        seg(_frame(), **kwargs)
+    assert fragment in str(info.value)
+
+
+def test_empty_and_malformed_batches(seg: Segmenter) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        seg([])
+    with pytest.raises(TypeError, match="numpy"):
+        seg([_frame(), "frame.png"])
+    with pytest.raises(ValueError):
+        seg(np.zeros((4, 5, 6, 7), np.uint8))  # 7 channels
+
+
+def test_unknown_backend_lists_the_choices(tiny_model: LatentSegmenter) -> None:
+    with pytest.raises(ValueError) as info:
+        Segmenter(tiny_model, backend="tensorflow")
+    msg = str(info.value)
+    assert "'tensorflow'" in msg
+    for name in ("torch", "triton", "onnx", "trt"):
+        assert name in msg and name in runner_names()
+    with pytest.raises(ValueError, match="tensorflow"):
+        lsdseg.load("untrained", backend="tensorflow")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is not None, reason="triton is installed")
+def test_triton_backend_without_triton_says_how_to_install(tiny_model: LatentSegmenter) -> None:
+    with pytest.raises(RuntimeError, match="pip install"):
+        Segmenter(tiny_model, backend="triton")(_frame(), seed=0)
+
+
+def test_mask_is_mean_above_threshold(seg: Segmenter) -> None:
+    frame = _frame()
+    mean = seg(frame, seed=9).mean
+    threshold = float(np.median(mean))
+    assert 0.0 < threshold < 1.0
+    r = seg(frame, seed=9, threshold=threshold)
+    np.testing.assert_array_equal(r.mask, r.mean > threshold)
+    assert r.mask.any() and not r.mask.all()
+
+
+def test_missing_checkpoint_is_a_checkpoint_error(tmp_path) -> None:
+    with pytest.raises(lsdseg.CheckpointError, match="does not exist"):
+        lsdseg.load(tmp_path / "missing")
