@@ -15,7 +15,6 @@ import sys
 from collections.abc import Callable, Sequence
 
 from lsdseg.cli.errors import UserError
-
 from lsdseg.version import __version__
 
 EXIT_USAGE, EXIT_ERROR, EXIT_INTERRUPTED = 2, 1, 130

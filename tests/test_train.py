@@ -182,9 +182,13 @@ def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(data, tmp_p
         _ddp_worker, args=(2, _free_port(), str(data), str(tmp_path / "ddp")), nprocs=2
     )
     a, b = _weights(tmp_path / "single" / "last"), _weights(tmp_path / "ddp" / "last")
-    changed = 0
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert a.keys() == b.keys()
+    diff = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    # Adam divides by sqrt(v): where a gradient is ~0, the rounding difference between an
+    # all-reduced sum and a single-process sum can flip an update of size lr. Measured: 0.15%
+    # of weights differ by more than 1e-5 with a correct all-reduce, 69% without one.
+    assert (diff > 1e-5).float().mean() < 0.01
+    assert diff.max() < 2 * 1e-3 * 4  # at most a few lr-sized steps anywhere
     init = _weights_of_init()
     changed = sum(not torch.equal(a[k], init[k]) for k in a)
     assert changed > len(a) // 2  # the run really trained

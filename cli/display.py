@@ -1,0 +1,82 @@
+"""What ``lsdseg segment`` shows while it runs: a progress bar or counter, and a window.
+
+The terminal gets a rich progress bar when the number of frames is known (files) and a live
+frame counter otherwise (webcams, streams). ``--show`` opens an OpenCV window, which needs a GUI
+build of OpenCV and a display; :func:`check_gui` says how to get them instead of letting OpenCV
+abort the process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+from lsdseg.cli.errors import UserError
+
+
+def check_gui() -> None:
+    """--show needs a GUI build of OpenCV and a display; say how to get them otherwise."""
+    import cv2
+
+    gui = re.search(r"GUI:\s*(\S+)", cv2.getBuildInformation())
+    if gui is None or gui.group(1).upper() == "NONE":
+        raise UserError(
+            "--show needs a GUI build of OpenCV, and this one is headless: "
+            "pip uninstall opencv-python-headless && pip install opencv-python; "
+            "or drop --show and open the saved video"
+        )
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        raise UserError(
+            "--show needs a display, and DISPLAY is not set (no desktop session or "
+            "ssh -X); drop --show and open the saved video"
+        )
+
+
+def make_show():
+    """The --show callback: shows a frame; returns False when q or Esc is pressed."""
+    import cv2
+
+    def show(image) -> bool:
+        cv2.imshow("lsdseg segment (q to quit)", image)
+        return (cv2.waitKey(1) & 0xFF) not in (ord("q"), 27)
+
+    return show
+
+
+class ProgressDisplay:
+    """A rich progress bar (files: frames known) or live counter (streams); a context manager
+    yielding the ``on_frame(done, dropped)`` callback."""
+
+    def __init__(self, console, source):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.total = source.total
+        columns = [TextColumn("{task.description}"), BarColumn()]
+        if self.total:
+            columns += [MofNCompleteColumn(), TimeRemainingColumn()]
+        else:
+            columns += [TextColumn("{task.completed} frames"), TimeElapsedColumn()]
+        columns.append(TextColumn("{task.fields[info]}"))
+        self.progress = Progress(*columns, console=console, transient=False)
+
+    def __enter__(self):
+        self.progress.__enter__()
+        task = self.progress.add_task("segment", total=self.total, info="")
+
+        def on_frame(done: int, dropped: int) -> None:
+            self.progress.update(task, completed=done, info=f"dropped {dropped}" if dropped else "")
+
+        return on_frame
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)

@@ -1,0 +1,172 @@
+"""The segmentation loop of ``lsdseg segment``: reader thread -> model -> writer thread.
+
+Decoding (:class:`~lsdseg.cli.reader.FrameReader`), inference (this thread) and rendering plus
+encoding (:class:`~lsdseg.cli.writer.WriterThread`) overlap through bounded queues. SIGINT and
+SIGTERM set a flag the loop checks between frames: the frame being segmented is finished and
+written, the writer drains and releases the video, and the run ends with its summary. A second
+signal interrupts at once (the outputs are still closed on the way out).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lsdseg.cli.overlay import OverlayOptions, make_view, uncertainty_map
+from lsdseg.cli.reader import FrameReader, Stalled
+from lsdseg.cli.records import Summary, frame_record
+from lsdseg.cli.sources import Source
+from lsdseg.cli.writer import Work, WriterThread
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """Per-frame Segmenter settings; None takes the checkpoint's default."""
+
+    hypotheses: int = 8  # K
+    steps: int | None = None  # DDIM steps
+    eta: float | None = None  # DDIM eta
+    threshold: float | None = None  # mask = mean > threshold
+    seed: int | None = 0  # the same seed for every frame (steady video); None: a new one each
+
+
+class StopFlag:
+    """Turns SIGINT / SIGTERM into a flag while active (a context manager).
+
+    Handlers can only be installed from the main thread; elsewhere the flag still works when
+    set by hand, and signals keep their handlers.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reason: str | None = None
+        self.closing = False  # outputs are being finalised: further signals wait for it
+        self._old: dict[int, object] = {}
+
+    def set(self, reason: str) -> None:
+        if not self.event.is_set():
+            self.reason = reason
+            self.event.set()
+
+    def _handle(self, signum: int, _frame) -> None:
+        if self.event.is_set() and not self.closing:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.set(signal.Signals(signum).name)
+
+    def __enter__(self) -> StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)  # type: ignore[arg-type]
+        self._old.clear()
+
+
+def _work(frame, result, latency: float, fps: float, overlay: OverlayOptions, keep_mean: bool):
+    """A processed frame for the writer: its record, its view with the heads-up line."""
+    unc = uncertainty_map(result, overlay.measure)
+    record = frame_record(
+        frame.index,
+        frame.timestamp,
+        frame.name,
+        latency,
+        result.mask,
+        unc,
+        result.agreement,
+        result.seed,
+    )
+    hud = (
+        f"{fps:.1f} fps | {latency:.0f} ms | K={result.hypotheses.shape[0]} | "
+        f"{overlay.measure} {record['unc_frame_mean']:.3f}"
+    )
+    return Work(frame, make_view(result, overlay, hud), record, result.mean if keep_mean else None)
+
+
+def run_pipeline(
+    segmenter,
+    source: Source,
+    writer: WriterThread,
+    overlay: OverlayOptions,
+    sample: SampleOptions,
+    realtime: bool,
+    timeout: float,
+    stop: StopFlag,
+    on_frame: Callable[[int, int], None] | None = None,
+    keep_mean: bool = False,
+) -> Summary:
+    """Segment every frame ``source`` delivers and hand each result to ``writer``.
+
+    Args:
+        segmenter: a :class:`lsdseg.Segmenter`.
+        source: the probed source.
+        writer: the outputs (closed here, whatever happens).
+        overlay: what the writer draws and which uncertainty map the records measure.
+        sample: the sampler settings.
+        realtime: drop frames that arrive while the model is busy.
+        timeout: seconds without a frame after which a source counts as stalled.
+        stop: the flag that ends the run early (signals, the --show window).
+        on_frame: called with (frames processed, frames dropped) after each frame.
+        keep_mean: pass the confidence map to the writer (for --save-masks).
+
+    Returns:
+        The run's summary (``stopped_by`` says why it ended early, if it did).
+    """
+    summary = Summary(source=source.label)
+    reader = FrameReader(source, realtime).start()
+    latencies: list[float] = []
+    t_start: float | None = None
+    t_last: float | None = None
+    fps = 0.0
+    try:
+        while not stop.event.is_set() and not writer.quit.is_set():
+            try:
+                frame = reader.get(timeout, stop.event)
+            except Stalled as e:
+                summary.stopped_by, summary.warning = "stall", str(e)
+                break
+            if frame is None:
+                break
+            t0 = time.perf_counter()
+            t_start = t0 if t_start is None else t_start
+            result = segmenter(
+                frame.image,
+                hypotheses=sample.hypotheses,
+                steps=sample.steps,
+                eta=sample.eta,
+                seed=sample.seed,
+                threshold=sample.threshold,
+            )
+            t1 = time.perf_counter()
+            latency = (t1 - t0) * 1e3
+            latencies.append(latency)
+            rate = 1.0 / (t1 - t_last) if t_last is not None and t1 > t_last else 1e3 / latency
+            fps = rate if len(latencies) == 1 else 0.8 * fps + 0.2 * rate  # smoothed for the HUD
+            t_last = t1
+            work = _work(frame, result, latency, fps, overlay, keep_mean)
+            del result  # the work item keeps only what rendering and records need
+            writer.put(work)
+            writer.display()
+            if on_frame is not None:
+                on_frame(len(latencies), reader.dropped)
+    finally:
+        stop.closing = True
+        reader.stop()
+        try:
+            writer.close()
+        finally:
+            summary.dropped = reader.dropped
+            elapsed = time.perf_counter() - t_start if t_start is not None else 0.0
+            summary.finish(latencies[: writer.written], elapsed)
+    if stop.reason and not summary.stopped_by:
+        summary.stopped_by = stop.reason
+    elif writer.quit.is_set() and not summary.stopped_by:
+        summary.stopped_by = "the --show window (q)"
+    if source.warning and not summary.warning:
+        summary.warning = source.warning
+    return summary

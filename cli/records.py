@@ -1,0 +1,148 @@
+"""Per-frame records and the run summary of ``lsdseg segment``.
+
+Each processed frame gives one record (a CSV row and a JSON line, written and flushed together,
+so a run stopped at any point leaves both files complete up to the last frame written):
+
+=================  ==================================================================
+frame              index of the frame in the source (before --vid-stride); image number
+timestamp_s        seconds: frame / fps for files, since start for live sources; empty
+                   for images
+source             image file name, or the source's name
+latency_ms         wall time of the Segmenter call for this frame
+area_fraction      fraction of the frame's pixels inside the mask (mean > threshold)
+components         number of connected regions of the mask (8-connectivity)
+unc_mean, unc_max  mean and max of the uncertainty map inside the mask (empty if the mask
+                   is empty); the map is ``--uncertainty`` (default: entropy of the mean,
+                   bits), named in summary.json
+unc_frame_mean     mean of the uncertainty map over the whole frame
+agreement          mean pairwise Dice of the K hypothesis masks (Result.agreement)
+seed               the seed that reproduces this frame's result
+=================  ==================================================================
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = (
+    "frame",
+    "timestamp_s",
+    "source",
+    "latency_ms",
+    "area_fraction",
+    "components",
+    "unc_mean",
+    "unc_max",
+    "unc_frame_mean",
+    "agreement",
+    "seed",
+)
+
+
+def frame_record(
+    index: int,
+    timestamp: float | None,
+    source: str,
+    latency_ms: float,
+    mask: np.ndarray,
+    uncertainty: np.ndarray,
+    agreement: float,
+    seed: int,
+) -> dict:
+    """The record of one frame (see the module docstring for each field).
+
+    Shapes:
+        mask (H, W) bool; uncertainty (H, W) float.
+    """
+    import cv2
+
+    area = int(mask.sum())
+    n_labels, _ = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    inside = uncertainty[mask] if area else None
+    return {
+        "frame": index,
+        "timestamp_s": None if timestamp is None else round(timestamp, 4),
+        "source": source,
+        "latency_ms": round(latency_ms, 2),
+        "area_fraction": round(area / mask.size, 6),
+        "components": int(n_labels) - 1,  # label 0 is the background
+        "unc_mean": None if inside is None else round(float(inside.mean()), 6),
+        "unc_max": None if inside is None else round(float(inside.max()), 6),
+        "unc_frame_mean": round(float(uncertainty.mean()), 6),
+        "agreement": round(float(agreement), 6),
+        "seed": int(seed),
+    }
+
+
+class RecordWriter:
+    """Writes records to ``records.csv`` and ``records.jsonl``; each row flushed at once."""
+
+    def __init__(self, folder: Path):
+        self.csv_path, self.jsonl_path = folder / "records.csv", folder / "records.jsonl"
+        self._csv_file = open(self.csv_path, "w", newline="", encoding="utf-8")  # noqa: SIM115
+        self._jsonl = open(self.jsonl_path, "w", encoding="utf-8")  # noqa: SIM115
+        self._csv = csv.DictWriter(self._csv_file, fieldnames=COLUMNS)
+        self._csv.writeheader()
+        self._csv_file.flush()
+        self.rows = 0
+
+    def write(self, record: dict) -> None:
+        self._csv.writerow({k: "" if record[k] is None else record[k] for k in COLUMNS})
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._csv_file.flush()
+        self._jsonl.flush()
+        self.rows += 1
+
+    def close(self) -> None:
+        self._csv_file.close()
+        self._jsonl.close()
+
+
+@dataclass
+class Summary:
+    """What a run did; printed as one line and written as summary.json."""
+
+    source: str
+    frames: int = 0  # frames processed and written
+    dropped: int = 0  # frames a live source delivered while the model was busy
+    mean_latency_ms: float = math.nan
+    p95_latency_ms: float = math.nan
+    fps: float = math.nan  # processed frames per second of wall time, end to end
+    elapsed_s: float = 0.0
+    stopped_by: str | None = None  # None (ran to the end), SIGINT, SIGTERM, stall, error
+    warning: str = ""
+    settings: dict = field(default_factory=dict)
+    outputs: dict = field(default_factory=dict)
+
+    def finish(self, latencies_ms: list[float], elapsed_s: float) -> Summary:
+        """Fill in the latency and throughput figures."""
+        self.frames = len(latencies_ms)
+        self.elapsed_s = round(elapsed_s, 3)
+        if latencies_ms:
+            lat = np.asarray(latencies_ms)
+            self.mean_latency_ms = round(float(lat.mean()), 2)
+            self.p95_latency_ms = round(float(np.percentile(lat, 95)), 2)
+            self.fps = round(self.frames / elapsed_s, 3) if elapsed_s > 0 else math.nan
+        return self
+
+    def line(self) -> str:
+        """The one-line summary printed at the end."""
+        stop = f", stopped by {self.stopped_by}" if self.stopped_by else ""
+        return (
+            f"{self.frames} frames, {self.dropped} dropped, latency mean "
+            f"{self.mean_latency_ms:.1f} ms p95 {self.p95_latency_ms:.1f} ms, "
+            f"{self.fps:.2f} fps{stop}"
+        )
+
+    def save(self, path: Path) -> None:
+        data = {
+            k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in asdict(self).items()
+        }
+        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,345 @@
+"""``lsdseg segment``: segment a video, images, a webcam or a stream; write overlays and records.
+
+Outputs go to ``runs/segment/exp``, ``exp2``... (``--project``, ``--name``, ``--exist-ok``):
+the overlay video ``<source>.mp4`` (mp4v; same frame count as the input, fps = input fps /
+--vid-stride) or one ``<image>.png`` per input image, ``records.csv`` and ``records.jsonl`` (one
+record per frame, see :mod:`lsdseg.cli.records`), ``summary.json``, and with ``--save-masks``
+the mask, confidence and uncertainty PNGs in ``masks/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+from lsdseg.cli.errors import UserError
+from lsdseg.cli.main import EXIT_ERROR, EXIT_INTERRUPTED
+
+BACKENDS = ("auto", "torch", "triton", "onnx", "trt")
+EXIT_TERMINATED = 128 + 15  # the shell's status for SIGTERM
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from lsdseg.cli.overlay import CMAPS, MEASURES, STYLES
+
+    p = sub.add_parser(
+        "segment",
+        help="segment a video, image(s), webcam or stream; write overlays and per-frame records",
+        description="Segment every frame with K mask hypotheses; write an overlay video (or "
+        "images), per-frame records (CSV + JSON lines) and a summary. Ctrl-C stops cleanly.",
+    )
+    p.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="video file, image, folder or glob of images, webcam index (0), or "
+        "rtsp:// / http(s):// stream URL",
+    )
+    m = p.add_argument_group("model")
+    m.add_argument(
+        "--weights",
+        default="default",
+        help="'default' (bundled), 'untrained' (random, for trying the pipeline) or "
+        "a checkpoint folder",
+    )
+    m.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="auto: triton on CUDA when triton is installed, else torch",
+    )
+    m.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    m.add_argument(
+        "--hypotheses",
+        "-k",
+        type=int,
+        default=8,
+        metavar="K",
+        help="mask hypotheses per frame (default 8)",
+    )
+    m.add_argument("--steps", type=int, help="DDIM steps (default: the checkpoint's)")
+    m.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (default: the checkpoint's)")
+    m.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the initial noise, the same for every frame (steady video); "
+        "-1 draws a new one per frame",
+    )
+    m.add_argument(
+        "--threshold", type=float, help="mask = mean > threshold (default: the checkpoint's)"
+    )
+    m.add_argument(
+        "--imgsz",
+        type=int,
+        help="model input size S (default: the checkpoint's; torch and triton backends only)",
+    )
+    s = p.add_argument_group("source")
+    s.add_argument(
+        "--vid-stride",
+        type=int,
+        default=1,
+        metavar="N",
+        help="process every N-th video frame (output fps = input fps / N)",
+    )
+    s.add_argument(
+        "--max-frames", type=int, default=0, metavar="N", help="stop after N frames (0: all)"
+    )
+    s.add_argument(
+        "--realtime",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="drop frames that arrive while the model is busy (default: on for "
+        "webcams and streams; on a file, replays it at its own fps)",
+    )
+    s.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds without a frame before a stream counts as stalled (default 10)",
+    )
+    o = p.add_argument_group("output")
+    o.add_argument(
+        "--overlay",
+        choices=STYLES,
+        default="mask",
+        help="mask: filled mask + contour; uncertainty: heat map + legend; "
+        "grid: the K hypotheses beside the mask",
+    )
+    o.add_argument(
+        "--uncertainty",
+        choices=MEASURES,
+        default="entropy",
+        help="map shown and measured: entropy of the mean (bits), std of the K "
+        "probabilities, or mutual information (bits)",
+    )
+    o.add_argument("--cmap", choices=CMAPS, default="turbo", help="heat map colours")
+    o.add_argument("--alpha", type=float, default=0.4, help="overlay opacity in [0, 1]")
+    o.add_argument("--no-hud", action="store_true", help="no heads-up line on the frames")
+    o.add_argument(
+        "--save-masks",
+        action="store_true",
+        help="also write mask, confidence and uncertainty PNGs per frame",
+    )
+    o.add_argument(
+        "--show",
+        action="store_true",
+        help="show the overlay in a window (needs a GUI OpenCV and a display)",
+    )
+    o.add_argument("--project", default="runs/segment", help="parent of the run folders")
+    o.add_argument("--name", default="exp", help="run folder name (exp, exp2, ...)")
+    o.add_argument("--exist-ok", action="store_true", help="reuse the run folder if it exists")
+    p.set_defaults(func=run)
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Range checks that need no model, so a typo fails before anything loads."""
+    checks = [
+        (1 <= args.hypotheses <= 256, f"--hypotheses {args.hypotheses} must be between 1 and 256"),
+        (
+            args.steps is None or 1 <= args.steps <= 1000,
+            f"--steps {args.steps} must be between 1 and 1000",
+        ),
+        (args.eta is None or 0 <= args.eta <= 1, f"--eta {args.eta} must be between 0 and 1"),
+        (
+            args.threshold is None or 0 < args.threshold < 1,
+            f"--threshold {args.threshold} must be between 0 and 1 (exclusive)",
+        ),
+        (args.vid_stride >= 1, f"--vid-stride {args.vid_stride} must be >= 1"),
+        (args.max_frames >= 0, f"--max-frames {args.max_frames} must be >= 0 (0: all frames)"),
+        (args.timeout > 0, f"--timeout {args.timeout} must be > 0 seconds"),
+        (0 <= args.alpha <= 1, f"--alpha {args.alpha} must be between 0 and 1"),
+        (args.imgsz is None or args.imgsz > 0, f"--imgsz {args.imgsz} must be > 0"),
+        (args.seed >= -1, f"--seed {args.seed} must be >= 0, or -1 for a new seed per frame"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def pick_backend(name: str, device) -> str:
+    """``auto``: triton on a CUDA device when triton is importable, else torch."""
+    if name != "auto":
+        return name
+    if device.type == "cuda" and importlib.util.find_spec("triton") is not None:
+        return "triton"
+    return "torch"
+
+
+def set_image_size(segmenter, imgsz: int | None) -> None:
+    """Run the model at ``imgsz`` instead of its training size (fully convolutional)."""
+    import dataclasses
+    import logging
+
+    size = segmenter.config.image_size
+    if imgsz is None or imgsz == size:
+        return
+    if segmenter.backend not in ("torch", "triton"):
+        raise UserError(
+            f"--imgsz {imgsz}: the {segmenter.backend} backend runs at the size it "
+            f"was exported at ({size}); drop --imgsz or re-export"
+        )
+    try:
+        cfg = dataclasses.replace(segmenter.model.cfg, image_size=imgsz)
+    except ValueError as e:
+        raise UserError(f"--imgsz {imgsz}: {e}") from None
+    segmenter.model.cfg = cfg
+    logging.getLogger(__name__).warning(
+        "running at --imgsz %d; the model was trained at %d", imgsz, size
+    )
+
+
+def next_run_dir(project: str, name: str, exist_ok: bool) -> Path:
+    """``project/name``, or the first free ``project/name2``, ``name3``... (created)."""
+    base = Path(project) / name
+    if exist_ok:
+        base.mkdir(parents=True, exist_ok=True)
+        return base
+    n = 1
+    while True:
+        path = base if n == 1 else Path(project) / f"{name}{n}"
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            n += 1
+
+
+def open_outputs(args: argparse.Namespace, source, overlay, out_dir: Path):
+    """The writer thread with its outputs: a video (or images), records, optional masks."""
+    from lsdseg.cli.display import make_show
+    from lsdseg.cli.overlay import MEASURE_RANGE, output_size, render
+    from lsdseg.cli.records import RecordWriter
+    from lsdseg.cli.writer import ImagesOut, MasksOut, VideoOut, WriterThread
+
+    video = images = masks = None
+    if source.kind == "images":
+        images = ImagesOut(out_dir)
+    else:
+        size = output_size(*source.first_shape, overlay.style)
+        video = VideoOut(out_dir / f"{source.name}.mp4", source.fps / args.vid_stride, size)
+    if args.save_masks:
+        masks = MasksOut(out_dir / "masks", MEASURE_RANGE[overlay.measure])
+    return WriterThread(
+        lambda frame, view: render(frame, view, overlay),
+        RecordWriter(out_dir),
+        video=video,
+        images=images,
+        masks=masks,
+        show=make_show() if args.show else None,
+    )
+
+
+def describe(args: argparse.Namespace, segmenter, device, overlay, sample, realtime, writer):
+    """The settings and outputs recorded in summary.json."""
+    from lsdseg.cli.overlay import MEASURE_LABEL, MEASURE_RANGE
+    from lsdseg.cli.writer import FOURCC
+
+    video = writer.video
+    settings = {
+        "weights": str(args.weights),
+        "backend": segmenter.backend,
+        "device": str(device),
+        "hypotheses": args.hypotheses,
+        "steps": args.steps,
+        "eta": args.eta,
+        "threshold": args.threshold,
+        "seed": sample.seed,
+        "imgsz": segmenter.config.image_size,
+        "vid_stride": args.vid_stride,
+        "realtime": realtime,
+        "overlay": overlay.style,
+        "uncertainty": f"{overlay.measure}: {MEASURE_LABEL[overlay.measure]} "
+        f"(range 0-{MEASURE_RANGE[overlay.measure]:g})",
+    }
+    outputs = {
+        "records_csv": "records.csv",
+        "records_jsonl": "records.jsonl",
+        "video": video.path.name if video else None,
+        "codec": FOURCC if video else None,
+        "video_fps": video.fps if video else None,
+        "masks": "masks" if writer.masks else None,
+    }
+    return settings, outputs
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    from rich.console import Console
+
+    from lsdseg.cli.display import ProgressDisplay, check_gui
+    from lsdseg.cli.overlay import OverlayOptions
+    from lsdseg.cli.pipeline import SampleOptions, StopFlag, run_pipeline
+    from lsdseg.cli.sources import open_source
+    from lsdseg.segmenter import load, resolve_device
+
+    check_options(args)
+    overlay = OverlayOptions(
+        style=args.overlay,
+        cmap=args.cmap,
+        alpha=args.alpha,
+        measure=args.uncertainty,
+        hud=not args.no_hud,
+    )
+    sample = SampleOptions(
+        hypotheses=args.hypotheses,
+        steps=args.steps,
+        eta=args.eta,
+        threshold=args.threshold,
+        seed=None if args.seed < 0 else args.seed,
+    )
+    if args.show:
+        check_gui()
+    console = Console(stderr=True, soft_wrap=True)  # summary lines stay whole in logs
+    source = open_source(args.source, args.vid_stride, args.max_frames, args.timeout)
+    try:
+        device = resolve_device(args.device)
+        segmenter = load(args.weights, device=device, backend=pick_backend(args.backend, device))
+        set_image_size(segmenter, args.imgsz)
+        realtime = source.live if args.realtime is None else args.realtime
+        realtime = realtime and source.kind != "images"
+        console.print(
+            f"lsdseg segment: {source.label} ({source.kind}{', real time' if realtime else ''}), "
+            f"K={args.hypotheses}, backend {segmenter.backend}, device {device}"
+        )
+        with console.status("warming up the model"):  # lazy inits and JIT kernels, untimed
+            blank = np.zeros((*source.first_shape, 3), np.uint8)
+            segmenter(
+                blank,
+                hypotheses=sample.hypotheses,
+                steps=sample.steps,
+                eta=sample.eta,
+                seed=0,
+                threshold=sample.threshold,
+            )
+        out_dir = next_run_dir(args.project, args.name, args.exist_ok)
+        writer = open_outputs(args, source, overlay, out_dir)
+        with ProgressDisplay(console, source) as on_frame, StopFlag() as stop:
+            summary = run_pipeline(
+                segmenter,
+                source,
+                writer,
+                overlay,
+                sample,
+                realtime,
+                args.timeout,
+                stop,
+                on_frame,
+                keep_mean=args.save_masks,
+            )
+    finally:
+        source.close()
+    summary.settings, summary.outputs = describe(
+        args, segmenter, device, overlay, sample, realtime, writer
+    )
+    summary.outputs["folder"] = str(out_dir)
+    summary.save(out_dir / "summary.json")
+    console.print(f"{summary.line()}; results in {out_dir}")
+    if source.kind == "video" and source.warning:  # a truncated or corrupt file
+        print(f"lsdseg segment: error: {source.warning}", file=sys.stderr)
+        return EXIT_ERROR
+    if summary.warning:
+        console.print(f"lsdseg segment: warning: {summary.warning}")
+    return {"SIGINT": EXIT_INTERRUPTED, "SIGTERM": EXIT_TERMINATED}.get(summary.stopped_by, 0)

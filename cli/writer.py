@@ -1,0 +1,216 @@
+"""Outputs of ``lsdseg segment``: overlay video or images, mask PNGs, on a writer thread.
+
+The :class:`WriterThread` renders and encodes while the main thread runs the model. For every
+frame it writes, in this order, the overlay (video frame or image), the optional mask PNGs and
+then the record, so a record always means its frame is in the video. :meth:`WriterThread.close`
+drains the queue and releases the video, which leaves a playable file after Ctrl-C too.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lsdseg.cli.errors import UserError
+from lsdseg.cli.overlay import View
+from lsdseg.cli.records import RecordWriter
+from lsdseg.cli.sources import Frame
+
+FOURCC = "mp4v"  # the pip OpenCV build cannot write avc1/H.264
+
+
+class VideoOut:
+    """An mp4 (mp4v) writer of fixed size.
+
+    MPEG-4 part 2 needs even sizes: an odd height or width is padded with one black row or
+    column (FFmpeg would otherwise crop it). A frame whose size differs from the first (a stream
+    that changes resolution) is resized to it.
+    """
+
+    def __init__(self, path: Path, fps: float, size: tuple[int, int]):
+        import cv2
+
+        self.path, self.fps, self.size = path, fps, size  # size (H, W) of rendered frames
+        h, w = size
+        self._pad = (h % 2, w % 2)
+        self.frames = 0
+        self._writer = cv2.VideoWriter(
+            str(path), cv2.VideoWriter_fourcc(*FOURCC), fps, (w + self._pad[1], h + self._pad[0])
+        )
+        if not self._writer.isOpened():
+            raise UserError(
+                f"cannot write the video {path} ({FOURCC}, {w}x{h} at {fps:g} fps);"
+                " check that the folder is writable"
+            )
+
+    def write(self, image: np.ndarray) -> None:
+        import cv2
+
+        h, w = self.size
+        if image.shape[:2] != (h, w):
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        if any(self._pad):
+            image = cv2.copyMakeBorder(
+                image, 0, self._pad[0], 0, self._pad[1], cv2.BORDER_CONSTANT, value=(0, 0, 0)
+            )
+        self._writer.write(image)
+        self.frames += 1
+
+    def close(self) -> None:
+        self._writer.release()
+
+
+class ImagesOut:
+    """One overlay PNG per input image, named after it (``name.png``, ``name_2.png``...)."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.frames = folder, 0
+        self._used: set[str] = set()
+
+    def unique_stem(self, name: str) -> str:
+        stem, stem_n, n = Path(name).stem, Path(name).stem, 2
+        while stem in self._used:
+            stem, n = f"{stem_n}_{n}", n + 1
+        self._used.add(stem)
+        return stem
+
+    def write(self, image: np.ndarray, stem: str) -> None:
+        _imwrite(self.folder / f"{stem}.png", image)
+        self.frames += 1
+
+    def close(self) -> None:
+        pass
+
+
+def _imwrite(path: Path, image: np.ndarray) -> None:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise OSError(f"cannot encode {path}")
+    buf.tofile(str(path))  # also works for non-ASCII paths, unlike cv2.imwrite on Windows
+
+
+class MasksOut:
+    """``--save-masks``: ``<stem>_mask.png`` (0/255), ``_conf.png`` (mean x 255) and
+    ``_unc.png`` (uncertainty / its maximum x 255), all 8-bit grey, in ``masks/``."""
+
+    def __init__(self, folder: Path, unc_range: float):
+        self.folder, self.unc_range = folder, unc_range
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def write(self, stem: str, mask: np.ndarray, mean: np.ndarray, unc: np.ndarray) -> None:
+        _imwrite(self.folder / f"{stem}_mask.png", mask.astype(np.uint8) * 255)
+        _imwrite(self.folder / f"{stem}_conf.png", _to8(mean, 1.0))
+        _imwrite(self.folder / f"{stem}_unc.png", _to8(unc, self.unc_range))
+
+
+def _to8(values: np.ndarray, vmax: float) -> np.ndarray:
+    return (np.clip(values / vmax, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+@dataclass
+class Work:
+    """One processed frame on its way to the outputs."""
+
+    frame: Frame
+    view: View
+    record: dict
+    mean: np.ndarray | None = None  # (H, W) confidence map, only with --save-masks
+
+
+_END = object()
+
+
+class WriterThread:
+    """Renders and writes processed frames from a bounded queue, on its own thread.
+
+    Args:
+        render: ``(frame, view) -> image``, the overlay.
+        records: the CSV/JSONL writer.
+        video: the video writer (video, webcam and stream sources), or None.
+        images: the per-image writer (image sources), or None.
+        masks: the mask-PNG writer (``--save-masks``), or None.
+        show: ``image -> keep going``, the --show window; called by :meth:`display` on the
+            main thread (GUI toolkits want that) with the newest rendered image.
+        depth: queue length; a full queue makes :meth:`put` wait (back-pressure).
+    """
+
+    def __init__(
+        self,
+        render: Callable[[np.ndarray, View], np.ndarray],
+        records: RecordWriter,
+        video: VideoOut | None = None,
+        images: ImagesOut | None = None,
+        masks: MasksOut | None = None,
+        show: Callable[[np.ndarray], bool] | None = None,
+        depth: int = 4,
+    ):
+        if (video is None) == (images is None):
+            raise ValueError("WriterThread needs exactly one of video= or images=")
+        self.render, self.records = render, records
+        self.video, self.images, self.masks, self.show = video, images, masks, show
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.quit = threading.Event()  # set when the user closes the --show window
+        self._latest: np.ndarray | None = None  # newest rendered image, for --show
+        self._thread = threading.Thread(target=self._run, name="lsdseg-writer", daemon=True)
+        self._thread.start()
+
+    def _write(self, work: Work) -> None:
+        image = self.render(work.frame.image, work.view)
+        if self.video is not None:
+            self.video.write(image)
+            stem = f"{work.frame.index:06d}"
+        else:
+            stem = self.images.unique_stem(work.frame.name)  # type: ignore[union-attr]
+            self.images.write(image, stem)  # type: ignore[union-attr]
+        if self.masks is not None and work.mean is not None:
+            self.masks.write(stem, work.view.mask, work.mean, work.view.uncertainty)
+        self.records.write(work.record)
+        if self.show is not None:
+            self._latest = image  # replaced, never queued: the window shows the newest
+
+    def display(self) -> None:
+        """Show the newest rendered image in the --show window (call from the main thread)."""
+        image, self._latest = self._latest, None
+        if self.show is not None and image is not None and not self.show(image):
+            self.quit.set()
+
+    def _run(self) -> None:
+        while True:
+            work = self.queue.get()
+            if work is _END:
+                return
+            if self.error is not None:
+                continue  # keep draining so put() never blocks forever
+            try:
+                self._write(work)
+            except BaseException as e:  # reported by put() / close() on the main thread
+                self.error = e
+
+    def put(self, work: Work) -> None:
+        """Queue a frame; raises the writer's error if writing failed."""
+        if self.error is not None:
+            raise self.error
+        self.queue.put(work)
+
+    def close(self) -> None:
+        """Write what is queued, then release every output (the video stays playable)."""
+        self.queue.put(_END)
+        self._thread.join()
+        for out in (self.video, self.images):
+            if out is not None:
+                out.close()
+        self.records.close()
+        if self.error is not None:
+            raise self.error
+
+    @property
+    def written(self) -> int:
+        return self.records.rows

@@ -1,0 +1,180 @@
+"""Overlay rendering and per-frame records, on hand-built results with known answers."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from lsdseg.cli.overlay import (
+    MASK_BGR,
+    OverlayOptions,
+    View,
+    colourise,
+    grid_layout,
+    make_view,
+    output_size,
+    panel_width,
+    render,
+)
+from lsdseg.cli.records import frame_record
+
+H, W, K = 120, 160, 4
+
+
+def fake_result(h: int = H, w: int = W, k: int = K) -> SimpleNamespace:
+    """A Result-like object: a square lesion, uncertainty 0.8 on its border ring only."""
+    hyp = np.zeros((k, h, w), np.float32)
+    for i in range(k):  # hypotheses shifted by a pixel each, so they disagree at the edge
+        hyp[i, h // 4 + i : h // 2 + i, w // 4 : w // 2] = 1.0
+    mean = hyp.mean(axis=0)
+    unc = np.where((mean > 0) & (mean < 1), 0.8, 0.0).astype(np.float32)
+    return SimpleNamespace(
+        mask=mean > 0.5,
+        mean=mean,
+        std=unc / 2,
+        entropy=unc,
+        mutual_info=unc,
+        hypotheses=hyp,
+        agreement=0.7,
+        seed=3,
+    )
+
+
+@pytest.fixture
+def frame() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(30, 220, (H, W, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("style", ["mask", "uncertainty", "grid"])
+@pytest.mark.parametrize("cmap", ["turbo", "viridis"])
+def test_each_style_has_its_size_and_marks_the_mask(frame, style, cmap):
+    res = fake_result()
+    opts = OverlayOptions(style=style, cmap=cmap, hud=False)
+    before = frame.copy()
+    out = render(frame, make_view(res, opts), opts)
+    assert out.shape == (*output_size(H, W, style), 3) and out.dtype == np.uint8
+    assert np.array_equal(frame, before)  # the input is never drawn on
+    inside = res.mask
+    diff = np.abs(out[:, :W].astype(int) - frame).sum(axis=2)
+    assert diff[inside].mean() > 20  # the lesion is visibly marked
+    if style != "uncertainty":  # the heat map tints the whole frame; the others leave it alone
+        far = np.ones((H, W), bool)
+        far[H // 4 - 6 : H // 2 + K + 6, W // 4 - 6 : W // 2 + 6] = False
+        assert diff[far].max() == 0
+
+
+def test_mask_fill_is_the_alpha_blend(frame):
+    res = fake_result()
+    opts = OverlayOptions(style="mask", alpha=0.25, hud=False)
+    out = render(frame, make_view(res, opts), opts)
+    y, x = H // 4 + K + 4, W // 4 + 10  # well inside the mask, away from the contour
+    expected = np.round(frame[y, x] * 0.75 + np.array(MASK_BGR) * 0.25)
+    assert np.abs(out[y, x].astype(int) - expected).max() <= 1
+
+
+def test_heat_map_colours_follow_the_colour_map_and_legend_is_drawn(frame):
+    res = fake_result()
+    opts = OverlayOptions(style="uncertainty", cmap="turbo", alpha=0.5, hud=False)
+    out = render(frame, make_view(res, opts), opts)
+    lut = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_TURBO)[:, 0]
+    y, x = 5, 5  # uncertainty 0 here
+    assert np.abs(out[y, x].astype(int) - np.round(frame[y, x] * 0.5 + lut[0] * 0.5)).max() <= 1
+    # the colour bar on the right runs from the top colour (1.0) down to the bottom one (0)
+    bh, bar_x = H // 2, W - max(4, W // 50) - 2
+    column = out[H // 4 : H // 4 + bh, bar_x]
+    values = np.linspace(1.0, 0.0, bh)
+    expected = lut[np.round(values * 255).astype(int)]
+    assert np.abs(column[1:-1].astype(int) - expected[1:-1]).max() <= 1  # inside the frame
+    assert np.array_equal(
+        colourise(np.array([[0.0, 0.5]]), 0.5, "viridis")[0, 1],
+        cv2.applyColorMap(np.uint8([[255]]), cv2.COLORMAP_VIRIDIS)[0, 0],
+    )
+
+
+def test_uncertainty_measure_selects_the_map(frame):
+    res = fake_result()
+    views = {
+        m: make_view(res, OverlayOptions(style="uncertainty", measure=m))
+        for m in ("entropy", "std", "mi")
+    }
+    assert views["std"].uncertainty is res.std and views["mi"].uncertainty is res.mutual_info
+    assert views["entropy"].uncertainty is res.entropy and views["entropy"].hypotheses is None
+
+
+def test_grid_tiles_fit_the_panel_and_show_each_hypothesis(frame):
+    for h, w, k in [(120, 160, 4), (288, 384, 8), (100, 400, 3), (400, 100, 16), (9, 9, 1)]:
+        cols, rows, th, tw = grid_layout(h, w, k)
+        assert cols * rows >= k and cols * tw <= panel_width(w) and rows * th <= h
+    res = fake_result()
+    res.hypotheses[2] = 0.0  # one hypothesis sees nothing
+    opts = OverlayOptions(style="grid", hud=False)
+    view = make_view(res, opts)
+    cols, _, th, tw = grid_layout(H, W, K)
+    assert view.hypotheses.shape == (K, th, tw)
+    out = render(frame, view, opts)
+    panel = out[:, W:]
+    small = cv2.resize(frame, (tw, th), interpolation=cv2.INTER_AREA)
+    tiles = [
+        panel[(k // cols) * th : (k // cols + 1) * th, (k % cols) * tw : (k % cols + 1) * tw]
+        for k in range(K)
+    ]
+    changed = [np.abs(t.astype(int) - small).sum(axis=2) > 30 for t in tiles]
+    assert changed[0][th // 3 : th // 2, tw // 3 : tw // 2].mean() > 0.9  # lesion tinted
+    assert changed[2][th // 3 : th // 2, tw // 3 : tw // 2].mean() == 0  # empty hypothesis
+
+
+def test_hud_darkens_the_top_strip_and_writes_text(frame):
+    res = fake_result()
+    on, off = OverlayOptions(hud=True), OverlayOptions(hud=False)
+    a = render(frame, make_view(res, on, "9.9 fps | 100 ms | K=4 | entropy 0.010"), on)
+    b = render(frame, make_view(res, off, "ignored"), off)
+    assert np.array_equal(a[H // 2 :], b[H // 2 :])
+    assert a[:8].mean() < frame[:8].mean() * 0.8  # darkened strip
+    assert len(np.unique(a[:12].reshape(-1, 3), axis=0)) > 20  # with text on it
+
+
+@pytest.mark.parametrize("style", ["mask", "uncertainty", "grid"])
+@pytest.mark.parametrize("h,w", [(8, 8), (95, 127), (1, 300)])
+def test_tiny_and_odd_frames_render(style, h, w):
+    res = fake_result(h, w, 2)
+    opts = OverlayOptions(style=style)
+    out = render(np.zeros((h, w, 3), np.uint8), make_view(res, opts, "1 fps"), opts)
+    assert out.shape == (*output_size(h, w, style), 3)
+
+
+def test_empty_mask_leaves_the_frame_unchanged(frame):
+    z = np.zeros((H, W), np.float32)
+    view = View(z > 0, z, None, 1)
+    assert np.array_equal(render(frame, view, OverlayOptions(hud=False)), frame)
+    with pytest.raises(ValueError, match="does not match"):
+        render(frame[:10], view, OverlayOptions())
+
+
+def test_options_are_validated():
+    for bad in ({"style": "heat"}, {"cmap": "jet"}, {"alpha": 1.5}, {"measure": "var"}):
+        with pytest.raises(ValueError):
+            OverlayOptions(**bad)
+
+
+def test_frame_record_counts_regions_and_measures_inside_the_mask():
+    mask = np.zeros((50, 60), bool)
+    mask[5:15, 5:15] = True  # 100 px
+    mask[30:40, 40:45] = True  # 50 px, a second region
+    mask[15, 15] = True  # touches the first diagonally: same region with 8-connectivity
+    unc = np.zeros((50, 60), np.float32)
+    unc[5:15, 5:15] = 0.2
+    unc[30:40, 40:45] = 0.5
+    unc[0, 0] = 1.0  # outside the mask: counts for the frame mean only
+    rec = frame_record(7, 0.7, "x", 12.345, mask, unc, 0.9, 11)
+    assert rec["components"] == 2
+    assert rec["area_fraction"] == pytest.approx(151 / 3000, abs=1e-6)
+    assert rec["unc_mean"] == pytest.approx((100 * 0.2 + 50 * 0.5) / 151, abs=1e-6)
+    assert rec["unc_max"] == pytest.approx(0.5)
+    assert rec["unc_frame_mean"] == pytest.approx(float(unc.mean()), abs=1e-6)
+    assert (rec["frame"], rec["timestamp_s"], rec["latency_ms"], rec["seed"]) == (7, 0.7, 12.35, 11)
+    empty = frame_record(0, None, "x", 1.0, np.zeros((4, 4), bool), np.ones((4, 4)), 1.0, 0)
+    assert empty["unc_mean"] is None and empty["unc_max"] is None and empty["components"] == 0

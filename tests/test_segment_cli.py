@@ -1,0 +1,551 @@
+"""``lsdseg segment`` end to end on small synthetic videos and images, with a tiny model.
+
+Every run goes through ``lsdseg.cli.main.main`` (in-process) or the installed command
+(subprocess, for signals), and checks what a user would: the video OpenCV reads back, the
+records, the summary, and one clear line on stderr for every bad input.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from lsdseg.checkpoint import save_checkpoint
+from lsdseg.cli.main import main
+from lsdseg.cli.reader import FrameReader, Stalled
+from lsdseg.cli.records import COLUMNS
+from lsdseg.cli.sources import Frame, Source
+from lsdseg.config import ImageAEConfig, MaskVAEConfig, ModelConfig, SamplerConfig, UNetConfig
+from lsdseg.model import LatentSegmenter
+
+H, W, N_FRAMES, FPS = 96, 128, 6, 10.0
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    """A checkpoint folder of a ~10k-parameter model at S=32 (milliseconds per frame)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        image_size=32,
+        image_ae=ImageAEConfig(channels=(8, 8, 8), context_channels=(8,), latent_channels=4),
+        mask_vae=MaskVAEConfig(encoder_channels=(8, 8, 8), decoder_channels=(8,)),
+        unet=UNetConfig(channels=(8, 16), attention_levels=(), head_dim=8, time_embed_dim=16),
+        sampler=SamplerConfig(steps=1, hypotheses=2),
+    )
+    return str(save_checkpoint(LatentSegmenter(cfg), tmp_path_factory.mktemp("ckpt") / "tiny"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two torch threads on a busy 2-core machine can be 100x slower than one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def disc_frame(i: int, h: int = H, w: int = W) -> np.ndarray:
+    f = np.full((h, w, 3), 70, np.uint8)
+    cv2.circle(f, (w // 3 + 6 * i, h // 2), h // 5, (40, 40, 210), -1)
+    return f
+
+
+def write_video(
+    path: Path,
+    n: int = N_FRAMES,
+    fps: float = FPS,
+    fourcc: str = "mp4v",
+    size: tuple[int, int] = (H, W),
+) -> Path:
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (size[1], size[0]))
+    for i in range(n):
+        vw.write(disc_frame(i, *size))
+    vw.release()
+    return path
+
+
+def read_video(path: Path) -> tuple[int, float, tuple[int, int]]:
+    """(frames decoded, fps, (H, W)), counting frames by decoding them all."""
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened(), path
+    n, shape = 0, None
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        n, shape = n + 1, f.shape[:2]
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    cap.release()
+    return n, fps, shape
+
+
+def read_rows(folder: Path) -> list[dict]:
+    with open(folder / "records.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def segment(capsys, tiny: str, project: Path, *args: str) -> tuple[int, str]:
+    rc = main(["segment", "-k", "3", "--weights", tiny, "--project", str(project), *args])
+    return rc, capsys.readouterr().err
+
+
+@pytest.fixture
+def video(tmp_path) -> Path:
+    return write_video(tmp_path / "clip.mp4")
+
+
+def test_video_run_writes_video_records_and_summary(capsys, tiny, tmp_path, video):
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(video))
+    assert rc == 0, err
+    out = tmp_path / "runs" / "exp"
+    assert read_video(out / "clip.mp4") == (N_FRAMES, FPS, (H, W))
+    rows = read_rows(out)
+    assert len(rows) == N_FRAMES and tuple(rows[0]) == COLUMNS
+    assert [int(r["frame"]) for r in rows] == list(range(N_FRAMES))
+    assert [float(r["timestamp_s"]) for r in rows] == pytest.approx(np.arange(N_FRAMES) / FPS)
+    for r in rows:
+        assert 0 <= float(r["area_fraction"]) <= 1 and int(r["components"]) >= 0
+        assert 0 <= float(r["agreement"]) <= 1 and float(r["latency_ms"]) > 0
+        if float(r["area_fraction"]) > 0:
+            assert 0 <= float(r["unc_mean"]) <= float(r["unc_max"]) <= 1
+    lines = (out / "records.jsonl").read_text().splitlines()
+    assert [json.loads(line)["frame"] for line in lines] == list(range(N_FRAMES))
+    assert set(json.loads(lines[0])) == set(COLUMNS)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == N_FRAMES and summary["dropped"] == 0
+    assert summary["p95_latency_ms"] >= summary["mean_latency_ms"] * 0.5 > 0
+    assert summary["fps"] > 0 and summary["stopped_by"] is None
+    assert summary["settings"]["uncertainty"].startswith("entropy")
+    assert summary["outputs"]["codec"] == "mp4v"
+    assert f"{N_FRAMES} frames, 0 dropped" in err
+
+
+def test_stride_max_frames_and_run_folders(capsys, tiny, tmp_path, video):
+    project = tmp_path / "runs"
+    rc, _ = segment(capsys, tiny, project, str(video), "--vid-stride", "2")
+    assert rc == 0
+    assert read_video(project / "exp" / "clip.mp4") == (3, FPS / 2, (H, W))
+    assert [int(r["frame"]) for r in read_rows(project / "exp")] == [0, 2, 4]
+    rc, _ = segment(capsys, tiny, project, str(video), "--max-frames", "2")
+    assert rc == 0 and len(read_rows(project / "exp2")) == 2
+    assert read_video(project / "exp2" / "clip.mp4")[0] == 2
+    rc, _ = segment(capsys, tiny, project, str(video), "--exist-ok", "--max-frames", "1")
+    assert rc == 0 and len(read_rows(project / "exp")) == 1
+    assert sorted(p.name for p in project.iterdir()) == ["exp", "exp2"]
+
+
+@pytest.mark.parametrize("style,width", [("uncertainty", W), ("grid", W + W // 2)])
+def test_overlay_styles_and_masks(capsys, tiny, tmp_path, video, style, width):
+    rc, err = segment(
+        capsys,
+        tiny,
+        tmp_path,
+        str(video),
+        "--overlay",
+        style,
+        "--save-masks",
+        "--cmap",
+        "viridis",
+        "--uncertainty",
+        "std",
+    )
+    assert rc == 0, err
+    assert read_video(tmp_path / "exp" / "clip.mp4") == (N_FRAMES, FPS, (H, width))
+    masks = sorted(p.name for p in (tmp_path / "exp" / "masks").iterdir())
+    assert len(masks) == 3 * N_FRAMES and masks[:3] == [
+        "000000_conf.png",
+        "000000_mask.png",
+        "000000_unc.png",
+    ]
+    assert cv2.imread(str(tmp_path / "exp" / "masks" / "000005_unc.png"), 0).shape == (H, W)
+
+
+def test_odd_sized_frames_are_padded_to_even(tmp_path):
+    from lsdseg.cli.writer import VideoOut
+
+    out = VideoOut(tmp_path / "odd.mp4", 12.0, (95, 127))  # MPEG-4 needs even sizes
+    for i in range(4):
+        out.write(disc_frame(i, 95, 127))
+    out.write(disc_frame(0, 40, 50))  # a stream that changed resolution: resized
+    out.close()
+    assert read_video(tmp_path / "odd.mp4") == (5, 12.0, (96, 128))
+
+
+def test_imgsz_overrides_model_size(capsys, tiny, tmp_path, video):
+    rc, err = segment(capsys, tiny, tmp_path, str(video), "--imgsz", "64", "--max-frames", "1")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "exp" / "summary.json").read_text())["settings"]["imgsz"] == 64
+
+
+def test_image_folder_glob_and_odd_pixel_formats(capsys, tiny, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    colour = disc_frame(0)
+    cv2.imwrite(str(folder / "a_colour.png"), colour)
+    cv2.imwrite(str(folder / "b_grey.png"), colour[..., 0])  # (H, W)
+    cv2.imwrite(
+        str(folder / "c_rgba.png"), np.dstack([colour[:60, :80], np.full((60, 80), 255, np.uint8)])
+    )
+    cv2.imwrite(str(folder / "d_16bit.png"), colour[:50].astype(np.uint16) * 257)
+    (folder / "notes.txt").write_text("not an image")
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(folder))
+    assert rc == 0, err
+    out = tmp_path / "runs" / "exp"
+    shapes = {p.name: cv2.imread(str(p)).shape for p in out.glob("*.png")}
+    assert shapes == {
+        "a_colour.png": (H, W, 3),
+        "b_grey.png": (H, W, 3),
+        "c_rgba.png": (60, 80, 3),
+        "d_16bit.png": (50, W, 3),
+    }
+    rows = read_rows(out)
+    assert [r["source"] for r in rows] == [
+        "a_colour.png",
+        "b_grey.png",
+        "c_rgba.png",
+        "d_16bit.png",
+    ]
+    assert all(r["timestamp_s"] == "" for r in rows)
+    # one image, and a glob
+    rc, _ = segment(capsys, tiny, tmp_path / "runs", str(folder / "b_grey.png"))
+    assert rc == 0 and (tmp_path / "runs" / "exp2" / "b_grey.png").is_file()
+    rc, _ = segment(capsys, tiny, tmp_path / "runs", str(folder / "[ab]_*.png"))
+    assert rc == 0 and len(read_rows(tmp_path / "runs" / "exp3")) == 2
+
+
+def test_4k_frame(capsys, tiny, tmp_path):
+    cv2.imwrite(str(tmp_path / "uhd.png"), disc_frame(0, 2160, 3840))
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(tmp_path / "uhd.png"))
+    assert rc == 0, err
+    assert cv2.imread(str(tmp_path / "runs" / "exp" / "uhd.png")).shape == (2160, 3840, 3)
+
+
+def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
+    (tmp / "text.mp4").write_text("this is not a video")
+    cv2.VideoWriter(str(tmp / "empty.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (W, H)).release()
+    data = write_video(tmp / "full.mp4").read_bytes()
+    (tmp / "cut.mp4").write_bytes(data[: len(data) // 2])
+    (tmp / "emptydir").mkdir()
+    return {
+        "missing file": [str(tmp / "nope.mp4")],
+        "not a video": [str(tmp / "text.mp4")],
+        "zero frames": [str(tmp / "empty.avi")],
+        "truncated mp4": [str(tmp / "cut.mp4")],
+        "unreachable stream": ["http://127.0.0.1:9/live.mp4", "--timeout", "3"],
+        "no such webcam": ["7"],
+        "empty folder": [str(tmp / "emptydir")],
+        "glob matches nothing": [str(tmp / "*.jpeg")],
+        "bad option": [str(tmp / "full.mp4"), "--hypotheses", "0"],
+        "bad imgsz": [str(tmp / "full.mp4"), "--imgsz", "30"],
+        "no GUI for --show": [str(tmp / "full.mp4"), "--show"],
+        "missing checkpoint": [str(tmp / "full.mp4"), "--weights", str(tmp / "no-ckpt")],
+    }
+
+
+def test_bad_inputs_give_one_line_and_nonzero_exit(capsys, tiny, tmp_path):
+    if "GUI:                           NONE" not in cv2.getBuildInformation():
+        pytest.skip("this OpenCV has a GUI: --show would open a window")
+    for what, args in _bad_inputs(tmp_path).items():
+        rc, err = segment(capsys, tiny, tmp_path / "runs", *args)
+        lines = err.strip().splitlines()
+        assert rc != 0, what
+        assert len(lines) == 1 and "Traceback" not in err, (what, err)
+        assert lines[0].startswith("lsdseg segment: error:"), (what, err)
+    # nothing was created for runs that never started
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_truncated_video_keeps_frames_before_the_cut_and_fails(capsys, tiny, tmp_path):
+    data = write_video(tmp_path / "full.avi", n=20, fourcc="MJPG").read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[: len(data) // 2])
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(tmp_path / "cut.avi"))
+    assert rc == 1 and "Traceback" not in err
+    assert "truncated or corrupt" in err.strip().splitlines()[-1]
+    out = tmp_path / "runs" / "exp"
+    n_rows = len(read_rows(out))
+    assert 0 < n_rows < 20 and read_video(out / "cut.mp4")[0] == n_rows
+
+
+class _FakeLive(Source):
+    """A live source that yields ``n`` frames every ``period`` s, then hangs (stalls)."""
+
+    def __init__(self, n: int, period: float, hang: bool):
+        self.kind, self.name, self.label, self.fps, self.total = "stream", "fake", "fake", 1, None
+        self.live, self.first_shape, self.n, self.period, self.hang = True, (4, 4), n, period, hang
+
+    def frames(self, pace: bool = False):
+        for i in range(self.n):
+            yield Frame(i, np.zeros((4, 4, 3), np.uint8), float(i), "fake")
+            time.sleep(self.period)
+        while self.hang:
+            time.sleep(0.05)
+
+
+def test_realtime_reader_drops_stale_frames_and_keeps_the_newest():
+    reader = FrameReader(_FakeLive(40, 0.002, hang=False), realtime=True).start()
+    time.sleep(0.3)  # a busy consumer: the reader keeps replacing the waiting frame
+    first = reader.get(timeout=1.0)
+    seen = [first.index]
+    while (f := reader.get(timeout=1.0)) is not None:
+        seen.append(f.index)
+    assert first.index == 39 and seen == [39]
+    assert reader.dropped == 39
+
+
+def test_stalled_source_times_out_instead_of_hanging():
+    reader = FrameReader(_FakeLive(2, 0.0, hang=True), realtime=False).start()
+    assert [reader.get(timeout=1.0).index for _ in range(2)] == [0, 1]
+    t0 = time.monotonic()
+    with pytest.raises(Stalled, match=r"no frame from fake for 0\.3 s"):
+        reader.get(timeout=0.3)
+    assert time.monotonic() - t0 < 2.0
+
+
+def test_reader_queue_is_bounded_without_realtime():
+    reader = FrameReader(_FakeLive(30, 0.0, hang=False), realtime=False, depth=3).start()
+    time.sleep(0.2)
+    assert reader.queue.qsize() <= 3 and reader.dropped == 0
+    seen = [f.index for f in iter(lambda: reader.get(timeout=1.0), None)]
+    assert seen == list(range(30))
+
+
+@pytest.mark.parametrize(
+    "sig,code,realtime", [(signal.SIGINT, 130, False), (signal.SIGTERM, 143, True)]
+)
+def test_signal_stops_cleanly(tiny, tmp_path, sig, code, realtime):
+    src = write_video(tmp_path / "long.mp4", n=300, fps=30.0)
+    entry = "import sys; from lsdseg.cli.main import main; sys.exit(main())"
+    cmd = [
+        sys.executable,
+        "-c",
+        entry,
+        "segment",
+        str(src),
+        "--weights",
+        tiny,
+        "--project",
+        str(tmp_path),
+        "-k",
+        "16",
+        "--realtime" if realtime else "--no-realtime",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    csv_path = tmp_path / "exp" / "records.csv"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        if csv_path.is_file() and len(csv_path.read_text().splitlines()) >= 3:  # header + 2
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and f"stopped by {sig.name}" in err
+    rows = read_rows(tmp_path / "exp")
+    frames, fps, shape = read_video(tmp_path / "exp" / "long.mp4")
+    assert 2 <= len(rows) < 300 and frames == len(rows) and shape == (H, W) and fps == 30.0
+    summary = json.loads((tmp_path / "exp" / "summary.json").read_text())
+    assert summary["frames"] == len(rows) and summary["stopped_by"] == sig.name
+
+
+def test_reader_error_reaches_the_consumer():
+    class Broken(_FakeLive):
+        def frames(self, pace=False):
+            yield Frame(0, np.zeros((4, 4, 3), np.uint8), 0.0, "x")
+            raise OSError("disk gone")
+
+    reader = FrameReader(Broken(0, 0, False), realtime=False).start()
+    assert reader.get(timeout=1.0).index == 0
+    with pytest.raises(OSError, match="disk gone"):
+        reader.get(timeout=1.0)
+
+
+def test_writer_queue_applies_back_pressure(tmp_path):
+    from lsdseg.cli.overlay import View
+    from lsdseg.cli.records import RecordWriter
+    from lsdseg.cli.writer import ImagesOut, Work, WriterThread
+
+    gate = threading.Event()
+
+    def slow_render(frame, view):
+        gate.wait(5)
+        return frame
+
+    writer = WriterThread(slow_render, RecordWriter(tmp_path), images=ImagesOut(tmp_path), depth=2)
+    img = np.zeros((8, 8, 3), np.uint8)
+    view = View(np.zeros((8, 8), bool), np.zeros((8, 8), np.float32), None, 1)
+    done = queue.Queue()
+
+    def producer():
+        for i in range(6):
+            writer.put(Work(Frame(i, img, None, f"{i}.png"), view, dict.fromkeys(COLUMNS, i)))
+            done.put(i)
+
+    thread = threading.Thread(target=producer, daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    assert done.qsize() <= 3  # one in render, two queued: the producer waits
+    gate.set()
+    thread.join(5)
+    writer.close()
+    assert writer.written == 6 and len(read_rows(tmp_path)) == 6
+
+
+def test_realtime_file_counts_every_frame_as_processed_or_dropped(capsys, tiny, tmp_path):
+    src = write_video(tmp_path / "fast.mp4", n=12, fps=200.0)  # faster than the model
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(src), "--realtime")
+    assert rc == 0, err
+    out = tmp_path / "runs" / "exp"
+    summary = json.loads((out / "summary.json").read_text())
+    rows = read_rows(out)
+    frames = [int(r["frame"]) for r in rows]
+    assert summary["frames"] == len(rows) == read_video(out / "fast.mp4")[0]
+    assert summary["frames"] + summary["dropped"] == 12
+    assert frames == sorted(set(frames)) and frames[-1] == 11  # the newest frame always wins
+
+
+class _Stub:
+    """The Segmenter's call signature, answering instantly with an empty mask."""
+
+    def __call__(self, image, **kw):
+        from types import SimpleNamespace
+
+        z = np.zeros(image.shape[:2], np.float32)
+        return SimpleNamespace(
+            mask=z > 0,
+            mean=z,
+            std=z,
+            entropy=z,
+            mutual_info=z,
+            hypotheses=z[None],
+            agreement=1.0,
+            seed=0,
+        )
+
+
+def test_stalled_stream_ends_the_run_with_a_summary(tmp_path):
+    from lsdseg.cli.overlay import OverlayOptions, render
+    from lsdseg.cli.pipeline import SampleOptions, StopFlag, run_pipeline
+    from lsdseg.cli.records import RecordWriter
+    from lsdseg.cli.writer import VideoOut, WriterThread
+
+    opts = OverlayOptions()
+    video = VideoOut(tmp_path / "live.mp4", 5.0, (4, 4))
+    writer = WriterThread(lambda f, v: render(f, v, opts), RecordWriter(tmp_path), video=video)
+
+    t0 = time.monotonic()
+    with StopFlag() as stop:
+        summary = run_pipeline(
+            _Stub(),
+            _FakeLive(3, 0.0, hang=True),
+            writer,
+            opts,
+            SampleOptions(),
+            realtime=True,
+            timeout=0.3,
+            stop=stop,
+        )
+    assert time.monotonic() - t0 < 5
+    assert summary.stopped_by == "stall" and "no frame from fake" in summary.warning
+    assert summary.frames == 3 == len(read_rows(tmp_path)) == read_video(tmp_path / "live.mp4")[0]
+
+
+@pytest.fixture
+def http_url(tmp_path):
+    """A local HTTP server for tmp_path; yields its base URL."""
+    import functools
+    import http.server
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("realtime", [True, False])
+def test_http_stream_source(capsys, tiny, tmp_path, http_url, realtime):
+    write_video(tmp_path / "live.mp4", n=12)
+    flag = [] if realtime else ["--no-realtime"]  # streams are real time by default
+    rc, err = segment(capsys, tiny, tmp_path / "runs", f"{http_url}/live.mp4", *flag)
+    assert rc == 0, err
+    out = tmp_path / "runs" / "exp"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["realtime"] is realtime
+    assert summary["frames"] + summary["dropped"] == 12
+    assert summary["frames"] == len(read_rows(out)) == read_video(out / "stream.mp4")[0]
+    if not realtime:
+        assert summary["dropped"] == 0
+    assert "the stream ended after 12 frames" in err
+
+
+def test_seed_minus_one_draws_a_seed_per_frame(capsys, tiny, tmp_path, video):
+    rc, _ = segment(capsys, tiny, tmp_path, str(video), "--max-frames", "3", "--seed", "-1")
+    assert rc == 0
+    assert len({r["seed"] for r in read_rows(tmp_path / "exp")}) == 3
+    rc, _ = segment(capsys, tiny, tmp_path, str(video), "--max-frames", "3", "--seed", "5")
+    assert {r["seed"] for r in read_rows(tmp_path / "exp2")} == {"5"}
+
+
+def test_closing_the_show_window_ends_the_run(tmp_path):
+    from lsdseg.cli.overlay import OverlayOptions, render
+    from lsdseg.cli.pipeline import SampleOptions, StopFlag, run_pipeline
+    from lsdseg.cli.records import RecordWriter
+    from lsdseg.cli.writer import VideoOut, WriterThread
+
+    shown = []
+
+    def show(image):  # the user presses q on the first image shown
+        shown.append(threading.current_thread() is threading.main_thread())
+        return False
+
+    opts = OverlayOptions()
+    video = VideoOut(tmp_path / "v.mp4", 5.0, (4, 4))
+    writer = WriterThread(
+        lambda f, v: render(f, v, opts), RecordWriter(tmp_path), video=video, show=show
+    )
+    with StopFlag() as stop:
+        summary = run_pipeline(
+            _Stub(),
+            _FakeLive(50, 0.0, hang=False),
+            writer,
+            opts,
+            SampleOptions(),
+            realtime=False,
+            timeout=1.0,
+            stop=stop,
+        )
+    assert shown == [True]  # on the main thread, once
+    assert summary.stopped_by == "the --show window (q)" and 1 <= summary.frames < 50
+
+
+def test_auto_backend_picks_triton_only_on_cuda_with_triton(monkeypatch):
+    import importlib.util
+
+    from lsdseg.cli.segment_cmd import pick_backend
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)  # a device object needs no GPU
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    assert (pick_backend("auto", cpu), pick_backend("auto", cuda)) == ("torch", "triton")
+    assert pick_backend("onnx", cuda) == "onnx"  # an explicit choice is passed through
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert pick_backend("auto", cuda) == "torch"
