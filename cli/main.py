@@ -27,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
         hint = ""
         if "unrecognized arguments:" in message:
             bad = message.split("unrecognized arguments:")[1].split()
-            options = [o for a in self._actions for o in a.option_strings]
+            options = _all_options(self)
             for b in bad:
                 close = difflib.get_close_matches(b.split("=")[0], options, n=1)
                 if close:
@@ -40,6 +40,17 @@ class _Parser(argparse.ArgumentParser):
             if close:
                 hint = f" (did you mean {close[0]!r}?)"
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}{hint}\n")
+
+
+def _all_options(parser: argparse.ArgumentParser) -> list[str]:
+    """Option strings of a parser and of all its sub-command parsers."""
+    options = []
+    for action in parser._actions:
+        options += action.option_strings
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                options += _all_options(sub)
+    return options
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -114,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.val_fraction < 1:
         raise UserError(f"--val-fraction {args.val_fraction} must be between 0 and 1")
     train_pairs, val_pairs = load_pairs(args.data, args.val_data, args.val_fraction, args.seed)
+    if len(train_pairs) < args.batch_size:
+        raise UserError(
+            f"{len(train_pairs)} training pairs are fewer than --batch-size {args.batch_size}: "
+            "lower --batch-size or add data"
+        )
     console.print(
         f"train: {len(train_pairs)} pairs, validation: {len(val_pairs)} pairs, "
         f"device {device}, {torch.get_num_threads()} threads"
