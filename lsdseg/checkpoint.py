@@ -39,6 +39,7 @@ def save_checkpoint(
     card: str = "",
     extra: dict[str, Any] | None = None,
     write_more: Callable[[Path], None] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Write ``model`` to the folder ``path`` atomically (an existing folder is replaced).
 
@@ -49,6 +50,8 @@ def save_checkpoint(
         extra: JSON-ready metadata stored under ``"extra"`` in config.json (metrics, data...).
         write_more: writes further files into the (temporary) folder before it is renamed
             into place, so they appear atomically with the weights (training state).
+        dtype: store floating-point tensors in this dtype (``torch.float16`` halves the size
+            of bundled weights; loading casts back to the model's dtype).
 
     Returns:
         The folder written.
@@ -58,6 +61,8 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        if dtype is not None:
+            tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
         meta = {
             "format_version": FORMAT_VERSION,

@@ -142,6 +142,7 @@ class DiffusionConfig:
     beta_start: float = 1e-4  # linear schedules: first beta
     beta_end: float = 0.02  # linear schedules: last beta
     prediction: Literal["eps", "v"] = "v"  # what the denoiser predicts
+    timestep_gamma: float = 2.0  # training t = T-1 - floor(T u^gamma): 1 uniform, >1 favours high t
     mask_loss_weight: float = 1.0  # auxiliary BCE+Dice on the decoded x0 estimate (0 = off)
 
     def __post_init__(self) -> None:
@@ -159,6 +160,10 @@ class DiffusionConfig:
             self.prediction in ("eps", "v"), f"prediction={self.prediction!r} must be 'eps' or 'v'"
         )
         _check(self.mask_loss_weight >= 0, f"mask_loss_weight={self.mask_loss_weight} must be >= 0")
+        _check(
+            0.25 <= self.timestep_gamma <= 8,
+            f"timestep_gamma={self.timestep_gamma} must be between 0.25 and 8",
+        )
 
 
 @dataclass(frozen=True)

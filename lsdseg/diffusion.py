@@ -49,6 +49,19 @@ class NoiseSchedule:
         shape = (-1,) + (1,) * (like.dim() - 1)
         return abar.sqrt().reshape(shape), (1 - abar).sqrt().reshape(shape)
 
+    def sample_timesteps(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training timesteps, (n,) int64: ``T-1 - floor(T u^gamma)``, u ~ U[0, 1).
+
+        gamma = 1 is uniform. gamma > 1 puts more of the training signal at high t, where the
+        denoiser sees (almost) pure noise and must segment from the image alone: with 1-4
+        trailing DDIM steps the first step, at t = T-1, decides most of the mask. gamma = 2
+        gives P(t >= 0.7 T) = 0.55 instead of 0.3.
+        """
+        T = self.cfg.timesteps
+        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        t = (T - 1) - torch.floor(T * u.pow(self.cfg.timestep_gamma)).long()
+        return t.clamp(0, T - 1)
+
     def add_noise(self, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """DDPM eq. 4. Shapes: z0, noise (N, ...); t (N,) int64 -> (N, ...)."""
         a, s = self._coef(t, z0)

@@ -294,7 +294,7 @@ class Trainer:
         # draws for the whole global batch, sliced per rank: DDP == one process
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + loop.step)
         shape = (cfg.batch_size, *m.latent_shape)
-        t = torch.randint(0, m.cfg.diffusion.timesteps, shape[:1], generator=gen)
+        t = m.schedule.sample_timesteps(cfg.batch_size, gen)
         noise = torch.randn(shape, generator=gen)
         mine = slice(self.rank * self.local_bs, (self.rank + 1) * self.local_bs)
         t, noise = t[mine].to(dev), noise[mine].to(dev)

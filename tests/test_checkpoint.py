@@ -198,3 +198,19 @@ def test_hash_follows_the_content(
     c = save_checkpoint(make_model(seed=1), tmp_path / "c")
     assert checkpoint_hash(a) == checkpoint_hash(b) != checkpoint_hash(c)
     assert len(checkpoint_hash(a)) == 16
+
+
+def test_half_precision_storage_halves_the_file_and_keeps_outputs(
+    tmp_path: Path, tiny_model: LatentSegmenter
+) -> None:
+    full = save_checkpoint(tiny_model, tmp_path / "full")
+    half = save_checkpoint(tiny_model, tmp_path / "half", dtype=torch.float16)
+    size = lambda p: (p / "model.safetensors").stat().st_size  # noqa: E731
+    assert size(half) < 0.6 * size(full)
+    loaded = load_checkpoint(half)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    x = torch.randn(1, 3, 64, 64)
+    noise = torch.randn(1, 2, *tiny_model.latent_shape)
+    with torch.no_grad():
+        a, b = tiny_model(x, noise)[0], loaded(x, noise)[0]
+    torch.testing.assert_close(a, b, atol=2e-3, rtol=0)

@@ -245,3 +245,15 @@ def test_sampler_validates_its_settings() -> None:
         DDIMSampler(schedule, steps=0)
     with pytest.raises(ValueError, match="spacing='middle'"):
         DDIMSampler(schedule, steps=4, spacing="middle")
+
+
+@pytest.mark.parametrize("gamma", [1.0, 2.0, 3.0])
+def test_training_timesteps_follow_the_power_law(gamma: float) -> None:
+    # t = T-1 - floor(T u^gamma), so P(t >= T - 1 - k) = P(u^gamma < (k+1)/T) = ((k+1)/T)^(1/gamma)
+    schedule = NoiseSchedule(DiffusionConfig(timesteps=1000, timestep_gamma=gamma))
+    t = schedule.sample_timesteps(200_000, torch.Generator().manual_seed(0))
+    assert t.dtype == torch.long and int(t.min()) >= 0 and int(t.max()) <= 999
+    for k in (0, 99, 299, 699):
+        expected = ((k + 1) / 1000) ** (1 / gamma)
+        observed = (t >= 999 - k).double().mean().item()
+        assert observed == pytest.approx(expected, abs=0.005), k
