@@ -461,7 +461,10 @@ def test_stalled_stream_ends_the_run_with_a_summary(tmp_path):
         )
     assert time.monotonic() - t0 < 5
     assert summary.stopped_by == "stall" and "no frame from fake" in summary.warning
-    assert summary.frames == 3 == len(read_rows(tmp_path)) == read_video(tmp_path / "live.mp4")[0]
+    # realtime: frames that arrive while the model is busy may be dropped (how many depends on
+    # the machine's load), but every frame is either processed or counted as dropped
+    assert summary.frames >= 1 and summary.frames + summary.dropped == 3
+    assert summary.frames == len(read_rows(tmp_path)) == read_video(tmp_path / "live.mp4")[0]
 
 
 @pytest.fixture
