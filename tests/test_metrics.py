@@ -10,6 +10,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import f1_score, jaccard_score, precision_score, recall_score, roc_auc_score
 
 from lsdseg import metrics as M
+from lsdseg.metrics.sets import _linear_assignment
 
 H, W = 37, 53
 
@@ -284,7 +285,7 @@ def test_hm_iou_hand_computed() -> None:
 def test_linear_assignment_matches_scipy(n: int) -> None:
     rng = np.random.default_rng(n)
     for cost in (rng.random((n, n)), rng.integers(0, 3, (n, n)).astype(float)):  # ties
-        rows, cols = M._linear_assignment(cost)
+        rows, cols = _linear_assignment(cost)
         assert sorted(rows.tolist()) == list(range(n)) and sorted(cols.tolist()) == list(range(n))
         r, c = linear_sum_assignment(cost)
         assert cost[rows, cols].sum() == pytest.approx(cost[r, c].sum(), abs=1e-12)
