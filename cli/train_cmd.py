@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from lsdseg.augment import AugmentConfig
     from lsdseg.card import training_card
     from lsdseg.config import ModelConfig, load_json
-    from lsdseg.data import SegmentationDataset
+    from lsdseg.dataset import SegmentationDataset
     from lsdseg.segmenter import bundled_weights, resolve_device
     from lsdseg.train import TrainConfig, train
 

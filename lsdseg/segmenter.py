@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from lsdseg import ops
+from lsdseg.augment import resize_pair
 from lsdseg.checkpoint import CheckpointError, load_checkpoint
 from lsdseg.config import ModelConfig, SamplerConfig
-from lsdseg.data import resize_pair, to_rgb8
+from lsdseg.imageio import to_rgb8
 from lsdseg.model import LatentSegmenter
 from lsdseg.uncertainty import aggregate, agreement
 

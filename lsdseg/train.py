@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Subset
 
 from lsdseg.checkpoint import load_checkpoint, save_checkpoint
 from lsdseg.config import ModelConfig, from_dict, to_dict
-from lsdseg.data import SegmentationDataset
+from lsdseg.dataset import SegmentationDataset
 from lsdseg.losses import autoencoder_losses, diffusion_losses
 from lsdseg.model import LatentSegmenter
 from lsdseg.trainstate import LoopState, has_state, read_loop, restore_state, write_state

@@ -18,7 +18,6 @@ from lsdseg.data import (
     AugmentConfig,
     DataError,
     Pair,
-    SegmentationDataset,
     find_pairs,
     load_sample,
     read_image,
@@ -26,6 +25,7 @@ from lsdseg.data import (
     resize_pair,
     split_pairs,
 )
+from lsdseg.dataset import SegmentationDataset
 
 # ----------------------------------------------------------------------------- helpers
 

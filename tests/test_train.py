@@ -154,7 +154,8 @@ def _ddp_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
 
 def _train_tiny(data: Path, out: Path) -> None:
     from lsdseg.augment import AugmentConfig
-    from lsdseg.data import SegmentationDataset, find_pairs
+    from lsdseg.data import find_pairs
+    from lsdseg.dataset import SegmentationDataset
     from lsdseg.train import TrainConfig, train
 
     _, pairs = find_pairs(data)

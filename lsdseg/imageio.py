@@ -1,0 +1,160 @@
+"""Reading images and masks from disk, whatever their channels, bit depth or container.
+
+Every reader returns the same thing: ``(H, W, 3)`` uint8 RGB images and ``(H, W)`` bool masks,
+binarised by one documented rule. Errors are :class:`DataError` with the path and a fix.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """A dataset problem (unreadable file, bad layout, size mismatch...) with a fix hint."""
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _decode(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
+    """Decode a file to an array in RGB(A) channel order; also return whether it is JPEG."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        try:
+            import tifffile
+        except ImportError:
+            raise RuntimeError(
+                f"reading TIFF {path} needs tifffile: pip install tifffile"
+            ) from None
+        try:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                arr, axes = page.asarray(), getattr(page, "axes", "")
+        except Exception as exc:  # tifffile raises many types for corrupt files
+            raise DataError(f"cannot decode TIFF {path}: {exc}; re-save it as PNG") from exc
+        if arr.ndim == 3 and (
+            axes.startswith("S") or (axes == "" and arr.shape[0] <= 4 < arr.shape[2])
+        ):
+            arr = np.moveaxis(arr, 0, -1)  # planar (C, H, W) -> (H, W, C)
+        return arr, False
+    import cv2
+
+    arr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise DataError(f"cannot decode image {path}: not a readable JPEG/PNG/BMP/TIFF file")
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        arr = arr[..., ::-1]  # BGR -> RGB
+    elif arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[..., [2, 1, 0, 3]]  # BGRA -> RGBA
+    return arr, head[:2] == b"\xff\xd8"
+
+
+def _colour_channels(arr: np.ndarray, path: Path | str) -> np.ndarray:
+    """Return (H, W, C) with alpha removed: C is 1 (grey) or 3 (RGB)."""
+    if arr.ndim == 2:
+        return arr[..., None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4) or min(arr.shape[:2]) < 1:
+        raise DataError(
+            f"unsupported image layout {arr.shape} in {path}: expected (H, W) or (H, W, 1-4)"
+        )
+    c = arr.shape[2]
+    return arr[..., :1] if c in (1, 2) else arr[..., :3]
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as ``(H, W, 3)`` uint8 RGB.
+
+    JPEG/PNG/BMP are decoded with OpenCV (``IMREAD_UNCHANGED``, BGR converted to RGB, EXIF
+    orientation ignored so images and masks stay consistent). TIFF (detected by magic bytes,
+    not extension) is read with tifffile, which honours samples-per-pixel (CVC-ClinicDB TIFFs
+    are RGB tagged as greyscale) and planar ``(3, H, W)`` storage. Channels: grey is
+    replicated, grey+alpha keeps grey, RGBA drops alpha. Values: uint8 as is; uint16 is
+    divided by 257 (full 16-bit range -> 8-bit, so dim 12-bit data stays dim); other integer
+    types are cast if max <= 255 else scaled by their max; floats are clipped to [0, 1] when
+    max <= 1, else min-max normalised; NaN -> 0.
+
+    Args:
+        path: Image file.
+
+    Returns:
+        Contiguous ``(H, W, 3)`` uint8 RGB array.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        DataError: If the file cannot be decoded or has an unsupported layout.
+        RuntimeError: If a TIFF is given and tifffile is not installed.
+    """
+    arr, _ = _decode(path)
+    return to_rgb8(arr, str(path))
+
+
+def to_rgb8(arr: np.ndarray, source: str = "array") -> np.ndarray:
+    """Convert a decoded image (grey, grey+alpha, RGB, RGBA; any numeric type) to uint8 RGB.
+
+    The value rules are those of :func:`read_image`; channel order is kept as given.
+
+    Shapes:
+        (H, W) or (H, W, 1|2|3|4) -> (H, W, 3) uint8.
+
+    Raises:
+        DataError: an unsupported layout or pixel type (``source`` names it in the message).
+    """
+    arr = _colour_channels(np.asarray(arr), source)
+    if arr.dtype == np.uint8:
+        pass
+    elif arr.dtype == np.uint16:
+        arr = ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    elif arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif np.issubdtype(arr.dtype, np.integer):
+        hi = max(int(arr.max()), 1)
+        arr = np.clip(arr, 0, None)
+        arr = arr.astype(np.uint8) if hi <= 255 else (arr * (255.0 / hi) + 0.5).astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.floating):
+        x = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        if x.max() > 1.0:
+            lo, hi = min(float(x.min()), 0.0), float(x.max())
+            x = (x - lo) / (hi - lo)
+        arr = (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    else:
+        raise DataError(f"unsupported pixel type {arr.dtype} in {source}: re-save as 8-bit PNG")
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    return np.ascontiguousarray(arr)
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a segmentation mask as ``(H, W)`` bool.
+
+    Binarisation: colour masks are reduced by the max over colour channels (alpha ignored);
+    then foreground = ``value > scale / 2`` where ``scale`` is 1 if max <= 1 (0/1 masks, any
+    dtype, incl. float probability maps -> ``> 0.5``), 255 if max <= 255 (``> 127``, robust to
+    JPEG artefacts and anti-aliasing), else 65535 (16-bit, ``> 32767``). JPEG masks always use
+    ``> 127`` so faint compression noise in an empty mask is never foreground.
+
+    Args:
+        path: Mask file.
+
+    Returns:
+        ``(H, W)`` bool array.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        DataError: If the file cannot be decoded or has an unsupported layout.
+    """
+    arr, is_jpeg = _decode(path)
+    arr = _colour_channels(arr, Path(path)).max(axis=2)
+    if arr.dtype == np.bool_:
+        return np.ascontiguousarray(arr)
+    if np.issubdtype(arr.dtype, np.floating):
+        arr = np.nan_to_num(arr, nan=0.0)
+    hi = float(arr.max()) if arr.size else 0.0
+    scale = 255.0 if is_jpeg or 1.0 < hi <= 255.0 else 1.0 if hi <= 1.0 else 65535.0
+    return np.ascontiguousarray(arr > scale / 2.0)
