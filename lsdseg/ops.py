@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import importlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from lsdseg.plugins import lookup
 
 OP_NAMES = ("group_norm_silu", "attention")
 
@@ -105,15 +106,7 @@ def get_backend(name: str) -> OpsBackend:
         ValueError: the name is unknown (valid names are listed).
         RuntimeError: the backend exists but cannot run here (the message says how to fix it).
     """
-    if name not in _REGISTRY and name in _PLUGINS:
-        module, install = _PLUGINS[name]
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            raise RuntimeError(f"ops backend {name!r} is not available ({e}): {install}") from None
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown ops backend {name!r}; choose one of {available_backends()}")
-    backend = _REGISTRY[name]
+    backend = lookup(name, _REGISTRY, _PLUGINS, "ops backend")
     why = backend.available()
     if why is not None:
         raise RuntimeError(f"ops backend {name!r} cannot run here: {why}")

@@ -11,7 +11,6 @@ by name on first request so the core never imports it.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ from lsdseg.checkpoint import CheckpointError, load_checkpoint
 from lsdseg.config import ModelConfig, SamplerConfig
 from lsdseg.imageio import to_rgb8
 from lsdseg.model import LatentSegmenter
+from lsdseg.plugins import lookup
 from lsdseg.uncertainty import aggregate, agreement
 
 log = logging.getLogger(__name__)
@@ -103,15 +103,7 @@ register_runner("triton", _triton_runner)
 
 
 def _make_runner(name: str, model: LatentSegmenter, ckpt: Path | None, device: torch.device):
-    if name not in _BACKENDS and name in _PLUGINS:
-        module, install = _PLUGINS[name]
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            raise RuntimeError(f"backend {name!r} is not available ({e}): {install}") from None
-    if name not in _BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of {runner_names()}")
-    return _BACKENDS[name](model, ckpt, device)
+    return lookup(name, _BACKENDS, _PLUGINS, "backend")(model, ckpt, device)
 
 
 @dataclass

@@ -405,18 +405,9 @@ class Trainer:
             dist.barrier()
 
 
-def train(
-    model_cfg: ModelConfig,
-    cfg: TrainConfig,
-    train_set: SegmentationDataset,
-    val_set: SegmentationDataset | None,
-    out: str | Path,
-    device: str | torch.device = "cpu",
-    on_event: Callable[[Event], None] | None = None,
-    card: Callable[[LatentSegmenter, LoopState], str] | None = None,
-) -> LoopState:
-    """Run or resume a training run; see :class:`Trainer` for the arguments."""
-    return Trainer(model_cfg, cfg, train_set, val_set, out, device, on_event, card).run()
+def train(*args: Any, **kwargs: Any) -> LoopState:
+    """Run or resume a training run; the arguments are those of :class:`Trainer`."""
+    return Trainer(*args, **kwargs).run()
 
 
 def _write_metrics(path: Path, rows: list[Event]) -> None:

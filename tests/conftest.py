@@ -97,3 +97,19 @@ def make_model() -> Callable[..., LatentSegmenter]:
 @pytest.fixture
 def tiny_model() -> LatentSegmenter:
     return _tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> str:
+    """A checkpoint folder of a ~10k-parameter model at S=32 (milliseconds per frame)."""
+    from lsdseg.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        image_size=32,
+        image_ae=ImageAEConfig(channels=(8, 8, 8), context_channels=(8,), latent_channels=4),
+        mask_vae=MaskVAEConfig(encoder_channels=(8, 8, 8), decoder_channels=(8,)),
+        unet=UNetConfig(channels=(8, 16), attention_levels=(), head_dim=8, time_embed_dim=16),
+        sampler=SamplerConfig(steps=1, hypotheses=2),
+    )
+    return str(save_checkpoint(LatentSegmenter(cfg), tmp_path_factory.mktemp("ckpt") / "tiny"))

@@ -11,27 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from lsdseg.checkpoint import save_checkpoint
 from lsdseg.cli.main import main
-from lsdseg.config import ImageAEConfig, MaskVAEConfig, ModelConfig, SamplerConfig, UNetConfig
 from lsdseg.data import find_pairs
 from lsdseg.evaluate import evaluate
 from lsdseg.metrics import dice
-from lsdseg.model import LatentSegmenter
 from lsdseg.segmenter import Segmenter
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        image_size=32,
-        image_ae=ImageAEConfig(channels=(8, 8, 8), context_channels=(8,), latent_channels=4),
-        mask_vae=MaskVAEConfig(encoder_channels=(8, 8, 8), decoder_channels=(8,)),
-        unet=UNetConfig(channels=(8, 16), attention_levels=(), head_dim=8, time_embed_dim=16),
-        sampler=SamplerConfig(steps=1, hypotheses=2),
-    )
-    return str(save_checkpoint(LatentSegmenter(cfg), tmp_path_factory.mktemp("ckpt") / "tiny"))
 
 
 def make_pairs(root: Path, sizes: list[tuple[int, int]], masks: bool = True) -> Path:

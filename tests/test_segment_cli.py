@@ -23,29 +23,12 @@ import numpy as np
 import pytest
 import torch
 
-from lsdseg.checkpoint import save_checkpoint
 from lsdseg.cli.main import main
 from lsdseg.cli.reader import FrameReader, Stalled
 from lsdseg.cli.records import COLUMNS
 from lsdseg.cli.sources import Frame, Source
-from lsdseg.config import ImageAEConfig, MaskVAEConfig, ModelConfig, SamplerConfig, UNetConfig
-from lsdseg.model import LatentSegmenter
 
 H, W, N_FRAMES, FPS = 96, 128, 6, 10.0
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> str:
-    """A checkpoint folder of a ~10k-parameter model at S=32 (milliseconds per frame)."""
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        image_size=32,
-        image_ae=ImageAEConfig(channels=(8, 8, 8), context_channels=(8,), latent_channels=4),
-        mask_vae=MaskVAEConfig(encoder_channels=(8, 8, 8), decoder_channels=(8,)),
-        unet=UNetConfig(channels=(8, 16), attention_levels=(), head_dim=8, time_embed_dim=16),
-        sampler=SamplerConfig(steps=1, hypotheses=2),
-    )
-    return str(save_checkpoint(LatentSegmenter(cfg), tmp_path_factory.mktemp("ckpt") / "tiny"))
 
 
 @pytest.fixture(autouse=True)
