@@ -31,6 +31,7 @@ class SampleOptions:
     eta: float | None = None  # DDIM eta
     threshold: float | None = None  # mask = mean > threshold
     seed: int | None = 0  # the same seed for every frame (steady video); None: a new one each
+    temporal_t: int | None = None  # warm-start from the previous frame at this timestep
 
 
 class StopFlag:
@@ -123,6 +124,7 @@ def run_pipeline(
     t_start: float | None = None
     t_last: float | None = None
     fps = 0.0
+    previous = None  # the last result, for --temporal warm starts
     try:
         while not stop.event.is_set() and not writer.quit.is_set():
             try:
@@ -134,6 +136,9 @@ def run_pipeline(
                 break
             t0 = time.perf_counter()
             t_start = t0 if t_start is None else t_start
+            warm = {}
+            if sample.temporal_t is not None and previous is not None:
+                warm = {"warm_start": previous, "warm_timestep": sample.temporal_t}
             result = segmenter(
                 frame.image,
                 hypotheses=sample.hypotheses,
@@ -141,7 +146,9 @@ def run_pipeline(
                 eta=sample.eta,
                 seed=sample.seed,
                 threshold=sample.threshold,
+                **warm,
             )
+            previous = result if sample.temporal_t is not None else None
             t1 = time.perf_counter()
             latency = (t1 - t0) * 1e3
             latencies.append(latency)

@@ -68,6 +68,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "-1 draws a new one per frame",
     )
     m.add_argument(
+        "--temporal",
+        action="store_true",
+        help="warm-start each frame from the previous frame's latents noised to "
+        "--temporal-t, running only the DDIM steps below it (fewer denoiser calls)",
+    )
+    m.add_argument(
+        "--temporal-t",
+        type=int,
+        default=499,
+        metavar="T",
+        help="timestep the previous latents are noised to with --temporal (default 499)",
+    )
+    m.add_argument(
         "--threshold", type=float, help="mask = mean > threshold (default: the checkpoint's)"
     )
     m.add_argument(
@@ -153,6 +166,10 @@ def check_options(args: argparse.Namespace) -> None:
         (0 <= args.alpha <= 1, f"--alpha {args.alpha} must be between 0 and 1"),
         (args.imgsz is None or args.imgsz > 0, f"--imgsz {args.imgsz} must be > 0"),
         (args.seed >= -1, f"--seed {args.seed} must be >= 0, or -1 for a new seed per frame"),
+        (
+            0 <= args.temporal_t <= 999,
+            f"--temporal-t {args.temporal_t} must be a timestep between 0 and 999",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -247,6 +264,7 @@ def describe(args: argparse.Namespace, segmenter, device, overlay, sample, realt
         "eta": args.eta,
         "threshold": args.threshold,
         "seed": sample.seed,
+        "temporal_t": sample.temporal_t,
         "imgsz": segmenter.config.image_size,
         "vid_stride": args.vid_stride,
         "realtime": realtime,
@@ -289,6 +307,7 @@ def run(args: argparse.Namespace) -> int:
         eta=args.eta,
         threshold=args.threshold,
         seed=None if args.seed < 0 else args.seed,
+        temporal_t=args.temporal_t if args.temporal else None,
     )
     if args.show:
         check_gui()

@@ -95,16 +95,45 @@ class LatentSegmenter(nn.Module):
         steps: int,
         eta: float = 0.0,
         generator: torch.Generator | None = None,
+        start: int | None = None,
     ) -> torch.Tensor:
         """Normalised images and initial noise -> per-hypothesis probabilities.
 
         Shapes:
             x: (B, 3, S, S); noise: (B, K, c_m, S/f, S/f) -> (B, K, S, S) in [0, 1].
         """
+        return self.hypotheses_and_latents(x, noise, steps, eta, generator, start)[0]
+
+    def hypotheses_and_latents(
+        self,
+        x: torch.Tensor,
+        noise: torch.Tensor,
+        steps: int,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        start: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`hypotheses`, also returning the clean latents z0 (B, K, c_m, S/f, S/f).
+
+        With ``start`` the trajectory begins at that timestep from ``noise``, which must be a
+        latent already noised to it (see :meth:`warm_latents`).
+        """
         b, k = noise.shape[:2]
-        z0 = self.sample(self.encode_image(x), noise, steps, eta, generator)  # (B, K, c, h, w)
+        z0 = self.sample(self.encode_image(x), noise, steps, eta, generator, start)
         logits = self.decode_masks(z0.reshape(b * k, *z0.shape[2:]))  # (B*K, 1, S, S)
-        return torch.sigmoid(logits).reshape(b, k, *logits.shape[2:])
+        return torch.sigmoid(logits).reshape(b, k, *logits.shape[2:]), z0
+
+    def warm_latents(
+        self, z0: torch.Tensor, start: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Noise clean latents to timestep ``start`` (DDPM eq. 4) to resume DDIM from there.
+
+        Shapes:
+            z0: (B, K, c_m, h, w) -> (B, K, c_m, h, w).
+        """
+        eps = torch.randn(z0.shape, generator=generator).to(z0.device, z0.dtype)
+        t = torch.full((z0.shape[0],), start, dtype=torch.long, device=z0.device)
+        return self.schedule.add_noise(z0, eps, t)
 
     def forward(
         self, x: torch.Tensor, noise: torch.Tensor, steps: int | None = None

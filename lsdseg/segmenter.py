@@ -36,7 +36,12 @@ log = logging.getLogger(__name__)
 
 
 class Runner(Protocol):
-    """What a backend must provide: normalised images + initial noise -> probabilities."""
+    """What a backend must provide: normalised images + initial noise -> probabilities.
+
+    It returns the per-hypothesis probabilities (B, K, S, S) and, if it can, the clean latents
+    (B, K, c_m, S/f, S/f) that the next frame of a video can warm-start from (else None).
+    ``start`` (a timestep) asks for a warm start: ``noise`` is then a latent noised to it.
+    """
 
     name: str
 
@@ -47,8 +52,8 @@ class Runner(Protocol):
         steps: int,
         eta: float,
         generator: torch.Generator | None,
-    ) -> torch.Tensor:  # (B, K, S, S) probabilities
-        ...
+        start: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
 # A factory builds a runner for a loaded model; ``checkpoint`` is its folder (None if in memory).
@@ -86,9 +91,10 @@ class TorchRunner:
         steps: int,
         eta: float,
         generator: torch.Generator | None,
-    ) -> torch.Tensor:
+        start: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         with ops.use_backend(self.ops_backend):
-            return self.model.hypotheses(x, noise, steps, eta, generator)
+            return self.model.hypotheses_and_latents(x, noise, steps, eta, generator, start)
 
 
 register_runner("torch", lambda model, ckpt, device: TorchRunner(model, "torch", "torch"))
@@ -119,6 +125,7 @@ class Result:
     agreement: float  # mean pairwise Dice of the K binary masks (at S x S)
     seed: int  # the seed that reproduces this result
     timings: dict[str, float] = field(default_factory=dict)  # milliseconds per stage
+    latents: torch.Tensor | None = None  # (K, c_m, S/f, S/f) clean latents, for warm starts
 
 
 Order = Literal["bgr", "rgb"]
@@ -189,6 +196,8 @@ class Segmenter:
         seed: int | None = None,
         threshold: float | None = None,
         order: Order = "bgr",
+        warm_start: Result | Sequence[Result] | None = None,
+        warm_timestep: int = 499,
     ) -> Result | list[Result]:
         """Segment one frame (H, W, 3) or a batch (a list, or an array (B, H, W, 3)).
 
@@ -196,6 +205,11 @@ class Segmenter:
         and 16-bit frames are converted. Unset settings take the checkpoint's defaults. The same
         seed on the same backend gives the same result; ``seed=None`` draws one (see
         ``Result.seed``).
+
+        ``warm_start`` (the previous frame's result, one per frame of a batch) starts each
+        hypothesis from that result's latents noised to ``warm_timestep`` and runs only the
+        DDIM steps at or below it: a correct DDIM trajectory from that timestep, with fewer
+        denoiser calls. Its K must equal ``hypotheses``.
 
         Raises:
             ValueError / TypeError: an invalid setting or frame.
@@ -219,7 +233,10 @@ class Segmenter:
         t1 = time.perf_counter()
         gen = torch.Generator().manual_seed(seed)
         noise = torch.randn((len(frames), s.hypotheses, *self.model.latent_shape), generator=gen)
-        p = self.runner(x, noise.to(self.device), s.steps, s.eta, gen)  # (B, K, S, S)
+        start = None
+        if warm_start is not None:
+            noise, start = self._warm(warm_start, len(frames), s, warm_timestep, gen), warm_timestep
+        p, z0 = self.runner(x, noise.to(self.device), s.steps, s.eta, gen, start)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t2 = time.perf_counter()
@@ -234,9 +251,39 @@ class Segmenter:
             "postprocess": (t3 - t2) * 1e3 / len(frames),
             "total": (t3 - t0) * 1e3 / len(frames),
         }
-        for r in results:
+        for i, r in enumerate(results):
             r.timings = dict(per_frame)
+            r.latents = None if z0 is None else z0[i].detach()
         return results[0] if single else results
+
+    def _warm(
+        self,
+        prev: Result | Sequence[Result],
+        n: int,
+        s: SamplerConfig,
+        t: int,
+        gen: torch.Generator,
+    ) -> torch.Tensor:
+        """The previous results' latents noised to timestep t: (B, K, c_m, S/f, S/f)."""
+        prev = [prev] if isinstance(prev, Result) else list(prev)
+        T = self.config.diffusion.timesteps
+        if not 0 <= t < T:
+            raise ValueError(f"warm_timestep={t} must be between 0 and {T - 1}")
+        if len(prev) != n:
+            raise ValueError(f"warm_start has {len(prev)} results for {n} frames; pass one each")
+        for r in prev:
+            if r.latents is None:
+                raise ValueError(
+                    f"warm_start needs latents, which the {self.backend} backend "
+                    "does not return; use backend='torch' or 'triton'"
+                )
+            if r.latents.shape != (s.hypotheses, *self.model.latent_shape):
+                raise ValueError(
+                    f"warm_start latents {tuple(r.latents.shape)} do not match hypotheses="
+                    f"{s.hypotheses} and this model's latent {self.model.latent_shape}"
+                )
+        z0 = torch.stack([r.latents for r in prev]).to(self.device)
+        return self.model.warm_latents(z0, t, gen)
 
     @staticmethod
     def _postprocess(p: torch.Tensor, size: tuple[int, int], threshold: float, seed: int):

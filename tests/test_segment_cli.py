@@ -535,3 +535,28 @@ def test_auto_backend_picks_triton_only_on_cuda_with_triton(monkeypatch):
     assert pick_backend("onnx", cuda) == "onnx"  # an explicit choice is passed through
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert pick_backend("auto", cuda) == "torch"
+
+
+def test_temporal_warm_start(capsys, tiny, tmp_path, video):
+    rc, err = segment(capsys, tiny, tmp_path / "a", str(video), "--steps", "4")
+    assert rc == 0, err
+    rc, err = segment(
+        capsys,
+        tiny,
+        tmp_path / "b",
+        str(video),
+        "--steps",
+        "4",
+        "--temporal",
+        "--temporal-t",
+        "499",
+    )
+    assert rc == 0, err
+    a, b = read_rows(tmp_path / "a" / "exp"), read_rows(tmp_path / "b" / "exp")
+    assert len(a) == len(b) == N_FRAMES
+    # the first frame has no previous frame: identical; the settings are recorded
+    assert a[0]["area_fraction"] == b[0]["area_fraction"] and a[0]["agreement"] == b[0]["agreement"]
+    summary = json.loads((tmp_path / "b" / "exp" / "summary.json").read_text())
+    assert summary["settings"]["temporal_t"] == 499
+    rc, err = segment(capsys, tiny, tmp_path / "c", str(video), "--temporal-t", "1000")
+    assert rc == 1 and "--temporal-t 1000" in err

@@ -196,3 +196,74 @@ def test_mask_is_mean_above_threshold(seg: Segmenter) -> None:
 def test_missing_checkpoint_is_a_checkpoint_error(tmp_path) -> None:
     with pytest.raises(lsdseg.CheckpointError, match="does not exist"):
         lsdseg.load(tmp_path / "missing")
+
+
+def _count_denoiser_calls(seg: Segmenter) -> list[int]:
+    calls = [0]
+    original = seg.model.unet.denoise
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    seg.model.unet.denoise = counting  # type: ignore[method-assign]
+    return calls
+
+
+def test_result_carries_the_clean_latents(seg: Segmenter) -> None:
+    r = seg(_frame(), hypotheses=3, steps=2, seed=0)
+    assert r.latents is not None and r.latents.shape == (3, *seg.model.latent_shape)
+    # decoding the returned latents gives the returned hypotheses (at S x S)
+    with torch.no_grad():
+        p = torch.sigmoid(seg.model.decode_masks(r.latents))[:, 0]
+    s = seg.config.image_size
+    again = seg(np.ascontiguousarray(_frame(h=s, w=s)), hypotheses=3, steps=2, seed=0)
+    with torch.no_grad():
+        p2 = torch.sigmoid(seg.model.decode_masks(again.latents))[:, 0]
+    np.testing.assert_allclose(p2.numpy(), again.hypotheses, atol=1e-5)
+    assert p.shape == (3, s, s)
+
+
+def test_warm_start_runs_only_the_steps_below_its_timestep(seg: Segmenter) -> None:
+    prev = seg(_frame(0), hypotheses=3, steps=4, seed=0)
+    calls = _count_denoiser_calls(seg)
+    seg(_frame(1), hypotheses=3, steps=4, seed=1)
+    assert calls[0] == 4  # trailing timesteps 999, 749, 499, 249
+    calls[0] = 0
+    warm = seg(_frame(1), hypotheses=3, steps=4, seed=1, warm_start=prev, warm_timestep=499)
+    assert calls[0] == 2  # 499, 249
+    again = seg(_frame(1), hypotheses=3, steps=4, seed=1, warm_start=prev, warm_timestep=499)
+    _same(warm, again)
+
+
+def test_warm_start_equals_a_manual_ddim_from_the_noised_latents(seg: Segmenter) -> None:
+    from lsdseg.diffusion import DDIMSampler
+
+    prev = seg(_frame(0), hypotheses=2, steps=4, seed=0)
+    s = seg.config.image_size
+    frame = _frame(1, h=s, w=s)
+    warm = seg(frame, hypotheses=2, steps=4, seed=7, warm_start=prev, warm_timestep=600)
+    # independent: same generator stream (noise draw, then the warm-start noise), DDPM eq. 4
+    gen = torch.Generator().manual_seed(7)
+    torch.randn((1, 2, *seg.model.latent_shape), generator=gen)
+    eps = torch.randn((1, 2, *seg.model.latent_shape), generator=gen)
+    abar = seg.model.schedule.alphas_cumprod[600].item()
+    z = (abar**0.5 * prev.latents[None] + (1 - abar) ** 0.5 * eps)[0]  # (K, c, h, w)
+    sampler = DDIMSampler(seg.model.schedule, 4, 0.0, "trailing", start_timestep=600)
+    assert sampler.timesteps == [600, 499, 249]
+    x = seg.preprocess([frame], "bgr")
+    with torch.no_grad():
+        cond = seg.model.unet.condition(seg.model.encode_image(x)).expand(2, -1, -1, -1)
+        z0 = sampler.sample(lambda zt, t: seg.model.unet.denoise(zt, t, cond), z)
+        p = torch.sigmoid(seg.model.decode_masks(z0))[:, 0]
+    np.testing.assert_allclose(warm.hypotheses, p.numpy(), atol=1e-5)
+
+
+def test_warm_start_errors(seg: Segmenter) -> None:
+    prev = seg(_frame(0), hypotheses=3, steps=2, seed=0)
+    with pytest.raises(ValueError, match="hypotheses=2"):
+        seg(_frame(1), hypotheses=2, warm_start=prev)
+    with pytest.raises(ValueError, match="warm_timestep=1000"):
+        seg(_frame(1), hypotheses=3, warm_start=prev, warm_timestep=1000)
+    with pytest.raises(ValueError, match="one each"):
+        seg([_frame(1), _frame(2)], hypotheses=3, warm_start=prev)
