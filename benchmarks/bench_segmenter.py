@@ -37,6 +37,8 @@ def test_segmenter_latency(benchmark, segmenter, frame, hypotheses: int, steps: 
     seg, weights = segmenter
     result = benchmark(seg, frame, hypotheses=hypotheses, steps=steps, seed=0)
     assert result.hypotheses.shape == (hypotheses, 256, 256)
+    if benchmark.stats is None:  # --benchmark-disable: a plain run, nothing timed
+        return
     median_s = benchmark.stats.stats.median
     benchmark.extra_info.update(
         {
