@@ -6,17 +6,15 @@ reduce over the K axis (dim -3). Entropies are in bits, so a binary pixel's entr
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-_EPS = 1e-6
-
 
 def binary_entropy(p: torch.Tensor) -> torch.Tensor:
-    """Entropy in bits of Bernoulli(p), elementwise; 0 at p in {0, 1}."""
-    p = p.clamp(_EPS, 1 - _EPS)
-    return -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
+    """Entropy in bits of Bernoulli(p), elementwise; exactly 0 at p in {0, 1}."""
+    return -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p)) / math.log(2.0)
 
 
 @dataclass(frozen=True)
@@ -39,7 +37,7 @@ def aggregate(p: torch.Tensor) -> Aggregate:
         raise ValueError(f"p has shape {tuple(p.shape)}; expected (..., K, H, W)")
     p = p.float()
     mean = p.mean(dim=-3)
-    std = p.std(dim=-3, unbiased=False)
+    std = (p - mean.unsqueeze(-3)).square_().mean(dim=-3).sqrt_()  # population std
     entropy = binary_entropy(mean)
     expected = binary_entropy(p).mean(dim=-3)
     mutual_info = (entropy - expected).clamp_min(0.0)  # >= 0 by Jensen, up to rounding
