@@ -76,9 +76,13 @@ def save_checkpoint(
         )
         if write_more is not None:
             write_more(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+            f.chmod(0o666 & ~umask)  # mkdtemp and safetensors create private (0600) files
+        tmp.chmod(0o777 & ~umask)
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old")

@@ -60,6 +60,7 @@ def main() -> None:
     p.add_argument("--out", default="lsdseg/weights/default")
     p.add_argument("--ablations", default="benchmarks/ablations.json")
     p.add_argument("--limit", type=int, default=0, help="use every N-th validation pair (smoke)")
+    p.add_argument("--history", default="", help="Markdown file: how the run chain was trained")
     args = p.parse_args()
     run = Path(args.run)
     model = load_checkpoint(run / "best")
@@ -104,6 +105,9 @@ def main() -> None:
     card = render_card(
         model, final, rows, sources, steps, threshold, best_score, train_cfg, loop, run
     )
+    if args.history:  # the run chain (stages, restarts) told by whoever ran it
+        history = Path(args.history).read_text().strip()
+        card = card.replace("## Architecture config", f"{history}\n\n## Architecture config")
     out = save_checkpoint(model, args.out, card, extra={"validation": final}, dtype=torch.float16)
     Path(args.ablations).write_text(
         json.dumps(
