@@ -7,11 +7,11 @@ import csv
 import json
 import shlex
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from lsdseg.cli.errors import UserError
+from lsdseg.cli.runs import next_run_dir
 
 _COLUMNS = [
     ("dice", "Dice"),
@@ -53,7 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="",
         help="only evaluate these groups, comma-separated (e.g. CVC sequences 5,20)",
     )
-    p.add_argument("--out", default="runs/evaluate/exp", help="folder for CSV, JSON and images")
+    p.add_argument("--project", default="runs/evaluate", help="parent of the run folders")
+    p.add_argument("--name", default="exp", help="run folder name (exp, exp2, ...)")
+    p.add_argument("--exist-ok", action="store_true", help="reuse the run folder if it exists")
     p.add_argument(
         "--save-vis",
         action="store_true",
@@ -104,10 +106,9 @@ def run(args: argparse.Namespace) -> int:
             )
         pairs = [p for p in pairs if p.group in wanted]
     seg = lsdseg.load(args.weights, device=args.device, backend=args.backend)
-    out = Path(args.out)
-    (out / "vis").mkdir(parents=True, exist_ok=True) if args.save_vis else out.mkdir(
-        parents=True, exist_ok=True
-    )
+    out = next_run_dir(args.project, args.name, args.exist_ok)
+    if args.save_vis:
+        (out / "vis").mkdir(exist_ok=True)
 
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("evaluating", total=len(pairs))
@@ -144,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
+    if not ev.summary["labelled"]:
+        console.print("no image has a mask: predictions written, no metrics (they need masks)")
     table = Table(title=f"lsdseg evaluate: {', '.join(args.data)}")
     for _, name in _COLUMNS:
         table.add_column(name, justify="right")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from lsdseg.cli.errors import UserError
 from lsdseg.cli.main import EXIT_ERROR, EXIT_INTERRUPTED
+from lsdseg.cli.runs import next_run_dir
 
 BACKENDS = ("auto", "torch", "triton", "onnx", "trt")
 EXIT_TERMINATED = 128 + 15  # the shell's status for SIGTERM
@@ -206,22 +207,6 @@ def set_image_size(segmenter, imgsz: int | None) -> None:
     logging.getLogger(__name__).warning(
         "running at --imgsz %d; the model was trained at %d", imgsz, size
     )
-
-
-def next_run_dir(project: str, name: str, exist_ok: bool) -> Path:
-    """``project/name``, or the first free ``project/name2``, ``name3``... (created)."""
-    base = Path(project) / name
-    if exist_ok:
-        base.mkdir(parents=True, exist_ok=True)
-        return base
-    n = 1
-    while True:
-        path = base if n == 1 else Path(project) / f"{name}{n}"
-        try:
-            path.mkdir(parents=True)
-            return path
-        except FileExistsError:
-            n += 1
 
 
 def open_outputs(args: argparse.Namespace, source, overlay, out_dir: Path):
