@@ -9,10 +9,11 @@ import torch
 
 from lsdseg.config import to_dict
 from lsdseg.model import LatentSegmenter
+from lsdseg.trainstate import LoopState
 from lsdseg.version import __version__
 
 
-def training_card(model: LatentSegmenter, loop, data: str, device: str) -> str:
+def training_card(model: LatentSegmenter, loop: LoopState, data: str, device: str) -> str:
     """A card describing a checkpoint written during training (data, settings, metrics)."""
     last = loop.history[-1] if loop.history else {}
     vals = {k: v for k, v in last.items() if k.startswith("val_")}

@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +120,9 @@ def _named_dir(folder: Path, names: Sequence[str]) -> Path | None:
     return next((by_name[n] for n in names if n in by_name), None)
 
 
-def _by_stem(files: Sequence[Path], what: str, key=lambda p: p.stem) -> dict[str, Path]:
+def _by_stem(
+    files: Sequence[Path], what: str, key: Callable[[Path], str] = lambda p: p.stem
+) -> dict[str, Path]:
     out: dict[str, Path] = {}
     dupes = 0
     for p in files:

@@ -35,7 +35,7 @@ def make_betas(cfg: DiffusionConfig) -> torch.Tensor:
 class NoiseSchedule:
     """The forward process q(z_t | z_0) and conversions between eps, v and z_0."""
 
-    def __init__(self, cfg: DiffusionConfig):
+    def __init__(self, cfg: DiffusionConfig) -> None:
         self.cfg = cfg
         self.betas = make_betas(cfg)  # (T,) float64
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)  # (T,) float64
@@ -144,7 +144,7 @@ class DDIMSampler:
         eta: float = 0.0,
         spacing: str = "trailing",
         start_timestep: int | None = None,
-    ):
+    ) -> None:
         SamplerConfig(steps=min(steps, 1000), eta=eta, spacing=spacing)  # validates the values
         self.schedule, self.eta = schedule, eta
         T = schedule.timesteps

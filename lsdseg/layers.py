@@ -16,7 +16,7 @@ from lsdseg import ops
 class GroupNormAct(nn.Module):
     """GroupNorm with affine parameters, optional timestep scale/shift, optional SiLU."""
 
-    def __init__(self, channels: int, groups: int, silu: bool = True, eps: float = 1e-5):
+    def __init__(self, channels: int, groups: int, silu: bool = True, eps: float = 1e-5) -> None:
         super().__init__()
         self.groups, self.silu, self.eps = groups, silu, eps
         self.weight = nn.Parameter(torch.ones(channels))
@@ -50,7 +50,7 @@ class ResBlock(nn.Module):
         x: (B, C_in, H, W), emb: (B, embed_dim) -> (B, C_out, H, W).
     """
 
-    def __init__(self, c_in: int, c_out: int, groups: int, embed_dim: int | None = None):
+    def __init__(self, c_in: int, c_out: int, groups: int, embed_dim: int | None = None) -> None:
         super().__init__()
         self.norm1 = GroupNormAct(c_in, groups)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
@@ -77,7 +77,7 @@ class SelfAttention(nn.Module):
         x: (B, C, H, W) -> (B, C, H, W); attention runs on (B, C / head_dim, H * W, head_dim).
     """
 
-    def __init__(self, channels: int, groups: int, head_dim: int):
+    def __init__(self, channels: int, groups: int, head_dim: int) -> None:
         super().__init__()
         self.heads = channels // head_dim
         self.norm = GroupNormAct(channels, groups, silu=False)
@@ -97,7 +97,7 @@ class SelfAttention(nn.Module):
 class Downsample(nn.Module):
     """Stride-2 3x3 convolution: (B, C_in, H, W) -> (B, C_out, H/2, W/2)."""
 
-    def __init__(self, c_in: int, c_out: int):
+    def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)
 
@@ -113,7 +113,7 @@ class Upsample(nn.Module):
     dominates). The 3x3 convolutions that follow restore spatial smoothness.
     """
 
-    def __init__(self, c_in: int, c_out: int):
+    def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
         self.conv = nn.ConvTranspose2d(c_in, c_out, 2, stride=2)
 

@@ -20,7 +20,7 @@ from lsdseg.vae import ImageAutoencoder, MaskVAE
 class LatentSegmenter(nn.Module):
     """Image autoencoder + mask VAE + UNet denoiser, sampled with DDIM."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.image_ae = ImageAutoencoder(cfg.image_ae)

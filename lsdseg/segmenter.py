@@ -108,7 +108,9 @@ def _triton_runner(model: LatentSegmenter, ckpt: Path | None, device: torch.devi
 register_runner("triton", _triton_runner)
 
 
-def _make_runner(name: str, model: LatentSegmenter, ckpt: Path | None, device: torch.device):
+def _make_runner(
+    name: str, model: LatentSegmenter, ckpt: Path | None, device: torch.device
+) -> Runner:
     return lookup(name, _BACKENDS, _PLUGINS, "backend")(model, ckpt, device)
 
 
@@ -147,7 +149,7 @@ class Segmenter:
         device: str | torch.device = "cpu",
         backend: str = "torch",
         checkpoint: str | Path | None = None,
-    ):
+    ) -> None:
         self.model = model.eval()
         self.device = torch.device(device)
         self.checkpoint = Path(checkpoint) if checkpoint else None

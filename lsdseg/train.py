@@ -188,7 +188,7 @@ class Trainer:
         device: str | torch.device = "cpu",
         on_event: Callable[[Event], None] | None = None,
         card: Callable[[LatentSegmenter, LoopState], str] | None = None,
-    ):
+    ) -> None:
         self.cfg, self.train_set, self.val_set = cfg, train_set, val_set
         self.out, self.device = Path(out), torch.device(device)
         self.emit = on_event or (lambda event: None)
@@ -272,7 +272,7 @@ class Trainer:
         if self.epochs == 0:
             self._next_phase()
 
-    def _batches(self):
+    def _batches(self) -> DataLoader:
         """This rank's batches of the epoch: a seeded permutation cut into global batches."""
         cfg, loop = self.cfg, self.loop
         self.train_set.set_epoch(loop.epoch)

@@ -39,7 +39,7 @@ class UNet(nn.Module):
         z_t: (N, c_m, h, w); t: (N,); z_x: (N, c_x, h, w) -> (N, c_m, h, w).
     """
 
-    def __init__(self, cfg: UNetConfig, latent_channels: int, cond_channels: int):
+    def __init__(self, cfg: UNetConfig, latent_channels: int, cond_channels: int) -> None:
         super().__init__()
         self.cfg = cfg
         ch, g, emb = cfg.channels, cfg.groups, cfg.time_embed_dim

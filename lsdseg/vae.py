@@ -25,7 +25,7 @@ class _Encoder(nn.Module):
         (B, c_in, S, S) -> (B, c_out, S / 2**len(channels), S / 2**len(channels)).
     """
 
-    def __init__(self, c_in: int, channels: tuple[int, ...], c_out: int, groups: int):
+    def __init__(self, c_in: int, channels: tuple[int, ...], c_out: int, groups: int) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(c_in, channels[0], 3, stride=2, padding=1)]
         for prev, c in itertools.pairwise(channels):
@@ -47,7 +47,7 @@ class _Context(nn.Module):
         (B, C, h, w) -> (B, C, h, w) (residual); inside, widths ``channels`` at h/2, h/4, ...
     """
 
-    def __init__(self, c: int, channels: tuple[int, ...], groups: int):
+    def __init__(self, c: int, channels: tuple[int, ...], groups: int) -> None:
         super().__init__()
         widths = (c, *channels)
         self.down = nn.ModuleList(
@@ -69,7 +69,7 @@ class _Context(nn.Module):
 class ImageAutoencoder(nn.Module):
     """Deterministic image autoencoder: normalised RGB -> z_x -> RGB (training only)."""
 
-    def __init__(self, cfg: ImageAEConfig):
+    def __init__(self, cfg: ImageAEConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.encoder = _Encoder(3, cfg.channels, cfg.latent_channels, cfg.groups)
@@ -95,7 +95,7 @@ class ImageAutoencoder(nn.Module):
 class MaskVAE(nn.Module):
     """Gaussian VAE over binary masks; the decoder returns logits at the full mask size."""
 
-    def __init__(self, cfg: MaskVAEConfig):
+    def __init__(self, cfg: MaskVAEConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.encoder = _Encoder(1, cfg.encoder_channels, 2 * cfg.latent_channels, cfg.groups)
