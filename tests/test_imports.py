@@ -154,3 +154,20 @@ def test_installed_top_level_packages_are_namespaced() -> None:
             assert f"lsdseg.{plugin}" in mapping, mapping
     if top_level is None and not finders and not dist.files:
         pytest.skip("the installed metadata does not say which packages it installs")
+
+
+def test_every_package_of_the_source_tree_is_declared_for_installation() -> None:
+    # an undeclared sub-package works in an editable install and is missing from the wheel
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    declared = set(config["packages"])
+    dirs = config["package-dir"]  # installed name -> folder
+    found = set()
+    for name, folder in dirs.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join((name, *rel)))
+    assert found == declared, (
+        f"undeclared {sorted(found - declared)}, stale {sorted(declared - found)}"
+    )
