@@ -11,8 +11,16 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from lsdseg.cli.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from rich.console import Console
+
+    from lsdseg.cli.sources import Source
 
 
 def check_gui() -> None:
@@ -35,11 +43,11 @@ def check_gui() -> None:
         )
 
 
-def make_show():
+def make_show() -> Callable[[np.ndarray], bool]:
     """The --show callback: shows a frame; returns False when q or Esc is pressed."""
     import cv2
 
-    def show(image) -> bool:
+    def show(image: np.ndarray) -> bool:
         cv2.imshow("lsdseg segment (q to quit)", image)
         return (cv2.waitKey(1) & 0xFF) not in (ord("q"), 27)
 
@@ -50,7 +58,7 @@ class ProgressDisplay:
     """A rich progress bar (files: frames known) or live counter (streams); a context manager
     yielding the ``on_frame(done, dropped)`` callback."""
 
-    def __init__(self, console, source):
+    def __init__(self, console: Console, source: Source) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -69,7 +77,7 @@ class ProgressDisplay:
         columns.append(TextColumn("{task.fields[info]}"))
         self.progress = Progress(*columns, console=console, transient=False)
 
-    def __enter__(self):
+    def __enter__(self) -> Callable[[int, int], None]:
         self.progress.__enter__()
         task = self.progress.add_task("segment", total=self.total, info="")
 
@@ -78,5 +86,5 @@ class ProgressDisplay:
 
         return on_frame
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         return self.progress.__exit__(*exc)

@@ -7,11 +7,16 @@ import csv
 import json
 import shlex
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lsdseg.cli.errors import UserError
 from lsdseg.cli.runs import next_run_dir
+
+if TYPE_CHECKING:
+    from lsdseg.data import Pair
+    from lsdseg.segmenter import Result
 
 _COLUMNS = [
     ("dice", "Dice"),
@@ -113,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("evaluating", total=len(pairs))
 
-        def on_image(pair, image, mask, r) -> None:
+        def on_image(pair: Pair, image: np.ndarray, mask: np.ndarray | None, r: Result) -> None:
             if args.save_vis:
                 cv2.imwrite(
                     str(out / "vis" / f"{pair.name}.jpg"), _visual(image, mask, r.mean, r.entropy)

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from lsdseg.segmenter import Result
 
 Style = Literal["mask", "uncertainty", "grid"]
 Measure = Literal["entropy", "std", "mi"]
@@ -67,12 +70,12 @@ class View:
     hud: str = ""  # heads-up text
 
 
-def uncertainty_map(result, measure: Measure) -> np.ndarray:
+def uncertainty_map(result: Result, measure: Measure) -> np.ndarray:
     """The (H, W) map of ``measure`` from a Result: entropy, std or mutual information."""
     return {"entropy": result.entropy, "std": result.std, "mi": result.mutual_info}[measure]
 
 
-def make_view(result, opts: OverlayOptions, hud: str = "") -> View:
+def make_view(result: Result, opts: OverlayOptions, hud: str = "") -> View:
     """Keep what ``opts`` needs from ``result``; grid hypotheses are shrunk to tile size."""
     import cv2
 

@@ -14,12 +14,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from lsdseg.cli.overlay import OverlayOptions, make_view, uncertainty_map
 from lsdseg.cli.reader import FrameReader, Stalled
 from lsdseg.cli.records import Summary, frame_record
-from lsdseg.cli.sources import Source
+from lsdseg.cli.sources import Frame, Source
 from lsdseg.cli.writer import Work, WriterThread
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from lsdseg.segmenter import Result, Segmenter
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ class StopFlag:
             self.reason = reason
             self.event.set()
 
-    def _handle(self, signum: int, _frame) -> None:
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if self.event.is_set() and not self.closing:  # a second signal: stop now
             raise KeyboardInterrupt
         self.set(signal.Signals(signum).name)
@@ -69,7 +75,14 @@ class StopFlag:
         self._old.clear()
 
 
-def _work(frame, result, latency: float, fps: float, overlay: OverlayOptions, keep_mean: bool):
+def _work(
+    frame: Frame,
+    result: Result,
+    latency: float,
+    fps: float,
+    overlay: OverlayOptions,
+    keep_mean: bool,
+) -> Work:
     """A processed frame for the writer: its record, its view with the heads-up line."""
     unc = uncertainty_map(result, overlay.measure)
     record = frame_record(
@@ -90,7 +103,7 @@ def _work(frame, result, latency: float, fps: float, overlay: OverlayOptions, ke
 
 
 def run_pipeline(
-    segmenter,
+    segmenter: Segmenter,
     source: Source,
     writer: WriterThread,
     overlay: OverlayOptions,

@@ -37,7 +37,7 @@ class FrameReader:
         depth: queue length when not real time.
     """
 
-    def __init__(self, source: Source, realtime: bool, depth: int = 4):
+    def __init__(self, source: Source, realtime: bool, depth: int = 4) -> None:
         self.source, self.realtime = source, realtime
         self.queue: queue.Queue = queue.Queue(maxsize=1 if realtime else depth)
         self.dropped = 0

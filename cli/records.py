@@ -83,7 +83,7 @@ def frame_record(
 class RecordWriter:
     """Writes records to ``records.csv`` and ``records.jsonl``; each row flushed at once."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path) -> None:
         self.csv_path, self.jsonl_path = folder / "records.csv", folder / "records.jsonl"
         self._csv_file = open(self.csv_path, "w", newline="", encoding="utf-8")  # noqa: SIM115
         self._jsonl = open(self.jsonl_path, "w", encoding="utf-8")  # noqa: SIM115

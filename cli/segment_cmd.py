@@ -13,10 +13,20 @@ import argparse
 import importlib.util
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from lsdseg.cli.errors import UserError
 from lsdseg.cli.main import EXIT_ERROR, EXIT_INTERRUPTED
 from lsdseg.cli.runs import next_run_dir
+
+if TYPE_CHECKING:
+    import torch
+
+    from lsdseg.cli.overlay import OverlayOptions
+    from lsdseg.cli.pipeline import SampleOptions
+    from lsdseg.cli.sources import Source
+    from lsdseg.cli.writer import WriterThread
+    from lsdseg.segmenter import Segmenter
 
 BACKENDS = ("auto", "torch", "triton", "onnx", "trt")
 EXIT_TERMINATED = 128 + 15  # the shell's status for SIGTERM
@@ -177,7 +187,7 @@ def check_options(args: argparse.Namespace) -> None:
             raise UserError(message)
 
 
-def pick_backend(name: str, device) -> str:
+def pick_backend(name: str, device: torch.device) -> str:
     """``auto``: triton on a CUDA device when triton is importable, else torch."""
     if name != "auto":
         return name
@@ -186,7 +196,7 @@ def pick_backend(name: str, device) -> str:
     return "torch"
 
 
-def set_image_size(segmenter, imgsz: int | None) -> None:
+def set_image_size(segmenter: Segmenter, imgsz: int | None) -> None:
     """Run the model at ``imgsz`` instead of its training size (fully convolutional)."""
     import dataclasses
     import logging
@@ -209,7 +219,9 @@ def set_image_size(segmenter, imgsz: int | None) -> None:
     )
 
 
-def open_outputs(args: argparse.Namespace, source, overlay, out_dir: Path):
+def open_outputs(
+    args: argparse.Namespace, source: Source, overlay: OverlayOptions, out_dir: Path
+) -> WriterThread:
     """The writer thread with its outputs: a video (or images), records, optional masks."""
     from lsdseg.cli.display import make_show
     from lsdseg.cli.overlay import MEASURE_RANGE, output_size, render
@@ -234,7 +246,15 @@ def open_outputs(args: argparse.Namespace, source, overlay, out_dir: Path):
     )
 
 
-def describe(args: argparse.Namespace, segmenter, device, overlay, sample, realtime, writer):
+def describe(
+    args: argparse.Namespace,
+    segmenter: Segmenter,
+    device: torch.device,
+    overlay: OverlayOptions,
+    sample: SampleOptions,
+    realtime: bool,
+    writer: WriterThread,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The settings and outputs recorded in summary.json."""
     from lsdseg.cli.overlay import MEASURE_LABEL, MEASURE_RANGE
     from lsdseg.cli.writer import FOURCC

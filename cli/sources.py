@@ -17,12 +17,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from lsdseg.cli.errors import UserError
 from lsdseg.data import IMAGE_EXTENSIONS, DataError, read_image, to_rgb8
+
+if TYPE_CHECKING:
+    import cv2
 
 Kind = Literal["video", "images", "webcam", "stream"]
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
@@ -99,7 +102,7 @@ class Source:
 class ImageSource(Source):
     """One image file, or many (a folder or a glob), read with :func:`lsdseg.data.read_image`."""
 
-    def __init__(self, paths: list[Path], name: str, max_frames: int = 0):
+    def __init__(self, paths: list[Path], name: str, max_frames: int = 0) -> None:
         self.paths = paths[:max_frames] if max_frames else paths
         self.kind, self.name, self.fps, self.live = "images", name, 1.0, False
         self.label = name
@@ -132,8 +135,14 @@ class VideoSource(Source):
     """
 
     def __init__(
-        self, cap, kind: Kind, name: str, label: str, stride: int = 1, max_frames: int = 0
-    ):
+        self,
+        cap: cv2.VideoCapture,
+        kind: Kind,
+        name: str,
+        label: str,
+        stride: int = 1,
+        max_frames: int = 0,
+    ) -> None:
         import cv2
 
         self.cap, self.kind, self.name, self.label = cap, kind, name, label
@@ -212,7 +221,7 @@ class VideoSource(Source):
             self.cap.release()
 
 
-def _capture(target: str | int, kind: Kind, timeout: float):
+def _capture(target: str | int, kind: Kind, timeout: float) -> cv2.VideoCapture | None:
     """Open a capture, giving up after ``timeout`` seconds even if OpenCV would not."""
     import cv2
 

@@ -7,8 +7,12 @@ import dataclasses
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lsdseg.cli.errors import UserError
+
+if TYPE_CHECKING:
+    from lsdseg.data import Pair
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,11 +58,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def load_pairs(dirs: list[str], val_dirs: list[str] | None, val_fraction: float, seed: int):
+def load_pairs(
+    dirs: list[str], val_dirs: list[str] | None, val_fraction: float, seed: int
+) -> tuple[list[Pair], list[Pair]]:
     """Pairs of every dataset, groups prefixed by the dataset's folder name; train/val split."""
     from lsdseg.data import find_pairs, split_pairs
 
-    def prefixed(root: str):
+    def prefixed(root: str) -> list[Pair]:
         layout, pairs = find_pairs(root)
         name = Path(root).resolve().name
         labelled = [p for p in pairs if p.mask is not None]

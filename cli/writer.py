@@ -32,7 +32,7 @@ class VideoOut:
     that changes resolution) is resized to it.
     """
 
-    def __init__(self, path: Path, fps: float, size: tuple[int, int]):
+    def __init__(self, path: Path, fps: float, size: tuple[int, int]) -> None:
         import cv2
 
         self.path, self.fps, self.size = path, fps, size  # size (H, W) of rendered frames
@@ -68,7 +68,7 @@ class VideoOut:
 class ImagesOut:
     """One overlay PNG per input image, named after it (``name.png``, ``name_2.png``...)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path) -> None:
         self.folder, self.frames = folder, 0
         self._used: set[str] = set()
 
@@ -100,7 +100,7 @@ class MasksOut:
     """``--save-masks``: ``<stem>_mask.png`` (0/255), ``_conf.png`` (mean x 255) and
     ``_unc.png`` (uncertainty / its maximum x 255), all 8-bit grey, in ``masks/``."""
 
-    def __init__(self, folder: Path, unc_range: float):
+    def __init__(self, folder: Path, unc_range: float) -> None:
         self.folder, self.unc_range = folder, unc_range
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -150,7 +150,7 @@ class WriterThread:
         masks: MasksOut | None = None,
         show: Callable[[np.ndarray], bool] | None = None,
         depth: int = 4,
-    ):
+    ) -> None:
         if (video is None) == (images is None):
             raise ValueError("WriterThread needs exactly one of video= or images=")
         self.render, self.records = render, records
