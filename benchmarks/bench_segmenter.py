@@ -32,7 +32,7 @@ def frame() -> np.ndarray:
     return rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)  # already at S: no resize cost
 
 
-@pytest.mark.parametrize("hypotheses,steps", [(8, 4), (1, 4), (8, 1)])
+@pytest.mark.parametrize("hypotheses,steps", [(8, 4), (8, 2), (8, 1), (1, 4)])
 def test_segmenter_latency(benchmark, segmenter, frame, hypotheses: int, steps: int) -> None:
     seg, weights = segmenter
     result = benchmark(seg, frame, hypotheses=hypotheses, steps=steps, seed=0)
