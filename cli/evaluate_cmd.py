@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lsdseg.cli.errors import UserError
-from lsdseg.cli.runs import next_run_dir
+from lsdseg.cli.runs import add_run_folder_options, next_run_dir
 
 if TYPE_CHECKING:
     from lsdseg.data import Pair
@@ -58,9 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="",
         help="only evaluate these groups, comma-separated (e.g. CVC sequences 5,20)",
     )
-    p.add_argument("--project", default="runs/evaluate", help="parent of the run folders")
-    p.add_argument("--name", default="exp", help="run folder name (exp, exp2, ...)")
-    p.add_argument("--exist-ok", action="store_true", help="reuse the run folder if it exists")
+    add_run_folder_options(p, "runs/evaluate")
     p.add_argument(
         "--save-vis",
         action="store_true",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 
@@ -19,3 +20,10 @@ def next_run_dir(project: str, name: str, exist_ok: bool) -> Path:
             return path
         except FileExistsError:
             n += 1
+
+
+def add_run_folder_options(parser: argparse._ActionsContainer, project: str) -> None:
+    """``--project``, ``--name`` and ``--exist-ok``, as every command that writes a run has."""
+    parser.add_argument("--project", default=project, help="parent of the run folders")
+    parser.add_argument("--name", default="exp", help="run folder name (exp, exp2, ...)")
+    parser.add_argument("--exist-ok", action="store_true", help="reuse the run folder if it exists")

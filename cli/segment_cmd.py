@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from lsdseg.cli.errors import UserError
 from lsdseg.cli.main import EXIT_ERROR, EXIT_INTERRUPTED
-from lsdseg.cli.runs import next_run_dir
+from lsdseg.cli.runs import add_run_folder_options, next_run_dir
 
 if TYPE_CHECKING:
     import torch
@@ -152,9 +152,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="show the overlay in a window (needs a GUI OpenCV and a display)",
     )
-    o.add_argument("--project", default="runs/segment", help="parent of the run folders")
-    o.add_argument("--name", default="exp", help="run folder name (exp, exp2, ...)")
-    o.add_argument("--exist-ok", action="store_true", help="reuse the run folder if it exists")
+    add_run_folder_options(o, "runs/segment")
     p.set_defaults(func=run)
 
 

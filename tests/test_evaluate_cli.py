@@ -35,20 +35,8 @@ def make_pairs(root: Path, sizes: list[tuple[int, int]], masks: bool = True) -> 
 def test_evaluate_scores_at_original_resolution(capsys, tiny, tmp_path):
     data = make_pairs(tmp_path / "d", [(40, 50), (37, 61), (64, 64)])
     out = tmp_path / "out"
-    code = main(
-        [
-            "evaluate",
-            "--data",
-            str(data),
-            "--weights",
-            tiny,
-            "--project",
-            str(tmp_path),
-            "--name",
-            "out",
-            "--save-vis",
-        ]
-    )
+    where = ["--project", str(tmp_path), "--name", "out"]
+    code = main(["evaluate", "--data", str(data), "--weights", tiny, *where, "--save-vis"])
     assert code == 0, capsys.readouterr().err
     rows = list(csv.DictReader((out / "per_image.csv").read_text().splitlines()))
     assert [(int(r["height"]), int(r["width"])) for r in rows] == [(40, 50), (37, 61), (64, 64)]
@@ -85,22 +73,8 @@ def test_unlabelled_and_unreadable_images_are_counted_not_fatal(capsys, tiny, tm
     (data / "masks" / "2.png").unlink()  # image 2 has no mask
     (data / "images" / "1.png").write_bytes(b"not a png")  # image 1 is unreadable
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "evaluate",
-                "--data",
-                str(data),
-                "--weights",
-                tiny,
-                "--project",
-                str(tmp_path),
-                "--name",
-                "out",
-            ]
-        )
-        == 0
-    )
+    where = ["--project", str(tmp_path), "--name", "out"]
+    assert main(["evaluate", "--data", str(data), "--weights", tiny, *where]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["labelled"], summary["unlabelled"], summary["skipped"]) == (1, 1, 1)
     assert summary["skipped_files"][0][0].endswith("1.png")
