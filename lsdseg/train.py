@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from lsdseg.checkpoint import load_checkpoint, save_checkpoint
-from lsdseg.config import ModelConfig, from_dict, to_dict
+from lsdseg.config import ModelConfig, to_dict
 from lsdseg.dataset import SegmentationDataset
 from lsdseg.losses import autoencoder_losses, diffusion_losses
 from lsdseg.model import LatentSegmenter
@@ -420,9 +420,3 @@ def _write_metrics(path: Path, rows: list[Event]) -> None:
         w.writeheader()
         w.writerows(rows)
     tmp.replace(path)
-
-
-def load_run_config(path: str | Path) -> tuple[ModelConfig, TrainConfig]:
-    """Read a run folder's config.json back (unknown keys are an error)."""
-    meta = json.loads(Path(path).read_text())
-    return from_dict(ModelConfig, meta["model"]), from_dict(TrainConfig, meta["train"])
