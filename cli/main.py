@@ -12,7 +12,7 @@ import difflib
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from lsdseg.cli.errors import UserError
 from lsdseg.version import __version__
@@ -55,7 +55,7 @@ def _all_options(parser: argparse.ArgumentParser) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser with every sub-command registered."""
-    from lsdseg.cli import evaluate_cmd, segment_cmd, train_cmd
+    from lsdseg.cli import bench_cmd, evaluate_cmd, export_cmd, segment_cmd, serve_cmd, train_cmd
 
     parser = _Parser(
         prog="lsdseg",
@@ -64,27 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lsdseg {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    segment_cmd.add_parser(sub)
-    train_cmd.add_parser(sub)
-    evaluate_cmd.add_parser(sub)
-    for name, issue in (
-        ("export", "ONNX / TensorRT export"),
-        ("bench", "latency benchmark"),
-        ("serve", "Triton Inference Server"),
-    ):
-        p = sub.add_parser(name, help=f"{issue} (not implemented yet)")
-        p.set_defaults(func=_not_implemented(name, issue))
+    for command in (segment_cmd, train_cmd, evaluate_cmd, export_cmd, bench_cmd, serve_cmd):
+        command.add_parser(sub)
     return parser
-
-
-def _not_implemented(name: str, what: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        print(
-            f"lsdseg {name}: {what} is not implemented yet in lsdseg {__version__}", file=sys.stderr
-        )
-        return EXIT_ERROR
-
-    return run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
