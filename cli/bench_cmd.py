@@ -1,19 +1,303 @@
-"""``lsdseg bench``: measure latency, fps and memory per backend, K and steps on this machine."""
+"""``lsdseg bench``: latency, fps and peak memory per backend, K and steps on this machine.
+
+The numbers are for one full :class:`~lsdseg.Segmenter` call on one frame at the model's input
+size (preprocessing, sampling, aggregation and conversion to numpy included), the call a video
+pipeline makes per frame. The pytest-benchmark suites in ``benchmarks/`` are the regression
+checks; this command is for a user's own machine.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from lsdseg.cli.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from lsdseg.segmenter import Segmenter
+
+BACKENDS = ("torch", "triton", "onnx", "trt")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Latency statistics of one (backend, K, steps) configuration."""
+
+    backend: str
+    device: str
+    hypotheses: int
+    steps: int
+    image_size: int
+    calls: int
+    mean_ms: float
+    median_ms: float
+    p95_ms: float
+    fps: float  # 1 / mean latency
+    peak_memory_mb: float | None  # CUDA: peak allocated; CPU: peak RSS of the process
+    memory_kind: str
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
         help="measure latency, fps and memory per backend, K and steps on this machine",
+        description="Time full Segmenter calls (one frame at the model's input size) for each "
+        "backend, number of hypotheses K and number of DDIM steps, and print a table. Backends "
+        "that cannot run here are listed with the reason. The regression suites with saved "
+        "baselines are in benchmarks/ (make bench-check).",
     )
+    p.add_argument("--weights", default="default", help="'default', 'untrained' or a folder")
+    p.add_argument(
+        "--backend",
+        default="all",
+        help=f"comma-separated backends ({', '.join(BACKENDS)}) or 'all' (those usable here)",
+    )
+    p.add_argument("--hypotheses", default="1,8", help="comma-separated K values")
+    p.add_argument("--steps", default="2,4", help="comma-separated DDIM step counts")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls per configuration")
+    p.add_argument("--repeats", type=int, default=20, help="timed calls per configuration")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.set_defaults(func=run)
 
 
+def parse_ints(text: str, option: str, low: int, high: int) -> list[int]:
+    """``"1,8,16"`` -> ``[1, 8, 16]``, each within [low, high], duplicates dropped."""
+    values: list[int] = []
+    for part in text.split(","):
+        try:
+            value = int(part)
+        except ValueError:
+            raise UserError(
+                f"{option} {text!r}: expected comma-separated integers, e.g. 1,8"
+            ) from None
+        if not low <= value <= high:
+            raise UserError(f"{option} {text!r}: {value} must be between {low} and {high}")
+        if value not in values:
+            values.append(value)
+    return values
+
+
+def backend_problem(name: str, device: torch.device) -> str | None:
+    """None when backend ``name`` can run on ``device`` here, else the reason it cannot."""
+    if name == "torch":
+        return None
+    if name == "triton":
+        if device.type != "cuda":
+            return "needs a CUDA device (the CPU interpreter is for tests, not timing)"
+        if importlib.util.find_spec("triton") is None:
+            return 'Triton is not installed: pip install "lsdseg[triton]"'
+        return None
+    if name == "onnx":
+        if importlib.util.find_spec("onnxruntime") is None:
+            return 'ONNX Runtime is not installed: pip install "lsdseg[onnx]"'
+        return None
+    if name == "trt":
+        if device.type != "cuda":
+            return "needs a CUDA device"
+        if importlib.util.find_spec("tensorrt") is None:
+            return 'TensorRT is not installed: pip install "lsdseg[trt]"'
+        return None
+    raise UserError(f"--backend {name!r}: expected one of {', '.join(BACKENDS)} or 'all'")
+
+
+def pick_backends(text: str, device: torch.device) -> tuple[list[str], dict[str, str]]:
+    """Backends to time, and those skipped with their reasons (only for ``all``)."""
+    if text == "all":
+        problems = {name: backend_problem(name, device) for name in BACKENDS}
+        usable = [name for name, why in problems.items() if why is None]
+        return usable, {name: why for name, why in problems.items() if why is not None}
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    for name in names:
+        why = backend_problem(name, device)
+        if why is not None:
+            raise UserError(f"--backend {name}: cannot run here: {why}")
+    return names, {}
+
+
+class _PeakMemory:
+    """Peak memory over a block: CUDA allocator peak, or the process's peak RSS on Linux."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.kind = "CUDA allocated" if device.type == "cuda" else "process RSS"
+
+    def reset(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        # Linux: writing 5 resets VmHWM, the peak RSS, to the current RSS
+        with contextlib.suppress(OSError):
+            Path("/proc/self/clear_refs").write_text("5")
+
+    def peak_mb(self) -> float | None:
+        import torch
+
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB -> MB
+        except OSError:
+            pass
+        try:
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+        except ImportError:  # Windows
+            return None
+
+
+def measure(
+    seg: Segmenter,
+    hypotheses: int,
+    steps: int,
+    warmup: int = 3,
+    repeats: int = 20,
+    seed: int = 0,
+) -> Measurement:
+    """Time ``repeats`` calls of ``seg`` on one frame at the model's input size.
+
+    Every call returns numpy arrays, so CUDA work has finished when the timer stops.
+    """
+    size = seg.config.image_size
+    frame = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    memory = _PeakMemory(seg.device)
+    for _ in range(warmup):
+        seg(frame, hypotheses=hypotheses, steps=steps, seed=seed)
+    memory.reset()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        seg(frame, hypotheses=hypotheses, steps=steps, seed=seed)
+        times.append(time.perf_counter() - start)
+    ms = np.asarray(times) * 1000
+    return Measurement(
+        backend=seg.backend,
+        device=str(seg.device),
+        hypotheses=hypotheses,
+        steps=steps,
+        image_size=size,
+        calls=repeats,
+        mean_ms=float(ms.mean()),
+        median_ms=float(np.median(ms)),
+        p95_ms=float(np.percentile(ms, 95)),
+        fps=float(1000.0 / ms.mean()),
+        peak_memory_mb=memory.peak_mb(),
+        memory_kind=memory.kind,
+    )
+
+
+def machine_info(device: torch.device) -> dict[str, object]:
+    """What the numbers were measured on."""
+    import torch
+
+    from lsdseg.version import __version__
+
+    info: dict[str, object] = {
+        "lsdseg": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _table(results: Sequence[Measurement], skipped: dict[str, str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="lsdseg bench: one Segmenter call per frame")
+    for column in ("backend", "device", "K", "steps", "mean ms", "p95 ms", "fps"):
+        table.add_column(column, justify="left" if column in ("backend", "device") else "right")
+    table.add_column("peak MB", justify="right")
+    for r in results:
+        peak = "-" if r.peak_memory_mb is None else f"{r.peak_memory_mb:.0f}"
+        table.add_row(
+            r.backend,
+            r.device,
+            str(r.hypotheses),
+            str(r.steps),
+            f"{r.mean_ms:.1f}",
+            f"{r.p95_ms:.1f}",
+            f"{r.fps:.1f}",
+            peak,
+        )
+    console = Console()
+    console.print(table)
+    if results:
+        console.print(f"peak MB: {results[0].memory_kind} during the timed calls")
+    for name, why in skipped.items():
+        console.print(f"skipped {name}: {why}")
+
+
+def _write_json(path: Path, payload: dict[str, object]) -> None:
+    if path.is_dir():
+        raise UserError(f"--json {path}: is a folder; give a file name such as bench.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def run(args: argparse.Namespace) -> int:
-    raise UserError("latency benchmark is not implemented yet in this lsdseg release")
+    import lsdseg
+    from lsdseg.segmenter import resolve_device
+
+    for option, value in (("--warmup", args.warmup), ("--repeats", args.repeats)):
+        if value < (0 if option == "--warmup" else 1):
+            raise UserError(
+                f"{option} {value}: must be at least {0 if option == '--warmup' else 1}"
+            )
+    ks = parse_ints(args.hypotheses, "--hypotheses", 1, 256)
+    steps = parse_ints(args.steps, "--steps", 1, 1000)
+    device = resolve_device(args.device)
+    backends, skipped = pick_backends(args.backend, device)
+    if args.json and Path(args.json).is_dir():
+        raise UserError(f"--json {args.json}: is a folder; give a file name such as bench.json")
+
+    results: list[Measurement] = []
+    for name in backends:
+        try:
+            seg = lsdseg.load(args.weights, device=device, backend=name)
+        except (ImportError, RuntimeError, ValueError) as e:
+            if args.backend != "all" or name == "torch":
+                raise
+            skipped[name] = str(e)  # e.g. a plugin that fails to import
+            continue
+        for n in steps:
+            for k in ks:
+                results.append(measure(seg, k, n, args.warmup, args.repeats, args.seed))
+    _table(results, skipped)
+    if args.json:
+        payload = {
+            "machine": machine_info(device),
+            "weights": args.weights,
+            "results": [asdict(r) for r in results],
+            "skipped": skipped,
+        }
+        _write_json(Path(args.json), payload)
+        print(f"wrote {args.json}")
+    return 0
