@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS ?= -c constraints/cpu.txt
 DEMO_CLIP ?= assets/demo/cvc_seq5.mp4
 
-.PHONY: install install-dev demo test lint bench bench-check clean
+.PHONY: install install-dev demo test lint bench bench-check bench-baseline clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,16 @@ lint: install-dev
 test: install-dev lint
 	$(BIN)/python -m pytest -q
 
+# Speed: the pytest-benchmark suites; bench-check fails when a median is >25% slower than the
+# saved baseline of this machine class; bench-baseline refreshes that baseline on purpose.
 bench: install-dev
 	$(BIN)/python -m pytest benchmarks -q --benchmark-only
+
+bench-check: install-dev
+	$(BIN)/python benchmarks/check.py
+
+bench-baseline: install-dev
+	$(BIN)/python benchmarks/check.py --update
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .benchmarks

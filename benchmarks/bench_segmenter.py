@@ -1,57 +1,37 @@
-"""Latency of one full Segmenter call (K=8, 4 DDIM steps, 256x256) on this machine.
+"""Latency of one full Segmenter call per backend, K and steps (256x256, one frame).
 
-Run: ``make bench`` or ``pytest benchmarks/bench_segmenter.py --benchmark-only``. The default
-architecture is timed with the bundled weights when present (weights do not change latency; an
-untrained model of the same architecture is used otherwise, and ``extra_info`` says which).
+The call a video pipeline makes per frame: preprocessing, the image encoder, ``steps`` denoiser
+passes over K hypotheses, the mask decoder, aggregation and conversion to numpy. Every backend
+that can run on this machine is timed (torch; onnx with onnxruntime; triton and trt with a
+CUDA GPU); the others skip with the reason.
+
+Run: ``make bench`` or ``pytest benchmarks/bench_segmenter.py --benchmark-only``.
 """
 
 from __future__ import annotations
 
-import os
-import platform
-
-import numpy as np
 import pytest
-import torch
 
-import lsdseg
-from lsdseg.checkpoint import CheckpointError
+from lsdseg.cli.bench_cmd import BACKENDS
 
-
-@pytest.fixture(scope="module")
-def segmenter() -> tuple[lsdseg.Segmenter, str]:
-    try:
-        return lsdseg.load("default"), "default"
-    except CheckpointError:
-        return lsdseg.load("untrained"), "untrained (default architecture)"
+HYPOTHESES = (1, 4, 8, 16)
+STEPS = (1, 2, 4, 8)
 
 
-@pytest.fixture(scope="module")
-def frame() -> np.ndarray:
-    rng = np.random.default_rng(0)
-    return rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)  # already at S: no resize cost
-
-
-@pytest.mark.parametrize("hypotheses,steps", [(8, 4), (8, 2), (8, 1), (1, 4)])
-def test_segmenter_latency(benchmark, segmenter, frame, hypotheses: int, steps: int) -> None:
-    seg, weights = segmenter
+@pytest.mark.parametrize("steps", STEPS, ids=lambda n: f"steps{n}")
+@pytest.mark.parametrize("hypotheses", HYPOTHESES, ids=lambda k: f"K{k}")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_segmenter(benchmark, segmenter_for, record, frame, backend, hypotheses, steps) -> None:
+    seg, weights = segmenter_for(backend)
     result = benchmark(seg, frame, hypotheses=hypotheses, steps=steps, seed=0)
-    assert result.hypotheses.shape == (hypotheses, 256, 256)
-    if benchmark.stats is None:  # --benchmark-disable: a plain run, nothing timed
-        return
-    median_s = benchmark.stats.stats.median
-    benchmark.extra_info.update(
-        {
-            "hypotheses": hypotheses,
-            "steps": steps,
-            "image_size": 256,
-            "backend": seg.backend,
-            "device": str(seg.device),
-            "weights": weights,
-            "fps": 1.0 / median_s,
-            "threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(),
-            "cpu": platform.processor() or platform.machine(),
-            "torch": torch.__version__,
-        }
+    assert result.hypotheses.shape == (hypotheses, *frame.shape[:2])
+    record(
+        benchmark,
+        backend=backend,
+        hypotheses=hypotheses,
+        steps=steps,
+        image_size=frame.shape[0],
+        weights=weights,
     )
+    if benchmark.stats is not None:
+        benchmark.extra_info["fps"] = benchmark.extra_info["per_second"]
