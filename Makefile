@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS ?= -c constraints/cpu.txt
 DEMO_CLIP ?= assets/demo/cvc_seq5.mp4
 
-.PHONY: install install-dev demo test lint bench bench-check bench-baseline clean
+.PHONY: install install-dev demo test lint bench bench-check bench-baseline bench-peer clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,5 +40,19 @@ bench-check: install-dev
 bench-baseline: install-dev
 	$(BIN)/python benchmarks/check.py --update
 
+# The pixel-space peer (med-seg-diff-pytorch) needs torchvision, which does not load beside the
+# CPU torch 2.13.0: it gets its own venv with torch 2.14.1 (CPU execution still), never .venv.
+PEER_VENV ?= .venv-peer
+PEER_JSON ?= benchmarks/results/peer-cpu-$(shell nproc)core.json
+$(PEER_VENV)/bin/python:
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1 med-seg-diff-pytorch==0.3.3
+	$(PEER_VENV)/bin/pip install --quiet -e . "pytest>=8" "pytest-benchmark>=4"
+
+bench-peer: $(PEER_VENV)/bin/python
+	$(PEER_VENV)/bin/python -m pytest benchmarks/bench_peer.py -q --benchmark-only \
+		--benchmark-json=$(PEER_JSON)
+	$(PEER_VENV)/bin/python benchmarks/peer_report.py $(PEER_JSON)
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .benchmarks
+	rm -rf $(VENV) $(PEER_VENV) build *.egg-info .pytest_cache .ruff_cache .benchmarks

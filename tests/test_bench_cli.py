@@ -18,11 +18,15 @@ from lsdseg.segmenter import load
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _check_module():
-    spec = importlib.util.spec_from_file_location("bench_check", ROOT / "benchmarks" / "check.py")
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _check_module():
+    return _script("check")
 
 
 def test_bench_writes_a_table_and_json(capsys, tiny, tmp_path):
@@ -141,3 +145,36 @@ def test_the_saved_cpu_baseline_covers_the_suites():
     names = _check_module().medians(baseline)
     for suite in ("bench_segmenter", "bench_components", "bench_video"):
         assert any(suite in n for n in names), suite
+
+
+def _peer_json(path: Path, step_s: float, frame_s: float, timesteps: int = 1000) -> Path:
+    benchmarks = [
+        {
+            "name": "test_peer_denoising_step",
+            "stats": {"median": step_s},
+            "extra_info": {"timesteps": timesteps},
+        },
+        {"name": "test_lsdseg_frame", "stats": {"median": frame_s}, "extra_info": {}},
+    ]
+    path.write_text(json.dumps({"benchmarks": benchmarks, "machine_info": {}}))
+    return path
+
+
+def test_peer_report_extrapolates_the_sample_and_divides(tmp_path, capsys):
+    report = _script("peer_report")
+    r = report.ratio_rows(json.loads(_peer_json(tmp_path / "p.json", 0.5, 0.08).read_text()))
+    assert r["peer_sample_s"] == pytest.approx(500.0)
+    assert r["frames_per_peer_sample"] == pytest.approx(500.0 / 0.08)
+    r = report.ratio_rows(json.loads(_peer_json(tmp_path / "q.json", 0.5, 0.08, 50).read_text()))
+    assert r["peer_sample_s"] == pytest.approx(25.0)
+    assert report.main([str(tmp_path / "p.json")]) == 0
+    assert "6250" in capsys.readouterr().out
+
+
+def test_peer_report_without_the_peer_benchmark_says_so(tmp_path, capsys):
+    report = _script("peer_report")
+    path = tmp_path / "skipped.json"
+    path.write_text(json.dumps({"benchmarks": []}))
+    assert report.main([str(path)]) == 2
+    assert "did the peer suite skip" in capsys.readouterr().err
+    assert report.main([str(tmp_path / "missing.json")]) == 2
