@@ -195,7 +195,7 @@ class Segmenter:
         hypotheses: int | None = None,
         steps: int | None = None,
         eta: float | None = None,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         threshold: float | None = None,
         order: Order = "bgr",
         warm_start: Result | Sequence[Result] | None = None,
@@ -206,7 +206,11 @@ class Segmenter:
         Frames are OpenCV-style BGR by default (``order="rgb"`` for RGB). Grey (H, W), RGBA
         and 16-bit frames are converted. Unset settings take the checkpoint's defaults. The same
         seed on the same backend gives the same result; ``seed=None`` draws one (see
-        ``Result.seed``).
+        ``Result.seed``). A sequence gives one seed per frame of a batch: frame i then starts
+        from the noise a call on that frame alone with ``seed[i]`` draws, so batching frames
+        (as a server does) leaves each result as it was, up to float rounding in batched
+        convolutions. It needs ``eta == 0`` and no ``warm_start``, whose extra noise comes
+        from one generator per call.
 
         ``warm_start`` (the previous frame's result, one per frame of a batch) starts each
         hypothesis from that result's latents noised to ``warm_timestep`` and runs only the
@@ -228,13 +232,18 @@ class Segmenter:
         for f in frames:
             if not isinstance(f, np.ndarray):
                 raise TypeError(f"frames must be numpy arrays, got {type(f).__name__}")
-        if seed is None:
-            seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        seeds = self._seeds(seed, len(frames), s, warm_start is not None)
         t0 = time.perf_counter()
         x = self.preprocess(frames, order)
         t1 = time.perf_counter()
-        gen = torch.Generator().manual_seed(seed)
-        noise = torch.randn((len(frames), s.hypotheses, *self.model.latent_shape), generator=gen)
+        latent = (s.hypotheses, *self.model.latent_shape)
+        if isinstance(seed, Sequence):  # one generator per frame, used for its noise only
+            gen = None
+            gens = [torch.Generator().manual_seed(v) for v in seeds]
+            noise = torch.cat([torch.randn((1, *latent), generator=g) for g in gens])  # (B, K, ...)
+        else:
+            gen = torch.Generator().manual_seed(seeds[0])
+            noise = torch.randn((len(frames), *latent), generator=gen)
         start = None
         if warm_start is not None:
             noise, start = self._warm(warm_start, len(frames), s, warm_timestep, gen), warm_timestep
@@ -243,7 +252,7 @@ class Segmenter:
             torch.cuda.synchronize(self.device)
         t2 = time.perf_counter()
         results = [
-            self._postprocess(p[i].float(), frames[i].shape[:2], s.threshold, seed)
+            self._postprocess(p[i].float(), frames[i].shape[:2], s.threshold, seeds[i])
             for i in range(len(frames))
         ]
         t3 = time.perf_counter()
@@ -257,6 +266,22 @@ class Segmenter:
             r.timings = dict(per_frame)
             r.latents = None if z0 is None else z0[i].detach()
         return results[0] if single else results
+
+    @staticmethod
+    def _seeds(seed: int | Sequence[int] | None, n: int, s: SamplerConfig, warm: bool) -> list[int]:
+        """The seed of each of ``n`` frames; ``None`` draws one for the whole call."""
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        if not isinstance(seed, Sequence):
+            return [int(seed)] * n
+        if len(seed) != n:
+            raise ValueError(f"seed has {len(seed)} values for {n} frames; pass one per frame")
+        if s.eta > 0 or warm:
+            raise ValueError(
+                "per-frame seeds need eta=0 and no warm_start (their noise comes from one "
+                "generator per call); pass one int seed, or call once per frame"
+            )
+        return [int(v) for v in seed]
 
     def _warm(
         self,

@@ -267,3 +267,27 @@ def test_warm_start_errors(seg: Segmenter) -> None:
         seg(_frame(1), hypotheses=3, warm_start=prev, warm_timestep=1000)
     with pytest.raises(ValueError, match="one each"):
         seg([_frame(1), _frame(2)], hypotheses=3, warm_start=prev)
+
+
+def test_per_frame_seeds_match_each_frame_alone(seg: Segmenter) -> None:
+    frames = [_frame(0, 37, 53), _frame(1, 64, 64), _frame(2, 37, 53)]
+    out = seg(frames, hypotheses=3, seed=[7, 8, 7])
+    assert [r.seed for r in out] == [7, 8, 7]
+    for f, r, s in zip(frames, out, (7, 8, 7), strict=True):
+        alone = seg(f, hypotheses=3, seed=s)
+        np.testing.assert_allclose(r.hypotheses, alone.hypotheses, atol=1e-5)
+        np.testing.assert_allclose(r.mean, alone.mean, atol=1e-5)
+    # one int seed draws the batch's noise from one generator: frame 1 differs from seed 8 alone
+    shared = seg(frames, hypotheses=3, seed=8)
+    assert not np.allclose(shared[1].hypotheses, out[1].hypotheses, atol=1e-3)
+
+
+def test_per_frame_seeds_are_checked(seg: Segmenter) -> None:
+    frames = [_frame(0), _frame(1)]
+    with pytest.raises(ValueError, match="2 frames"):
+        seg(frames, seed=[1, 2, 3])
+    with pytest.raises(ValueError, match="eta=0"):
+        seg(frames, eta=0.5, seed=[1, 2])
+    first = seg(frames, seed=[1, 2])
+    with pytest.raises(ValueError, match="warm_start"):
+        seg(frames, seed=[1, 2], warm_start=first)
