@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,12 @@ from lsdseg.config import (
     UNetConfig,
 )
 from lsdseg.model import LatentSegmenter
+
+# The Triton kernels run on the CPU through Triton's interpreter when no CUDA GPU is visible (and
+# compiled on a GPU). Triton picks the interpreter when a kernel is *defined*, so this must be set
+# before anything imports lsdseg.kernels: conftest is imported before every test module.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # The models here are tiny: one thread is faster than two, and far faster when the 2-core CI
 # machine is busy (OpenMP workers spinning against another process cost 100x on small convs).

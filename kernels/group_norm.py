@@ -1,0 +1,455 @@
+"""Fused GroupNorm (+ timestep scale/shift) (+ SiLU): one read and one write of the activation.
+
+``y = silu((group_norm(x) * weight + bias) * (1 + scale) + shift)``, statistics in fp32, the
+reference being :func:`lsdseg.ops.group_norm_silu_reference`. Two variants:
+
+- ``fused``: one program per (sample, group) holds the whole group in registers, so the
+  activation is read once and written once. Used when the group, padded to powers of two, has at
+  most ``MAX_FUSED`` elements (every norm of the default UNet: 2-8 channels x 32x32 or less).
+- ``split``: the group is cut into tiles; a stats kernel writes each tile's count, mean and
+  centred sum of squares, a finalize kernel merges them per group (Chan et al.'s parallel
+  variance, stable where sum/sum-of-squares cancels), and an apply kernel normalises each tile.
+  The activation is read twice; parallelism no longer depends on batch x groups.
+
+Layouts: any strides for which H and W collapse into one spatial axis (NCHW-contiguous and
+channels-last both do); the output keeps the input's memory format.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import triton
+import triton.language as tl
+
+from lsdseg.kernels._device import (
+    check_device,
+    check_dtype,
+    check_no_grad,
+    check_power_of_2,
+    cuda_device_of,
+    next_power_of_2,
+)
+
+OP = "group_norm_silu"
+MAX_FUSED = 16384  # elements of a padded group the fused kernel keeps in registers
+SPLIT_TILE = 4096  # elements per program of the split variant
+FINALIZE_BLOCK = 256  # partial statistics merged per step by the finalize kernel
+Variant = Literal["auto", "fused", "split"]
+
+
+@triton.jit
+def _group_norm_silu_kernel(
+    X,  # input (B, C, H, W), read through the strides below
+    Y,  # output, same shape; may have other strides than X
+    Weight,  # affine weight (C,)
+    Bias,  # affine bias (C,)
+    Scale,  # timestep scale (B, C); a dummy pointer when HAS_SCALE is False
+    Shift,  # timestep shift (B, C); a dummy pointer when HAS_SHIFT is False
+    stride_xb,  # X: elements between samples
+    stride_xc,  # X: between channels
+    stride_xs,  # X: between spatial positions (H and W flattened)
+    stride_yb,  # Y: the same three strides
+    stride_yc,
+    stride_ys,
+    stride_w,  # Weight: between channels
+    stride_bias,  # Bias: between channels
+    stride_sb,  # Scale: between samples
+    stride_sc,  # Scale: between channels
+    stride_tb,  # Shift: between samples
+    stride_tc,  # Shift: between channels
+    G,  # groups
+    CPG,  # channels per group
+    HW,  # spatial positions, H * W
+    eps,  # added to the variance
+    HAS_SCALE: tl.constexpr,
+    HAS_SHIFT: tl.constexpr,
+    SILU: tl.constexpr,
+    BLOCK_C: tl.constexpr,  # >= CPG, power of two
+    BLOCK_HW: tl.constexpr,  # >= HW, power of two
+):
+    pid = tl.program_id(0)  # one program per (sample, group)
+    b = pid // G
+    ch = tl.arange(0, BLOCK_C)  # channel within the group
+    sp = tl.arange(0, BLOCK_HW)
+    mask_c = ch < CPG
+    mask = mask_c[:, None] & (sp < HW)[None, :]  # (BLOCK_C, BLOCK_HW)
+    c = (pid % G) * CPG + ch  # channel index in [0, C)
+    x_ptrs = X + b * stride_xb + c[:, None] * stride_xc + sp[None, :] * stride_xs
+    x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
+
+    n = CPG * HW
+    mean = tl.sum(tl.sum(x, axis=1), axis=0) / n
+    xc = tl.where(mask, x - mean, 0.0)  # centred; padding stays 0
+    var = tl.sum(tl.sum(xc * xc, axis=1), axis=0) / n
+    rstd = 1.0 / tl.sqrt(var + eps)
+
+    # fold norm, affine and modulation into one multiply-add per element: y = xc * a + d
+    w = tl.load(Weight + c * stride_w, mask=mask_c, other=0.0).to(tl.float32)
+    a = w * rstd
+    d = tl.load(Bias + c * stride_bias, mask=mask_c, other=0.0).to(tl.float32)
+    if HAS_SCALE:
+        s = 1.0 + tl.load(Scale + b * stride_sb + c * stride_sc, mask=mask_c, other=0.0).to(
+            tl.float32
+        )
+        a = a * s
+        d = d * s
+    if HAS_SHIFT:
+        d = d + tl.load(Shift + b * stride_tb + c * stride_tc, mask=mask_c, other=0.0).to(
+            tl.float32
+        )
+    y = xc * a[:, None] + d[:, None]
+    if SILU:
+        y = y * tl.sigmoid(y)
+    y_ptrs = Y + b * stride_yb + c[:, None] * stride_yc + sp[None, :] * stride_ys
+    tl.store(y_ptrs, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _group_norm_stats_kernel(
+    X,  # input (B, C, H, W), read through the strides below
+    Part,  # partial statistics (3, B * G * T) fp32: count, mean, centred sum of squares
+    stride_xb,  # X: elements between samples
+    stride_xc,  # X: between channels
+    stride_xs,  # X: between spatial positions (H and W flattened)
+    G,  # groups
+    CPG,  # channels per group
+    HW,  # spatial positions
+    T,  # tiles per group
+    T_HW,  # tiles along the spatial axis (T = channel tiles x T_HW)
+    BLOCK_C: tl.constexpr,  # channels per tile, power of two
+    BLOCK_HW: tl.constexpr,  # spatial positions per tile, power of two
+):
+    pid = tl.program_id(0)  # one program per (sample, group, tile)
+    bg = pid // T
+    tile = pid % T
+    b = bg // G
+    ch = (tile // T_HW) * BLOCK_C + tl.arange(0, BLOCK_C)  # channel within the group
+    sp = (tile % T_HW) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    mask_c = ch < CPG
+    mask_s = sp < HW
+    mask = mask_c[:, None] & mask_s[None, :]
+    c = (bg % G) * CPG + ch
+    x_ptrs = X + b * stride_xb + c[:, None] * stride_xc + sp[None, :] * stride_xs
+    x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
+    count = tl.sum(mask_c.to(tl.float32), axis=0) * tl.sum(mask_s.to(tl.float32), axis=0)
+    mean = tl.sum(tl.sum(x, axis=1), axis=0) / count
+    xc = tl.where(mask, x - mean, 0.0)
+    m2 = tl.sum(tl.sum(xc * xc, axis=1), axis=0)
+    n_parts = tl.num_programs(0)
+    tl.store(Part + pid, count)
+    tl.store(Part + n_parts + pid, mean)
+    tl.store(Part + 2 * n_parts + pid, m2)
+
+
+@triton.jit
+def _group_norm_finalize_kernel(
+    Part,  # partial statistics (3, B * G * T) fp32, from the stats kernel
+    Stats,  # output (2, B * G) fp32: mean and 1 / std per group
+    n_groups,  # B * G
+    T,  # tiles per group
+    eps,  # added to the variance
+    BLOCK_T: tl.constexpr,  # tiles merged per step, power of two
+):
+    bg = tl.program_id(0)  # one program per (sample, group)
+    n_parts = n_groups * T
+    base = Part + bg * T
+    offs = tl.arange(0, BLOCK_T)
+    # pass 1: total count and mean; pass 2: M2 = sum(m2_t + n_t (mean_t - mean)^2)
+    total = tl.zeros([BLOCK_T], dtype=tl.float32)
+    weighted = tl.zeros([BLOCK_T], dtype=tl.float32)
+    for t0 in range(0, T, BLOCK_T):
+        m = t0 + offs < T
+        n_t = tl.load(base + t0 + offs, mask=m, other=0.0)
+        mean_t = tl.load(base + n_parts + t0 + offs, mask=m, other=0.0)
+        total += n_t
+        weighted += n_t * mean_t
+    count = tl.sum(total, axis=0)
+    mean = tl.sum(weighted, axis=0) / count
+    m2 = tl.zeros([BLOCK_T], dtype=tl.float32)
+    for t0 in range(0, T, BLOCK_T):
+        m = t0 + offs < T
+        n_t = tl.load(base + t0 + offs, mask=m, other=0.0)
+        mean_t = tl.load(base + n_parts + t0 + offs, mask=m, other=0.0)
+        m2_t = tl.load(base + 2 * n_parts + t0 + offs, mask=m, other=0.0)
+        delta = mean_t - mean
+        m2 += m2_t + n_t * delta * delta
+    var = tl.sum(m2, axis=0) / count
+    tl.store(Stats + bg, mean)
+    tl.store(Stats + n_groups + bg, 1.0 / tl.sqrt(var + eps))
+
+
+@triton.jit
+def _group_norm_apply_kernel(
+    X,  # input (B, C, H, W), read through the strides below
+    Y,  # output, same shape
+    Stats,  # (2, B * G) fp32: mean and 1 / std per group, from the finalize kernel
+    Weight,  # affine weight (C,)
+    Bias,  # affine bias (C,)
+    Scale,  # timestep scale (B, C); a dummy pointer when HAS_SCALE is False
+    Shift,  # timestep shift (B, C); a dummy pointer when HAS_SHIFT is False
+    stride_xb,  # X: elements between samples
+    stride_xc,  # X: between channels
+    stride_xs,  # X: between spatial positions
+    stride_yb,  # Y: the same three strides
+    stride_yc,
+    stride_ys,
+    stride_w,  # Weight: between channels
+    stride_bias,  # Bias: between channels
+    stride_sb,  # Scale: between samples
+    stride_sc,  # Scale: between channels
+    stride_tb,  # Shift: between samples
+    stride_tc,  # Shift: between channels
+    n_groups,  # B * G
+    G,  # groups
+    CPG,  # channels per group
+    HW,  # spatial positions
+    T,  # tiles per group
+    T_HW,  # tiles along the spatial axis
+    HAS_SCALE: tl.constexpr,
+    HAS_SHIFT: tl.constexpr,
+    SILU: tl.constexpr,
+    BLOCK_C: tl.constexpr,  # channels per tile, power of two
+    BLOCK_HW: tl.constexpr,  # spatial positions per tile, power of two
+):
+    pid = tl.program_id(0)  # one program per (sample, group, tile)
+    bg = pid // T
+    tile = pid % T
+    b = bg // G
+    ch = (tile // T_HW) * BLOCK_C + tl.arange(0, BLOCK_C)
+    sp = (tile % T_HW) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    mask_c = ch < CPG
+    mask = mask_c[:, None] & (sp < HW)[None, :]
+    c = (bg % G) * CPG + ch
+    mean = tl.load(Stats + bg)
+    rstd = tl.load(Stats + n_groups + bg)
+    x_ptrs = X + b * stride_xb + c[:, None] * stride_xc + sp[None, :] * stride_xs
+    x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
+
+    w = tl.load(Weight + c * stride_w, mask=mask_c, other=0.0).to(tl.float32)
+    a = w * rstd
+    d = tl.load(Bias + c * stride_bias, mask=mask_c, other=0.0).to(tl.float32)
+    if HAS_SCALE:
+        s = 1.0 + tl.load(Scale + b * stride_sb + c * stride_sc, mask=mask_c, other=0.0).to(
+            tl.float32
+        )
+        a = a * s
+        d = d * s
+    if HAS_SHIFT:
+        d = d + tl.load(Shift + b * stride_tb + c * stride_tc, mask=mask_c, other=0.0).to(
+            tl.float32
+        )
+    y = (x - mean) * a[:, None] + d[:, None]
+    if SILU:
+        y = y * tl.sigmoid(y)
+    y_ptrs = Y + b * stride_yb + c[:, None] * stride_yc + sp[None, :] * stride_ys
+    tl.store(y_ptrs, y.to(Y.dtype.element_ty), mask=mask)
+
+
+def _spatial_stride(t: torch.Tensor, name: str) -> int:
+    """The stride of the flattened (H, W) axis; ValueError when H and W do not collapse."""
+    _, _, h, w = t.shape
+    if h == 1:
+        return t.stride(3)
+    if w == 1 or t.stride(2) == t.stride(3) * w:
+        return t.stride(2) if w == 1 else t.stride(3)
+    raise ValueError(
+        f"{OP}: {name} has strides {tuple(t.stride())} for shape {tuple(t.shape)}, in which H and "
+        "W do not collapse into one axis; pass a contiguous (NCHW) or channels-last tensor, e.g. "
+        f"{name}.contiguous()"
+    )
+
+
+def _check_vector(name: str, t: torch.Tensor, shape: tuple[int, ...], what: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{OP}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{OP}: {name} has shape {tuple(t.shape)}; expected {shape} ({what})")
+    check_dtype(OP, name, t)
+
+
+def _warps(block: int) -> int:
+    # about 16 elements per thread, 1 to 16 warps
+    return max(1, min(16, block // 512))
+
+
+def group_norm_silu(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    groups: int,
+    eps: float = 1e-5,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    silu: bool = True,
+    *,
+    out: torch.Tensor | None = None,
+    variant: Variant = "auto",
+    tile: int | None = None,
+) -> torch.Tensor:
+    """GroupNorm with affine, then ``x * (1 + scale) + shift``, then SiLU, in one Triton kernel.
+
+    Same maths as :func:`lsdseg.ops.group_norm_silu_reference`; statistics in fp32 whatever
+    the input dtype. Forward only.
+
+    Args:
+        x: the activation; NCHW-contiguous, channels-last, or any layout whose H and W collapse.
+        weight, bias: the affine parameters.
+        groups: number of groups; must divide C.
+        eps: added to the variance.
+        scale, shift: per-sample, per-channel modulation (the timestep embedding), or None.
+        silu: apply SiLU last.
+        out: write here instead of a new tensor (same shape and dtype as ``x``; may be ``x``).
+        variant: ``fused`` (the group in registers: one read, one write), ``split`` (tiles,
+            two reads) or ``auto`` (fused when the padded group has at most ``MAX_FUSED``
+            elements).
+        tile: elements per program of the split variant (a power of two >= 16; default
+            ``SPLIT_TILE``); giving it makes ``auto`` pick the split variant.
+
+    Shapes:
+        x: (B, C, H, W); weight, bias: (C,); scale, shift: (B, C). Returns (B, C, H, W) in the
+        dtype and memory format of ``x`` (or ``out``).
+
+    Raises:
+        TypeError: a tensor is not float32, float16 or bfloat16, or dtypes of x and out differ.
+        ValueError: a shape, layout, groups, eps, variant or tile is wrong.
+        RuntimeError: the tensors are somewhere the kernels cannot run, or need grad.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{OP}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{OP}: x has shape {tuple(x.shape)}; expected 4-D (B, C, H, W)")
+    check_dtype(OP, "x", x)
+    bsz, c, h, w = x.shape
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or c % groups:
+        raise ValueError(f"{OP}: groups={groups!r} must be a positive integer dividing C={c}")
+    if not eps >= 0.0:
+        raise ValueError(f"{OP}: eps={eps!r} must be >= 0")
+    if variant not in ("auto", "fused", "split"):
+        raise ValueError(f"{OP}: variant={variant!r}; expected 'auto', 'fused' or 'split'")
+    _check_vector("weight", weight, (c,), "one per channel")
+    _check_vector("bias", bias, (c,), "one per channel")
+    if scale is not None:
+        _check_vector("scale", scale, (bsz, c), "one per sample and channel")
+    if shift is not None:
+        _check_vector("shift", shift, (bsz, c), "one per sample and channel")
+    check_device(
+        OP,
+        _group_norm_silu_kernel,
+        x=x,
+        weight=weight,
+        bias=bias,
+        scale=scale,
+        shift=shift,
+        out=out,
+    )
+    check_no_grad(OP, x=x, weight=weight, bias=bias, scale=scale, shift=shift)
+    if x.numel() >= 2**31:
+        raise ValueError(
+            f"{OP}: x has {x.numel()} elements; at most 2**31 - 1 are supported: split the batch"
+        )
+    stride_xs = _spatial_stride(x, "x")
+    if out is None:
+        out = torch.empty_like(x)  # keeps channels-last
+    else:
+        if tuple(out.shape) != tuple(x.shape):
+            raise ValueError(f"{OP}: out has shape {tuple(out.shape)}; expected {tuple(x.shape)}")
+        if out.dtype != x.dtype:
+            raise TypeError(f"{OP}: out has dtype {out.dtype}; expected x's dtype {x.dtype}")
+        check_no_grad(OP, out=out)
+    stride_ys = _spatial_stride(out, "out")
+    if out.numel() == 0:
+        return out
+
+    cpg, hw = c // groups, h * w
+    fused_block = next_power_of_2(cpg) * next_power_of_2(hw)
+    if variant == "auto":
+        variant = "fused" if fused_block <= MAX_FUSED and tile is None else "split"
+    if variant == "fused" and fused_block > MAX_FUSED:
+        raise ValueError(
+            f"{OP}: variant='fused' needs a group of at most {MAX_FUSED} elements once padded to "
+            f"powers of two; this one has {next_power_of_2(cpg)} x {next_power_of_2(hw)}: use "
+            "variant='split' or 'auto'"
+        )
+    if tile is not None:
+        check_power_of_2(OP, "tile", tile, lowest=16)
+    # without scale / shift, x stands in for the pointer: HAS_SCALE / HAS_SHIFT are compile-time
+    # False and it is never read
+    sc = scale if scale is not None else x
+    sh = shift if shift is not None else x
+    mod_strides = (
+        *(scale.stride() if scale is not None else (0, 0)),
+        *(shift.stride() if shift is not None else (0, 0)),
+    )
+    flags = {"HAS_SCALE": scale is not None, "HAS_SHIFT": shift is not None, "SILU": bool(silu)}
+
+    with cuda_device_of(x):
+        if variant == "fused":
+            _group_norm_silu_kernel[(bsz * groups,)](
+                x, out, weight, bias, sc, sh,
+                x.stride(0), x.stride(1), stride_xs,
+                out.stride(0), out.stride(1), stride_ys,
+                weight.stride(0), bias.stride(0), *mod_strides,
+                groups, cpg, hw, float(eps),
+                **flags,
+                BLOCK_C=next_power_of_2(cpg),
+                BLOCK_HW=next_power_of_2(hw),
+                num_warps=_warps(fused_block),
+            )  # fmt: skip
+            return out
+        _split(x, out, weight, bias, sc, sh, stride_xs, stride_ys, mod_strides, groups, float(eps),
+               flags, tile or SPLIT_TILE)  # fmt: skip
+    return out
+
+
+def _split(
+    x: torch.Tensor,
+    out: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    stride_xs: int,
+    stride_ys: int,
+    mod_strides: tuple[int, ...],
+    groups: int,
+    eps: float,
+    flags: dict[str, bool],
+    tile: int,
+) -> None:
+    """Launch the split variant: stats per tile, merge per group, normalise per tile."""
+    bsz, c, h, w = x.shape
+    cpg, hw = c // groups, h * w
+    # tiles run along the axis that is contiguous in memory, so loads coalesce
+    if x.stride(1) < stride_xs:  # channels-last: channels first
+        block_c = min(next_power_of_2(cpg), tile)
+        block_hw = min(next_power_of_2(hw), tile // block_c)
+    else:  # NCHW: spatial first
+        block_hw = min(next_power_of_2(hw), tile)
+        block_c = min(next_power_of_2(cpg), tile // block_hw)
+    t_hw = triton.cdiv(hw, block_hw)
+    n_tiles = triton.cdiv(cpg, block_c) * t_hw
+    n_groups = bsz * groups
+    part = torch.empty(3, n_groups * n_tiles, device=x.device, dtype=torch.float32)
+    stats = torch.empty(2, n_groups, device=x.device, dtype=torch.float32)
+    warps = _warps(block_c * block_hw)
+    grid = (n_groups * n_tiles,)
+    _group_norm_stats_kernel[grid](
+        x, part,
+        x.stride(0), x.stride(1), stride_xs,
+        groups, cpg, hw, n_tiles, t_hw,
+        BLOCK_C=block_c, BLOCK_HW=block_hw, num_warps=warps,
+    )  # fmt: skip
+    _group_norm_finalize_kernel[(n_groups,)](
+        part, stats, n_groups, n_tiles, eps,
+        BLOCK_T=min(next_power_of_2(n_tiles), FINALIZE_BLOCK), num_warps=1,
+    )  # fmt: skip
+    _group_norm_apply_kernel[grid](
+        x, out, stats, weight, bias, scale, shift,
+        x.stride(0), x.stride(1), stride_xs,
+        out.stride(0), out.stride(1), stride_ys,
+        weight.stride(0), bias.stride(0), *mod_strides,
+        n_groups, groups, cpg, hw, n_tiles, t_hw,
+        **flags, BLOCK_C=block_c, BLOCK_HW=block_hw, num_warps=warps,
+    )  # fmt: skip
