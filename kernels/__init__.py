@@ -3,7 +3,7 @@
 Importing this package registers the ``"triton"`` backend of :mod:`lsdseg.ops`:
 
 - :func:`group_norm_silu`: GroupNorm + affine + timestep scale/shift + SiLU in one kernel
-  (``group_norm.py``);
+  (``group_norm.py``; its split variant for large groups in ``group_norm_split.py``);
 - :func:`attention`: flash-attention forward (``attention.py``).
 
 Both run compiled on a CUDA GPU, or on the CPU through Triton's interpreter when

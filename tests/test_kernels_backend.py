@@ -47,6 +47,19 @@ def test_importing_the_kernels_registers_the_triton_backend() -> None:
 
 
 @pytest.fixture
+def no_tf32():
+    """Full-fp32 convolutions and matmuls on a GPU: with TF32 (cuDNN's default), a 1e-6
+    difference in a norm's output can flip the rounding of a convolution's input and move the
+    result by 1e-3, which would hide the comparison of the two backends."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.fixture
 def counted_triton():
     """The registered triton backend, wrapped to count its calls, for one test."""
     real = ops._REGISTRY["triton"]
@@ -73,7 +86,7 @@ def counted_triton():
 
 
 @needs_kernels
-def test_segmenter_with_triton_equals_torch(make_model, counted_triton) -> None:
+def test_segmenter_with_triton_equals_torch(make_model, counted_triton, no_tf32) -> None:
     """Tiny model with attention (head dim 8, padded in the kernel), K = 3, two DDIM steps."""
     model = make_model().to(DEVICE)
     assert model.cfg.unet.attention_levels
@@ -90,7 +103,7 @@ def test_segmenter_with_triton_equals_torch(make_model, counted_triton) -> None:
 
 
 @needs_kernels
-def test_load_with_the_triton_backend(tiny) -> None:
+def test_load_with_the_triton_backend(tiny, no_tf32) -> None:
     seg = lsdseg.load(tiny, device=DEVICE, backend="triton")
     assert seg.backend == "triton"
     got = seg(_frame(16, 16), seed=3)

@@ -15,7 +15,7 @@ from lsdseg import ops
 
 pytest.importorskip("triton")
 kernels = pytest.importorskip("lsdseg.kernels")
-from lsdseg.kernels import group_norm as gn  # noqa: E402
+from lsdseg.kernels import group_norm_split  # noqa: E402
 
 if kernels.available() is not None:
     pytest.skip(
@@ -132,8 +132,8 @@ def test_auto_picks_split_for_a_group_too_big_for_registers(monkeypatch) -> None
     """C/G = 2 at 96 x 100 pads to 2 x 16384 > MAX_FUSED: split, with the default tile."""
     x, w, b, scale, shift = _inputs((1, 4, 96, 100), 2, torch.float32)
     calls = []
-    real_split = gn._split
-    monkeypatch.setattr(gn, "_split", lambda *a: calls.append(1) or real_split(*a))
+    real_launch = group_norm_split.launch
+    monkeypatch.setattr(group_norm_split, "launch", lambda *a: calls.append(1) or real_launch(*a))
     out = _poisoned(x)
     kernels.group_norm_silu(x, w, b, 2, 1e-5, scale, shift, out=out)
     assert calls == [1]
@@ -143,7 +143,7 @@ def test_auto_picks_split_for_a_group_too_big_for_registers(monkeypatch) -> None
 
 
 def test_finalize_merges_partials_in_several_steps(monkeypatch) -> None:
-    monkeypatch.setattr(gn, "FINALIZE_BLOCK", 2)  # 12 tiles per group: 6 steps
+    monkeypatch.setattr(group_norm_split, "FINALIZE_BLOCK", 2)  # 12 tiles per group: 6 steps
     x, w, b, scale, shift = _inputs((1, 6, 7, 7), 2, torch.float32)
     out = _poisoned(x)
     kernels.group_norm_silu(x, w, b, 2, 1e-5, scale, shift, out=out, variant="split", tile=16)
