@@ -108,12 +108,15 @@ def _group_norm_silu_kernel(
 def _spatial_stride(t: torch.Tensor, name: str) -> int:
     """The stride of the flattened (H, W) axis; ValueError when H and W do not collapse."""
     _, _, h, w = t.shape
+    st = t.stride()
     if h == 1:
-        return t.stride(3)
-    if w == 1 or t.stride(2) == t.stride(3) * w:
-        return t.stride(2) if w == 1 else t.stride(3)
+        return st[3]
+    if w == 1:
+        return st[2]
+    if st[2] == st[3] * w:
+        return st[3]
     raise ValueError(
-        f"{OP}: {name} has strides {tuple(t.stride())} for shape {tuple(t.shape)}, in which H and "
+        f"{OP}: {name} has strides {st} for shape {tuple(t.shape)}, in which H and "
         "W do not collapse into one axis; pass a contiguous (NCHW) or channels-last tensor, e.g. "
         f"{name}.contiguous()"
     )
@@ -197,7 +200,7 @@ def group_norm_silu(
         shift=shift,
         out=out,
     )
-    check_no_grad(OP, x=x, weight=weight, bias=bias, scale=scale, shift=shift)
+    check_no_grad(OP, x=x, weight=weight, bias=bias, scale=scale, shift=shift, out=out)
     if x.numel() >= 2**31:
         raise ValueError(
             f"{OP}: x has {x.numel()} elements; at most 2**31 - 1 are supported: split the batch"
@@ -210,19 +213,19 @@ def group_norm_silu(
             raise ValueError(f"{OP}: out has shape {tuple(out.shape)}; expected {tuple(x.shape)}")
         if out.dtype != x.dtype:
             raise TypeError(f"{OP}: out has dtype {out.dtype}; expected x's dtype {x.dtype}")
-        check_no_grad(OP, out=out)
     stride_ys = _spatial_stride(out, "out")
     if out.numel() == 0:
         return out
 
     cpg, hw = c // groups, h * w
-    fused_block = next_power_of_2(cpg) * next_power_of_2(hw)
+    block_c, block_hw = next_power_of_2(cpg), next_power_of_2(hw)
+    fused_block = block_c * block_hw
     if variant == "auto":
         variant = "fused" if fused_block <= MAX_FUSED and tile is None else "split"
     if variant == "fused" and fused_block > MAX_FUSED:
         raise ValueError(
             f"{OP}: variant='fused' needs a group of at most {MAX_FUSED} elements once padded to "
-            f"powers of two; this one has {next_power_of_2(cpg)} x {next_power_of_2(hw)}: use "
+            f"powers of two; this one has {block_c} x {block_hw}: use "
             "variant='split' or 'auto'"
         )
     if tile is not None:
@@ -241,13 +244,13 @@ def group_norm_silu(
         if variant == "fused":
             _group_norm_silu_kernel[(bsz * groups,)](
                 x, out, weight, bias, sc, sh,
-                x.stride(0), x.stride(1), stride_xs,
-                out.stride(0), out.stride(1), stride_ys,
+                *x.stride()[:2], stride_xs,
+                *out.stride()[:2], stride_ys,
                 weight.stride(0), bias.stride(0), *mod_strides,
                 groups, cpg, hw, float(eps),
                 **flags,
-                BLOCK_C=next_power_of_2(cpg),
-                BLOCK_HW=next_power_of_2(hw),
+                BLOCK_C=block_c,
+                BLOCK_HW=block_hw,
                 num_warps=num_warps_for(fused_block),
             )  # fmt: skip
             return out
