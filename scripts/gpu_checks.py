@@ -6,7 +6,7 @@ only an install maps under ``lsdseg``, so unless the installed ``lsdseg`` alread
 the script builds a symlink tree (``<tmp>/lsdseg`` = links to ``lsdseg/*`` plus ``kernels``,
 ``cli``, ``export``) and runs everything with that tree first on the path.
 
-Writes under ``--out`` (default ``$OUT``, else ``./gpu_checks_out``):
+Writes under ``--out`` (default ``$OUT``, else ``.benchmarks/gpu_checks``):
 
 - ``env.json``: GPU, driver, Python, torch, triton, date;
 - ``tests.log`` and ``tests.xml``: the kernel test files (TRITON_INTERPRET unset, so compiled);
@@ -152,7 +152,8 @@ def run_logged(cmd: list[str], env: dict[str, str], cwd: Path, log: Path, timeou
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_checks_out")))
+    default_out = os.environ.get("OUT") or ROOT / ".benchmarks" / "gpu_checks"  # git-ignored
+    p.add_argument("--out", type=Path, default=Path(default_out))
     p.add_argument("--no-tests", action="store_true", help="skip the kernel tests")
     p.add_argument("--no-bench", action="store_true", help="skip the benchmarks")
     p.add_argument("--summarize-only", action="store_true", help="only rebuild summary.md")
