@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING
 from lsdseg.cli.overlay import OverlayOptions, make_view, uncertainty_map
 from lsdseg.cli.reader import FrameReader, Stalled
 from lsdseg.cli.records import Summary, frame_record
+from lsdseg.cli.remote import ServerError
 from lsdseg.cli.sources import Frame, Source
 from lsdseg.cli.writer import Work, WriterThread
 
 if TYPE_CHECKING:
     from types import FrameType
 
+    from lsdseg.cli.remote import RemoteSegmenter
     from lsdseg.segmenter import Result, Segmenter
 
 
@@ -103,7 +105,7 @@ def _work(
 
 
 def run_pipeline(
-    segmenter: Segmenter,
+    segmenter: Segmenter | RemoteSegmenter,
     source: Source,
     writer: WriterThread,
     overlay: OverlayOptions,
@@ -117,7 +119,8 @@ def run_pipeline(
     """Segment every frame ``source`` delivers and hand each result to ``writer``.
 
     Args:
-        segmenter: a :class:`lsdseg.Segmenter`.
+        segmenter: a :class:`lsdseg.Segmenter`, or a
+            :class:`~lsdseg.cli.remote.RemoteSegmenter` (inference on a server).
         source: the probed source.
         writer: the outputs (closed here, whatever happens).
         overlay: what the writer draws and which uncertainty map the records measure.
@@ -129,7 +132,9 @@ def run_pipeline(
         keep_mean: pass the confidence map to the writer (for --save-masks).
 
     Returns:
-        The run's summary (``stopped_by`` says why it ended early, if it did).
+        The run's summary (``stopped_by`` says why it ended early, if it did: ``server``
+        when the inference server failed, vanished or stopped answering, with the reason in
+        ``warning``).
     """
     summary = Summary(source=source.label)
     reader = FrameReader(source, realtime).start()
@@ -152,15 +157,19 @@ def run_pipeline(
             warm = {}
             if sample.temporal_t is not None and previous is not None:
                 warm = {"warm_start": previous, "warm_timestep": sample.temporal_t}
-            result = segmenter(
-                frame.image,
-                hypotheses=sample.hypotheses,
-                steps=sample.steps,
-                eta=sample.eta,
-                seed=sample.seed,
-                threshold=sample.threshold,
-                **warm,
-            )
+            try:
+                result = segmenter(
+                    frame.image,
+                    hypotheses=sample.hypotheses,
+                    steps=sample.steps,
+                    eta=sample.eta,
+                    seed=sample.seed,
+                    threshold=sample.threshold,
+                    **warm,
+                )
+            except ServerError as e:  # the frames written so far stay; the run ends cleanly
+                summary.stopped_by, summary.warning = "server", str(e)
+                break
             previous = result if sample.temporal_t is not None else None
             t1 = time.perf_counter()
             latency = (t1 - t0) * 1e3

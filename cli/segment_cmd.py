@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from lsdseg.cli.overlay import OverlayOptions
     from lsdseg.cli.pipeline import SampleOptions
+    from lsdseg.cli.remote import RemoteSegmenter
     from lsdseg.cli.sources import Source
     from lsdseg.cli.writer import WriterThread
     from lsdseg.segmenter import Segmenter
@@ -99,6 +100,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="model input size S (default: the checkpoint's; torch and triton backends only)",
     )
+    m.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="run inference on a Triton server started with `lsdseg serve` (HOST:PORT or "
+        "http://HOST:PORT: HTTP; grpc://HOST:PORT: gRPC); the model options "
+        "--weights/--backend/--device/--imgsz are then the server's",
+    )
+    m.add_argument(
+        "--server-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds a server may take per frame before the run stops (default 30)",
+    )
     s = p.add_argument_group("source")
     s.add_argument(
         "--vid-stride",
@@ -172,6 +187,7 @@ def check_options(args: argparse.Namespace) -> None:
         (args.vid_stride >= 1, f"--vid-stride {args.vid_stride} must be >= 1"),
         (args.max_frames >= 0, f"--max-frames {args.max_frames} must be >= 0 (0: all frames)"),
         (args.timeout > 0, f"--timeout {args.timeout} must be > 0 seconds"),
+        (args.server_timeout > 0, f"--server-timeout {args.server_timeout} must be > 0 seconds"),
         (0 <= args.alpha <= 1, f"--alpha {args.alpha} must be between 0 and 1"),
         (args.imgsz is None or args.imgsz > 0, f"--imgsz {args.imgsz} must be > 0"),
         (args.seed >= -1, f"--seed {args.seed} must be >= 0, or -1 for a new seed per frame"),
@@ -183,6 +199,35 @@ def check_options(args: argparse.Namespace) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    if args.server:
+        local = {"--weights": "default", "--backend": "auto", "--device": "auto", "--imgsz": None}
+        for option, default in local.items():
+            if getattr(args, option[2:]) != default:
+                raise UserError(
+                    f"{option} sets up a local model; with --server the server's model runs "
+                    f"(pass {option} to `lsdseg serve`), so drop {option} or --server"
+                )
+        if args.temporal:
+            raise UserError(
+                "--temporal needs the previous frame's latents, which a server does not keep "
+                "between requests; drop --temporal or --server"
+            )
+
+
+def connect(args: argparse.Namespace, overlay: OverlayOptions) -> RemoteSegmenter:
+    """A client for --server that asks only for the outputs this run uses."""
+    from lsdseg.cli.remote import RemoteSegmenter
+
+    measure = {"entropy": "entropy", "std": "std", "mi": "mutual_info"}[overlay.measure]
+    outputs = ["mask", "mean", measure, "agreement", "seed"]
+    if overlay.style == "grid":
+        outputs.append("hypotheses")
+    try:
+        remote = RemoteSegmenter(args.server, args.server_timeout, outputs)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    remote.check()
+    return remote
 
 
 def pick_backend(name: str, device: torch.device) -> str:
@@ -246,8 +291,8 @@ def open_outputs(
 
 def describe(
     args: argparse.Namespace,
-    segmenter: Segmenter,
-    device: torch.device,
+    segmenter: Segmenter | RemoteSegmenter,
+    device: torch.device | str,
     overlay: OverlayOptions,
     sample: SampleOptions,
     realtime: bool,
@@ -255,11 +300,12 @@ def describe(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The settings and outputs recorded in summary.json."""
     from lsdseg.cli.overlay import MEASURE_LABEL, MEASURE_RANGE
+    from lsdseg.cli.remote import RemoteSegmenter
     from lsdseg.cli.writer import FOURCC
 
     video = writer.video
     settings = {
-        "weights": str(args.weights),
+        "weights": None if args.server else str(args.weights),
         "backend": segmenter.backend,
         "device": str(device),
         "hypotheses": args.hypotheses,
@@ -268,7 +314,8 @@ def describe(
         "threshold": args.threshold,
         "seed": sample.seed,
         "temporal_t": sample.temporal_t,
-        "imgsz": segmenter.config.image_size,
+        "imgsz": None if isinstance(segmenter, RemoteSegmenter) else segmenter.config.image_size,
+        "server": str(segmenter.address) if isinstance(segmenter, RemoteSegmenter) else None,
         "vid_stride": args.vid_stride,
         "realtime": realtime,
         "overlay": overlay.style,
@@ -316,15 +363,22 @@ def run(args: argparse.Namespace) -> int:
         check_gui()
     console = Console(stderr=True, soft_wrap=True)  # summary lines stay whole in logs
     source = open_source(args.source, args.vid_stride, args.max_frames, args.timeout)
+    segmenter: Segmenter | RemoteSegmenter
     try:
-        device = resolve_device(args.device)
-        segmenter = load(args.weights, device=device, backend=pick_backend(args.backend, device))
-        set_image_size(segmenter, args.imgsz)
+        if args.server:
+            segmenter = connect(args, overlay)
+            device = str(segmenter.address)
+        else:
+            device = resolve_device(args.device)
+            backend = pick_backend(args.backend, device)
+            segmenter = load(args.weights, device=device, backend=backend)
+            set_image_size(segmenter, args.imgsz)
         realtime = source.live if args.realtime is None else args.realtime
         realtime = realtime and source.kind != "images"
         console.print(
             f"lsdseg segment: {source.label} ({source.kind}{', real time' if realtime else ''}), "
-            f"K={args.hypotheses}, backend {segmenter.backend}, device {device}"
+            f"K={args.hypotheses}, backend {segmenter.backend}, "
+            f"{'server' if args.server else 'device'} {device}"
         )
         with console.status("warming up the model"):  # lazy inits and JIT kernels, untimed
             blank = np.zeros((*source.first_shape, 3), np.uint8)
@@ -361,6 +415,9 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"{summary.line()}; results in {out_dir}")
     if source.kind == "video" and source.warning:  # a truncated or corrupt file
         print(f"lsdseg segment: error: {source.warning}", file=sys.stderr)
+        return EXIT_ERROR
+    if summary.stopped_by == "server":  # the frames before it are written; the run failed
+        print(f"lsdseg segment: error: {summary.warning}", file=sys.stderr)
         return EXIT_ERROR
     if summary.warning:
         console.print(f"lsdseg segment: warning: {summary.warning}")
