@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 CONSTRAINTS ?= -c constraints/cpu.txt
 DEMO_CLIP ?= assets/demo/cvc_seq5.mp4
 
-.PHONY: install install-dev demo test lint bench bench-check bench-baseline bench-peer clean
+.PHONY: install install-dev install-serve demo test test-serve lint bench bench-check bench-baseline \
+	bench-peer clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,24 @@ lint: install-dev
 
 test: install-dev lint
 	$(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory test-serve
+
+# Serving: PyTriton (`lsdseg serve`, Triton Inference Server) needs numpy<2 while the main venv has
+# numpy 2, so it gets its own venv; constraints/serve.txt keeps numpy 1.x and OpenCV 4.x there.
+# test-serve starts real servers on loopback (the main venv skips those tests).
+SERVE_VENV ?= .venv-serve
+SERVE_BIN := $(SERVE_VENV)/bin
+SERVE_TESTS ?= tests/test_serve.py tests/test_serve_model.py tests/test_serve_client.py
+
+$(SERVE_BIN)/python:
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_BIN)/pip install --quiet --upgrade pip
+
+install-serve: $(SERVE_BIN)/python
+	$(SERVE_BIN)/pip install --quiet $(CONSTRAINTS) -c constraints/serve.txt -e ".[serve]" "pytest>=8"
+
+test-serve: install-serve
+	$(SERVE_BIN)/python -m pytest -q $(SERVE_TESTS)
 
 # Speed: the pytest-benchmark suites; bench-check fails when a median is >25% slower than the
 # saved baseline of this machine class; bench-baseline refreshes that baseline on purpose.
@@ -55,4 +74,4 @@ bench-peer: $(PEER_VENV)/bin/python
 	$(PEER_VENV)/bin/python benchmarks/peer_report.py $(PEER_JSON)
 
 clean:
-	rm -rf $(VENV) $(PEER_VENV) build *.egg-info .pytest_cache .ruff_cache .benchmarks
+	rm -rf $(VENV) $(PEER_VENV) $(SERVE_VENV) build *.egg-info .pytest_cache .ruff_cache .benchmarks
