@@ -242,6 +242,9 @@ class RemoteSegmenter:
         if hyp is None:
             hyp = np.zeros((hypotheses or 0, 0, 0), np.float32)
         mean = maps.get("mean", empty)
+        timings = {"total": total_ms}  # the round trip; "server": the server's model call
+        if "compute_ms" in maps:
+            timings["server"] = float(maps["compute_ms"][0])
         return Result(
             mask=maps["mask"].astype(bool) if "mask" in maps else np.zeros((0, 0), bool),
             mean=mean,
@@ -251,7 +254,7 @@ class RemoteSegmenter:
             hypotheses=hyp,
             agreement=float(maps["agreement"][0]) if "agreement" in maps else float("nan"),
             seed=int(maps["seed"][0]) if "seed" in maps else (-1 if seed is None else seed),
-            timings={"total": total_ms},
+            timings=timings,
         )
 
     def close(self) -> None:

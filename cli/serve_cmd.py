@@ -83,6 +83,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="model instances, each with its own copy of the model (default 1)",
     )
     p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        metavar="T",
+        help="torch CPU threads, shared by the instances (default 0: torch's choice, one per "
+        "core); on a CPU, --instances 2 --threads 1 can serve more frames per second than one "
+        "instance on every core",
+    )
+    p.add_argument(
         "--max-batch",
         type=int,
         default=8,
@@ -110,6 +119,8 @@ def check_options(args: argparse.Namespace) -> None:
         raise UserError(f"the ports must differ: {ports}")
     if args.instances < 1:
         raise UserError(f"--instances {args.instances} must be >= 1")
+    if args.threads < 0:
+        raise UserError(f"--threads {args.threads} must be >= 1, or 0 for torch's default")
     if not 1 <= args.max_batch <= 1024:
         raise UserError(f"--max-batch {args.max_batch} must be between 1 and 1024")
     if args.max_queue_delay_us < 0:
@@ -199,11 +210,14 @@ def run(args: argparse.Namespace) -> int:
     libdir = use_own_libpython()
 
     import numpy as np
+    import torch
     from pytriton.triton import Triton, TritonConfig
 
     from lsdseg.cli.server import SegmentModel
     from lsdseg.segmenter import load, resolve_device
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     backend = pick_backend(args.backend, device)
     models = []
@@ -241,7 +255,8 @@ def run(args: argparse.Namespace) -> int:
         host = "127.0.0.1" if args.host == "0.0.0.0" else args.host
         print(
             f"lsdseg serve: model 'lsdseg' ready ({args.weights}, backend {backend}, {device}, "
-            f"{args.instances} instance(s), max batch {args.max_batch}): "
+            f"{args.instances} instance(s), {torch.get_num_threads()} CPU thread(s), "
+            f"max batch {args.max_batch}): "
             f"HTTP {host}:{args.http_port}, gRPC {host}:{args.grpc_port}, "
             f"metrics http://{host}:{args.metrics_port}/metrics; Ctrl-C stops",
             file=sys.stderr,

@@ -8,7 +8,9 @@ The protocol (shared with the client in :mod:`lsdseg.cli.remote`):
   defaults, and a missing seed is drawn and returned;
 - outputs at the frame's size: ``mask`` bool (1, H, W), ``mean``, ``std``, ``entropy``,
   ``mutual_info`` float32 (1, H, W), ``hypotheses`` float32 (1, K, H, W), ``agreement``
-  float32 (1, 1) and ``seed`` int64 (1, 1). Only the outputs a request asks for are sent.
+  float32 (1, 1), ``seed`` int64 (1, 1) and ``compute_ms`` float32 (1, 1), the time of the
+  Segmenter call that served the request (shared by the frames batched into it; a client's
+  latency minus it is the serving overhead). Only the outputs a request asks for are sent.
 
 Triton's dynamic batcher hands several requests to one :class:`SegmentModel` call (it only
 groups frames of the same size). Requests with the same sampler settings run as one Segmenter
@@ -22,6 +24,7 @@ Nothing here imports PyTriton: the batching is tested without a server.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, cast
@@ -46,6 +49,7 @@ OUTPUTS: dict[str, tuple[type, tuple[int, ...]]] = {
     "hypotheses": (np.float32, (-1, -1, -1)),
     "agreement": (np.float32, (1,)),
     "seed": (np.int64, (1,)),
+    "compute_ms": (np.float32, (1,)),
 }
 INT_PARAMETERS = ("hypotheses", "steps", "seed")
 FLOAT_PARAMETERS = ("eta", "threshold")
@@ -131,7 +135,7 @@ def group_jobs(jobs: Sequence[Job]) -> list[list[int]]:
     return list(groups.values())
 
 
-def response(result: Result, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+def response(result: Result, outputs: Sequence[str], compute_ms: float) -> dict[str, np.ndarray]:
     """The requested outputs of one frame, each with a batch dimension of 1."""
     maps = {
         "mask": result.mask,
@@ -142,6 +146,7 @@ def response(result: Result, outputs: Sequence[str]) -> dict[str, np.ndarray]:
         "hypotheses": result.hypotheses,
         "agreement": np.array([result.agreement]),
         "seed": np.array([result.seed]),
+        "compute_ms": np.array([compute_ms]),
     }
     return {
         n: np.ascontiguousarray(maps[n], dtype=OUTPUTS[n][0])[None] for n in outputs
@@ -173,6 +178,7 @@ class SegmentModel:
         for group in groups:
             s = jobs[group[0]].settings
             seeds = [jobs[i].seed for i in group]
+            t0 = time.perf_counter()
             results = self.segmenter(
                 [jobs[i].frame for i in group],
                 hypotheses=s.hypotheses,
@@ -181,9 +187,10 @@ class SegmentModel:
                 threshold=s.threshold,
                 seed=seeds if len(group) > 1 else seeds[0],
             )
+            ms = (time.perf_counter() - t0) * 1e3
             # a list of frames gives a list of results
             for i, result in zip(group, cast("list[Result]", results), strict=True):
-                answers[i] = response(result, jobs[i].outputs)
+                answers[i] = response(result, jobs[i].outputs, ms)
             self.calls += 1
             self.frames += len(group)
         log.debug("%d requests in %d Segmenter calls", len(jobs), len(groups))

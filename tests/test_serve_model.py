@@ -65,6 +65,9 @@ def test_batched_requests_match_each_frame_alone(seg):
     answers = model([request(f, **p) for f, p in cases])
     assert len(answers) == len(cases)
     assert (model.calls, model.frames) == (5, 7)  # {0, 1, 5}, {2}, {3}, {4}, {6}
+    # requests batched together report the time of the call they shared
+    assert answers[0]["compute_ms"] == answers[5]["compute_ms"] != answers[2]["compute_ms"]
+    assert all(a["compute_ms"].shape == (1, 1) and a["compute_ms"][0, 0] > 0 for a in answers)
     for (f, params), answer in zip(cases, answers, strict=True):
         threshold = float(params.get("threshold", default_threshold))
         local = seg(
