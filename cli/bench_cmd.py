@@ -63,7 +63,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--backend",
         default="all",
-        help=f"comma-separated backends ({', '.join(BACKENDS)}) or 'all' (those usable here)",
+        help=f"comma-separated backends ({', '.join(BACKENDS)}), 'all' (those usable here) or "
+        "'none' (with --server: time only the server)",
     )
     p.add_argument("--hypotheses", default="1,8", help="comma-separated K values")
     p.add_argument("--steps", default="2,4", help="comma-separated DDIM step counts")
@@ -72,6 +73,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=20, help="timed calls per configuration")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    s = p.add_argument_group("server (lsdseg serve)")
+    s.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="also time a running `lsdseg serve` (HOST:PORT, http:// or grpc://) with "
+        "--clients concurrent clients, one frame per request, beside the local Segmenter",
+    )
+    s.add_argument(
+        "--clients",
+        default="1,4,8",
+        help="with --server: comma-separated numbers of concurrent clients (default 1,4,8)",
+    )
+    s.add_argument(
+        "--frame-size",
+        type=int,
+        default=256,
+        metavar="N",
+        help="with --server: frames are N x N (default 256)",
+    )
     p.set_defaults(func=run)
 
 
@@ -273,8 +293,17 @@ def run(args: argparse.Namespace) -> int:
             )
     ks = parse_ints(args.hypotheses, "--hypotheses", 1, 256)
     steps = parse_ints(args.steps, "--steps", 1, 1000)
+    clients = parse_ints(args.clients, "--clients", 1, 256)
+    if args.server:
+        from lsdseg.cli.remote import parse_server
+
+        parse_server(args.server)  # a bad address fails before anything is timed
+        if not 16 <= args.frame_size <= 4096:
+            raise UserError(f"--frame-size {args.frame_size} must be between 16 and 4096")
+    elif args.backend == "none":
+        raise UserError("--backend none times nothing without --server")
     device = resolve_device(args.device)
-    backends, skipped = pick_backends(args.backend, device)
+    backends, skipped = ([], {}) if args.backend == "none" else pick_backends(args.backend, device)
     if args.json and Path(args.json).is_dir():
         raise UserError(f"--json {args.json}: is a folder; give a file name such as bench.json")
 
@@ -290,13 +319,35 @@ def run(args: argparse.Namespace) -> int:
         for n in steps:
             for k in ks:
                 results.append(measure(seg, k, n, args.warmup, args.repeats, args.seed))
-    _table(results, skipped)
+    if results or skipped:
+        _table(results, skipped)
+    served = []
+    if args.server:
+        from lsdseg.cli.bench_server import measure_server, print_table
+
+        for n in steps:
+            for k in ks:
+                for c in clients:
+                    served.append(
+                        measure_server(
+                            args.server,
+                            c,
+                            k,
+                            n,
+                            args.frame_size,
+                            args.warmup,
+                            args.repeats,
+                            args.seed,
+                        )
+                    )
+        print_table(served)
     if args.json:
         payload = {
             "machine": machine_info(device),
             "weights": args.weights,
             "results": [asdict(r) for r in results],
             "skipped": skipped,
+            "server": [asdict(r) for r in served],
         }
         _write_json(Path(args.json), payload)
         print(f"wrote {args.json}")

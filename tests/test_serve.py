@@ -323,6 +323,22 @@ def test_killed_server_stops_the_client_at_once(tiny, tmp_path):
         RemoteSegmenter(f"127.0.0.1:{doomed.http}", timeout=5).check()
 
 
+def test_bench_times_the_server_per_number_of_clients(server, tmp_path, capsys):
+    from lsdseg.cli.main import main
+
+    out = tmp_path / "bench.json"
+    args = ["bench", "--server", f"grpc://127.0.0.1:{server.grpc}", "--clients", "1,3"]
+    args += ["--backend", "none", "--hypotheses", "2", "--steps", "1", "--frame-size", "32"]
+    rc = main([*args, "--warmup", "1", "--repeats", "4", "--json", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    rows = json.loads(out.read_text())["server"]
+    assert [(r["clients"], r["frames"]) for r in rows] == [(1, 4), (3, 12)]
+    for r in rows:
+        assert r["fps"] > 0 and r["p95_ms"] >= r["median_ms"] > 0
+        assert 0 <= r["overhead_ms"] <= r["mean_ms"]
+    assert "x 1 client" in capsys.readouterr().out
+
+
 def test_ctrl_c_stops_the_server_cleanly(server):
     code = server.stop()
     log = server.log.read_text()

@@ -166,3 +166,16 @@ def test_server_lost_mid_run_ends_with_summary_and_error(capsys, tmp_path, monke
     assert summary["settings"]["server"] == "http://127.0.0.1:1"
     assert summary["settings"]["weights"] is None
     assert len((runs / "exp" / "records.csv").read_text().splitlines()) == 1 + 4
+
+
+def test_bench_server_options_fail_early(capsys, refused_port):
+    assert main(["bench", "--backend", "none"]) == 1
+    assert "--backend none times nothing without --server" in capsys.readouterr().err
+    assert main(["bench", "--server", "ftp://x:1"]) == 1
+    assert "the scheme must be http:// or grpc://" in capsys.readouterr().err
+    assert main(["bench", "--server", "x:1", "--clients", "0"]) == 1
+    assert "--clients '0': 0 must be between 1 and 256" in capsys.readouterr().err
+    args = ["bench", "--server", f"127.0.0.1:{refused_port}", "--backend", "none"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach the lsdseg server" in err and "Traceback" not in err
