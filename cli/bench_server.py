@@ -58,8 +58,8 @@ def measure_server(
     from lsdseg.cli.remote import RemoteSegmenter
 
     frame = np.random.default_rng(seed).integers(0, 256, (frame_size, frame_size, 3), np.uint8)
-    remotes = [RemoteSegmenter(server, timeout, OUTPUTS) for _ in range(clients)]
-    remotes[0].check()
+    remote = RemoteSegmenter(server, timeout, OUTPUTS)  # one connection per client thread
+    remote.check()
     start = threading.Barrier(clients + 1)
     latency: list[float] = []
     overhead: list[float] = []
@@ -67,7 +67,6 @@ def measure_server(
     lock = threading.Lock()
 
     def client(i: int) -> None:
-        remote = remotes[i]
         try:
             for _ in range(warmup):
                 remote(frame, hypotheses=hypotheses, steps=steps, seed=seed + i)
@@ -96,7 +95,7 @@ def measure_server(
         raise errors[0]
     ms = np.asarray(latency)
     return ServerMeasurement(
-        server=str(remotes[0].address),
+        server=str(remote.address),
         clients=clients,
         hypotheses=hypotheses,
         steps=steps,

@@ -9,10 +9,11 @@ never a hang.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -83,6 +84,8 @@ def _server_message(text: str) -> str:
 class RemoteSegmenter:
     """Sends each frame to a Triton server and returns the server's :class:`Result`.
 
+    Safe to share between threads: each thread gets its own connection.
+
     Args:
         server: where the server is (see :func:`parse_server`).
         timeout: seconds each network call may take, connecting included.
@@ -122,14 +125,25 @@ class RemoteSegmenter:
         except ImportError:
             raise RuntimeError(INSTALL) from None
         self._lib = client
-        self._client = (
-            client.InferenceServerClient(
-                self.address.url, connection_timeout=timeout, network_timeout=timeout
-            )
-            if self.address.protocol == "http"
-            else client.InferenceServerClient(self.address.url)
-        )
+        self._local = threading.local()  # one connection per thread (the HTTP client's
+        # gevent loop belongs to the thread that made it)
         self._deadline = {} if self.address.protocol == "http" else {"client_timeout": timeout}
+
+    @property
+    def _client(self) -> Any:
+        """This thread's tritonclient InferenceServerClient (made on first use)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            url = self.address.url
+            if self.address.protocol == "http":
+                t = self.timeout
+                client = self._lib.InferenceServerClient(
+                    url, connection_timeout=t, network_timeout=t
+                )
+            else:
+                client = self._lib.InferenceServerClient(url)
+            self._local.client = client
+        return client
 
     def _call(self, what: str, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         """Run one network call; every failure becomes a one-line :class:`ServerError`."""
@@ -258,5 +272,8 @@ class RemoteSegmenter:
         )
 
     def close(self) -> None:
-        """Close the connection."""
-        self._client.close()
+        """Close this thread's connection (a later call opens a new one)."""
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            client.close()
+            self._local.client = None

@@ -175,10 +175,15 @@ def test_concurrent_clients_get_what_the_local_segmenter_gives(server, tiny):
     answers: dict[tuple[int, int], object] = {}
     errors: list[BaseException] = []
 
+    # one client object per protocol, shared by the threads (each gets its own connection)
+    remotes = [
+        RemoteSegmenter(f"127.0.0.1:{server.http}", timeout=60),
+        RemoteSegmenter(f"grpc://127.0.0.1:{server.grpc}", timeout=60),
+    ]
+
     def client(t: int) -> None:
         # half HTTP, half gRPC; thread 5 sends another frame size, threads 4-5 another K
-        port = f"grpc://127.0.0.1:{server.grpc}" if t % 2 else f"127.0.0.1:{server.http}"
-        remote = RemoteSegmenter(port, timeout=60)
+        remote = remotes[t % 2]
         try:
             for r in range(rounds):
                 h, w = (64, 48) if t == 5 else (40, 50)
