@@ -1,0 +1,99 @@
+"""The export cache: graphs (and engines) made on first use, keyed by everything they bake in.
+
+The ``onnx`` and ``trt`` backends export the checkpoint they are given the first time a setting
+is used and keep the file here, so later runs start in a second. The folder is ``$LSDSEG_CACHE``
+when set, else ``$XDG_CACHE_HOME/lsdseg``, else ``~/.cache/lsdseg``. A file's name holds the
+checkpoint's hash, the DDIM steps, the input size, the precision, the lsdseg version and the
+graph format, so a changed checkpoint or a new lsdseg never picks up a stale graph. Deleting
+the folder is always safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from lsdseg.checkpoint import checkpoint_hash
+from lsdseg.model import LatentSegmenter
+from lsdseg.version import __version__
+
+from .onnx import FORMAT_VERSION, export_onnx, weights_hash
+
+ENV = "LSDSEG_CACHE"
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    """``$LSDSEG_CACHE``, else ``$XDG_CACHE_HOME/lsdseg``, else ``~/.cache/lsdseg``."""
+    if os.environ.get(ENV):
+        return Path(os.environ[ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "lsdseg"
+
+
+def model_digest(model: LatentSegmenter, checkpoint: Path | None) -> str:
+    """The checkpoint folder's hash, or a hash of the weights of a model without a folder."""
+    return checkpoint_hash(checkpoint) if checkpoint is not None else weights_hash(model)
+
+
+def onnx_path(digest: str, steps: int, image_size: int, precision: str) -> Path:
+    """Where the cached graph for these settings lives."""
+    name = f"{digest}-s{steps}-{image_size}px-{precision}-v{__version__}-f{FORMAT_VERSION}.onnx"
+    return cache_dir() / "onnx" / name
+
+
+def expected_metadata(digest: str, steps: int, image_size: int, precision: str) -> dict[str, str]:
+    """The metadata a cached graph for these settings must carry."""
+    return {
+        "lsdseg_onnx_format": str(FORMAT_VERSION),
+        "checkpoint_hash": digest,
+        "steps": str(steps),
+        "image_size": str(image_size),
+        "precision": precision,
+    }
+
+
+def mismatches(meta: dict[str, str], expected: dict[str, str]) -> list[str]:
+    """``key: found vs expected`` for every expected entry the metadata does not match."""
+    return [
+        f"{key}: {meta.get(key, 'missing')} vs {value}"
+        for key, value in expected.items()
+        if meta.get(key) != value
+    ]
+
+
+def cached_onnx(
+    model: LatentSegmenter,
+    checkpoint: Path | None,
+    steps: int,
+    precision: str = "fp32",
+    refresh: bool = False,
+) -> Path:
+    """The cached graph of ``model`` for ``steps`` and ``precision``, exported if missing.
+
+    Args:
+        model: the loaded network (its config's image size is used).
+        checkpoint: its folder (hashed for the key), or None for an in-memory model.
+        steps: DDIM steps to unroll.
+        precision: ``"fp32"`` or ``"fp16"``.
+        refresh: export again even when the file exists (a file that failed to load).
+    """
+    digest = model_digest(model, checkpoint)
+    path = onnx_path(digest, steps, model.cfg.image_size, precision)
+    if refresh or not path.is_file():
+        log.warning(
+            "lsdseg: exporting the ONNX graph for %d steps (%s) once; cached at %s",
+            steps,
+            precision,
+            path,
+        )
+        export_onnx(
+            model,
+            path,
+            steps=steps,
+            half=precision == "fp16",
+            eta=0.0,
+            checkpoint_digest=digest,
+        )
+    return path
