@@ -1,19 +1,205 @@
-"""``lsdseg export``: export a checkpoint to ONNX, TensorRT engines or a Triton model repository."""
+"""``lsdseg export``: export a checkpoint to ONNX or TensorRT engines.
+
+    lsdseg export --onnx [--weights default|PATH] [--steps N] [--imgsz S] [--half] [--out DIR]
+    lsdseg export --trt [--half] [--workspace GB] [--hypotheses-range 1,8,16]
+                        [--batch-range 1,1,4] [--trtexec [--run]]
+
+Files go to ``--out`` (default ``lsdseg-export``), named ``<checkpoint>-s<steps>-<S>px-<precision>``
+with ``.onnx``, ``.engine`` and ``.engine.json`` (the engine's sidecar). Every file is written
+under a temporary name and renamed into place, so a failure never leaves a partial file.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
+from pathlib import Path
+from typing import Any
 
 from lsdseg.cli.errors import UserError
+
+FORMATS = ("onnx", "trt")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
         help="export a checkpoint to ONNX, TensorRT engines or a Triton model repository",
+        description="Export one ONNX graph with the DDIM steps unrolled (inputs image, noise; "
+        "outputs mean, std, hypotheses; batch and K dynamic), and build TensorRT engines "
+        "from it.",
     )
+    what = p.add_argument_group("what to export")
+    what.add_argument("--onnx", action="store_true", help="the ONNX graph")
+    what.add_argument(
+        "--trt", action="store_true", help="a TensorRT engine (built from the fp32 ONNX graph)"
+    )
+    what.add_argument(
+        "--format",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"the same by name ({', '.join(FORMATS)}); repeatable",
+    )
+    m = p.add_argument_group("model")
+    m.add_argument("--weights", default="default", help="'default', 'untrained' or a folder")
+    m.add_argument("--steps", type=int, help="DDIM steps to unroll (default: the checkpoint's)")
+    m.add_argument("--imgsz", type=int, help="input size S (default: the checkpoint's)")
+    m.add_argument(
+        "--eta",
+        type=float,
+        help="must be 0: the graph is deterministic DDIM (eta > 0 needs per-step noise)",
+    )
+    m.add_argument(
+        "--half",
+        action="store_true",
+        help="FP16: an FP16 ONNX graph (float32 inputs/outputs); with --trt, an FP16 engine",
+    )
+    p.add_argument("--out", default="lsdseg-export", metavar="DIR", help="output folder")
+    t = p.add_argument_group("TensorRT")
+    t.add_argument("--workspace", type=float, default=4.0, metavar="GB", help="builder memory")
+    t.add_argument(
+        "--hypotheses-range",
+        default="1,8,16",
+        metavar="MIN,OPT,MAX",
+        help="K range of the optimisation profile (default 1,8,16)",
+    )
+    t.add_argument(
+        "--batch-range",
+        default="1,1,4",
+        metavar="MIN,OPT,MAX",
+        help="batch range of the optimisation profile (default 1,1,4)",
+    )
+    t.add_argument("--device", type=int, default=0, metavar="N", help="CUDA device index")
+    t.add_argument(
+        "--timing-cache",
+        metavar="PATH",
+        help="timing cache file reused across builds (default: in the lsdseg cache folder; "
+        "with --trtexec, timing.cache in --out)",
+    )
+    t.add_argument(
+        "--trtexec",
+        action="store_true",
+        help="print the equivalent trtexec command (for building on a Jetson) instead",
+    )
+    t.add_argument("--run", action="store_true", help="with --trtexec: also run it")
     p.set_defaults(func=run)
 
 
+def pick_formats(args: argparse.Namespace) -> list[str]:
+    """The formats asked for by flag or by name, in a fixed order."""
+    wanted = {name for name in FORMATS if getattr(args, name, False)}
+    for name in args.format:
+        if name not in FORMATS:
+            close = difflib.get_close_matches(name, FORMATS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(
+                f"unknown export format {name!r}; choose one of {', '.join(FORMATS)}{hint}"
+            )
+        wanted.add(name)
+    if not wanted:
+        raise UserError("nothing to export: add --onnx or --trt (or --format NAME)")
+    return [name for name in FORMATS if name in wanted]
+
+
+def check_args(args: argparse.Namespace, formats: list[str]) -> dict[str, Any]:
+    """Validate the options before anything slow runs; returns the parsed TensorRT options."""
+    from lsdseg.export.trt import Profile, parse_range
+
+    if args.steps is not None and not 1 <= args.steps <= 1000:
+        raise UserError(f"--steps {args.steps} must be between 1 and 1000")
+    if args.imgsz is not None and args.imgsz <= 0:
+        raise UserError(f"--imgsz {args.imgsz} must be > 0")
+    if args.eta is not None and args.eta != 0:
+        raise UserError(
+            f"--eta {args.eta}: the exported graph runs deterministic DDIM (eta = 0) and has "
+            "no input for the per-step noise eta > 0 needs; drop --eta, or sample with eta > 0 "
+            "on the torch backend"
+        )
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder; choose another --out")
+    if (args.trtexec or args.run) and "trt" not in formats:
+        raise UserError("--trtexec and --run go with --trt")
+    if args.run and not args.trtexec:
+        raise UserError("--run runs the trtexec command: add --trtexec")
+    if args.workspace <= 0:
+        raise UserError(f"--workspace {args.workspace} must be > 0 (GiB)")
+    try:
+        profile = Profile(
+            batch=parse_range(args.batch_range, "--batch-range"),
+            hypotheses=parse_range(args.hypotheses_range, "--hypotheses-range"),
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return {"profile": profile}
+
+
+def _describe(path: Path) -> str:
+    return f"{path} ({path.stat().st_size / 2**20:.1f} MB)"
+
+
 def run(args: argparse.Namespace) -> int:
-    raise UserError("ONNX / TensorRT export is not implemented yet in this lsdseg release")
+    from lsdseg.export.cache import cache_dir
+    from lsdseg.export.onnx import convert_fp16, export_onnx, resolve_weights
+    from lsdseg.export.trt import (
+        build_engine,
+        format_command,
+        gpu_info,
+        require_tensorrt,
+        run_trtexec,
+        trtexec_command,
+    )
+
+    formats = pick_formats(args)
+    options = check_args(args, formats)
+    building = "trt" in formats and not args.trtexec
+    if building:  # fail before the slow export when the engine cannot be built here
+        require_tensorrt()
+        gpu_info(args.device)
+    model, name, digest = resolve_weights(args.weights)
+    steps = model.cfg.sampler.steps if args.steps is None else args.steps
+    size = model.cfg.image_size if args.imgsz is None else args.imgsz
+    try:
+        dataclasses.replace(model.cfg, image_size=size)  # validates the size
+    except ValueError as e:
+        raise UserError(f"--imgsz {size}: {e}") from None
+    out = Path(args.out)
+    stem = f"{name}-s{steps}-{size}px"
+    fp32 = out / f"{stem}-fp32.onnx"
+    if "trt" in formats or not args.half:
+        export_onnx(
+            model, fp32, steps=steps, image_size=size, eta=args.eta, checkpoint_digest=digest
+        )
+        print(f"wrote {_describe(fp32)}: fp32, {steps} DDIM steps, {size}x{size}")
+    if "onnx" in formats and args.half:
+        fp16 = out / f"{stem}-fp16.onnx"
+        if fp32.is_file():
+            convert_fp16(fp32, fp16)
+        else:
+            export_onnx(
+                model, fp16, steps=steps, image_size=size, half=True, eta=args.eta,
+                checkpoint_digest=digest,
+            )  # fmt: skip
+        print(f"wrote {_describe(fp16)}: fp16 (float32 inputs and outputs)")
+    if "trt" not in formats:
+        return 0
+    precision = "fp16" if args.half else "fp32"
+    engine = out / f"{stem}-{precision}.engine"
+    if args.timing_cache:
+        timing = Path(args.timing_cache)
+    else:  # beside the engine for a command run elsewhere; in the cache for builds here
+        timing = out / "timing.cache" if args.trtexec else cache_dir() / "trt" / "timing.cache"
+    settings = {"half": args.half, "workspace_gb": args.workspace, "profile": options["profile"]}
+    if args.trtexec:
+        command = trtexec_command(fp32, engine, timing_cache=timing, **settings)
+        print(format_command(command))
+        if args.run:
+            timing.parent.mkdir(parents=True, exist_ok=True)
+            run_trtexec(command, engine, fp32, precision, options["profile"])
+            print(f"wrote {_describe(engine)} and its sidecar {engine.name}.json")
+        return 0
+    build_engine(fp32, engine, timing_cache=timing, device=args.device, **settings)
+    print(f"wrote {_describe(engine)} ({precision}) and its sidecar {engine.name}.json")
+    return 0
