@@ -371,6 +371,12 @@ def run(args: argparse.Namespace) -> int:
         else:
             device = resolve_device(args.device)
             backend = pick_backend(args.backend, device)
+            if args.temporal and backend in ("onnx", "trt"):
+                raise UserError(
+                    f"--temporal needs the previous frame's latents, which the {backend} "
+                    "backend does not return (its graph starts from pure noise); use "
+                    "--backend torch or triton"
+                )
             segmenter = load(args.weights, device=device, backend=backend)
             set_image_size(segmenter, args.imgsz)
         realtime = source.live if args.realtime is None else args.realtime

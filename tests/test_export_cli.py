@@ -164,3 +164,45 @@ def test_trtexec_that_fails_leaves_no_engine(capsys, tiny, tmp_path, fake_trtexe
     err = capsys.readouterr().err
     assert "trtexec failed with status 3: ERROR: Parsing failed" in err
     assert sorted(p.name for p in out.iterdir()) == ["tiny-s1-32px-fp32.onnx"]
+
+
+# ---------------------------------------------------------------- --backend onnx / trt elsewhere
+
+
+def test_segment_evaluate_and_bench_run_the_onnx_backend(capsys, tiny, tmp_path):
+    import cv2
+    import numpy as np
+
+    images = tmp_path / "data" / "images"
+    masks = tmp_path / "data" / "masks"
+    images.mkdir(parents=True)
+    masks.mkdir()
+    for i in range(2):
+        image = np.full((40, 48, 3), 60, np.uint8)
+        cv2.circle(image, (24, 20), 9, (90, 90, 220), -1)
+        cv2.imwrite(str(images / f"{i}.png"), image)
+        cv2.imwrite(str(masks / f"{i}.png"), (image[..., 2] > 200).astype(np.uint8) * 255)
+    where = ["--project", str(tmp_path / "runs"), "--device", "cpu"]
+    seg = ["segment", str(images), "--weights", tiny, "--backend", "onnx", "-k", "3", *where]
+    assert main(seg) == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "runs" / "exp" / "summary.json").read_text())
+    assert summary["settings"]["backend"] == "onnx" and summary["frames"] == 2
+    evaluate = ["evaluate", "--data", str(tmp_path / "data"), "--weights", tiny, *where]
+    assert main([*evaluate, "--backend", "onnx"]) == 0, capsys.readouterr().err
+    bench = ["bench", "--weights", tiny, "--backend", "onnx", "--device", "cpu"]
+    assert main([*bench, "--hypotheses", "2", "--steps", "1", "--repeats", "1"]) == 0
+    assert "onnx" in capsys.readouterr().out
+    graphs = list((tmp_path / "cache" / "onnx").glob("*.onnx"))
+    assert len(graphs) == 1  # exported once, by the first command; the others found it
+
+
+def test_temporal_with_an_exported_backend_is_one_line(capsys, tiny, tmp_path):
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((32, 32, 3), np.uint8))
+    argv = ["segment", str(tmp_path), "--weights", tiny, "--backend", "onnx", "--temporal"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--temporal needs the previous frame's latents, which the onnx backend" in err
+    assert err.count("\n") == 1 and not (tmp_path / "cache").exists()  # nothing exported
