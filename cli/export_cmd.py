@@ -56,9 +56,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="FP16: an FP16 ONNX graph (float32 inputs/outputs); with --trt, an FP16 engine",
     )
-    p.add_argument("--out", default="lsdseg-export", metavar="DIR", help="output folder")
+    p.add_argument(
+        "--out",
+        default="lsdseg-export",
+        metavar="DIR",
+        help="output folder (default lsdseg-export)",
+    )
     t = p.add_argument_group("TensorRT")
-    t.add_argument("--workspace", type=float, default=4.0, metavar="GB", help="builder memory")
+    t.add_argument(
+        "--workspace",
+        type=float,
+        default=4.0,
+        metavar="GB",
+        help="builder workspace memory, GiB (default 4)",
+    )
     t.add_argument(
         "--hypotheses-range",
         default="1,8,16",

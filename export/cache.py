@@ -83,7 +83,7 @@ def cached_onnx(
     path = onnx_path(digest, steps, model.cfg.image_size, precision)
     if refresh or not path.is_file():
         log.warning(
-            "lsdseg: exporting the ONNX graph for %d steps (%s) once; cached at %s",
+            "exporting the ONNX graph for %d steps (%s) once; cached at %s",
             steps,
             precision,
             path,

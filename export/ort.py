@@ -159,7 +159,7 @@ class OrtRunner:
                     return session
                 problem = f"does not match the checkpoint and settings ({'; '.join(wrong)})"
             if attempt == 0:
-                log.warning("lsdseg: cached graph %s %s; exporting it again", path, problem)
+                log.warning("cached graph %s %s; exporting it again", path, problem)
         raise RuntimeError(f"the exported graph {path} {problem}; delete {path.parent} and retry")
 
     def __call__(

@@ -182,7 +182,7 @@ class TrtRunner:
             path = self.engine_path(steps)
             if not path.is_file():
                 onnx_path = cached_onnx(self.model, self.checkpoint, steps, "fp32")
-                log.warning("lsdseg: building a TensorRT engine once; cached at %s", path)
+                log.warning("building a TensorRT engine once; cached at %s", path)
                 build_engine(
                     onnx_path,
                     path,

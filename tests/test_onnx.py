@@ -255,7 +255,9 @@ def test_fp16_graph_has_float32_io(onnx_seg, torch_seg, tmp_path):
     assert read_metadata(half)["precision"] == "fp16"
     weights = [t for t in proto.graph.initializer if len(t.dims) == 4]  # conv kernels
     assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
-    session = ort.InferenceSession(str(half), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(half), session_options(1), providers=["CPUExecutionProvider"]
+    )
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     noise = torch.randn(2, 3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
     mean, _, p = session.run(None, {"image": x.numpy(), "noise": noise.numpy()})
@@ -372,7 +374,9 @@ def default_graphs(tmp_path_factory) -> tuple[Path, Path]:
 def test_default_weights_fp32_parity_on_demo_frames(default_graphs):
     seg = lsdseg.load("default")
     frames = demo_frames(2)
-    session = ort.InferenceSession(str(default_graphs[0]), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(default_graphs[0]), session_options(1), providers=["CPUExecutionProvider"]
+    )
     x = seg.preprocess(frames, "bgr")  # (2, 3, 256, 256)
     noise = torch.randn((2, 8, *seg.model.latent_shape), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
@@ -392,7 +396,9 @@ def test_default_weights_fp16_mask_dice_on_demo_frames(default_graphs):
     feeds = {"image": x, "noise": noise.astype(np.float32)}
     masks = []
     for path in default_graphs:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            str(path), session_options(1), providers=["CPUExecutionProvider"]
+        )
         masks.append(session.run(["mean"], feeds)[0] > threshold)  # (6, 256, 256)
     full, half = masks
     assert full.sum() > 1000, "the frames must contain polyp pixels for the Dice to mean much"
