@@ -59,7 +59,8 @@ class Engine:
     def __init__(self, path: Path, device: torch.device) -> None:
         self.trt = trt = require_tensorrt()
         self.device = device
-        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.logger = trt.Logger(trt.Logger.WARNING)  # must outlive the runtime
+        self.runtime = trt.Runtime(self.logger)
         with torch.cuda.device(device):
             self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
             if self.engine is None:
@@ -121,7 +122,9 @@ class Engine:
                     result = shape.buffers["hypotheses"].float().clone()
                     shape.graph = torch.cuda.CUDAGraph()
                     torch.cuda.current_stream(self.device).synchronize()
-                    with torch.cuda.graph(shape.graph):
+                    # thread_local: CUDA calls of other threads (a video writer) do not
+                    # invalidate the capture
+                    with torch.cuda.graph(shape.graph, capture_error_mode="thread_local"):
                         self._enqueue()
                     return result
             else:
