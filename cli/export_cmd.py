@@ -3,10 +3,13 @@
     lsdseg export --onnx [--weights default|PATH] [--steps N] [--imgsz S] [--half] [--out DIR]
     lsdseg export --trt [--half] [--workspace GB] [--hypotheses-range 1,8,16]
                         [--batch-range 1,1,4] [--trtexec [--run]]
+    lsdseg export --triton-repo DIR [--onnx|--trt] [--triton-max-batch B] [--triton-instances N]
 
 Files go to ``--out`` (default ``lsdseg-export``), named ``<checkpoint>-s<steps>-<S>px-<precision>``
 with ``.onnx``, ``.engine`` and ``.engine.json`` (the engine's sidecar). Every file is written
 under a temporary name and renamed into place, so a failure never leaves a partial file.
+``--triton-repo DIR`` also lays the ONNX graph (default) or the engine out as a model
+repository for the stock Triton server (:mod:`lsdseg.export.triton_repo`).
 """
 
 from __future__ import annotations
@@ -95,12 +98,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="print the equivalent trtexec command (for building on a Jetson) instead",
     )
     t.add_argument("--run", action="store_true", help="with --trtexec: also run it")
+    r = p.add_argument_group("Triton model repository (for the stock Triton server)")
+    r.add_argument(
+        "--triton-repo",
+        metavar="DIR",
+        help="also write DIR/lsdseg/config.pbtxt and DIR/lsdseg/1/model.onnx (default, "
+        "onnxruntime_onnx) or, with --trt, model.plan (tensorrt_plan)",
+    )
+    r.add_argument(
+        "--triton-max-batch",
+        type=int,
+        metavar="B",
+        help="max_batch_size with dynamic batching (default 8; with --trt, the top of "
+        "--batch-range)",
+    )
+    r.add_argument(
+        "--triton-instances", type=int, default=1, metavar="N", help="model instances (default 1)"
+    )
+    r.add_argument(
+        "--triton-kind",
+        choices=("gpu", "cpu"),
+        default="gpu",
+        help="where the instances run (default gpu; cpu only for ONNX)",
+    )
     p.set_defaults(func=run)
 
 
 def pick_formats(args: argparse.Namespace) -> list[str]:
     """The formats asked for by flag or by name, in a fixed order."""
     wanted = {name for name in FORMATS if getattr(args, name, False)}
+    if args.triton_repo and not wanted and not args.format:
+        wanted.add("onnx")  # a repository serves the ONNX graph unless --trt asks otherwise
     for name in args.format:
         if name not in FORMATS:
             close = difflib.get_close_matches(name, FORMATS, n=1)
@@ -144,7 +172,48 @@ def check_args(args: argparse.Namespace, formats: list[str]) -> dict[str, Any]:
         )
     except ValueError as e:
         raise UserError(str(e)) from None
+    if args.triton_repo:
+        check_triton_args(args, formats, profile.batch[2])
     return {"profile": profile}
+
+
+def check_triton_args(args: argparse.Namespace, formats: list[str], engine_batch: int) -> None:
+    """--triton-repo: one model, and batch settings the model can serve."""
+    if len(formats) != 1:
+        raise UserError("--triton-repo serves one model: give --onnx or --trt, not both")
+    if args.triton_max_batch is None:
+        args.triton_max_batch = engine_batch if formats == ["trt"] else 8
+    if args.triton_max_batch < 0:
+        raise UserError(f"--triton-max-batch {args.triton_max_batch} must be >= 0 (0: none)")
+    if formats == ["trt"] and args.triton_max_batch > engine_batch:
+        raise UserError(
+            f"--triton-max-batch {args.triton_max_batch} is above the engine's largest batch "
+            f"({engine_batch}, from --batch-range); raise --batch-range or lower it"
+        )
+    if args.triton_instances < 1:
+        raise UserError(f"--triton-instances {args.triton_instances} must be >= 1")
+    if formats == ["trt"] and args.triton_kind != "gpu":
+        raise UserError("--triton-kind cpu: a TensorRT engine runs on a GPU")
+    if formats == ["trt"] and args.trtexec and not args.run:
+        raise UserError("--triton-repo with --trtexec needs the engine: add --run")
+    repo = Path(args.triton_repo)
+    if repo.exists() and not repo.is_dir():
+        raise UserError(f"--triton-repo {repo}: is a file, not a folder")
+
+
+def write_repo(args: argparse.Namespace, model_file: Path, onnx_file: Path) -> None:
+    """Lay ``model_file`` out in the --triton-repo folder, with the I/O of ``onnx_file``."""
+    from lsdseg.export.triton_repo import graph_io, write_triton_repo
+
+    model_dir = write_triton_repo(
+        args.triton_repo,
+        model_file,
+        graph_io(onnx_file),
+        max_batch_size=args.triton_max_batch,
+        instances=args.triton_instances,
+        kind=args.triton_kind,
+    )
+    print(f"wrote Triton model repository {args.triton_repo}: {model_dir / 'config.pbtxt'}")
 
 
 def _describe(path: Path) -> str:
@@ -195,6 +264,9 @@ def run(args: argparse.Namespace) -> int:
             )  # fmt: skip
         print(f"wrote {_describe(fp16)}: fp16 (float32 inputs and outputs)")
     if "trt" not in formats:
+        if args.triton_repo:
+            graph = fp16 if args.half else fp32
+            write_repo(args, graph, graph)
         return 0
     precision = "fp16" if args.half else "fp32"
     engine = out / f"{stem}-{precision}.engine"
@@ -210,7 +282,11 @@ def run(args: argparse.Namespace) -> int:
             timing.parent.mkdir(parents=True, exist_ok=True)
             run_trtexec(command, engine, fp32, precision, options["profile"])
             print(f"wrote {_describe(engine)} and its sidecar {engine.name}.json")
+            if args.triton_repo:
+                write_repo(args, engine, fp32)
         return 0
     build_engine(fp32, engine, timing_cache=timing, device=args.device, **settings)
     print(f"wrote {_describe(engine)} ({precision}) and its sidecar {engine.name}.json")
+    if args.triton_repo:
+        write_repo(args, engine, fp32)
     return 0
