@@ -101,9 +101,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-queue-delay-us",
         type=int,
-        default=2000,
+        default=0,
         metavar="U",
-        help="microseconds a request may wait for others to batch with (default 2000)",
+        help="microseconds a request may wait for others to batch with (default 0: requests "
+        "that queue while the model is busy are batched anyway; a few hundred can pay on a GPU)",
     )
     p.set_defaults(func=run)
 
