@@ -36,7 +36,7 @@ test: install-dev lint
 # test-serve starts real servers on loopback (the main venv skips those tests).
 SERVE_VENV ?= .venv-serve
 SERVE_BIN := $(SERVE_VENV)/bin
-SERVE_TESTS ?= tests/test_serve.py tests/test_serve_model.py tests/test_serve_client.py
+SERVE_TESTS ?= tests/test_serve*.py
 
 $(SERVE_BIN)/python:
 	$(PYTHON) -m venv $(SERVE_VENV)

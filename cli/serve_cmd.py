@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import logging
 import os
 import re
 import shutil
@@ -38,8 +37,6 @@ if TYPE_CHECKING:
 
     from lsdseg.cli.server import SegmentModel
 
-log = logging.getLogger(__name__)
-
 BACKENDS = ("auto", "torch", "triton", "onnx", "trt")
 INSTALL = (
     'pip install "lsdseg[serve]" -c constraints/serve.txt in a venv of its own '
@@ -54,8 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Start Triton Inference Server (through PyTriton) serving model 'lsdseg': one "
         "uint8 BGR frame (1, H, W, 3) per request plus optional parameters hypotheses, steps, "
         "seed, eta, threshold; outputs mask, mean, std, entropy, mutual_info, hypotheses, "
-        "agreement and seed at the frame's size. Concurrent requests are batched dynamically. "
-        "Clients: lsdseg segment SOURCE --server HOST:PORT, or any Triton client. Ctrl-C stops.",
+        "agreement, seed and compute_ms at the frame's size. Concurrent requests are batched "
+        "dynamically. Clients: lsdseg segment SOURCE --server HOST:PORT, or any Triton "
+        "client. Ctrl-C stops.",
     )
     p.add_argument("--weights", default="default", help="'default', 'untrained' or a folder")
     p.add_argument(

@@ -344,6 +344,34 @@ def test_bench_times_the_server_per_number_of_clients(server, tmp_path, capsys):
     assert "x 1 client" in capsys.readouterr().out
 
 
+def test_without_the_libpython_fix_the_failure_is_explained(tiny, tmp_path):
+    """Where the Python-backend stub finds another libpython first (as on these machines),
+    the server fails without ``use_own_libpython``; the user gets the reason in one line."""
+    http, grpc, metrics = free_ports(3)
+    home = Path(tempfile.mkdtemp(prefix="lsdseg-pytriton-"))
+    code = (
+        "import sys; from lsdseg.cli import serve_cmd; from lsdseg.cli.main import main; "
+        "serve_cmd.use_own_libpython = lambda: None; sys.exit(main(sys.argv[1:]))"
+    )
+    cmd = [sys.executable, "-c", code, "serve", "--weights", tiny, "--http-port", str(http)]
+    cmd += ["--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    env.update(PYTRITON_HOME=str(home), TMPDIR=str(home))
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=START_TIMEOUT_S)
+    except subprocess.TimeoutExpired:  # it serves: stop it and its tritonserver
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.skip("the server started: this machine's first libpython is the interpreter's")
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    errors = [line for line in err.splitlines() if line.startswith("lsdseg serve: error")]
+    assert proc.returncode == 1 and len(errors) == 1, err[-3000:]
+    assert "Traceback" not in err
+    assert "loaded a libpython that is not this interpreter's" in errors[0]
+
+
 def test_ctrl_c_stops_the_server_cleanly(server):
     code = server.stop()
     log = server.log.read_text()

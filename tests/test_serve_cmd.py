@@ -1,0 +1,83 @@
+"""Tests for ``lsdseg serve``'s checks and its libpython fix, without starting a server
+(the real server is in test_serve.py)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sysconfig
+
+import pytest
+
+from lsdseg.cli import serve_cmd
+from lsdseg.cli.main import main
+
+
+def test_own_libpython_goes_first_once(monkeypatch):
+    libdir = sysconfig.get_config_var("LIBDIR")
+    monkeypatch.setenv("LD_LIBRARY_PATH", f"/opt/x:{libdir}:/opt/y")
+    assert serve_cmd.use_own_libpython() == libdir
+    assert os.environ["LD_LIBRARY_PATH"] == f"{libdir}:/opt/x:/opt/y"
+    monkeypatch.delenv("LD_LIBRARY_PATH")
+    serve_cmd.use_own_libpython()
+    assert os.environ["LD_LIBRARY_PATH"] == libdir
+
+
+def test_start_failures_are_explained():
+    stub = RuntimeError(
+        "[400] load failed for model 'lsdseg': ...\n    if self._lock._recursion_count() > 1:\n"
+        "AttributeError: '_thread.RLock' object has no attribute '_recursion_count'"
+    )
+    text = serve_cmd.explain_start_failure(stub, "/py/lib")
+    assert "loaded a libpython that is not this interpreter's" in text
+    assert "/py/lib" in text and "--enable-shared" in text
+    socket_path = RuntimeError("Traceback ...\nOSError: AF_UNIX path too long")
+    assert "set PYTRITON_HOME" in serve_cmd.explain_start_failure(socket_path, None)
+    other = RuntimeError("[400] load failed for model 'lsdseg'\n  File x\nValueError: bad thing")
+    assert serve_cmd.explain_start_failure(other, None) == (
+        "Triton Inference Server did not start: [400] load failed for model 'lsdseg' "
+        "(ValueError: bad thing)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--instances", "0"], "--instances 0 must be >= 1"),
+        (["--http-port", "0"], "--http-port 0 must be between 1 and 65535"),
+        (["--grpc-port", "8000"], "the ports must differ"),
+        (["--max-batch", "0"], "--max-batch 0 must be between 1 and 1024"),
+        (["--max-queue-delay-us", "-1"], "--max-queue-delay-us -1 must be >= 0"),
+        (["--threads", "-1"], "--threads -1 must be >= 1, or 0"),
+    ],
+)
+def test_bad_options_are_one_line(capsys, args, message):
+    assert main(["serve", *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lsdseg serve: error: ") and message in err
+
+
+def test_missing_pytriton_names_the_extra(capsys, monkeypatch):
+    real = serve_cmd.importlib.util.find_spec
+    monkeypatch.setattr(
+        serve_cmd.importlib.util, "find_spec", lambda n: None if n == "pytriton" else real(n)
+    )
+    assert main(["serve"]) == 1
+    err = capsys.readouterr().err
+    assert "PyTriton is not installed" in err and "lsdseg[serve]" in err
+    assert "constraints/serve.txt" in err
+
+
+def test_a_port_in_use_is_named(capsys, monkeypatch):
+    monkeypatch.setattr(serve_cmd.importlib.util, "find_spec", lambda n: object())
+    with socket.socket() as a, socket.socket() as b, socket.socket() as busy:
+        for s in (a, b, busy):
+            s.bind(("127.0.0.1", 0))
+        busy.listen()
+        http, metrics, port = (s.getsockname()[1] for s in (a, b, busy))
+        a.close()
+        b.close()
+        args = ["--http-port", str(http), "--grpc-port", str(port), "--metrics-port", str(metrics)]
+        assert main(["serve", *args]) == 1
+    err = capsys.readouterr().err
+    assert f"--grpc-port {port}: cannot listen on 127.0.0.1:{port}" in err
