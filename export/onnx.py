@@ -187,14 +187,47 @@ def trace(model: LatentSegmenter, steps: int) -> object:
             graph,
             example,
             input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
+            output_names=[f"{_TRACED}{name}" for name in OUTPUT_NAMES],
             opset_version=OPSET,
             dynamo=True,
             external_data=False,
             dynamic_shapes={"image": {0: batch}, "noise": {0: batch, 1: hyps}},
             verbose=False,
         )
-    return program.model_proto
+    proto = program.model_proto
+    _name_outputs(proto.graph)
+    return proto
+
+
+# The exporter names values after the ops that make them, so an internal ``aten.mean`` can be
+# called "mean": the outputs are traced under these prefixed names and renamed afterwards.
+_TRACED = "lsdseg_traced_"
+
+
+def _name_outputs(graph: object) -> None:
+    """Rename the traced outputs to OUTPUT_NAMES, moving internal values out of the way."""
+    names = {n for node in graph.node for n in (*node.input, *node.output)}
+    names |= {v.name for v in (*graph.input, *graph.initializer, *graph.value_info)}
+    for name in OUTPUT_NAMES:
+        if name in names:  # an internal value took the name: give it another
+            k = 1
+            while f"{name}_{k}" in names:
+                k += 1
+            _rename(graph, name, f"{name}_{k}")
+            names.add(f"{name}_{k}")
+        _rename(graph, f"{_TRACED}{name}", name)
+
+
+def _rename(graph: object, old: str, new: str) -> None:
+    """Rename the value ``old`` to ``new`` everywhere in ``graph`` (no subgraphs here)."""
+    for node in graph.node:
+        for field in (node.input, node.output):
+            for i, name in enumerate(field):
+                if name == old:
+                    field[i] = new
+    for value in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
+        if value.name == old:
+            value.name = new
 
 
 def to_fp16(proto: object) -> object:

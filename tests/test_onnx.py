@@ -316,6 +316,35 @@ def test_checks_catch_an_interface_change():
     assert any("hypotheses has shape" in p for p in interface_problems(model))
 
 
+def test_outputs_get_their_names_even_when_an_internal_value_took_one():
+    """The exporter names values after ops (an internal ``aten.mean`` becomes "mean")."""
+    from onnx import TensorProto, helper
+
+    from lsdseg.export.onnx import _TRACED, _name_outputs
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [2])
+    outs = [
+        helper.make_tensor_value_info(f"{_TRACED}{n}", TensorProto.FLOAT, [2]) for n in OUTPUT_NAMES
+    ]
+    nodes = [
+        helper.make_node("Relu", ["image"], ["mean"]),  # an internal value called "mean"
+        helper.make_node("Sigmoid", ["mean"], [f"{_TRACED}mean"]),
+        helper.make_node("Neg", ["mean"], [f"{_TRACED}std"]),
+        helper.make_node("Abs", [f"{_TRACED}mean"], [f"{_TRACED}hypotheses"]),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], outs))
+    _name_outputs(model.graph)
+    onnx.checker.check_model(model, full_check=True)  # single static assignment holds
+    assert [o.name for o in model.graph.output] == list(OUTPUT_NAMES)
+    assert [list(n.output) for n in model.graph.node] == [
+        ["mean_1"],
+        ["mean"],
+        ["std"],
+        ["hypotheses"],
+    ]
+    assert list(model.graph.node[3].input) == ["mean"]
+
+
 # ---------------------------------------------------------------- runtime settings
 
 
