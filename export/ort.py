@@ -25,7 +25,7 @@ import torch
 from lsdseg.model import LatentSegmenter
 
 from .cache import cache_dir, cached_onnx, expected_metadata, mismatches, model_digest
-from .onnx import PRECISIONS
+from .onnx import PRECISIONS, check_graph_call
 
 THREADS_ENV = "LSDSEG_ORT_THREADS"
 log = logging.getLogger(__name__)
@@ -172,16 +172,7 @@ class OrtRunner:
         start: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Normalised images (B, 3, S, S) and noise (B, K, c_m, S/f, S/f) -> (B, K, S, S)."""
-        if eta != 0:
-            raise ValueError(
-                f"eta={eta}: the {self.name} backend runs the exported deterministic DDIM graph "
-                "(eta = 0); use eta=0, or backend='torch' for eta > 0"
-            )
-        if start is not None:
-            raise ValueError(
-                f"warm starts (temporal) need the torch or triton backend: the {self.name} "
-                "backend's graph always starts from pure noise"
-            )
+        check_graph_call(self.name, eta, start)
         feeds = {
             "image": x.detach().to("cpu", torch.float32).contiguous().numpy(),
             "noise": noise.detach().to("cpu", torch.float32).contiguous().numpy(),

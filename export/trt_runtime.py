@@ -23,7 +23,7 @@ import torch
 from lsdseg.model import LatentSegmenter
 
 from .cache import cache_dir, cached_onnx, model_digest
-from .onnx import INPUT_NAMES, OUTPUT_NAMES, PRECISIONS
+from .onnx import INPUT_NAMES, OUTPUT_NAMES, PRECISIONS, check_graph_call
 from .trt import (
     EngineMismatch,
     Profile,
@@ -208,13 +208,7 @@ class TrtRunner:
         start: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Normalised images (B, 3, S, S) and noise (B, K, c_m, S/f, S/f) -> (B, K, S, S)."""
-        if eta != 0:
-            raise ValueError(
-                f"eta={eta}: the trt backend runs the exported deterministic DDIM graph "
-                "(eta = 0); use eta=0, or backend='torch' for eta > 0"
-            )
-        if start is not None:
-            raise ValueError("warm starts (temporal) need the torch or triton backend")
+        check_graph_call("trt", eta, start)
         b, k = noise.shape[:2]
         if not self.profile.admits(b, k):
             raise ValueError(
