@@ -163,8 +163,8 @@ def render_card(
         "",
         "## Sampler defaults (picked on validation only)",
         "",
-        f"K = 8 hypotheses, {steps} DDIM steps (trailing), eta = 0, threshold {threshold}"
-        f" (mean validation Dice over datasets {best_score:.4f}).",
+        f"K = 8 hypotheses, {steps} DDIM step{'s' if steps > 1 else ''} (trailing), eta = 0, "
+        f"threshold {threshold} (mean validation Dice over datasets {best_score:.4f}).",
         "",
         "## Validation metrics (original resolution, K = 8, defaults above)",
         "",
