@@ -359,6 +359,12 @@ def test_session_options_are_set_for_speed(monkeypatch):
     monkeypatch.setenv("LSDSEG_ORT_THREADS", "zero")
     with pytest.raises(ValueError, match="LSDSEG_ORT_THREADS"):
         session_options()
+    monkeypatch.delenv("LSDSEG_ORT_THREADS")
+    monkeypatch.setenv("LSDSEG_ORT_SPINNING", "1")
+    assert session_options().get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    monkeypatch.setenv("LSDSEG_ORT_SPINNING", "yes")
+    with pytest.raises(ValueError, match="LSDSEG_ORT_SPINNING='yes' must be 0 or 1"):
+        session_options()
 
 
 def test_providers_cpu_and_a_cuda_device_without_a_gpu_provider(monkeypatch):
