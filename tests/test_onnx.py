@@ -402,7 +402,7 @@ def test_trt_backend_without_tensorrt_says_how_to_install(ckpt):
 def default_graphs(tmp_path_factory) -> tuple[Path, Path]:
     """The bundled weights exported once (fp32, 2 steps) and converted to fp16."""
     folder = tmp_path_factory.mktemp("default-onnx")
-    fp32 = export_onnx("default", folder / "default-fp32.onnx")
+    fp32 = export_onnx("default", folder / "default-fp32.onnx", steps=2)
     return fp32, convert_fp16(fp32, folder / "default-fp16.onnx")
 
 
