@@ -5,10 +5,12 @@ graph on first use (one graph per number of DDIM steps, cached, see :mod:`lsdseg
 and runs it with session options chosen for speed: full graph optimisation (constant folding
 of the unrolled timestep embeddings, fusions, NCHWc convolutions), as many intra-op threads as
 torch uses (``torch.get_num_threads()``, the physical cores by default; ``LSDSEG_ORT_THREADS``
-overrides it) and no spinning worker threads (on a busy 2-core machine spinning doubled the
-latency, and it slows whatever else runs: ``lsdseg segment`` on the demo clip ran at 20.6 fps
-with spinning, 26.3 without; ``LSDSEG_ORT_SPINNING=1`` turns it on for a dedicated machine,
-where it cut the 4-step graph's time from 47.6 to 42.0 ms on an idle 2-core Xeon). On a CUDA
+overrides it), and worker threads that spin between ops during a run but stop the moment
+it returns (``session.force_spinning_stop``), so they never compete with the torch and numpy work
+around the graph or with a video pipeline's threads. On an idle 2-core Xeon that made the
+4-step graph 42 ms instead of 50 ms without spinning; on a machine busy with other work,
+spinning costs more than it gives (latency doubled on a loaded 2-core machine):
+``LSDSEG_ORT_SPINNING=0`` turns it off. On a CUDA
 device it uses the TensorRT or CUDA execution provider of ``onnxruntime-gpu``.
 
 The graph is deterministic DDIM from pure noise: eta > 0 and warm starts (``--temporal``)
@@ -62,10 +64,10 @@ def intra_op_threads() -> int:
 def spinning() -> str:
     """``"1"`` when ONNX Runtime's worker threads may spin between ops, else ``"0"``.
 
-    ``$LSDSEG_ORT_SPINNING`` (``0`` or ``1``) decides; unset, spinning is off (see the module
-    docstring for why).
+    ``$LSDSEG_ORT_SPINNING`` (``0`` or ``1``) decides; unset, spinning is on (see the module
+    docstring for when to turn it off).
     """
-    value = os.environ.get(SPINNING_ENV, "0")
+    value = os.environ.get(SPINNING_ENV, "1")
     if value not in ("0", "1"):
         raise ValueError(f"{SPINNING_ENV}={value!r} must be 0 or 1")
     return value
@@ -81,6 +83,9 @@ def session_options(threads: int | None = None) -> Any:
     options.inter_op_num_threads = 1
     options.enable_profiling = False
     options.add_session_config_entry("session.intra_op.allow_spinning", spinning())
+    # spin only inside run(): idle workers stop the moment it returns, so they never compete
+    # with the torch/numpy work around the graph or with a video pipeline's threads
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     options.log_severity_level = 3  # errors only
     return options
 

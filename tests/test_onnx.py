@@ -353,15 +353,16 @@ def test_session_options_are_set_for_speed(monkeypatch):
     options = session_options()
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert options.intra_op_num_threads == 1 and not options.enable_profiling
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
     monkeypatch.setenv("LSDSEG_ORT_THREADS", "3")
     assert session_options().intra_op_num_threads == 3
     monkeypatch.setenv("LSDSEG_ORT_THREADS", "zero")
     with pytest.raises(ValueError, match="LSDSEG_ORT_THREADS"):
         session_options()
     monkeypatch.delenv("LSDSEG_ORT_THREADS")
-    monkeypatch.setenv("LSDSEG_ORT_SPINNING", "1")
-    assert session_options().get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    monkeypatch.setenv("LSDSEG_ORT_SPINNING", "0")
+    assert session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
     monkeypatch.setenv("LSDSEG_ORT_SPINNING", "yes")
     with pytest.raises(ValueError, match="LSDSEG_ORT_SPINNING='yes' must be 0 or 1"):
         session_options()
