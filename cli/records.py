@@ -115,7 +115,8 @@ class Summary:
     p95_latency_ms: float = math.nan
     fps: float = math.nan  # processed frames per second of wall time, end to end
     elapsed_s: float = 0.0
-    stopped_by: str | None = None  # None (ran to the end), SIGINT, SIGTERM, stall, error
+    # None (ran to the end), SIGINT, SIGTERM, stall, error, server, or the --show window (q)
+    stopped_by: str | None = None
     warning: str = ""
     settings: dict = field(default_factory=dict)
     outputs: dict = field(default_factory=dict)
