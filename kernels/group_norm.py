@@ -31,6 +31,7 @@ from lsdseg.kernels._device import (
     cuda_device_of,
     next_power_of_2,
 )
+from lsdseg.kernels._modulate import _affine_and_modulation
 from lsdseg.kernels.group_norm_split import num_warps_for
 
 OP = "group_norm_silu"
@@ -84,20 +85,24 @@ def _group_norm_silu_kernel(
     var = tl.sum(tl.sum(xc * xc, axis=1), axis=0) / n
     rstd = 1.0 / tl.sqrt(var + eps)
 
-    # fold norm, affine and modulation into one multiply-add per element: y = xc * a + d
-    w = tl.load(Weight + c * stride_w, mask=mask_c, other=0.0).to(tl.float32)
-    a = w * rstd
-    d = tl.load(Bias + c * stride_bias, mask=mask_c, other=0.0).to(tl.float32)
-    if HAS_SCALE:
-        s = 1.0 + tl.load(Scale + b * stride_sb + c * stride_sc, mask=mask_c, other=0.0).to(
-            tl.float32
-        )
-        a = a * s
-        d = d * s
-    if HAS_SHIFT:
-        d = d + tl.load(Shift + b * stride_tb + c * stride_tc, mask=mask_c, other=0.0).to(
-            tl.float32
-        )
+    a, d = _affine_and_modulation(
+        Weight,
+        Bias,
+        Scale,
+        Shift,
+        b,
+        c,
+        mask_c,
+        rstd,
+        stride_w,
+        stride_bias,
+        stride_sb,
+        stride_sc,
+        stride_tb,
+        stride_tc,
+        HAS_SCALE,
+        HAS_SHIFT,
+    )  # y = (x - mean) * a + d: norm, affine and modulation in one multiply-add per element
     y = xc * a[:, None] + d[:, None]
     if SILU:
         y = y * tl.sigmoid(y)

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from lsdseg.kernels._device import next_power_of_2
+from lsdseg.kernels._modulate import _affine_and_modulation
 
 SPLIT_TILE = 4096  # elements per program of the split variant
 FINALIZE_BLOCK = 256  # partial statistics merged per step by the finalize kernel
@@ -146,19 +147,24 @@ def _group_norm_apply_kernel(
     x_ptrs = X + b * stride_xb + c[:, None] * stride_xc + sp[None, :] * stride_xs
     x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
 
-    w = tl.load(Weight + c * stride_w, mask=mask_c, other=0.0).to(tl.float32)
-    a = w * rstd
-    d = tl.load(Bias + c * stride_bias, mask=mask_c, other=0.0).to(tl.float32)
-    if HAS_SCALE:
-        s = 1.0 + tl.load(Scale + b * stride_sb + c * stride_sc, mask=mask_c, other=0.0).to(
-            tl.float32
-        )
-        a = a * s
-        d = d * s
-    if HAS_SHIFT:
-        d = d + tl.load(Shift + b * stride_tb + c * stride_tc, mask=mask_c, other=0.0).to(
-            tl.float32
-        )
+    a, d = _affine_and_modulation(
+        Weight,
+        Bias,
+        Scale,
+        Shift,
+        b,
+        c,
+        mask_c,
+        rstd,
+        stride_w,
+        stride_bias,
+        stride_sb,
+        stride_sc,
+        stride_tb,
+        stride_tc,
+        HAS_SCALE,
+        HAS_SHIFT,
+    )  # y = (x - mean) * a + d: norm, affine and modulation in one multiply-add per element
     y = (x - mean) * a[:, None] + d[:, None]
     if SILU:
         y = y * tl.sigmoid(y)
