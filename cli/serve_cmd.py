@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lsdseg.cli.errors import UserError
+from lsdseg.cli.segment_cmd import BACKENDS, pick_backend
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 
     from lsdseg.cli.server import SegmentModel
 
-BACKENDS = ("auto", "torch", "triton", "onnx", "trt")
 INSTALL = (
     'pip install "lsdseg[serve]" -c constraints/serve.txt in a venv of its own '
     "(PyTriton needs numpy<2): make install-serve"
@@ -198,8 +198,6 @@ def _bind(triton: Triton, models: list[SegmentModel], max_batch: int, delay_us: 
 
 
 def run(args: argparse.Namespace) -> int:
-    from lsdseg.cli.segment_cmd import pick_backend
-
     check_options(args)
     if importlib.util.find_spec("pytriton") is None:
         raise UserError(f"PyTriton is not installed: {INSTALL}")
