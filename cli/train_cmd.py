@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -49,6 +50,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=5e-4, help="diffusion-stage learning rate")
     p.add_argument("--imgsz", type=int, default=256, help="training image size S")
     p.add_argument("--init", default="", help="start from a checkpoint ('default' or a folder)")
+    p.add_argument(
+        "--grow",
+        default="",
+        metavar="JSON",
+        help="with --init: architecture changes that start as the identity, e.g. "
+        '\'{"image_ae": {"context_depth": 2}}\'',
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--seed", type=int, default=0)
@@ -87,6 +95,22 @@ def load_pairs(
     return train, val
 
 
+def _parse_grow(text: str, init: str) -> dict:
+    """``--grow`` as a dict of ModelConfig overrides ({} when not given)."""
+    if not text:
+        return {}
+    if not init:
+        raise UserError("--grow needs --init: the checkpoint whose architecture it changes")
+    try:
+        grow = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"--grow {text!r} is not JSON ({e})") from None
+    if not isinstance(grow, dict) or not grow:
+        example = '{"image_ae": {"context_depth": 2}}'
+        raise UserError(f"--grow {text!r}: pass a JSON object such as '{example}'")
+    return grow
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
@@ -105,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     if args.imgsz != model_cfg.image_size:
         model_cfg = dataclasses.replace(model_cfg, image_size=args.imgsz)
     init = str(bundled_weights()) if args.init == "default" else args.init
+    grow = _parse_grow(args.grow, init)
     cfg = TrainConfig(
         stage=args.stage,
         ae_epochs=args.ae_epochs,
@@ -116,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         max_steps_per_epoch=args.max_steps_per_epoch,
         init=init,
+        grow=grow,
     )
     if not 0 < args.val_fraction < 1:
         raise UserError(f"--val-fraction {args.val_fraction} must be between 0 and 1")

@@ -165,6 +165,63 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Lat
     return model.eval()
 
 
+def grow_checkpoint(
+    path: str | Path, overrides: dict[str, Any], device: str | torch.device = "cpu"
+) -> LatentSegmenter:
+    """Load a checkpoint into a larger architecture that starts out computing the same thing.
+
+    ``overrides`` is a nested dict applied to the checkpoint's :class:`ModelConfig` (for example
+    ``{"image_ae": {"context_depth": 2}}``). Every tensor of the checkpoint must keep its name and
+    shape in the new model; the new tensors keep their initialisation, which for the blocks
+    that can be added (``context_depth``) is the identity. That promise is checked, not assumed:
+    the grown and the original model must give the same image latent and denoiser output on a
+    random input.
+
+    Raises:
+        CheckpointError: an override that renames, reshapes or drops trained tensors, or that
+            changes what the trained weights compute.
+    """
+    old = load_checkpoint(path, device)
+    merged = _merge(to_dict(old.cfg), overrides)
+    try:
+        cfg = from_dict(ModelConfig, merged, where="model config")
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(str(e)) from None
+    new = LatentSegmenter(cfg).to(device)
+    state, expected = old.state_dict(), new.state_dict()
+    bad = sorted(k for k, v in state.items() if k not in expected or expected[k].shape != v.shape)
+    if bad:
+        raise CheckpointError(
+            f"cannot grow {path} with {overrides}: {len(bad)} trained tensor(s) would be renamed "
+            f"or reshaped ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); only "
+            "image_ae.context_depth can be raised from trained weights"
+        )
+    new.load_state_dict(state, strict=False)
+    new.eval()
+    gen = torch.Generator().manual_seed(0)
+    s, n = cfg.image_size, 2
+    x = torch.randn((n, 3, s, s), generator=gen).to(device)
+    z_t = torch.randn((n, *new.latent_shape), generator=gen).to(device)
+    t = torch.tensor([cfg.diffusion.timesteps - 1, 0], device=device)
+    with torch.no_grad():
+        outs = [(m.encode_image(x), m.unet(z_t, t, m.encode_image(x))) for m in (old, new)]
+    for a, b in zip(outs[0], outs[1], strict=True):
+        if not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
+            raise CheckpointError(
+                f"cannot grow {path} with {overrides}: the new tensors are not the identity at "
+                "initialisation, so the grown model would not start from what was trained"
+            )
+    return new
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict update: nested dicts merge, every other value replaces."""
+    out = dict(base)
+    for k, v in overrides.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def checkpoint_hash(path: str | Path) -> str:
     """SHA-256 (first 16 hex digits) over the weights and config of a checkpoint folder."""
     h = hashlib.sha256()

@@ -23,7 +23,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
-from lsdseg.checkpoint import load_checkpoint, save_checkpoint
+from lsdseg.checkpoint import grow_checkpoint, load_checkpoint, save_checkpoint
 from lsdseg.config import ModelConfig, to_dict
 from lsdseg.dataset import SegmentationDataset
 from lsdseg.losses import autoencoder_losses, diffusion_losses
@@ -66,6 +66,7 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader workers per rank
     max_steps_per_epoch: int = 0  # cap for smoke tests (0 = full epochs)
     init: str = ""  # checkpoint folder to start from (e.g. the bundled weights)
+    grow: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides applied to init
 
     def __post_init__(self) -> None:
         checks = [
@@ -81,6 +82,7 @@ class TrainConfig:
             (self.val_every >= 1, f"val_every={self.val_every} must be >= 1"),
             (self.val_hypotheses >= 1, f"val_hypotheses={self.val_hypotheses} must be >= 1"),
             (self.val_steps >= 1, f"val_steps={self.val_steps} must be >= 1"),
+            (not self.grow or bool(self.init), "grow needs init: the checkpoint to grow from"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -169,7 +171,8 @@ class Trainer:
 
     Args:
         model_cfg: the architecture (ignored when resuming or when ``cfg.init`` is set: the
-            saved config wins).
+            saved config wins, with ``cfg.grow`` applied; see
+            :func:`lsdseg.checkpoint.grow_checkpoint`).
         cfg: training settings.
         train_set, val_set: datasets (the training one with augmentation).
         out: the run folder.
@@ -204,7 +207,9 @@ class Trainer:
             log.info("resuming %s: phase %s, epoch %d", out, self.loop.phase, self.loop.epoch)
         else:
             self.model = (
-                load_checkpoint(cfg.init, self.device)
+                grow_checkpoint(cfg.init, cfg.grow, self.device)
+                if cfg.grow
+                else load_checkpoint(cfg.init, self.device)
                 if cfg.init
                 else LatentSegmenter(model_cfg).to(self.device)
             )

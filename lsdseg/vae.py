@@ -41,29 +41,50 @@ class _Encoder(nn.Module):
 class _Context(nn.Module):
     """A small U-shaped branch below S/f that gives the image latent a global receptive field.
 
-    It runs once per frame, so its cost does not scale with K.
+    It runs once per frame, so its cost does not scale with K. Each level going down has
+    ``depth`` residual blocks; each merge going up is followed by ``depth - 1`` more. The blocks
+    beyond the first of each level start as the identity (last convolution zero), so a deeper
+    branch can be grown from trained weights without changing what they compute
+    (:func:`lsdseg.checkpoint.grow_checkpoint`).
 
     Shapes:
         (B, C, h, w) -> (B, C, h, w) (residual); inside, widths ``channels`` at h/2, h/4, ...
     """
 
-    def __init__(self, c: int, channels: tuple[int, ...], groups: int) -> None:
+    def __init__(self, c: int, channels: tuple[int, ...], groups: int, depth: int = 1) -> None:
         super().__init__()
         widths = (c, *channels)
         self.down = nn.ModuleList(
-            nn.Sequential(Downsample(a, b), ResBlock(b, b, groups))
+            nn.Sequential(
+                Downsample(a, b),
+                ResBlock(b, b, groups),
+                *(_identity_block(b, groups) for _ in range(depth - 1)),
+            )
             for a, b in itertools.pairwise(widths)
         )
         self.up = nn.ModuleList(Upsample(b, a) for a, b in itertools.pairwise(widths))
+        # after the merge into width a; empty (and without tensors) when depth == 1
+        self.merge = nn.ModuleList(
+            nn.Sequential(*(_identity_block(a, groups) for _ in range(depth - 1)))
+            for a in widths[:-1]
+        )
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         skips = []
         for down in self.down:
             skips.append(h)
             h = down(h)
-        for up in reversed(self.up):
-            h = up(h) + skips.pop()
+        for up, merge in zip(reversed(self.up), reversed(self.merge), strict=True):
+            h = merge(up(h) + skips.pop())
         return h
+
+
+def _identity_block(c: int, groups: int) -> ResBlock:
+    """A residual block whose last convolution is zero, so it starts as the identity."""
+    block = ResBlock(c, c, groups)
+    nn.init.zeros_(block.conv2.weight)
+    nn.init.zeros_(block.conv2.bias)
+    return block
 
 
 class ImageAutoencoder(nn.Module):
@@ -75,7 +96,9 @@ class ImageAutoencoder(nn.Module):
         self.encoder = _Encoder(3, cfg.channels, cfg.latent_channels, cfg.groups)
         if cfg.context_channels:
             # the context branch sits between the encoder body and its 1x1 head
-            self.encoder.body.append(_Context(cfg.channels[-1], cfg.context_channels, cfg.groups))
+            self.encoder.body.append(
+                _Context(cfg.channels[-1], cfg.context_channels, cfg.groups, cfg.context_depth)
+            )
         rev = cfg.channels[::-1]
         layers: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, rev[0], 3, padding=1)]
         for prev, c in itertools.pairwise(rev):

@@ -214,3 +214,42 @@ def test_half_precision_storage_halves_the_file_and_keeps_outputs(
     with torch.no_grad():
         a, b = tiny_model(x, noise)[0], loaded(x, noise)[0]
     torch.testing.assert_close(a, b, atol=2e-3, rtol=0)
+
+
+def test_grow_adds_identity_blocks_and_keeps_every_output(
+    saved: Path, tiny_model: LatentSegmenter
+) -> None:
+    grown = ckpt.grow_checkpoint(saved, {"image_ae": {"context_depth": 3}})
+    assert grown.cfg.image_ae.context_depth == 3
+    old = tiny_model.state_dict()
+    new = grown.state_dict()
+    assert set(old) < set(new)  # every trained tensor kept, new ones added
+    assert any(k.startswith("image_ae.encoder.body.") and ".merge." in k for k in new)
+    for k, v in old.items():
+        assert torch.equal(new[k], v), k
+    for a, b in zip(_outputs(tiny_model), _outputs(grown), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_grown_model_round_trips(saved: Path, tmp_path: Path) -> None:
+    grown = ckpt.grow_checkpoint(saved, {"image_ae": {"context_depth": 2}})
+    back = load_checkpoint(save_checkpoint(grown, tmp_path / "grown"))
+    assert back.cfg.image_ae.context_depth == 2
+    for a, b in zip(_outputs(grown), _outputs(back), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"image_ae": {"channels": [8, 8, 32]}}, "renamed or reshaped"),
+        ({"image_ae": {"groups": 2}}, "not the identity"),  # same shapes, other function
+        ({"image_ae": {"context_depth": 0}}, "context_depth=0"),
+        ({"image_ae": {"depth": 2}}, "unknown key"),
+    ],
+)
+def test_grow_refuses_changes_that_lose_what_was_trained(
+    saved: Path, overrides: dict, fragment: str
+) -> None:
+    with pytest.raises(CheckpointError, match=fragment):
+        ckpt.grow_checkpoint(saved, overrides)

@@ -80,6 +80,10 @@ def test_unlabelled_and_unreadable_images_are_counted_not_fatal(capsys, tiny, tm
     assert summary["skipped_files"][0][0].endswith("1.png")
 
 
+GROW = '{{"image_ae": {{"context_depth": 2}}}}'  # str.format-escaped JSON
+WIDER = '{{"image_ae": {{"channels": [8, 8, 16]}}}}'
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -91,6 +95,14 @@ def test_unlabelled_and_unreadable_images_are_counted_not_fatal(capsys, tiny, tm
         ["train", "--data", "{tmp}/empty", "--out", "{tmp}/run"],
         ["train", "--data", "{data}", "--out", "{tmp}/run", "--batch-size", "64"],
         ["train", "--data", "{data}", "--out", "{tmp}/run", "--val-fraction", "1.5"],
+        ["train", "--data", "{data}", "--out", "{tmp}/run", "--grow", GROW],
+        ["train", "--data", "{data}", "--out", "{tmp}/run", "--init", "{tiny}", "--grow", "{{x"],
+        ["train", "--data", "{data}", "--out", "{tmp}/run", "--init", "{tiny}", "--grow", "[2]"],
+        [
+            "train",
+            *("--data", "{data}", "--out", "{tmp}/run", "--init", "{tiny}", "--stage", "diffusion"),
+            *("--imgsz", "32", "--batch-size", "2", "--grow", WIDER),
+        ],
     ],
 )
 def test_bad_input_gives_one_line_and_nonzero_exit(capsys, tiny, tmp_path, args):
@@ -101,6 +113,19 @@ def test_bad_input_gives_one_line_and_nonzero_exit(capsys, tiny, tmp_path, args)
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert len([line for line in err.splitlines() if "error" in line]) == 1, err
+
+
+def test_train_grows_a_checkpoint_and_saves_the_deeper_model(capsys, tiny, tmp_path):
+    data = make_pairs(tmp_path / "d", [(40, 50)] * 8)
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--out", str(run), "--init", tiny]
+    argv += ["--stage", "diffusion", "--epochs", "1", "--imgsz", "32", "--batch-size", "2"]
+    argv += ["--max-steps-per-epoch", "2", "--grow", GROW.format()]
+    assert main(argv) == 0, capsys.readouterr().err
+    meta = json.loads((run / "best" / "config.json").read_text())
+    assert meta["model"]["image_ae"]["context_depth"] == 2
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["train"]["grow"] == {"image_ae": {"context_depth": 2}}
 
 
 def test_mismatched_checkpoint_is_refused(capsys, tiny, tmp_path):
