@@ -124,6 +124,26 @@ def main() -> None:
     print(f"wrote {out} ({size:.1f} MB), steps={steps}, threshold={threshold}")
 
 
+def _best_epoch(run: Path, train_cfg: dict, loop: dict) -> str:
+    """Which epoch best/ holds, from metrics.csv (its saved loop state reads "done" when the
+    best epoch was the last one)."""
+    import csv
+
+    file = run / "metrics.csv"
+    if not file.exists():
+        return f"saved loop state {json.dumps(loop)}"
+    rows = [r for r in csv.DictReader(file.open()) if r["phase"] == "diffusion" and r["val_dice"]]
+    if not rows:
+        return f"saved loop state {json.dumps(loop)}"
+    best = max(rows, key=lambda r: float(r["val_dice"]))
+    dice, minutes = float(best["val_dice"]), float(rows[-1]["time_s"]) / 60
+    steps = train_cfg.get("val_steps", 4)
+    return (
+        f"epoch {best['epoch']} of {train_cfg['epochs']} (validation Dice {dice:.3f} at {steps}"
+        f" steps, training resolution); {minutes:.0f} min of training"
+    )
+
+
 def render_card(
     model, final, rows, sources, steps, threshold, best_score, train_cfg, loop, run: Path
 ) -> str:
@@ -199,7 +219,7 @@ def render_card(
         "  no GPU. Stage 1 (autoencoders) and stage 2 (diffusion, image encoder fine-tuned",
         "  jointly) as in DESIGN.md; best checkpoint by validation Dice of the full sampler (EMA).",
         f"- stage-2 settings: {json.dumps(train_cfg)}",
-        f"- stage-2 state at the best checkpoint: {json.dumps(loop)}",
+        f"- best checkpoint: {_best_epoch(run, train_cfg, loop)}",
         f"- command: `{command}`",
         "- how it was trained end to end, and what was tried: see benchmarks/RESULTS.md.",
         "",
