@@ -13,19 +13,12 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
+from bundle_weights import THRESHOLDS, sweep  # the sweep the bundled defaults are picked by
 
 from lsdseg.checkpoint import load_checkpoint
 from lsdseg.cli.train_cmd import load_pairs
 from lsdseg.data import load_sample
 from lsdseg.segmenter import Segmenter
-
-THRESHOLDS = (0.4, 0.5, 0.6)
-
-
-def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    s = pred.sum() + gt.sum()
-    return 1.0 if s == 0 else 2.0 * float((pred & gt).sum()) / float(s)
 
 
 def main() -> None:
@@ -38,18 +31,15 @@ def main() -> None:
     args = p.parse_args()
     _, val = load_pairs(args.data, None, args.val_fraction, args.seed)
     samples = [(pair, *load_sample(pair)) for pair in val]
+    sources = sorted({pair.group.split(":", 1)[0] for pair in val})
     print("checkpoint, steps, dataset: Dice at thresholds", THRESHOLDS)
     for path in args.checkpoints:
         seg = Segmenter(load_checkpoint(path))
         for steps in (int(s) for s in args.steps.split(",")):
-            per: dict[str, list[list[float]]] = {}
-            for i, (pair, image, mask) in enumerate(samples):
-                r = seg(image, hypotheses=8, steps=steps, seed=i, order="rgb")
-                src = pair.group.split(":", 1)[0]
-                per.setdefault(src, []).append([_dice(r.mean > th, mask) for th in THRESHOLDS])
-            for src, rows in sorted(per.items()):
-                dice = " ".join(f"{v:.4f}" for v in np.mean(rows, axis=0))
-                print(f"{path}, {steps}, {src} ({len(rows)}): {dice}", flush=True)
+            row = sweep(seg, samples, steps, 8)
+            for src in sources:
+                dice = " ".join(f"{row[f'dice/{src}@{th}']:.4f}" for th in THRESHOLDS)
+                print(f"{path}, {steps}, {src}: {dice}", flush=True)
 
 
 if __name__ == "__main__":
