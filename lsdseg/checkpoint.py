@@ -203,8 +203,11 @@ def grow_checkpoint(
     x = torch.randn((n, 3, s, s), generator=gen).to(device)
     z_t = torch.randn((n, *new.latent_shape), generator=gen).to(device)
     t = torch.tensor([cfg.diffusion.timesteps - 1, 0], device=device)
+    outs = []
     with torch.no_grad():
-        outs = [(m.encode_image(x), m.unet(z_t, t, m.encode_image(x))) for m in (old, new)]
+        for m in (old, new):
+            z_x = m.encode_image(x)  # (n, c_x, S/f, S/f)
+            outs.append((z_x, m.unet(z_t, t, z_x)))
     for a, b in zip(outs[0], outs[1], strict=True):
         if not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
             raise CheckpointError(
