@@ -130,9 +130,8 @@ def _best_epoch(run: Path, train_cfg: dict, loop: dict) -> str:
     import csv
 
     file = run / "metrics.csv"
-    if not file.exists():
-        return f"saved loop state {json.dumps(loop)}"
-    rows = [r for r in csv.DictReader(file.open()) if r["phase"] == "diffusion" and r["val_dice"]]
+    rows = list(csv.DictReader(file.open())) if file.exists() else []
+    rows = [r for r in rows if r["phase"] == "diffusion" and r["val_dice"]]
     if not rows:
         return f"saved loop state {json.dumps(loop)}"
     best = max(rows, key=lambda r: float(r["val_dice"]))
