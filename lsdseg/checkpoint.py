@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,11 @@ def grow_checkpoint(
         cfg = from_dict(ModelConfig, merged, where="model config")
     except (TypeError, ValueError) as e:
         raise CheckpointError(str(e)) from None
+    if cfg.image_ae.decoder and not old.cfg.image_ae.decoder:
+        raise CheckpointError(
+            f"cannot grow {path} with {overrides}: it has no image decoder (inference-only "
+            "weights), and an untrained one cannot be added; start stage 1 from a training run"
+        )
     new = LatentSegmenter(cfg).to(device)
     state, expected = old.state_dict(), new.state_dict()
     bad = sorted(k for k, v in state.items() if k not in expected or expected[k].shape != v.shape)
@@ -215,6 +221,22 @@ def grow_checkpoint(
                 "initialisation, so the grown model would not start from what was trained"
             )
     return new
+
+
+def without_image_decoder(model: LatentSegmenter) -> LatentSegmenter:
+    """The same network without the image decoder D_x, which only stage 1 uses.
+
+    Bundled (inference-only) weights ship this way: every output of the model is unchanged,
+    and the file is smaller. Stage 2 can still fine-tune from it; stage 1 cannot.
+    """
+    if model.image_ae.decoder is None:
+        return model
+    image_ae = replace(model.cfg.image_ae, decoder=False)
+    device = next(model.parameters()).device
+    slim = LatentSegmenter(replace(model.cfg, image_ae=image_ae)).to(device)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("image_ae.decoder.")}
+    slim.load_state_dict(state)  # strict: every other tensor carries over
+    return slim.train(model.training)
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -43,6 +43,7 @@ class ImageAEConfig:
     context_channels: tuple[int, ...] = (192, 256)  # context branch widths at S/2f, S/4f, ...
     context_depth: int = 1  # residual blocks per context level (see vae._Context)
     groups: int = 8  # GroupNorm groups
+    decoder: bool = True  # build D_x; only stage 1 needs it, so inference bundles drop it
 
     def __post_init__(self) -> None:
         _check(self.factor in (4, 8), f"factor={self.factor} must be 4 or 8")

@@ -214,6 +214,16 @@ class Trainer:
                 else LatentSegmenter(model_cfg).to(self.device)
             )
             self.loop = LoopState(phase="diffusion" if cfg.stage == "diffusion" else "autoencoders")
+        if (
+            self.loop.phase == "autoencoders"
+            and cfg.image_recon_weight > 0
+            and self.model.image_ae.decoder is None
+        ):
+            raise ValueError(
+                f"{cfg.init or out} has no image decoder (an inference-only checkpoint such as "
+                "the bundled weights), so stage 1 cannot train its image autoencoder: use "
+                "--stage diffusion to fine-tune it, or start from a training run's checkpoint"
+            )
         self.local_bs = cfg.batch_size // self.world
         self.steps_per_epoch = len(train_set) // cfg.batch_size
         if cfg.max_steps_per_epoch:

@@ -99,12 +99,8 @@ class ImageAutoencoder(nn.Module):
             self.encoder.body.append(
                 _Context(cfg.channels[-1], cfg.context_channels, cfg.groups, cfg.context_depth)
             )
-        rev = cfg.channels[::-1]
-        layers: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, rev[0], 3, padding=1)]
-        for prev, c in itertools.pairwise(rev):
-            layers += [ResBlock(prev, prev, cfg.groups), Upsample(prev, c)]
-        layers += [GroupNormAct(rev[-1], cfg.groups), Upsample(rev[-1], 3)]
-        self.decoder = nn.Sequential(*layers)
+        # D_x only trains E_x in stage 1; an inference-only checkpoint (decoder=False) has none
+        self.decoder = _image_decoder(cfg) if cfg.decoder else None
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised image -> (B, c_x, S/f, S/f)."""
@@ -112,7 +108,23 @@ class ImageAutoencoder(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(B, c_x, S/f, S/f) -> (B, 3, S, S) reconstruction in normalised units."""
+        if self.decoder is None:
+            raise RuntimeError(
+                "this image autoencoder has no decoder (image_ae.decoder=false: an inference-only "
+                "checkpoint such as the bundled weights); train stage 'diffusion' from it, or "
+                "start stage 1 from a full training checkpoint"
+            )
         return self.decoder(z)
+
+
+def _image_decoder(cfg: ImageAEConfig) -> nn.Sequential:
+    """D_x: (B, c_x, S/f, S/f) -> (B, 3, S, S), (ResBlock, Upsample) per level, mirrored."""
+    rev = cfg.channels[::-1]
+    layers: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, rev[0], 3, padding=1)]
+    for prev, c in itertools.pairwise(rev):
+        layers += [ResBlock(prev, prev, cfg.groups), Upsample(prev, c)]
+    layers += [GroupNormAct(rev[-1], cfg.groups), Upsample(rev[-1], 3)]
+    return nn.Sequential(*layers)
 
 
 class MaskVAE(nn.Module):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lsdseg.checkpoint import load_checkpoint, save_checkpoint
+from lsdseg.checkpoint import load_checkpoint, save_checkpoint, without_image_decoder
 from lsdseg.cli.train_cmd import load_pairs
 from lsdseg.config import to_dict
 from lsdseg.data import load_sample
@@ -63,7 +63,7 @@ def main() -> None:
     p.add_argument("--history", default="", help="Markdown file: how the run chain was trained")
     args = p.parse_args()
     run = Path(args.run)
-    model = load_checkpoint(run / "best")
+    model = without_image_decoder(load_checkpoint(run / "best"))  # D_x only trains stage 1
     seg = Segmenter(model)
     _, val = load_pairs(args.data, None, args.val_fraction, args.seed)
     if args.limit:
@@ -178,7 +178,8 @@ def render_card(
         f"- diffusion: {model.cfg.diffusion.prediction}-prediction, {model.cfg.diffusion.schedule} "
         f"schedule, T = {model.cfg.diffusion.timesteps}, training timesteps gamma = "
         f"{model.cfg.diffusion.timestep_gamma}, auxiliary BCE + Dice on the decoded x0 estimate",
-        "- stored in float16 (the model runs in float32)",
+        "- stored in float16 (the model runs in float32), without the image decoder, which only",
+        "  stage 1 trains (fine-tuning with `--stage diffusion` works from these weights)",
         "",
         "## Sampler defaults (picked on validation only)",
         "",

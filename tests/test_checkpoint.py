@@ -253,3 +253,38 @@ def test_grow_refuses_changes_that_lose_what_was_trained(
 ) -> None:
     with pytest.raises(CheckpointError, match=fragment):
         ckpt.grow_checkpoint(saved, overrides)
+
+
+def test_without_image_decoder_keeps_every_output(
+    tiny_model: LatentSegmenter, tmp_path: Path
+) -> None:
+    slim = ckpt.without_image_decoder(tiny_model)
+    assert slim.cfg.image_ae.decoder is False and slim.image_ae.decoder is None
+    kept = {k for k in tiny_model.state_dict() if not k.startswith("image_ae.decoder.")}
+    assert set(slim.state_dict()) == kept < set(tiny_model.state_dict())
+    for a, b in zip(_outputs(tiny_model), _outputs(slim), strict=True):
+        assert torch.equal(a, b)
+    folder = save_checkpoint(slim, tmp_path / "slim")
+    back = load_checkpoint(folder)  # strict load of a decoder-less config
+    assert back.image_ae.decoder is None
+    for a, b in zip(_outputs(slim), _outputs(back), strict=True):
+        assert torch.equal(a, b)
+    full = (save_checkpoint(tiny_model, tmp_path / "full") / "model.safetensors").stat().st_size
+    assert (folder / "model.safetensors").stat().st_size < full
+    assert ckpt.without_image_decoder(slim) is slim
+
+
+def test_decoder_less_model_refuses_to_decode_and_can_still_grow(
+    tiny_model: LatentSegmenter, tmp_path: Path
+) -> None:
+    slim = ckpt.without_image_decoder(tiny_model)
+    with pytest.raises(RuntimeError, match="no decoder"):
+        slim.image_ae.decode(torch.zeros(1, slim.cfg.image_ae.latent_channels, 8, 8))
+    folder = save_checkpoint(slim, tmp_path / "slim")
+    grown = ckpt.grow_checkpoint(folder, {"image_ae": {"context_depth": 2}})
+    assert grown.image_ae.decoder is None and grown.cfg.image_ae.context_depth == 2
+    for a, b in zip(_outputs(slim), _outputs(grown), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # putting a decoder back is not growing: its tensors were never trained
+    with pytest.raises(CheckpointError, match="untrained one cannot be added"):
+        ckpt.grow_checkpoint(folder, {"image_ae": {"decoder": True}})

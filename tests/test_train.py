@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -200,3 +201,29 @@ def _weights_of_init() -> dict[str, torch.Tensor]:
 
     torch.manual_seed(0)
     return LatentSegmenter(from_dict(ModelConfig, TINY)).state_dict()
+
+
+def test_stage_one_from_decoder_less_weights_is_refused_and_stage_two_trains(data, tmp_path):
+    from lsdseg.augment import AugmentConfig
+    from lsdseg.checkpoint import save_checkpoint, without_image_decoder
+    from lsdseg.data import find_pairs
+    from lsdseg.dataset import SegmentationDataset
+    from lsdseg.model import LatentSegmenter
+    from lsdseg.train import TrainConfig, train
+
+    init = save_checkpoint(
+        without_image_decoder(LatentSegmenter(from_dict(ModelConfig, TINY))), tmp_path / "init"
+    )
+    _, pairs = find_pairs(data)
+    dataset = SegmentationDataset(pairs, 64, AugmentConfig())
+    cfg = TrainConfig(epochs=1, batch_size=4, max_steps_per_epoch=2, warmup_steps=1, init=str(init))
+    model_cfg = from_dict(ModelConfig, TINY)
+    with pytest.raises(ValueError, match=r"has no image decoder.*--stage diffusion"):
+        train(model_cfg, cfg, dataset, None, tmp_path / "all", "cpu")
+    assert not (tmp_path / "all" / "last").exists()
+    loop = train(model_cfg, replace(cfg, stage="diffusion"), dataset, None, tmp_path / "ft", "cpu")
+    assert loop.phase == "done"
+    trained = _weights(tmp_path / "ft" / "last")
+    assert not any(k.startswith("image_ae.decoder.") for k in trained)
+    before = _weights(init)
+    assert any(not torch.equal(trained[k], before[k]) for k in trained if k.startswith("unet."))
