@@ -7,6 +7,7 @@ import dataclasses
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     from lsdseg.config import ModelConfig, load_json
     from lsdseg.dataset import SegmentationDataset
     from lsdseg.segmenter import bundled_weights, resolve_device
-    from lsdseg.train import TrainConfig, train
+    from lsdseg.train import TrainConfig, Trainer
 
     console = Console(stderr=True)
     device = resolve_device(args.device)
@@ -158,14 +159,31 @@ def run(args: argparse.Namespace) -> int:
     size = model_cfg.image_size
     train_set = SegmentationDataset(train_pairs, size, AugmentConfig(), seed=args.seed)
     val_set = SegmentationDataset(val_pairs, size) if val_pairs else None
+    out = Path(args.out)
+    data_desc = ", ".join(args.data)
+    display: list[Callable[[dict], None]] = []  # the progress bar's handler, once it exists
+
+    def emit(event: dict) -> None:
+        for show in display:
+            show(event)
+
+    # built before the slow preload, so a checkpoint that cannot be loaded or grown fails at once
+    trainer = Trainer(
+        model_cfg,
+        cfg,
+        train_set,
+        val_set,
+        out,
+        device,
+        on_event=emit,
+        card=lambda m, lp: training_card(m, lp, data_desc, str(device)),
+    )
     with console.status("decoding and caching images"):
         train_set.preload()
         if val_set is not None:
             val_set.preload()
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "command.txt").write_text(shlex.join(["lsdseg", *sys.argv[1:]]) + "\n")
-    data_desc = ", ".join(args.data)
 
     with Progress(
         TextColumn("{task.description}"),
@@ -196,16 +214,8 @@ def run(args: argparse.Namespace) -> int:
                     f"{val} ({e['time_s']:.0f} s)"
                 )
 
-        loop = train(
-            model_cfg,
-            cfg,
-            train_set,
-            val_set,
-            out,
-            device,
-            on_event,
-            card=lambda m, lp: training_card(m, lp, data_desc, str(device)),
-        )
+        display.append(on_event)
+        loop = trainer.run()
     console.print(
         f"done: best validation Dice {loop.best_dice:.4f}; checkpoints in {out}/best and {out}/last"
     )

@@ -128,6 +128,34 @@ def test_train_grows_a_checkpoint_and_saves_the_deeper_model(capsys, tiny, tmp_p
     assert saved["train"]["grow"] == {"image_ae": {"context_depth": 2}}
 
 
+def test_refused_grow_fails_before_the_data_is_decoded(capsys, tiny, tmp_path, monkeypatch):
+    from lsdseg.dataset import SegmentationDataset
+
+    def preload(self) -> None:
+        raise AssertionError("the data was decoded before the checkpoint was checked")
+
+    monkeypatch.setattr(SegmentationDataset, "preload", preload)
+    data = make_pairs(tmp_path / "d", [(40, 50)] * 4)
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--out", str(run), "--init", tiny, "--imgsz", "32"]
+    argv += ["--stage", "diffusion", "--batch-size", "2", "--grow", WIDER.format()]
+    assert main(argv) == 1
+    assert "renamed or reshaped" in capsys.readouterr().err
+    assert not run.exists()  # nothing written for a run that never started
+
+
+def test_stage_one_from_inference_only_weights_is_one_line(capsys, tiny, tmp_path):
+    from lsdseg.checkpoint import load_checkpoint, save_checkpoint, without_image_decoder
+
+    slim = save_checkpoint(without_image_decoder(load_checkpoint(tiny)), tmp_path / "slim")
+    data = make_pairs(tmp_path / "d", [(40, 50)] * 4)
+    argv = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--init", str(slim)]
+    assert main([*argv, "--imgsz", "32", "--batch-size", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "--stage diffusion" in err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1, err
+
+
 def test_mismatched_checkpoint_is_refused(capsys, tiny, tmp_path):
     import shutil
 
