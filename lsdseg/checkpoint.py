@@ -226,8 +226,9 @@ def grow_checkpoint(
 def without_image_decoder(model: LatentSegmenter) -> LatentSegmenter:
     """The same network without the image decoder D_x, which only stage 1 uses.
 
-    Bundled (inference-only) weights ship this way: every output of the model is unchanged,
-    and the file is smaller. Stage 2 can still fine-tune from it; stage 1 cannot.
+    ``scripts/bundle_weights.py`` writes inference-only weights this way: every output of the
+    model is unchanged, and the file is smaller. Stage 2 can still fine-tune from it; stage 1
+    cannot.
     """
     if model.image_ae.decoder is None:
         return model

@@ -220,9 +220,10 @@ class Trainer:
             and self.model.image_ae.decoder is None
         ):
             raise ValueError(
-                f"{cfg.init or out} has no image decoder (an inference-only checkpoint such as "
-                "the bundled weights), so stage 1 cannot train its image autoencoder: use "
-                "--stage diffusion to fine-tune it, or start from a training run's checkpoint"
+                f"{cfg.init or out} has no image decoder (an inference-only checkpoint, as "
+                "scripts/bundle_weights.py writes), so stage 1 cannot train its image "
+                "autoencoder: use --stage diffusion to fine-tune it, or start from a training "
+                "run's checkpoint"
             )
         self.local_bs = cfg.batch_size // self.world
         self.steps_per_epoch = len(train_set) // cfg.batch_size

@@ -111,7 +111,7 @@ class ImageAutoencoder(nn.Module):
         if self.decoder is None:
             raise RuntimeError(
                 "this image autoencoder has no decoder (image_ae.decoder=false: an inference-only "
-                "checkpoint such as the bundled weights); train stage 'diffusion' from it, or "
+                "checkpoint); train stage 'diffusion' from it, or "
                 "start stage 1 from a full training checkpoint"
             )
         return self.decoder(z)
