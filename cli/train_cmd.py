@@ -7,7 +7,6 @@ import dataclasses
 import json
 import shlex
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -161,11 +160,35 @@ def run(args: argparse.Namespace) -> int:
     val_set = SegmentationDataset(val_pairs, size) if val_pairs else None
     out = Path(args.out)
     data_desc = ", ".join(args.data)
-    display: list[Callable[[dict], None]] = []  # the progress bar's handler, once it exists
+    # made (not started) before the trainer, which takes its handler; shown while training
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    task = progress.add_task("", total=1, info="")
 
-    def emit(event: dict) -> None:
-        for show in display:
-            show(event)
+    def on_event(e: dict) -> None:
+        if e["kind"] == "phase":
+            progress.reset(task, total=e["steps"], description=f"{e['phase']}")
+        elif e["kind"] == "step":
+            progress.update(
+                task,
+                completed=e["i"],
+                description=f"{e['phase']} epoch {e['epoch'] + 1}",
+                info=f"loss {e['loss']:.4f}",
+            )
+        elif e["kind"] == "epoch":
+            vals = {k: v for k, v in e.items() if k.startswith("val_")}
+            val = " ".join(f"{k[4:]} {v:.3f}" for k, v in vals.items())
+            progress.console.print(
+                f"{e['phase']} epoch {e['epoch']}: loss {e.get('loss', float('nan')):.4f} "
+                f"{val} ({e['time_s']:.0f} s)"
+            )
 
     # built before the slow preload, so a checkpoint that cannot be loaded or grown fails at once
     trainer = Trainer(
@@ -175,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
         val_set,
         out,
         device,
-        on_event=emit,
+        on_event=on_event,
         card=lambda m, lp: training_card(m, lp, data_desc, str(device)),
     )
     with console.status("decoding and caching images"):
@@ -184,37 +207,7 @@ def run(args: argparse.Namespace) -> int:
             val_set.preload()
     out.mkdir(parents=True, exist_ok=True)
     (out / "command.txt").write_text(shlex.join(["lsdseg", *sys.argv[1:]]) + "\n")
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[info]}"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    ) as progress:
-        task = progress.add_task("", total=1, info="")
-
-        def on_event(e: dict) -> None:
-            if e["kind"] == "phase":
-                progress.reset(task, total=e["steps"], description=f"{e['phase']}")
-            elif e["kind"] == "step":
-                progress.update(
-                    task,
-                    completed=e["i"],
-                    description=f"{e['phase']} epoch {e['epoch'] + 1}",
-                    info=f"loss {e['loss']:.4f}",
-                )
-            elif e["kind"] == "epoch":
-                vals = {k: v for k, v in e.items() if k.startswith("val_")}
-                val = " ".join(f"{k[4:]} {v:.3f}" for k, v in vals.items())
-                progress.console.print(
-                    f"{e['phase']} epoch {e['epoch']}: loss {e.get('loss', float('nan')):.4f} "
-                    f"{val} ({e['time_s']:.0f} s)"
-                )
-
-        display.append(on_event)
+    with progress:
         loop = trainer.run()
     console.print(
         f"done: best validation Dice {loop.best_dice:.4f}; checkpoints in {out}/best and {out}/last"
