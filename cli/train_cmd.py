@@ -55,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="",
         metavar="JSON",
         help="with --init: architecture changes that start as the identity, e.g. "
-        '\'{"image_ae": {"context_depth": 2}}\'',
+        '\'{"image_ae": {"context_depth": 2}}\' (or encoder_depth)',
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")

@@ -40,6 +40,7 @@ class ImageAEConfig:
     factor: int = 8  # spatial down-sampling f; 4 or 8
     latent_channels: int = 16  # c_x, channels of the image latent fed to the denoiser
     channels: tuple[int, ...] = (32, 64, 128)  # widths at S/2, S/4, S/8 (len = log2(f))
+    encoder_depth: int = 1  # residual blocks per encoder level below the stem (S/4 ... S/f)
     context_channels: tuple[int, ...] = (192, 256)  # context branch widths at S/2f, S/4f, ...
     context_depth: int = 1  # residual blocks per context level (see vae._Context)
     groups: int = 8  # GroupNorm groups
@@ -49,6 +50,7 @@ class ImageAEConfig:
         _check(self.factor in (4, 8), f"factor={self.factor} must be 4 or 8")
         _check(self.latent_channels >= 1, f"latent_channels={self.latent_channels} must be >= 1")
         _check(self.groups >= 1, f"groups={self.groups} must be >= 1")
+        _check(self.encoder_depth >= 1, f"encoder_depth={self.encoder_depth} must be >= 1")
         _check(self.context_depth >= 1, f"context_depth={self.context_depth} must be >= 1")
         _check_channels("channels", self.channels, self.groups)
         if self.context_channels:

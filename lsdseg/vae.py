@@ -21,21 +21,40 @@ from lsdseg.layers import Downsample, GroupNormAct, ResBlock, Upsample
 class _Encoder(nn.Module):
     """Strided conv stem, then (Downsample, ResBlock) per level, then a 1x1 head.
 
+    With ``depth`` > 1 each level gets ``depth - 1`` more residual blocks that start as the
+    identity (:func:`_identity_block`). They live in ``more``, apart from ``body``, so that the
+    tensors of a trained shallower encoder keep their names and it can be grown
+    (:func:`lsdseg.checkpoint.grow_checkpoint`). Anything appended to ``body`` after the levels
+    (the image encoder's context branch) runs after them.
+
     Shapes:
         (B, c_in, S, S) -> (B, c_out, S / 2**len(channels), S / 2**len(channels)).
     """
 
-    def __init__(self, c_in: int, channels: tuple[int, ...], c_out: int, groups: int) -> None:
+    def __init__(
+        self, c_in: int, channels: tuple[int, ...], c_out: int, groups: int, depth: int = 1
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(c_in, channels[0], 3, stride=2, padding=1)]
         for prev, c in itertools.pairwise(channels):
             layers += [Downsample(prev, c), ResBlock(c, c, groups)]
         self.body = nn.Sequential(*layers)
+        self.levels = len(channels) - 1
+        # one (possibly empty, tensor-less) stack per level after the stem: S/4, S/8, ...
+        self.more = nn.ModuleList(
+            nn.Sequential(*(_identity_block(c, groups) for _ in range(depth - 1)))
+            for c in channels[1:]
+        )
         self.norm = GroupNormAct(channels[-1], groups)
         self.head = nn.Conv2d(channels[-1], c_out, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(self.body(x)))
+        h = self.body[0](x)  # (B, channels[0], S/2, S/2)
+        for i, more in enumerate(self.more):  # level i + 1: S / 2**(i + 2)
+            h = more(self.body[2 + 2 * i](self.body[1 + 2 * i](h)))
+        for layer in self.body[1 + 2 * self.levels :]:  # the context branch, if appended
+            h = layer(h)
+        return self.head(self.norm(h))
 
 
 class _Context(nn.Module):
@@ -93,7 +112,7 @@ class ImageAutoencoder(nn.Module):
     def __init__(self, cfg: ImageAEConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.encoder = _Encoder(3, cfg.channels, cfg.latent_channels, cfg.groups)
+        self.encoder = _Encoder(3, cfg.channels, cfg.latent_channels, cfg.groups, cfg.encoder_depth)
         if cfg.context_channels:
             # the context branch sits between the encoder body and its 1x1 head
             self.encoder.body.append(

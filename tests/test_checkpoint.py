@@ -216,19 +216,32 @@ def test_half_precision_storage_halves_the_file_and_keeps_outputs(
     torch.testing.assert_close(a, b, atol=2e-3, rtol=0)
 
 
+@pytest.mark.parametrize(
+    ("key", "where"),
+    [("context_depth", "image_ae.encoder.body."), ("encoder_depth", "image_ae.encoder.more.")],
+)
 def test_grow_adds_identity_blocks_and_keeps_every_output(
-    saved: Path, tiny_model: LatentSegmenter
+    saved: Path, tiny_model: LatentSegmenter, key: str, where: str
 ) -> None:
-    grown = ckpt.grow_checkpoint(saved, {"image_ae": {"context_depth": 3}})
-    assert grown.cfg.image_ae.context_depth == 3
+    grown = ckpt.grow_checkpoint(saved, {"image_ae": {key: 3}})
+    assert getattr(grown.cfg.image_ae, key) == 3
     old = tiny_model.state_dict()
     new = grown.state_dict()
     assert set(old) < set(new)  # every trained tensor kept, new ones added
-    assert any(k.startswith("image_ae.encoder.body.") and ".merge." in k for k in new)
+    added = [k for k in new if k not in old]
+    assert added and all(where in k for k in added)
     for k, v in old.items():
         assert torch.equal(new[k], v), k
     for a, b in zip(_outputs(tiny_model), _outputs(grown), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # the new blocks are wired in: once trained away from zero, they change the image latent
+    x = torch.randn(1, 3, grown.cfg.image_size, grown.cfg.image_size)
+    with torch.no_grad():
+        before = grown.encode_image(x)
+        for k in added:
+            if k.endswith("conv2.weight"):
+                grown.get_parameter(k).normal_(std=0.1)
+        assert not torch.allclose(grown.encode_image(x), before)
 
 
 def test_grown_model_round_trips(saved: Path, tmp_path: Path) -> None:

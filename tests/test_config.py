@@ -56,6 +56,7 @@ INVALID: list[tuple[type, dict[str, Any], str]] = [
     (ImageAEConfig, {"latent_channels": 0}, "latent_channels=0"),
     (ImageAEConfig, {"groups": 0}, "groups=0"),
     (ImageAEConfig, {"context_depth": 0}, "context_depth=0"),
+    (ImageAEConfig, {"encoder_depth": 0}, "encoder_depth=0"),
     (ImageAEConfig, {"channels": (32, 64)}, "needs 3 widths"),
     (ImageAEConfig, {"channels": (30, 64, 128)}, "multiple of groups=8"),
     (ImageAEConfig, {"channels": ()}, "at least one width"),

@@ -8,6 +8,7 @@ bundled default weights are exported once for the checks on real frames of the d
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -66,10 +67,20 @@ def cache_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    """S=64 tiny model: normalisation (0.4, 0.5, 0.6)/(0.2, 0.25, 0.3), latent scale 1.5."""
+    """S=64 tiny model: normalisation (0.4, 0.5, 0.6)/(0.2, 0.25, 0.3), latent scale 1.5.
+
+    Two residual blocks per encoder and context level, the second ones (which start as the
+    identity) drawn at random, so the exported graph covers every block a grown model has.
+    """
     from conftest import _tiny_config, _tiny_model
 
-    model = _tiny_model(_tiny_config(), seed=1, head_std=0.3)
+    cfg = _tiny_config()
+    cfg = replace(cfg, image_ae=replace(cfg.image_ae, encoder_depth=2, context_depth=2))
+    model = _tiny_model(cfg, seed=1, head_std=0.3)
+    with torch.no_grad():
+        for name, p in model.image_ae.encoder.named_parameters():
+            if name.endswith("conv2.weight") and not p.any():
+                p.normal_(0.0, 0.1)
     return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny-attn")
 
 
