@@ -39,7 +39,6 @@ class _Encoder(nn.Module):
         for prev, c in itertools.pairwise(channels):
             layers += [Downsample(prev, c), ResBlock(c, c, groups)]
         self.body = nn.Sequential(*layers)
-        self.levels = len(channels) - 1
         # one (possibly empty, tensor-less) stack per level after the stem: S/4, S/8, ...
         self.more = nn.ModuleList(
             nn.Sequential(*(_identity_block(c, groups) for _ in range(depth - 1)))
@@ -52,7 +51,7 @@ class _Encoder(nn.Module):
         h = self.body[0](x)  # (B, channels[0], S/2, S/2)
         for i, more in enumerate(self.more):  # level i + 1: S / 2**(i + 2)
             h = more(self.body[2 + 2 * i](self.body[1 + 2 * i](h)))
-        for layer in self.body[1 + 2 * self.levels :]:  # the context branch, if appended
+        for layer in self.body[1 + 2 * len(self.more) :]:  # the context branch, if appended
             h = layer(h)
         return self.head(self.norm(h))
 
