@@ -75,6 +75,22 @@ def read_loop(folder: Path) -> LoopState:
     return LoopState(**json.loads((folder / STATE_JSON).read_text())["loop"])
 
 
+def ema_weights(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The stage-2 EMA weights saved beside a ``last`` checkpoint, as a model state dict.
+
+    ``last/model.safetensors`` holds the live weights (what training resumes from); the EMA,
+    which validation and ``best/`` use, is only in the training state.
+    """
+    folder = Path(folder)
+    if not has_state(folder):
+        raise FileNotFoundError(f"{folder} has no training state: pass a run's last/ checkpoint")
+    more = load_file(str(folder / STATE_TENSORS))
+    ema = {k[4:]: v for k, v in more.items() if k.startswith("ema.")}
+    if not ema:
+        raise ValueError(f"{folder} has no EMA weights: they exist once stage 2 (diffusion) ran")
+    return ema
+
+
 def restore_state(
     folder: Path, opt: torch.optim.Optimizer, ema: nn.Module | None, phase: str
 ) -> None:
@@ -91,6 +107,5 @@ def restore_state(
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     more = load_file(str(folder / STATE_TENSORS))
     torch.set_rng_state(more["torch_rng"])
-    ema_state = {k[4:]: v for k, v in more.items() if k.startswith("ema.")}
-    if ema is not None and ema_state:
-        ema.load_state_dict(ema_state)
+    if ema is not None and any(k.startswith("ema.") for k in more):
+        ema.load_state_dict(ema_weights(folder))

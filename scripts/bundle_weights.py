@@ -8,6 +8,10 @@ and writes ``lsdseg/weights/default`` (fp16 safetensors + config.json + card.md)
 
     python scripts/bundle_weights.py --run runs/train/default-v2 \
         --data ../shared/data/kvasir-seg --data ../shared/data/cvc-clinicdb
+
+``--checkpoint`` picks what is bundled: ``best`` (the EMA with the best validation Dice at the
+training resolution), ``last`` (the live weights of the final epoch) or ``last-ema`` (the EMA of
+the final epoch, from ``last/``'s training state).
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from lsdseg.cli.train_cmd import load_pairs
 from lsdseg.config import to_dict
 from lsdseg.data import load_sample
 from lsdseg.evaluate import evaluate
+from lsdseg.model import LatentSegmenter
 from lsdseg.segmenter import Segmenter
+from lsdseg.trainstate import ema_weights
 from lsdseg.version import __version__
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
@@ -51,9 +57,18 @@ def sweep(seg: Segmenter, samples, steps: int, k: int) -> dict[str, float]:
     return out
 
 
+def load_weights(folder: str | Path, ema: bool = False) -> LatentSegmenter:
+    """A checkpoint folder's model; with ``ema``, the EMA weights saved in its training state."""
+    model = load_checkpoint(folder)
+    if ema:
+        model.load_state_dict(ema_weights(folder))
+    return model
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", required=True, help="training run folder (uses its best/)")
+    p.add_argument("--run", required=True, help="training run folder")
+    p.add_argument("--checkpoint", choices=("best", "last", "last-ema"), default="best")
     p.add_argument("--data", action="append", required=True)
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
@@ -63,7 +78,9 @@ def main() -> None:
     p.add_argument("--history", default="", help="Markdown file: how the run chain was trained")
     args = p.parse_args()
     run = Path(args.run)
-    model = without_image_decoder(load_checkpoint(run / "best"))  # D_x only trains stage 1
+    folder = run / args.checkpoint.removesuffix("-ema")
+    model = load_weights(folder, ema=args.checkpoint.endswith("-ema"))
+    model = without_image_decoder(model)  # D_x only trains stage 1
     seg = Segmenter(model)
     _, val = load_pairs(args.data, None, args.val_fraction, args.seed)
     if args.limit:
@@ -100,10 +117,20 @@ def main() -> None:
         print(src, json.dumps(ev.summary), flush=True)
 
     train_cfg = json.loads((run / "config.json").read_text())["train"]
-    meta = json.loads((run / "best" / "config.json").read_text())
+    meta = json.loads((folder / "config.json").read_text())
     loop = meta.get("extra", {}).get("loop", {})
     card = render_card(
-        model, final, rows, sources, steps, threshold, best_score, train_cfg, loop, run
+        model,
+        final,
+        rows,
+        sources,
+        steps,
+        threshold,
+        best_score,
+        train_cfg,
+        loop,
+        run,
+        args.checkpoint,
     )
     if args.history:  # the run chain (stages, restarts) told by whoever ran it
         history = Path(args.history).read_text().strip()
@@ -124,9 +151,9 @@ def main() -> None:
     print(f"wrote {out} ({size:.1f} MB), steps={steps}, threshold={threshold}")
 
 
-def _best_epoch(run: Path, train_cfg: dict, loop: dict) -> str:
-    """Which epoch best/ holds, from metrics.csv (its saved loop state reads "done" when the
-    best epoch was the last one)."""
+def _which_epoch(run: Path, train_cfg: dict, loop: dict, checkpoint: str) -> str:
+    """Which epoch the bundled checkpoint holds, from metrics.csv (a saved loop state reads
+    "done" when it was the last one)."""
     import csv
 
     file = run / "metrics.csv"
@@ -135,16 +162,33 @@ def _best_epoch(run: Path, train_cfg: dict, loop: dict) -> str:
     if not rows:
         return f"saved loop state {json.dumps(loop)}"
     best = max(rows, key=lambda r: float(r["val_dice"]))
+    if checkpoint != "best":
+        best = rows[-1]
     dice, minutes = float(best["val_dice"]), float(rows[-1]["time_s"]) / 60
     steps = train_cfg.get("val_steps", 4)
+    what = {
+        "best": "best checkpoint (EMA)",
+        "last": "final checkpoint (live weights, not the EMA)",
+        "last-ema": "final checkpoint (EMA)",
+    }[checkpoint]
     return (
-        f"epoch {best['epoch']} of {train_cfg['epochs']} (validation Dice {dice:.3f} at {steps}"
-        f" steps, training resolution); {minutes:.0f} min of training"
+        f"{what}: epoch {best['epoch']} of {train_cfg['epochs']} (validation Dice of the EMA "
+        f"{dice:.3f} at {steps} steps, training resolution); {minutes:.0f} min of training"
     )
 
 
 def render_card(
-    model, final, rows, sources, steps, threshold, best_score, train_cfg, loop, run: Path
+    model,
+    final,
+    rows,
+    sources,
+    steps,
+    threshold,
+    best_score,
+    train_cfg,
+    loop,
+    run: Path,
+    checkpoint: str = "best",
 ) -> str:
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
     command = (run / "command.txt").read_text().strip() if (run / "command.txt").exists() else ""
@@ -219,7 +263,7 @@ def render_card(
         "  no GPU. Stage 1 (autoencoders) and stage 2 (diffusion, image encoder fine-tuned",
         "  jointly) as in DESIGN.md; best checkpoint by validation Dice of the full sampler (EMA).",
         f"- stage-2 settings: {json.dumps(train_cfg)}",
-        f"- best checkpoint: {_best_epoch(run, train_cfg, loop)}",
+        f"- bundled: {_which_epoch(run, train_cfg, loop, checkpoint)}",
         f"- command: `{command}`",
         "- how it was trained end to end, and what was tried: see benchmarks/RESULTS.md.",
         "",

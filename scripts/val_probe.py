@@ -5,17 +5,18 @@ bundled (``scripts/bundle_weights.py`` does the full sweep and the final metrics
 the split of ``lsdseg train`` (by group, ``--val-fraction``, ``--seed``) and draws K = 8
 hypotheses with one seed per image.
 
-    python scripts/val_probe.py runs/train/default-v7/best runs/train/default-v8/best \\
+    python scripts/val_probe.py runs/train/default-v7/best runs/train/default-v8/last:ema \\
         --data ../shared/data/kvasir-seg --data ../shared/data/cvc-clinicdb
+
+``FOLDER:ema`` probes the EMA weights saved in a ``last/`` checkpoint's training state.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from bundle_weights import THRESHOLDS, sweep  # the sweep the bundled defaults are picked by
+from bundle_weights import THRESHOLDS, load_weights, sweep  # what picks the bundled defaults
 
-from lsdseg.checkpoint import load_checkpoint
 from lsdseg.cli.train_cmd import load_pairs
 from lsdseg.data import load_sample
 from lsdseg.segmenter import Segmenter
@@ -23,7 +24,9 @@ from lsdseg.segmenter import Segmenter
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("checkpoints", nargs="+", help="checkpoint folders (a run's best/ or last/)")
+    p.add_argument(
+        "checkpoints", nargs="+", help="checkpoint folders (a run's best/ or last/, or last/:ema)"
+    )
     p.add_argument("--data", action="append", required=True)
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
@@ -34,7 +37,8 @@ def main() -> None:
     sources = sorted({pair.group.split(":", 1)[0] for pair in val})
     print("checkpoint, steps, dataset: Dice at thresholds", THRESHOLDS)
     for path in args.checkpoints:
-        seg = Segmenter(load_checkpoint(path))
+        ema = path.endswith(":ema")
+        seg = Segmenter(load_weights(path.removesuffix(":ema"), ema=ema))
         for steps in (int(s) for s in args.steps.split(",")):
             row = sweep(seg, samples, steps, 8)
             for src in sources:

@@ -227,3 +227,13 @@ def test_stage_one_from_decoder_less_weights_is_refused_and_stage_two_trains(dat
     assert not any(k.startswith("image_ae.decoder.") for k in trained)
     before = _weights(init)
     assert any(not torch.equal(trained[k], before[k]) for k in trained if k.startswith("unet."))
+    # last/ holds the live weights; the EMA that best/ was saved from is in its training state
+    from lsdseg.trainstate import ema_weights
+
+    ema = ema_weights(tmp_path / "ft" / "last")
+    assert ema.keys() == trained.keys()
+    best = _weights(tmp_path / "ft" / "best")  # one epoch: best/ is the final EMA
+    assert all(torch.equal(ema[k], best[k]) for k in best)
+    assert any(not torch.equal(ema[k], trained[k]) for k in trained)
+    with pytest.raises(FileNotFoundError, match="no training state"):
+        ema_weights(init)
