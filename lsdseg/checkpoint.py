@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from lsdseg.config import ModelConfig, from_dict, to_dict
 from lsdseg.model import LatentSegmenter
+from lsdseg.vae import rename_legacy_encoder_keys
 from lsdseg.version import __version__
 
 FORMAT_VERSION = 1
@@ -142,6 +143,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Lat
         state = load_file(str(file), device=str(device))
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"{file} cannot be read ({e}); re-download or re-export it") from None
+    state = rename_legacy_encoder_keys(state)  # checkpoints saved by older lsdseg 0.1.0
     model = LatentSegmenter(cfg).to(device)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))

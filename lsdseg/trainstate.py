@@ -16,6 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lsdseg.vae import rename_legacy_encoder_keys
+
 OPTIMIZER, STATE_TENSORS, STATE_JSON = (
     "optimizer.safetensors",
     "trainer.safetensors",
@@ -85,7 +87,7 @@ def ema_weights(folder: str | Path) -> dict[str, torch.Tensor]:
     if not has_state(folder):
         raise FileNotFoundError(f"{folder} has no training state: pass a run's last/ checkpoint")
     more = load_file(str(folder / STATE_TENSORS))
-    ema = {k[4:]: v for k, v in more.items() if k.startswith("ema.")}
+    ema = rename_legacy_encoder_keys({k[4:]: v for k, v in more.items() if k.startswith("ema.")})
     if not ema:
         raise ValueError(f"{folder} has no EMA weights: they exist once stage 2 (diffusion) ran")
     return ema

@@ -9,6 +9,7 @@ that are upsampled bilinearly to the image size.
 from __future__ import annotations
 
 import itertools
+import re
 
 import torch
 import torch.nn.functional as F
@@ -19,41 +20,75 @@ from lsdseg.layers import Downsample, GroupNormAct, ResBlock, Upsample
 
 
 class _Encoder(nn.Module):
-    """Strided conv stem, then (Downsample, ResBlock) per level, then a 1x1 head.
+    """Strided conv stem, one stage per level, an optional context branch, then a 1x1 head.
 
-    With ``depth`` > 1 each level gets ``depth - 1`` more residual blocks that start as the
-    identity (:func:`_identity_block`). They live in ``more``, apart from ``body``, so that the
-    tensors of a trained shallower encoder keep their names and it can be grown
-    (:func:`lsdseg.checkpoint.grow_checkpoint`). Anything appended to ``body`` after the levels
-    (the image encoder's context branch) runs after them.
+    Each level is (Downsample, ResBlock) followed by ``depth - 1`` residual blocks that start as
+    the identity (:func:`_identity_block`), so a trained shallower encoder can be grown without
+    renaming its tensors (:func:`lsdseg.checkpoint.grow_checkpoint`). ``context`` (the image
+    encoder's :class:`_Context`) runs on the deepest level, before the head.
 
     Shapes:
         (B, c_in, S, S) -> (B, c_out, S / 2**len(channels), S / 2**len(channels)).
     """
 
     def __init__(
-        self, c_in: int, channels: tuple[int, ...], c_out: int, groups: int, depth: int = 1
+        self,
+        c_in: int,
+        channels: tuple[int, ...],
+        c_out: int,
+        groups: int,
+        depth: int = 1,
+        context: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(c_in, channels[0], 3, stride=2, padding=1)]
-        for prev, c in itertools.pairwise(channels):
-            layers += [Downsample(prev, c), ResBlock(c, c, groups)]
-        self.body = nn.Sequential(*layers)
-        # one (possibly empty, tensor-less) stack per level after the stem: S/4, S/8, ...
-        self.more = nn.ModuleList(
-            nn.Sequential(*(_identity_block(c, groups) for _ in range(depth - 1)))
-            for c in channels[1:]
+        self.stem = nn.Conv2d(c_in, channels[0], 3, stride=2, padding=1)
+        self.levels = nn.ModuleList(  # level i: S / 2**(i + 2)
+            nn.Sequential(
+                Downsample(prev, c),
+                ResBlock(c, c, groups),
+                *(_identity_block(c, groups) for _ in range(depth - 1)),
+            )
+            for prev, c in itertools.pairwise(channels)
         )
+        self.context = context
         self.norm = GroupNormAct(channels[-1], groups)
         self.head = nn.Conv2d(channels[-1], c_out, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.body[0](x)  # (B, channels[0], S/2, S/2)
-        for i, more in enumerate(self.more):  # level i + 1: S / 2**(i + 2)
-            h = more(self.body[2 + 2 * i](self.body[1 + 2 * i](h)))
-        for layer in self.body[1 + 2 * len(self.more) :]:  # the context branch, if appended
-            h = layer(h)
+        h = self.stem(x)  # (B, channels[0], S/2, S/2)
+        for level in self.levels:
+            h = level(h)
+        if self.context is not None:
+            h = self.context(h)
         return self.head(self.norm(h))
+
+
+def rename_legacy_encoder_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensor names of encoders saved before ``stem`` / ``levels`` / ``context`` existed.
+
+    lsdseg 0.1.0 checkpoints up to the run-8 default weights kept the encoder in one
+    ``body`` Sequential (stem, then Downsample and ResBlock per level, then the context branch)
+    plus ``more.I.J`` for the blocks of ``encoder_depth``. Names already in the current layout
+    pass through unchanged, so this is safe on any state dict.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        m = re.fullmatch(r"(.*encoder\.)(body|more)\.(\d+)\.(.+)", key)
+        if m is None:
+            out[key] = value
+            continue
+        prefix, kind, n, rest = m[1], m[2], int(m[3]), m[4]
+        if kind == "more":  # more.I.J -> the (2 + J)-th block of level I
+            j, rest = rest.split(".", 1)
+            name = f"levels.{n}.{2 + int(j)}.{rest}"
+        elif n == 0:
+            name = f"stem.{rest}"
+        elif rest.startswith(("down.", "up.", "merge.")):  # only _Context has these
+            name = f"context.{rest}"
+        else:  # body.(1 + 2i) = Downsample, body.(2 + 2i) = ResBlock of level i
+            name = f"levels.{(n - 1) // 2}.{(n - 1) % 2}.{rest}"
+        out[prefix + name] = value
+    return out
 
 
 class _Context(nn.Module):
@@ -111,12 +146,14 @@ class ImageAutoencoder(nn.Module):
     def __init__(self, cfg: ImageAEConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.encoder = _Encoder(3, cfg.channels, cfg.latent_channels, cfg.groups, cfg.encoder_depth)
-        if cfg.context_channels:
-            # the context branch sits between the encoder body and its 1x1 head
-            self.encoder.body.append(
-                _Context(cfg.channels[-1], cfg.context_channels, cfg.groups, cfg.context_depth)
-            )
+        context = (
+            _Context(cfg.channels[-1], cfg.context_channels, cfg.groups, cfg.context_depth)
+            if cfg.context_channels
+            else None
+        )
+        self.encoder = _Encoder(
+            3, cfg.channels, cfg.latent_channels, cfg.groups, cfg.encoder_depth, context
+        )
         # D_x only trains E_x in stage 1; an inference-only checkpoint (decoder=False) has none
         self.decoder = _image_decoder(cfg) if cfg.decoder else None
 

@@ -218,7 +218,10 @@ def test_half_precision_storage_halves_the_file_and_keeps_outputs(
 
 @pytest.mark.parametrize(
     ("key", "where"),
-    [("context_depth", "image_ae.encoder.body."), ("encoder_depth", "image_ae.encoder.more.")],
+    [
+        ("context_depth", "image_ae.encoder.context."),
+        ("encoder_depth", "image_ae.encoder.levels."),
+    ],
 )
 def test_grow_adds_identity_blocks_and_keeps_every_output(
     saved: Path, tiny_model: LatentSegmenter, key: str, where: str
@@ -242,6 +245,50 @@ def test_grow_adds_identity_blocks_and_keeps_every_output(
             if k.endswith("conv2.weight"):
                 grown.get_parameter(k).normal_(std=0.1)
         assert not torch.allclose(grown.encode_image(x), before)
+
+
+def _legacy_name(key: str) -> str:
+    """The name a tensor had in lsdseg 0.1.0 checkpoints up to the run-8 default weights:
+    encoder layers in one ``body`` Sequential, extra level blocks in ``more.I.J``."""
+    prefix, sep, rest = key.partition("encoder.")
+    if not sep:
+        return key
+    head, _, tail = rest.partition(".")
+    if head == "stem":
+        return f"{prefix}encoder.body.0.{tail}"
+    if head == "context":
+        return f"{prefix}encoder.body.5.{tail}"  # after 2 levels: body.1-4
+    if head == "levels":
+        i, j, param = tail.split(".", 2)
+        if int(j) >= 2:
+            return f"{prefix}encoder.more.{i}.{int(j) - 2}.{param}"
+        return f"{prefix}encoder.body.{1 + 2 * int(i) + int(j)}.{param}"
+    return key
+
+
+def test_checkpoints_with_the_old_encoder_names_still_load(saved: Path, tmp_path: Path) -> None:
+    from lsdseg.trainstate import LoopState, ema_weights, write_state
+
+    grown = ckpt.grow_checkpoint(saved, {"image_ae": {"encoder_depth": 2, "context_depth": 2}})
+    with torch.no_grad():
+        for p in grown.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # so that a wrong mapping changes the outputs
+    folder = save_checkpoint(grown, tmp_path / "old")
+    state = load_file(str(folder / "model.safetensors"))
+    legacy = {_legacy_name(k): v for k, v in state.items()}
+    assert "image_ae.encoder.more.1.0.conv2.weight" in legacy
+    assert "mask_vae.encoder.body.4.conv1.weight" in legacy
+    assert len(legacy) == len(state)
+    save_file(legacy, str(folder / "model.safetensors"))
+    loaded = load_checkpoint(folder)
+    for a, b in zip(_outputs(grown), _outputs(loaded), strict=True):
+        assert torch.equal(a, b)
+    # the EMA in a run's training state is renamed the same way
+    opt = torch.optim.SGD(grown.parameters(), lr=0.1)
+    write_state(folder, opt, grown, LoopState(phase="diffusion"))
+    more = load_file(str(folder / "trainer.safetensors"))
+    save_file({_legacy_name(k): v for k, v in more.items()}, str(folder / "trainer.safetensors"))
+    assert ema_weights(folder).keys() == state.keys()
 
 
 def test_grown_model_round_trips(saved: Path, tmp_path: Path) -> None:
