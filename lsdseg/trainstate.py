@@ -93,6 +93,25 @@ def ema_weights(folder: str | Path) -> dict[str, torch.Tensor]:
     return ema
 
 
+def _check_shapes(
+    folder: Path, opt: torch.optim.Optimizer, state: dict[int, dict[str, Any]]
+) -> None:
+    """Refuse optimiser state saved for other parameters (it is keyed by parameter order)."""
+    params = [p for group in opt.param_groups for p in group["params"]]
+    for pid, st in state.items():
+        for name, v in st.items():
+            if not torch.is_tensor(v) or v.ndim == 0:
+                continue  # step counters
+            if pid >= len(params) or v.shape != params[pid].shape:
+                have = tuple(params[pid].shape) if pid < len(params) else "no such parameter"
+                raise ValueError(
+                    f"the optimiser state in {folder} does not fit this model (parameter #{pid}"
+                    f" {name}: saved {tuple(v.shape)}, model {have}); the run was saved by "
+                    "another lsdseg version or architecture: start a new run with --init "
+                    f"{folder}"
+                )
+
+
 def restore_state(
     folder: Path, opt: torch.optim.Optimizer, ema: nn.Module | None, phase: str
 ) -> None:
@@ -106,6 +125,7 @@ def restore_state(
         for key, v in meta["scalars"].items():
             pid, name = key.split(".", 1)
             state.setdefault(int(pid), {})[name] = v
+        _check_shapes(folder, opt, state)
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     more = load_file(str(folder / STATE_TENSORS))
     torch.set_rng_state(more["torch_rng"])
