@@ -272,7 +272,7 @@ class Trainer:
         self.opt = torch.optim.AdamW(params, lr=self.base_lr, weight_decay=cfg.weight_decay)
         self.ema = copy.deepcopy(m).eval() if self.loop.phase == "diffusion" else None
         if self.resume:
-            restore_state(self.out / "last", self.opt, self.ema, self.loop.phase)
+            restore_state(self.out / "last", self.opt, self.ema, self.loop.phase, self.model)
             self.resume = False
         if self.world > 1:
             for p in m.parameters():
@@ -414,7 +414,7 @@ class Trainer:
                 out / "last",
                 text,
                 extra,
-                write_more=lambda d: write_state(d, self.opt, self.ema, loop),
+                write_more=lambda d: write_state(d, self.opt, self.ema, loop, self.model),
             )
             _write_metrics(out / "metrics.csv", loop.history)
         if self.world > 1:

@@ -37,10 +37,24 @@ class LoopState:
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
 
 
+def _param_names(opt: torch.optim.Optimizer, model: nn.Module) -> list[str]:
+    """The model's name of each optimised parameter, in the optimiser's order (its state keys)."""
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    return [by_id[id(p)] for group in opt.param_groups for p in group["params"]]
+
+
 def write_state(
-    folder: Path, opt: torch.optim.Optimizer, ema: nn.Module | None, loop: LoopState
+    folder: Path,
+    opt: torch.optim.Optimizer,
+    ema: nn.Module | None,
+    loop: LoopState,
+    model: nn.Module | None = None,
 ) -> None:
-    """Write optimiser, EMA and RNG state and the loop counters into ``folder``."""
+    """Write optimiser, EMA and RNG state and the loop counters into ``folder``.
+
+    With ``model``, the parameter names are saved too, so the optimiser state can be restored
+    into a model whose parameters come in another order (a later lsdseg, same architecture).
+    """
     sd = opt.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
@@ -61,6 +75,7 @@ def write_state(
         # an optimiser saved at a phase boundary belongs to the finished phase
         "optimizer_phase": loop.phase if loop.epoch else "",
         "param_groups": sd["param_groups"],
+        "param_names": _param_names(opt, model) if model is not None else None,
         "scalars": scalars,
         "loop": loop.__dict__,
     }
@@ -112,10 +127,42 @@ def _check_shapes(
                 )
 
 
+def _by_name(
+    folder: Path,
+    opt: torch.optim.Optimizer,
+    model: nn.Module,
+    saved_names: list[str],
+    state: dict[int, dict[str, Any]],
+    groups: list[dict[str, Any]],
+) -> tuple[dict[int, dict[str, Any]], list[dict[str, Any]]]:
+    """Optimiser state and groups renumbered from the saved parameter order to the current one."""
+    names = _param_names(opt, model)
+    saved = list(rename_legacy_encoder_keys(dict.fromkeys(saved_names)))  # older lsdseg names
+    if sorted(saved) != sorted(names):
+        extra = sorted(set(saved) ^ set(names))
+        raise ValueError(
+            f"the optimiser state in {folder} is for other parameters ({', '.join(extra[:3])}"
+            f"{' ...' if len(extra) > 3 else ''}); start a new run with --init {folder}"
+        )
+    now = {n: i for i, n in enumerate(names)}
+    new_id = [now[n] for n in saved]  # saved position -> current position
+    state = {new_id[pid]: st for pid, st in state.items()}
+    groups = [{**g, "params": sorted(new_id[pid] for pid in g["params"])} for g in groups]
+    return state, groups
+
+
 def restore_state(
-    folder: Path, opt: torch.optim.Optimizer, ema: nn.Module | None, phase: str
+    folder: Path,
+    opt: torch.optim.Optimizer,
+    ema: nn.Module | None,
+    phase: str,
+    model: nn.Module | None = None,
 ) -> None:
-    """Load optimiser (if it belongs to ``phase``), EMA weights and the torch RNG state."""
+    """Load optimiser (if it belongs to ``phase``), EMA weights and the torch RNG state.
+
+    With ``model``, and a state saved with parameter names, the optimiser state is matched to the
+    parameters by name (checkpoints of older lsdseg versions included); otherwise by position.
+    """
     meta = json.loads((folder / STATE_JSON).read_text())
     if meta["optimizer_phase"] == phase:
         state: dict[int, dict[str, Any]] = {}
@@ -125,8 +172,11 @@ def restore_state(
         for key, v in meta["scalars"].items():
             pid, name = key.split(".", 1)
             state.setdefault(int(pid), {})[name] = v
+        groups = meta["param_groups"]
+        if model is not None and meta.get("param_names"):
+            state, groups = _by_name(folder, opt, model, meta["param_names"], state, groups)
         _check_shapes(folder, opt, state)
-        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        opt.load_state_dict({"state": state, "param_groups": groups})
     more = load_file(str(folder / STATE_TENSORS))
     torch.set_rng_state(more["torch_rng"])
     if ema is not None and any(k.startswith("ema.") for k in more):

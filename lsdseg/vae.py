@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,8 @@ from torch import nn
 
 from lsdseg.config import ImageAEConfig, MaskVAEConfig
 from lsdseg.layers import Downsample, GroupNormAct, ResBlock, Upsample
+
+T = TypeVar("T")
 
 
 class _Encoder(nn.Module):
@@ -63,7 +66,7 @@ class _Encoder(nn.Module):
         return self.head(self.norm(h))
 
 
-def rename_legacy_encoder_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def rename_legacy_encoder_keys(state: dict[str, T]) -> dict[str, T]:
     """Tensor names of encoders saved before ``stem`` / ``levels`` / ``context`` existed.
 
     lsdseg 0.1.0 checkpoints up to the run-8 default weights kept the encoder in one
@@ -71,7 +74,7 @@ def rename_legacy_encoder_keys(state: dict[str, torch.Tensor]) -> dict[str, torc
     plus ``more.I.J`` for the blocks of ``encoder_depth``. Names already in the current layout
     pass through unchanged, so this is safe on any state dict.
     """
-    out: dict[str, torch.Tensor] = {}
+    out: dict[str, T] = {}
     for key, value in state.items():
         m = re.fullmatch(r"(.*encoder\.)(body|more)\.(\d+)\.(.+)", key)
         if m is None:
