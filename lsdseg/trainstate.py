@@ -101,11 +101,15 @@ def ema_weights(folder: str | Path) -> dict[str, torch.Tensor]:
     folder = Path(folder)
     if not has_state(folder):
         raise FileNotFoundError(f"{folder} has no training state: pass a run's last/ checkpoint")
-    more = load_file(str(folder / STATE_TENSORS))
-    ema = rename_legacy_encoder_keys({k[4:]: v for k, v in more.items() if k.startswith("ema.")})
+    ema = _ema_state(load_file(str(folder / STATE_TENSORS)))
     if not ema:
         raise ValueError(f"{folder} has no EMA weights: they exist once stage 2 (diffusion) ran")
     return ema
+
+
+def _ema_state(more: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ``ema.*`` tensors of a loaded training state as a model state dict (current names)."""
+    return rename_legacy_encoder_keys({k[4:]: v for k, v in more.items() if k.startswith("ema.")})
 
 
 def _check_shapes(
@@ -179,5 +183,6 @@ def restore_state(
         opt.load_state_dict({"state": state, "param_groups": groups})
     more = load_file(str(folder / STATE_TENSORS))
     torch.set_rng_state(more["torch_rng"])
-    if ema is not None and any(k.startswith("ema.") for k in more):
-        ema.load_state_dict(ema_weights(folder))
+    ema_state = _ema_state(more)
+    if ema is not None and ema_state:
+        ema.load_state_dict(ema_state)

@@ -57,10 +57,12 @@ def sweep(seg: Segmenter, samples, steps: int, k: int) -> dict[str, float]:
     return out
 
 
-def load_weights(folder: str | Path, ema: bool = False) -> LatentSegmenter:
-    """A checkpoint folder's model; with ``ema``, the EMA weights saved in its training state."""
+def load_weights(spec: str | Path) -> LatentSegmenter:
+    """The model of a checkpoint folder; ``FOLDER:ema`` loads the EMA weights that a run's
+    ``last/`` keeps in its training state instead of the live ones."""
+    folder = str(spec).removesuffix(":ema")
     model = load_checkpoint(folder)
-    if ema:
+    if folder != str(spec):
         model.load_state_dict(ema_weights(folder))
     return model
 
@@ -79,8 +81,8 @@ def main() -> None:
     args = p.parse_args()
     run = Path(args.run)
     folder = run / args.checkpoint.removesuffix("-ema")
-    model = load_weights(folder, ema=args.checkpoint.endswith("-ema"))
-    model = without_image_decoder(model)  # D_x only trains stage 1
+    ema = ":ema" if args.checkpoint.endswith("-ema") else ""
+    model = without_image_decoder(load_weights(f"{folder}{ema}"))  # D_x only trains stage 1
     seg = Segmenter(model)
     _, val = load_pairs(args.data, None, args.val_fraction, args.seed)
     if args.limit:
@@ -161,10 +163,8 @@ def _which_epoch(run: Path, train_cfg: dict, loop: dict, checkpoint: str) -> str
     rows = [r for r in rows if r["phase"] == "diffusion" and r["val_dice"]]
     if not rows:
         return f"saved loop state {json.dumps(loop)}"
-    best = max(rows, key=lambda r: float(r["val_dice"]))
-    if checkpoint != "best":
-        best = rows[-1]
-    dice, minutes = float(best["val_dice"]), float(rows[-1]["time_s"]) / 60
+    pick = max(rows, key=lambda r: float(r["val_dice"])) if checkpoint == "best" else rows[-1]
+    dice, minutes = float(pick["val_dice"]), float(rows[-1]["time_s"]) / 60
     steps = train_cfg.get("val_steps", 4)
     what = {
         "best": "best checkpoint (EMA)",
@@ -172,7 +172,7 @@ def _which_epoch(run: Path, train_cfg: dict, loop: dict, checkpoint: str) -> str
         "last-ema": "final checkpoint (EMA)",
     }[checkpoint]
     return (
-        f"{what}: epoch {best['epoch']} of {train_cfg['epochs']} (validation Dice of the EMA "
+        f"{what}: epoch {pick['epoch']} of {train_cfg['epochs']} (validation Dice of the EMA "
         f"{dice:.3f} at {steps} steps, training resolution); {minutes:.0f} min of training"
     )
 

@@ -38,10 +38,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5, help="calls per model per round")
     args = p.parse_args()
     torch.manual_seed(0)
-    models = [
-        without_image_decoder(load_weights(w.removesuffix(":ema"), ema=w.endswith(":ema"))).eval()
-        for w in args.weights
-    ]
+    models = [without_image_decoder(load_weights(w)).eval() for w in args.weights]
     segs = [Segmenter(m) for m in models]
     s = models[0].cfg.image_size
     x = torch.randn(1, 3, s, s)  # (1, 3, S, S) normalised image

@@ -37,8 +37,7 @@ def main() -> None:
     sources = sorted({pair.group.split(":", 1)[0] for pair in val})
     print("checkpoint, steps, dataset: Dice at thresholds", THRESHOLDS)
     for path in args.checkpoints:
-        ema = path.endswith(":ema")
-        seg = Segmenter(load_weights(path.removesuffix(":ema"), ema=ema))
+        seg = Segmenter(load_weights(path))
         for steps in (int(s) for s in args.steps.split(",")):
             row = sweep(seg, samples, steps, 8)
             for src in sources:
