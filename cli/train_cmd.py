@@ -48,7 +48,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ae-epochs", type=int, default=10, help="autoencoder-stage epochs")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-4, help="diffusion-stage learning rate")
-    p.add_argument("--imgsz", type=int, default=256, help="training image size S")
+    p.add_argument(
+        "--imgsz",
+        type=int,
+        default=None,
+        help="training image size S (default: the --init checkpoint's, else 256); with --init, "
+        "another size fine-tunes the checkpoint at that size",
+    )
     p.add_argument("--init", default="", help="start from a checkpoint ('default' or a folder)")
     p.add_argument(
         "--grow",
@@ -111,6 +117,37 @@ def _parse_grow(text: str, init: str) -> dict:
     return grow
 
 
+def _image_size(
+    imgsz: int | None, default: int, init: str, grow: dict, out: Path
+) -> tuple[int, dict]:
+    """The size S the run trains at, and ``--grow`` with a change of size added.
+
+    A resumed run keeps the size it was started with. A run from ``--init`` takes the
+    checkpoint's size unless ``--imgsz`` asks for another: the model is fully convolutional, so
+    it is fine-tuned at the new size (``image_size`` joins the ``--grow`` overrides). Otherwise
+    ``--imgsz``, or the model config's size.
+    """
+    from lsdseg.checkpoint import read_config
+    from lsdseg.trainstate import has_state
+
+    if has_state(out / "last"):
+        size = read_config(out / "last")[0].image_size
+        if imgsz not in (None, size):
+            raise UserError(
+                f"{out} trains at --imgsz {size}: resume it without --imgsz {imgsz}, or start "
+                "a new run with another --out"
+            )
+        return size, grow
+    if not init:
+        return imgsz or default, grow
+    size = grow.get("image_size", read_config(init)[0].image_size)
+    if imgsz is None or imgsz == size:
+        return size, grow
+    if "image_size" in grow:
+        raise UserError(f"--imgsz {imgsz} and --grow image_size {size} disagree: pass one of them")
+    return imgsz, {**grow, "image_size": imgsz}
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
@@ -126,10 +163,12 @@ def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     device = resolve_device(args.device)
     model_cfg = load_json(ModelConfig, args.model_config) if args.model_config else ModelConfig()
-    if args.imgsz != model_cfg.image_size:
-        model_cfg = dataclasses.replace(model_cfg, image_size=args.imgsz)
     init = str(bundled_weights()) if args.init == "default" else args.init
-    grow = _parse_grow(args.grow, init)
+    out = Path(args.out)
+    size, grow = _image_size(
+        args.imgsz, model_cfg.image_size, init, _parse_grow(args.grow, init), out
+    )
+    model_cfg = dataclasses.replace(model_cfg, image_size=size)
     cfg = TrainConfig(
         stage=args.stage,
         ae_epochs=args.ae_epochs,
@@ -155,10 +194,8 @@ def run(args: argparse.Namespace) -> int:
         f"train: {len(train_pairs)} pairs, validation: {len(val_pairs)} pairs, "
         f"device {device}, {torch.get_num_threads()} threads"
     )
-    size = model_cfg.image_size
     train_set = SegmentationDataset(train_pairs, size, AugmentConfig(), seed=args.seed)
     val_set = SegmentationDataset(val_pairs, size) if val_pairs else None
-    out = Path(args.out)
     data_desc = ", ".join(args.data)
     # made (not started) before the trainer, which takes its handler; shown while training
     progress = Progress(

@@ -177,7 +177,8 @@ def grow_checkpoint(
     ``{"image_ae": {"context_depth": 2}}``). Every tensor of the checkpoint must keep its name and
     shape in the new model; the new tensors keep their initialisation, which for the blocks
     that can be added (``image_ae.encoder_depth`` and ``image_ae.context_depth``) is the
-    identity. That promise is checked, not assumed:
+    identity. ``image_size`` can change too (the model is fully convolutional): that fine-tunes
+    the checkpoint at another input size. That promise is checked, not assumed:
     the grown and the original model must give the same image latent and denoiser output on a
     random input.
 
@@ -203,7 +204,8 @@ def grow_checkpoint(
         raise CheckpointError(
             f"cannot grow {path} with {overrides}: {len(bad)} trained tensor(s) would be renamed "
             f"or reshaped ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); only "
-            "image_ae.encoder_depth and image_ae.context_depth can be raised from trained weights"
+            "image_ae.encoder_depth and image_ae.context_depth can be raised from trained weights, "
+            "and image_size changed"
         )
     new.load_state_dict(state, strict=False)
     new.eval()

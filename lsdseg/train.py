@@ -214,6 +214,14 @@ class Trainer:
                 else LatentSegmenter(model_cfg).to(self.device)
             )
             self.loop = LoopState(phase="diffusion" if cfg.stage == "diffusion" else "autoencoders")
+        size = self.model.cfg.image_size
+        for name, ds in (("training", train_set), ("validation", val_set)):
+            if ds is not None and ds.size != size:
+                raise ValueError(
+                    f"the {name} images are resized to {ds.size} px but the model trains at "
+                    f"{size}: build the datasets with size={size}, or grow the checkpoint with "
+                    f'{{"image_size": {ds.size}}}'
+                )
         if (
             self.loop.phase == "autoencoders"
             and cfg.image_recon_weight > 0

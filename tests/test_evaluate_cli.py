@@ -103,6 +103,11 @@ WIDER = '{{"image_ae": {{"channels": [8, 8, 16]}}}}'
             *("--data", "{data}", "--out", "{tmp}/run", "--init", "{tiny}", "--stage", "diffusion"),
             *("--imgsz", "32", "--batch-size", "2", "--grow", WIDER),
         ],
+        [
+            "train",
+            *("--data", "{data}", "--out", "{tmp}/run", "--init", "{tiny}", "--imgsz", "64"),
+            *("--grow", '{{"image_size": 96}}'),
+        ],
     ],
 )
 def test_bad_input_gives_one_line_and_nonzero_exit(capsys, tiny, tmp_path, args):
@@ -126,6 +131,28 @@ def test_train_grows_a_checkpoint_and_saves_the_deeper_model(capsys, tiny, tmp_p
     assert meta["model"]["image_ae"]["context_depth"] == 2
     saved = json.loads((run / "config.json").read_text())
     assert saved["train"]["grow"] == {"image_ae": {"context_depth": 2}}
+
+
+def test_train_keeps_the_init_size_or_fine_tunes_at_imgsz(capsys, tiny, tmp_path):
+    data = make_pairs(tmp_path / "d", [(40, 50)] * 8)
+    base = ["train", "--data", str(data), "--init", tiny, "--stage", "diffusion", "--epochs", "1"]
+    base += ["--batch-size", "2", "--max-steps-per-epoch", "2"]
+
+    def trained(name: str, *extra: str) -> dict:
+        assert main([*base, "--out", str(tmp_path / name), *extra]) == 0, capsys.readouterr().err
+        return json.loads((tmp_path / name / "config.json").read_text())
+
+    same = trained("same")  # no --imgsz: the checkpoint's 32 px, not the 256 px default
+    assert same["model"]["image_size"] == 32 and same["train"]["grow"] == {}
+    bigger = trained("bigger", "--imgsz", "64")
+    assert bigger["model"]["image_size"] == 64
+    assert bigger["train"]["grow"] == {"image_size": 64}
+    best = json.loads((tmp_path / "bigger" / "best" / "config.json").read_text())
+    assert best["model"]["image_size"] == 64
+    # a finished run re-run with another size is refused, not silently resized
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "bigger"), "--imgsz", "96"]) != 0
+    assert "trains at --imgsz 64" in capsys.readouterr().err
 
 
 def test_refused_grow_fails_before_the_data_is_decoded(capsys, tiny, tmp_path, monkeypatch):

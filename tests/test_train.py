@@ -237,3 +237,19 @@ def test_stage_one_from_decoder_less_weights_is_refused_and_stage_two_trains(dat
     assert any(not torch.equal(ema[k], trained[k]) for k in trained)
     with pytest.raises(FileNotFoundError, match="no training state"):
         ema_weights(init)
+
+
+def test_datasets_at_another_size_than_the_model_are_refused(data, tmp_path):
+    from lsdseg.checkpoint import save_checkpoint
+    from lsdseg.data import find_pairs
+    from lsdseg.dataset import SegmentationDataset
+    from lsdseg.model import LatentSegmenter
+    from lsdseg.train import TrainConfig, train
+
+    init = save_checkpoint(LatentSegmenter(from_dict(ModelConfig, TINY)), tmp_path / "init")
+    _, pairs = find_pairs(data)
+    cfg = TrainConfig(stage="diffusion", epochs=1, batch_size=4, init=str(init))
+    model_cfg = from_dict(ModelConfig, TINY)  # 64 px, as the checkpoint
+    with pytest.raises(ValueError, match=r"resized to 32 px but the model trains at 64"):
+        train(model_cfg, cfg, SegmentationDataset(pairs, 32), None, tmp_path / "run", "cpu")
+    assert not (tmp_path / "run" / "last").exists()
