@@ -40,15 +40,16 @@ def main() -> None:
     torch.manual_seed(0)
     models = [without_image_decoder(load_weights(w)).eval() for w in args.weights]
     segs = [Segmenter(m) for m in models]
-    s = models[0].cfg.image_size
-    x = torch.randn(1, 3, s, s)  # (1, 3, S, S) normalised image
+    s = max(m.cfg.image_size for m in models)
+    # one frame for both Segmenters (each resizes it to its own S); each encoder at its own S
     frame = np.random.default_rng(0).integers(0, 256, (s, s, 3), dtype=np.uint8)
+    xs = [torch.randn(1, 3, m.cfg.image_size, m.cfg.image_size) for m in models]  # (1, 3, S, S)
     calls = [
         {
-            "image encoder": lambda m=m: m.encode_image(x),
+            "image encoder": lambda m=m, x=x: m.encode_image(x),
             "Segmenter call, K = 8, 1 step": lambda g=g: g(frame, hypotheses=8, steps=1, seed=0),
         }
-        for m, g in zip(models, segs, strict=True)
+        for m, g, x in zip(models, segs, xs, strict=True)
     ]
     res: list[dict[str, list[float]]] = [{k: [] for k in c} for c in calls]
     with torch.inference_mode():
@@ -64,6 +65,8 @@ def main() -> None:
     for name in calls[0]:
         a, b = (statistics.median(r[name]) for r in res)
         print(f"{name}: {a:.1f} ms ({args.weights[0]}) vs {b:.1f} ms ({args.weights[1]})")
+    sizes = " and ".join(str(m.cfg.image_size) for m in models)
+    print(f"image sizes S: {sizes}; Segmenter frames: {s}x{s} uint8")
 
 
 if __name__ == "__main__":
