@@ -139,7 +139,7 @@ def _image_size(
             )
         return size, grow
     if not init:
-        return imgsz or default, grow
+        return default if imgsz is None else imgsz, grow
     size = grow.get("image_size", read_config(init)[0].image_size)
     if imgsz is None or imgsz == size:
         return size, grow

@@ -177,10 +177,9 @@ def grow_checkpoint(
     ``{"image_ae": {"context_depth": 2}}``). Every tensor of the checkpoint must keep its name and
     shape in the new model; the new tensors keep their initialisation, which for the blocks
     that can be added (``image_ae.encoder_depth`` and ``image_ae.context_depth``) is the
-    identity. ``image_size`` can change too (the model is fully convolutional): that fine-tunes
-    the checkpoint at another input size. That promise is checked, not assumed:
-    the grown and the original model must give the same image latent and denoiser output on a
-    random input.
+    identity. That promise is checked, not assumed: the grown and the original model must give
+    the same image latent and denoiser output on a random input. ``image_size`` can change too
+    (the model is fully convolutional): that fine-tunes the checkpoint at another input size.
 
     Raises:
         CheckpointError: an override that renames, reshapes or drops trained tensors, or that
