@@ -15,6 +15,7 @@ import torch
 
 from lsdseg import ops
 from lsdseg.uncertainty import aggregate
+from lsdseg.unet import repeat_condition
 
 OPS_BACKENDS = ["torch", "triton"]
 
@@ -53,7 +54,7 @@ def test_image_encoder(benchmark, model, device, sync, record, ops_backend) -> N
 @pytest.mark.parametrize("hypotheses", [1, 8, 16], ids=lambda k: f"K{k}")
 def test_denoiser_step(benchmark, model, device, sync, record, ops_backend, hypotheses) -> None:
     z_x = model.encode_image(_image(model, device))  # (1, c_x, h, w)
-    cond = model.unet.condition(z_x).expand(hypotheses, -1, -1, -1).contiguous()  # (K, ch, h, w)
+    cond = repeat_condition(model.unet.condition(z_x), hypotheses)  # ((K, ch, h, w), ...)
     z_t = torch.randn(hypotheses, *model.latent_shape, device=device)  # (K, c_m, h, w)
     t = torch.full((hypotheses,), 999, dtype=torch.long, device=device)
 

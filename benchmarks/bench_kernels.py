@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from lsdseg import ops
 from lsdseg.config import ModelConfig
 from lsdseg.model import LatentSegmenter
+from lsdseg.unet import repeat_condition
 
 K = 8  # hypotheses per frame, the default
 
@@ -66,7 +67,7 @@ def _model_calls(cfg: ModelConfig | None = None, k: int = K) -> tuple[list[dict]
             stage = "image_encoder"
             z_x = model.encode_image(torch.empty(1, 3, s, s, device="meta"))
             stage = "denoiser"
-            cond = model.unet.condition(z_x).expand(k, -1, -1, -1)  # (K, ch, h, w)
+            cond = repeat_condition(model.unet.condition(z_x), k)  # ((K, ch, h, w), ...)
             z = torch.empty(k, *model.latent_shape, device="meta")  # (K, c_m, h, w)
             model.unet.denoise(z, torch.full((k,), 999, device="meta"), cond)
             stage = "mask_decoder"

@@ -34,6 +34,7 @@ from torch import nn
 from lsdseg import ops
 from lsdseg.checkpoint import checkpoint_hash, load_checkpoint
 from lsdseg.model import LatentSegmenter
+from lsdseg.unet import repeat_condition
 from lsdseg.version import __version__
 
 from ._files import write_bytes_atomic
@@ -77,9 +78,8 @@ class ExportGraph(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         m = self.model
         b, k = noise.shape[0], noise.shape[1]
-        cond = m.unet.condition(m.encode_image(image))  # (B, ch0, h, w), once per image
-        cond = cond[:, None].expand(b, k, *cond.shape[1:])  # (B, K, ch0, h, w)
-        cond = cond.reshape(b * k, *cond.shape[2:])  # (B*K, ch0, h, w)
+        cond = m.unet.condition(m.encode_image(image))  # ((B, ch0, h, w), ...), once per image
+        cond = repeat_condition(cond, k)  # ((B*K, ch0, h, w), ...)
         z = noise.reshape(b * k, *noise.shape[2:])  # (B*K, c_m, h, w)
         for i, step in enumerate(self.sampler.steps):
             t = torch.full((1,), step.t, dtype=torch.long, device=z.device)  # broadcasts

@@ -176,7 +176,8 @@ def grow_checkpoint(
     ``overrides`` is a nested dict applied to the checkpoint's :class:`ModelConfig` (for example
     ``{"image_ae": {"context_depth": 2}}``). Every tensor of the checkpoint must keep its name and
     shape in the new model; the new tensors keep their initialisation, which for the blocks
-    that can be added (``image_ae.encoder_depth`` and ``image_ae.context_depth``) is the
+    that can be added (``image_ae.encoder_depth``, ``image_ae.context_depth`` and
+    ``unet.cond_channels`` on a denoiser without a condition pyramid) is the
     identity. That promise is checked, not assumed: the grown and the original model must give
     the same image latent and denoiser output on a random input. ``image_size`` can change too
     (the model is fully convolutional): that fine-tunes the checkpoint at another input size.
@@ -204,7 +205,7 @@ def grow_checkpoint(
             f"cannot grow {path} with {overrides}: {len(bad)} trained tensor(s) would be renamed "
             f"or reshaped ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); only "
             "image_ae.encoder_depth and image_ae.context_depth can be raised from trained weights, "
-            "and image_size changed"
+            "unet.cond_channels added, and image_size changed"
         )
     new.load_state_dict(state, strict=False)
     new.eval()

@@ -114,10 +114,21 @@ class UNetConfig:
     head_dim: int = 32  # attention head width
     groups: int = 8  # GroupNorm groups
     time_embed_dim: int = 128  # width of the timestep embedding MLP
+    # per-frame condition pyramid (UNet.condition): one width per level, () = none
+    cond_channels: tuple[int, ...] = ()
+    cond_depth: int = 1  # residual blocks per level of the condition pyramid
 
     def __post_init__(self) -> None:
         _check(self.groups >= 1, f"groups={self.groups} must be >= 1")
         _check_channels("channels", self.channels, self.groups)
+        if self.cond_channels:
+            _check_channels("cond_channels", self.cond_channels, self.groups)
+            _check(
+                len(self.cond_channels) == len(self.channels),
+                f"cond_channels={self.cond_channels} must give one width per level of "
+                f"channels={self.channels}",
+            )
+        _check(self.cond_depth >= 1, f"cond_depth={self.cond_depth} must be >= 1")
         _check(self.num_res_blocks >= 1, f"num_res_blocks={self.num_res_blocks} must be >= 1")
         for level in self.attention_levels:
             _check(

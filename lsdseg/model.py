@@ -13,7 +13,7 @@ from torch import nn
 
 from lsdseg.config import ModelConfig
 from lsdseg.diffusion import DDIMSampler, NoiseSchedule
-from lsdseg.unet import UNet
+from lsdseg.unet import UNet, repeat_condition
 from lsdseg.vae import ImageAutoencoder, MaskVAE
 
 
@@ -81,8 +81,7 @@ class LatentSegmenter(nn.Module):
             z_x: (B, c_x, h, w); noise: (B, K, c_m, h, w) -> (B, K, c_m, h, w).
         """
         b, k = noise.shape[:2]
-        cond = self.unet.condition(z_x)  # (B, ch0, h, w), once per image
-        cond = cond[:, None].expand(b, k, *cond.shape[1:]).reshape(b * k, *cond.shape[1:])
+        cond = repeat_condition(self.unet.condition(z_x), k)  # once per image, then (B*K, ...)
         z = noise.reshape(b * k, *noise.shape[2:])  # (B*K, c_m, h, w)
         sampler = self.sampler(steps, eta, start)
         z = sampler.sample(lambda z_t, t: self.unet.denoise(z_t, t, cond), z, generator)

@@ -3,7 +3,8 @@
 Conditioning is channel concatenation of z_t and z_x at the input. Because the first layer is a
 convolution, ``conv(concat(z_t, z_x)) = conv_z(z_t) + conv_x(z_x)``: :meth:`UNet.condition`
 computes the z_x half once per frame and :meth:`UNet.denoise` adds it to every hypothesis, so
-the image side never scales with K.
+the image side never scales with K. An optional :class:`ConditionPyramid` (``cond_channels``)
+adds per-frame features of z_x at every level of the down path as well, also once per frame.
 """
 
 from __future__ import annotations
@@ -32,6 +33,64 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
 
+Condition = tuple[torch.Tensor, ...]  # UNet.condition's output: one tensor per level it feeds
+
+
+class ConditionPyramid(nn.Module):
+    """Per-frame features of z_x for each level of the denoiser's down path.
+
+    With 1-4 trailing DDIM steps the first step starts from pure noise, so the denoiser
+    segments from the image alone; without this branch, everything it knows of the image
+    enters through ``cond_in``, one convolution into its first level (``channels[0]`` wide).
+    This branch runs once per frame (its cost does not scale with K) and hands every level its
+    own features of z_x, at that level's resolution. Its output projections start at zero, so
+    a trained denoiser grown with it (:func:`lsdseg.checkpoint.grow_checkpoint`) starts out
+    computing the same thing.
+
+    Shapes:
+        z_x: (B, c_x, h, w) -> one (B, out[i], h / 2**i, w / 2**i) per level i.
+    """
+
+    def __init__(
+        self,
+        c_x: int,
+        widths: tuple[int, ...],
+        out: tuple[int, ...],
+        groups: int,
+        depth: int,
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(c_x, widths[0], 3, padding=1)
+        self.levels = nn.ModuleList(
+            nn.Sequential(
+                *([Downsample(widths[i - 1], w)] if i else []),
+                *(ResBlock(w, w, groups) for _ in range(depth)),
+            )
+            for i, w in enumerate(widths)
+        )
+        self.proj = nn.ModuleList(nn.Conv2d(w, c, 1) for w, c in zip(widths, out, strict=True))
+        for conv in self.proj:
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, z_x: torch.Tensor) -> list[torch.Tensor]:
+        h = self.stem(z_x)  # (B, widths[0], h, w)
+        feats = []
+        for level, proj in zip(self.levels, self.proj, strict=True):
+            h = level(h)  # (B, widths[i], h / 2**i, w / 2**i)
+            feats.append(proj(h))
+        return feats
+
+
+def repeat_condition(cond: Condition, k: int) -> Condition:
+    """Repeat each image's condition for its K hypotheses: (B, C, h, w) -> (B*K, C, h, w) each."""
+    out = []
+    for c in cond:
+        b = c.shape[0]
+        out.append(c[:, None].expand(b, k, *c.shape[1:]).reshape(b * k, *c.shape[1:]))
+    return tuple(out)
+
+
 class UNet(nn.Module):
     """Denoiser: (z_t, t, z_x) -> prediction (eps or v) with the shape of z_t.
 
@@ -46,6 +105,11 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(ch[0], emb), nn.SiLU(), nn.Linear(emb, emb))
         self.conv_in = nn.Conv2d(latent_channels, ch[0], 3, padding=1)
         self.cond_in = nn.Conv2d(cond_channels, ch[0], 3, padding=1, bias=False)
+        self.cond_pyramid = (
+            ConditionPyramid(cond_channels, cfg.cond_channels, ch, g, cfg.cond_depth)
+            if cfg.cond_channels
+            else None
+        )
 
         self.down = nn.ModuleList()
         for i, c in enumerate(ch):
@@ -72,16 +136,27 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def condition(self, z_x: torch.Tensor) -> torch.Tensor:
-        """The image half of the first convolution: (B, c_x, h, w) -> (B, ch[0], h, w)."""
-        return self.cond_in(z_x)
+    def condition(self, z_x: torch.Tensor) -> Condition:
+        """Everything the denoiser needs of the image, once per frame.
 
-    def denoise(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Predict from z_t (N, c_m, h, w), t (N,) and ``condition(z_x)`` (N, ch[0], h, w)."""
+        Shapes:
+            z_x: (B, c_x, h, w) -> ((B, ch[0], h, w),): the image half of the first
+            convolution; with a condition pyramid, one (B, ch[i], h / 2**i, w / 2**i) per level.
+        """
+        first = self.cond_in(z_x)
+        if self.cond_pyramid is None:
+            return (first,)
+        feats = self.cond_pyramid(z_x)
+        return (first + feats[0], *feats[1:])
+
+    def denoise(self, z_t: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """Predict from z_t (N, c_m, h, w), t (N,) and ``condition(z_x)``, repeated to N."""
         emb = self.time_mlp(timestep_embedding(t, self.cfg.channels[0]))  # (N, emb)
-        h = self.conv_in(z_t) + cond  # (N, ch[0], h, w)
+        h = self.conv_in(z_t) + cond[0]  # (N, ch[0], h, w)
         skips = []
         for i, blocks in enumerate(self.down):
+            if 0 < i < len(cond):
+                h = h + cond[i]  # (N, ch[i], h / 2**i, w / 2**i)
             h = self._run(blocks, h, emb)
             skips.append(h)
             if i < len(self.downsample):

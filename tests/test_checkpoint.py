@@ -247,6 +247,29 @@ def test_grow_adds_identity_blocks_and_keeps_every_output(
         assert not torch.allclose(grown.encode_image(x), before)
 
 
+def test_grow_adds_a_condition_pyramid_that_starts_silent(
+    saved: Path, tiny_model: LatentSegmenter, tmp_path: Path
+) -> None:
+    pyramid = {"unet": {"cond_channels": [8, 16], "cond_depth": 2}}
+    grown = ckpt.grow_checkpoint(saved, pyramid)
+    assert grown.cfg.unet.cond_channels == (8, 16) and grown.cfg.unet.cond_depth == 2
+    old, new = tiny_model.state_dict(), grown.state_dict()
+    added = [k for k in new if k not in old]
+    assert added and all(k.startswith("unet.cond_pyramid.") for k in added)
+    for a, b in zip(_outputs(tiny_model), _outputs(grown), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # trained away from zero, the pyramid changes the masks
+        for proj in grown.unet.cond_pyramid.proj:
+            proj.weight.normal_(std=0.3)
+        assert not torch.allclose(_outputs(grown)[0], _outputs(tiny_model)[0])
+    back = load_checkpoint(save_checkpoint(grown, tmp_path / "pyramid"))
+    for a, b in zip(_outputs(grown), _outputs(back), strict=True):
+        assert torch.equal(a, b)
+    # other widths would reshape the trained pyramid
+    with pytest.raises(CheckpointError, match="renamed or reshaped"):
+        ckpt.grow_checkpoint(tmp_path / "pyramid", {"unet": {"cond_channels": [8, 8]}})
+
+
 def _legacy_name(key: str) -> str:
     """The name a tensor had in lsdseg 0.1.0 checkpoints up to the run-8 default weights:
     encoder layers in one ``body`` Sequential, extra level blocks in ``more.I.J``."""

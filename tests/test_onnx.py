@@ -70,17 +70,24 @@ def ckpt(tmp_path_factory) -> Path:
     """S=64 tiny model: normalisation (0.4, 0.5, 0.6)/(0.2, 0.25, 0.3), latent scale 1.5.
 
     Two residual blocks per encoder and context level, the second ones (which start as the
-    identity) drawn at random, so the exported graph covers every block a grown model has.
+    identity) drawn at random, and a condition pyramid with its zero projections drawn too, so
+    the exported graph covers every block a grown model has.
     """
     from conftest import _tiny_config, _tiny_model
 
     cfg = _tiny_config()
-    cfg = replace(cfg, image_ae=replace(cfg.image_ae, encoder_depth=2, context_depth=2))
+    cfg = replace(
+        cfg,
+        image_ae=replace(cfg.image_ae, encoder_depth=2, context_depth=2),
+        unet=replace(cfg.unet, cond_channels=(8, 16)),
+    )
     model = _tiny_model(cfg, seed=1, head_std=0.3)
     with torch.no_grad():
         for name, p in model.image_ae.encoder.named_parameters():
             if name.endswith("conv2.weight") and not p.any():
                 p.normal_(0.0, 0.1)
+        for proj in model.unet.cond_pyramid.proj:
+            proj.weight.normal_(0.0, 0.1)
     return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny-attn")
 
 

@@ -14,6 +14,7 @@ import lsdseg
 from lsdseg.model import LatentSegmenter
 from lsdseg.segmenter import Result, Segmenter, runner_names
 from lsdseg.uncertainty import aggregate
+from lsdseg.unet import repeat_condition
 
 H, W = 37, 53
 
@@ -264,7 +265,7 @@ def test_warm_start_equals_a_manual_ddim_from_the_noised_latents(seg: Segmenter)
     assert sampler.timesteps == [600, 499, 249]
     x = seg.preprocess([frame], "bgr")
     with torch.no_grad():
-        cond = seg.model.unet.condition(seg.model.encode_image(x)).expand(2, -1, -1, -1)
+        cond = repeat_condition(seg.model.unet.condition(seg.model.encode_image(x)), 2)
         z0 = sampler.sample(lambda zt, t: seg.model.unet.denoise(zt, t, cond), z)
         p = torch.sigmoid(seg.model.decode_masks(z0))[:, 0]
     np.testing.assert_allclose(warm.hypotheses, p.numpy(), atol=1e-5)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lsdseg.config import UNetConfig
-from lsdseg.unet import UNet, timestep_embedding
+from lsdseg.unet import UNet, repeat_condition, timestep_embedding
 
 C_M, C_X = 2, 4
 CFG = UNetConfig(channels=(8, 16), attention_levels=(1,), head_dim=8, groups=4, time_embed_dim=16)
@@ -85,7 +85,7 @@ def test_split_conditioning_equals_one_conv_over_the_concatenation() -> None:
     with torch.no_grad():
         joint.conv_in.weight.copy_(torch.cat([unet.conv_in.weight, unet.cond_in.weight], dim=1))
         joint.conv_in.bias.copy_(unet.conv_in.bias)
-        zero_cond = torch.zeros(2, ch0, 8, 8)
+        zero_cond = (torch.zeros(2, ch0, 8, 8),)
         expected = joint.denoise(torch.cat([z_t, z_x], dim=1), t, zero_cond)
         got = unet.denoise(z_t, t, unet.condition(z_x))
         assert got.abs().max() > 1e-3  # not the trivial zero output
@@ -100,7 +100,7 @@ def test_condition_once_and_expand_equals_conditioning_every_hypothesis() -> Non
     z_t = torch.randn(b * k, C_M, 8, 8)
     t = torch.full((b * k,), 400)
     with torch.no_grad():
-        cond = unet.condition(z_x)[:, None].expand(b, k, -1, -1, -1).reshape(b * k, -1, 8, 8)
+        cond = repeat_condition(unet.condition(z_x), k)
         got = unet.denoise(z_t, t, cond)
         expected = unet(z_t, t, z_x.repeat_interleave(k, dim=0))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
@@ -138,3 +138,34 @@ def test_output_is_zero_at_init_and_moves_after_one_step() -> None:
     with torch.no_grad():
         after = unet(z_t, t, z_x)
     assert after.abs().max() > 1e-4
+
+
+def test_condition_pyramid_starts_as_the_plain_unet_and_feeds_every_level() -> None:
+    """Zero projections: same output as without the pyramid; drawn ones: every level matters."""
+    grown_cfg = UNetConfig(**{**CFG.__dict__, "cond_channels": (8, 12), "cond_depth": 2})
+    plain, grown = _unet(CFG), _unet(grown_cfg)
+    missing, unexpected = grown.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("cond_pyramid.") for k in missing)
+    z_t, z_x = torch.randn(2, C_M, 8, 8), torch.randn(2, C_X, 8, 8)
+    t = torch.tensor([999, 3])
+    with torch.no_grad():
+        cond = grown.condition(z_x)
+        assert [tuple(c.shape) for c in cond] == [(2, 8, 8, 8), (2, 16, 4, 4)]
+        torch.testing.assert_close(grown(z_t, t, z_x), plain(z_t, t, z_x))
+        for level, proj in enumerate(grown.cond_pyramid.proj):
+            before = grown(z_t, t, z_x)
+            proj.weight.normal_(0, 0.3)
+            assert not torch.allclose(grown(z_t, t, z_x), before, atol=1e-4), level
+        # once per image, repeated per hypothesis, as LatentSegmenter.sample does
+        k = 3
+        got = grown.denoise(
+            z_t.repeat_interleave(k, 0),
+            t.repeat_interleave(k, 0),
+            repeat_condition(grown.condition(z_x), k),
+        )
+        torch.testing.assert_close(
+            got,
+            grown(
+                z_t.repeat_interleave(k, 0), t.repeat_interleave(k, 0), z_x.repeat_interleave(k, 0)
+            ),
+        )
