@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -142,8 +143,7 @@ def test_output_is_zero_at_init_and_moves_after_one_step() -> None:
 
 def test_condition_pyramid_starts_as_the_plain_unet_and_feeds_every_level() -> None:
     """Zero projections: same output as without the pyramid; drawn ones: every level matters."""
-    grown_cfg = UNetConfig(**{**CFG.__dict__, "cond_channels": (8, 12), "cond_depth": 2})
-    plain, grown = _unet(CFG), _unet(grown_cfg)
+    plain, grown = _unet(CFG), _unet(dataclasses.replace(CFG, cond_channels=(8, 12), cond_depth=2))
     missing, unexpected = grown.load_state_dict(plain.state_dict(), strict=False)
     assert not unexpected and missing and all(k.startswith("cond_pyramid.") for k in missing)
     z_t, z_x = torch.randn(2, C_M, 8, 8), torch.randn(2, C_X, 8, 8)
@@ -158,14 +158,6 @@ def test_condition_pyramid_starts_as_the_plain_unet_and_feeds_every_level() -> N
             assert not torch.allclose(grown(z_t, t, z_x), before, atol=1e-4), level
         # once per image, repeated per hypothesis, as LatentSegmenter.sample does
         k = 3
-        got = grown.denoise(
-            z_t.repeat_interleave(k, 0),
-            t.repeat_interleave(k, 0),
-            repeat_condition(grown.condition(z_x), k),
-        )
-        torch.testing.assert_close(
-            got,
-            grown(
-                z_t.repeat_interleave(k, 0), t.repeat_interleave(k, 0), z_x.repeat_interleave(k, 0)
-            ),
-        )
+        z_tk, tk = z_t.repeat_interleave(k, 0), t.repeat_interleave(k, 0)
+        got = grown.denoise(z_tk, tk, repeat_condition(grown.condition(z_x), k))
+        torch.testing.assert_close(got, grown(z_tk, tk, z_x.repeat_interleave(k, 0)))
