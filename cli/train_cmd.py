@@ -67,6 +67,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
+    p.add_argument(
+        "--val-steps",
+        type=int,
+        default=4,
+        help="sampling steps of the validation Dice that picks best/ (default 4; use the steps "
+        "you will sample with)",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=0,
+        metavar="MINUTES",
+        help="stop, checkpointed, before an epoch would end past this many minutes; re-run the "
+        "same command to continue (default: no limit)",
+    )
     p.add_argument("--max-steps-per-epoch", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--model-config", default="", help="JSON file overriding the architecture")
     p.set_defaults(func=run)
@@ -149,6 +164,8 @@ def _image_size(
 
 
 def run(args: argparse.Namespace) -> int:
+    import time
+
     import torch
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -160,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
     from lsdseg.segmenter import bundled_weights, resolve_device
     from lsdseg.train import TrainConfig, Trainer
 
+    started = time.monotonic()  # --time-limit counts from here, loading and caching included
     console = Console(stderr=True)
     device = resolve_device(args.device)
     model_cfg = load_json(ModelConfig, args.model_config) if args.model_config else ModelConfig()
@@ -177,11 +195,14 @@ def run(args: argparse.Namespace) -> int:
         diffusion_lr=args.lr,
         seed=args.seed,
         val_every=args.val_every,
+        val_steps=args.val_steps,
         num_workers=args.workers,
         max_steps_per_epoch=args.max_steps_per_epoch,
         init=init,
         grow=grow,
     )
+    if args.time_limit < 0:
+        raise UserError(f"--time-limit {args.time_limit} must be >= 0 minutes (0: no limit)")
     if not 0 < args.val_fraction < 1:
         raise UserError(f"--val-fraction {args.val_fraction} must be between 0 and 1")
     train_pairs, val_pairs = load_pairs(args.data, args.val_data, args.val_fraction, args.seed)
@@ -245,7 +266,14 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "command.txt").write_text(shlex.join(["lsdseg", *sys.argv[1:]]) + "\n")
     with progress:
-        loop = trainer.run()
+        budget_s = args.time_limit * 60 - (time.monotonic() - started)
+        loop = trainer.run(time_limit_s=max(budget_s, 1e-6) if args.time_limit else 0.0)
+    if loop.phase != "done":
+        console.print(
+            f"stopped at --time-limit {args.time_limit:g} min with {loop.phase} at epoch "
+            f"{loop.epoch}; re-run the same command to continue from {out}/last"
+        )
+        return 0
     console.print(
         f"done: best validation Dice {loop.best_dice:.4f}; checkpoints in {out}/best and {out}/last"
     )

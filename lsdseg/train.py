@@ -243,22 +243,42 @@ class Trainer:
                 f"{cfg.batch_size}: lower --batch-size or add data"
             )
 
-    def run(self) -> LoopState:
-        """Train until every requested stage is done; returns the final loop state."""
+    def run(self, time_limit_s: float = 0.0) -> LoopState:
+        """Train until every requested stage is done; returns the final loop state.
+
+        With ``time_limit_s > 0`` the run also stops, checkpointed, at the end of the first
+        epoch after which one more epoch of the same length would end past the limit (a
+        cluster's wall-time slot, say). The returned phase is then not ``"done"``, and running
+        again resumes from ``last/`` exactly as after a kill.
+        """
+        start = time.perf_counter()
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             meta = {"model": to_dict(self.model.cfg), "train": to_dict(self.cfg)}
             (self.out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-        while self.loop.phase != "done":
+        stopped = False
+        while self.loop.phase != "done" and not stopped:
             self._start_phase()
             phase = self.loop.phase
-            while self.loop.phase == phase:
+            while self.loop.phase == phase and not stopped:
+                t0 = time.perf_counter()
                 self._epoch()
+                now = time.perf_counter()
+                over = now - start + (now - t0) > time_limit_s
+                stopped = time_limit_s > 0 and self.loop.phase != "done" and self._rank0(over)
         if self.rank == 0 and (self.out / "metrics.csv").exists():
             from lsdseg.plot import plot_progress
 
             plot_progress(self.out / "metrics.csv", self.out / "progress.png")
         return self.loop
+
+    def _rank0(self, flag: bool) -> bool:
+        """Rank 0's ``flag`` on every rank, so that all ranks stop after the same epoch."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.broadcast(t, src=0)
+        return bool(t.item())
 
     def _start_phase(self) -> None:
         """Choose what trains in this phase; build (or restore) optimiser and EMA."""

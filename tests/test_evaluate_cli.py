@@ -95,6 +95,8 @@ WIDER = '{{"image_ae": {{"channels": [8, 8, 16]}}}}'
         ["train", "--data", "{tmp}/empty", "--out", "{tmp}/run"],
         ["train", "--data", "{data}", "--out", "{tmp}/run", "--batch-size", "64"],
         ["train", "--data", "{data}", "--out", "{tmp}/run", "--val-fraction", "1.5"],
+        ["train", "--data", "{data}", "--out", "{tmp}/run", "--time-limit", "-5"],
+        ["train", "--data", "{data}", "--out", "{tmp}/run", "--val-steps", "0"],
         ["train", "--data", "{data}", "--out", "{tmp}/run", "--grow", GROW],
         ["train", "--data", "{data}", "--out", "{tmp}/run", "--init", "{tiny}", "--grow", "{{x"],
         ["train", "--data", "{data}", "--out", "{tmp}/run", "--init", "{tiny}", "--grow", "[2]"],

@@ -103,9 +103,26 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 
 
-def test_sigkill_then_rerun_resumes_to_the_same_weights(data, tiny_config, tmp_path):
-    ref = tmp_path / "ref"
-    subprocess.run(_cmd(data, tiny_config, ref), check=True, env=_env(), capture_output=True)
+@pytest.fixture(scope="module")
+def ref(data, tiny_config, tmp_path_factory) -> Path:
+    """A tiny run that was never interrupted."""
+    out = tmp_path_factory.mktemp("runs") / "ref"
+    subprocess.run(_cmd(data, tiny_config, out), check=True, env=_env(), capture_output=True)
+    return out
+
+
+def _assert_same_run(ref: Path, run: Path) -> None:
+    """The same metrics rows (phase, epoch, step) and the same final weights."""
+    rows = [r.split(",")[:3] for r in (ref / "metrics.csv").read_text().strip().splitlines()]
+    got = [r.split(",")[:3] for r in (run / "metrics.csv").read_text().strip().splitlines()]
+    assert got == rows
+    a, b = _weights(ref / "last"), _weights(run / "last")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_sigkill_then_rerun_resumes_to_the_same_weights(data, tiny_config, ref, tmp_path):
     rows = (ref / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 2 + 4  # header, 2 autoencoder epochs, 4 diffusion epochs
 
@@ -130,14 +147,24 @@ def test_sigkill_then_rerun_resumes_to_the_same_weights(data, tiny_config, tmp_p
     assert not list(run.glob(".last.*")) or (run / "last" / "model.safetensors").exists()
     done = subprocess.run(_cmd(data, tiny_config, run), env=_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert (run / "metrics.csv").read_text().strip().splitlines()[-1].split(",")[:3] == rows[
-        -1
-    ].split(",")[:3]
-    a, b = _weights(ref / "last"), _weights(run / "last")
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    _assert_same_run(ref, run)
     assert (run / "best" / "card.md").exists() and (run / "progress.png").exists()
+
+
+def test_time_limit_stops_after_one_epoch_and_rerunning_finishes_the_same_run(
+    data, tiny_config, ref, tmp_path
+):
+    run = tmp_path / "slots"
+    cmd = [*_cmd(data, tiny_config, run), "--time-limit", "0.00001"]
+    for epochs_done in (1, 2, 3):  # autoencoder 1, autoencoder 2 (the phase ends), diffusion 1
+        r = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert "re-run the same command to continue" in " ".join(r.stderr.split())
+        assert len((run / "metrics.csv").read_text().strip().splitlines()) == 1 + epochs_done
+    done = subprocess.run(_cmd(data, tiny_config, run), env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "done: best validation Dice" in " ".join(done.stderr.split())
+    _assert_same_run(ref, run)
 
 
 def _ddp_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
