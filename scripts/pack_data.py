@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from lsdseg.cli.train_cmd import load_pairs
-from lsdseg.data import find_pairs, load_sample
+from lsdseg.data import DataError, find_pairs, load_sample
 
 
 def shrink(image: np.ndarray, mask: np.ndarray, short_side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,12 +81,17 @@ def main() -> int:
     names = [Path(d).resolve().name for d in args.data]
     if len(set(names)) != len(names):
         sys.exit(f"dataset folder names must differ (they prefix the groups): {names}")
+    if args.short_side < 1:
+        sys.exit(f"--short-side {args.short_side} must be a positive number of pixels")
     copies = []
     for d, name in zip(args.data, names, strict=True):
         dst = out / name
         if dst.exists():
             shutil.rmtree(dst)
-        n = pack(Path(d), dst, args.short_side, args.quality)
+        try:
+            n = pack(Path(d), dst, args.short_side, args.quality)
+        except (DataError, OSError) as e:
+            sys.exit(f"{d}: {e}")
         size = sum(f.stat().st_size for f in dst.rglob("*") if f.is_file()) / 2**20
         print(f"{d} -> {dst}: {n} pairs, {size:.1f} MiB")
         copies.append(str(dst))
