@@ -41,30 +41,27 @@ from gpu_checks import ROOT, environment, python_env, run_logged
 GRACE_S = 90  # past --minutes, the training process is killed (its last/ survives a kill)
 
 
-def split_args(train_args: list[str]) -> tuple[float, int]:
-    """The ``--val-fraction`` and ``--seed`` that ``lsdseg train`` gets (its defaults else)."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    known, _ = p.parse_known_args(train_args)
-    return known.val_fraction, known.seed
+def data_flags(data: list[str]) -> list[str]:
+    """``--data D`` for each folder."""
+    return [a for d in data for a in ("--data", d)]
 
 
-def export(
-    run: Path, out: Path, steps: list[int], data: list[str], split: tuple[float, int]
-) -> dict:
+def export(run: Path, out: Path, steps: list[int], data: list[str], train_args: list[str]) -> dict:
     """Inference weights of ``best/`` and ``last/``'s EMA under ``out``, and their probe on
-    the validation split that training held out (``split``: val fraction, seed)."""
+    the validation split that training held out (``lsdseg train``'s own parser reads it from
+    ``train_args``)."""
     import torch
     from bundle_weights import THRESHOLDS, load_weights, sweep
 
     from lsdseg.checkpoint import save_checkpoint, without_image_decoder
+    from lsdseg.cli.main import build_parser
     from lsdseg.cli.train_cmd import load_pairs
     from lsdseg.data import load_sample
     from lsdseg.segmenter import Segmenter
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    _, val = load_pairs(data, None, *split)
+    given = build_parser().parse_args(["train", *data_flags(data), *train_args])
+    _, val = load_pairs(given.data, given.val_data, given.val_fraction, given.seed)
     samples = [(pair, *load_sample(pair)) for pair in val]
     probe: dict[str, list[dict]] = {}
     for name, spec in (("best", run / "best"), ("last-ema", f"{run / 'last'}:ema")):
@@ -96,7 +93,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     steps = [int(s) for s in args.probe_steps.split(",")]
     if args.export_only:  # second half, run in the environment where lsdseg imports
-        result = export(args.export_only, out, steps, args.data, split_args(args.train_args))
+        result = export(args.export_only, out, steps, args.data, args.train_args)
         (out / "probe.json").write_text(json.dumps(result, indent=2))
         return 0
 
@@ -106,12 +103,12 @@ def main() -> int:
     print(json.dumps(info, indent=2), flush=True)
     run = Path(tempfile.mkdtemp(prefix="lsdseg-gpu-train-")) / "run"
     cmd = [sys.executable, "-m", "lsdseg.cli.main", "train"]
-    cmd += [a for d in data for a in ("--data", d)]
+    cmd += data_flags(data)
     cmd += ["--out", str(run), "--device", args.device, "--workers", str(args.workers)]
     cmd += ["--time-limit", str(args.minutes), *args.train_args]
     code = run_logged(cmd, env, cwd, out / "train.log", timeout=args.minutes * 60 + GRACE_S)
     export_cmd = [sys.executable, str(ROOT / "scripts" / "gpu_train.py"), "--out", str(out)]
-    export_cmd += [a for d in data for a in ("--data", d)]
+    export_cmd += data_flags(data)
     export_cmd += ["--probe-steps", args.probe_steps, "--export-only", str(run)]
     export_cmd += ["--", *args.train_args]
     export_code = subprocess.run(export_cmd, env=env, cwd=cwd).returncode
