@@ -61,7 +61,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="",
         metavar="JSON",
         help="with --init: architecture changes that start as the identity, e.g. "
-        '\'{"image_ae": {"context_depth": 2}}\' (or encoder_depth)',
+        '\'{"image_ae": {"context_depth": 2}}\' (or encoder_depth, or backbone)',
+    )
+    p.add_argument(
+        "--backbone-weights",
+        default="",
+        metavar="PT",
+        help="pretrained weights for the image encoder's backbone (image_ae.backbone), written "
+        "by scripts/import_backbone.py; loaded when the run starts, not on resume",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
@@ -200,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
         max_steps_per_epoch=args.max_steps_per_epoch,
         init=init,
         grow=grow,
+        backbone_weights=args.backbone_weights,
     )
     if args.time_limit < 0:
         raise UserError(f"--time-limit {args.time_limit} must be >= 0 minutes (0: no limit)")

@@ -45,6 +45,7 @@ class ImageAEConfig:
     context_depth: int = 1  # residual blocks per context level (see vae._Context)
     groups: int = 8  # GroupNorm groups
     decoder: bool = True  # build D_x; only stage 1 needs it, so inference bundles drop it
+    backbone: str = ""  # "" or "mobilenet_v2": pretrained features fed into the context branch
 
     def __post_init__(self) -> None:
         _check(self.factor in (4, 8), f"factor={self.factor} must be 4 or 8")
@@ -59,6 +60,15 @@ class ImageAEConfig:
         _check(
             len(self.channels) == levels,
             f"channels={self.channels} needs {levels} widths for factor={self.factor}",
+        )
+        _check(
+            self.backbone in ("", "mobilenet_v2"),
+            f"backbone={self.backbone!r}: use '' (none) or 'mobilenet_v2'",
+        )
+        _check(
+            not self.backbone or (self.factor == 8 and len(self.context_channels) >= 2),
+            f"backbone={self.backbone!r} feeds S/8, S/16 and S/32: it needs factor=8 and two "
+            "context levels (context_channels with at least two widths)",
         )
 
 

@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
+from lsdseg.backbone import load_backbone_weights
 from lsdseg.checkpoint import grow_checkpoint, load_checkpoint, save_checkpoint
 from lsdseg.config import ModelConfig, to_dict
 from lsdseg.dataset import SegmentationDataset
@@ -67,6 +68,7 @@ class TrainConfig:
     max_steps_per_epoch: int = 0  # cap for smoke tests (0 = full epochs)
     init: str = ""  # checkpoint folder to start from (e.g. the bundled weights)
     grow: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides applied to init
+    backbone_weights: str = ""  # pretrained backbone state dict loaded into a new model
 
     def __post_init__(self) -> None:
         checks = [
@@ -213,6 +215,8 @@ class Trainer:
                 if cfg.init
                 else LatentSegmenter(model_cfg).to(self.device)
             )
+            if cfg.backbone_weights:
+                load_backbone_weights(self.model.image_ae.encoder.backbone, cfg.backbone_weights)
             self.loop = LoopState(phase="diffusion" if cfg.stage == "diffusion" else "autoencoders")
         size = self.model.cfg.image_size
         for name, ds in (("training", train_set), ("validation", val_set)):
@@ -286,12 +290,12 @@ class Trainer:
         if self.loop.phase == "autoencoders":
             params = list(m.mask_vae.parameters())
             if cfg.image_recon_weight > 0:
-                params += list(m.image_ae.parameters())
+                params += m.image_ae.trainable_parameters()
             self.epochs, self.base_lr = cfg.ae_epochs, cfg.lr
         else:
             params = list(m.unet.parameters())
             if cfg.train_image_encoder:
-                params += list(m.image_ae.encoder.parameters())
+                params += m.image_ae.encoder.trainable_parameters()
             self.epochs, self.base_lr = cfg.epochs, cfg.diffusion_lr
         m.requires_grad_(False)
         for p in params:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lsdseg.backbone import BACKBONES
 from lsdseg.config import ImageAEConfig, MaskVAEConfig
 from lsdseg.layers import Downsample, GroupNormAct, ResBlock, Upsample
 
@@ -28,7 +29,10 @@ class _Encoder(nn.Module):
     Each level is (Downsample, ResBlock) followed by ``depth - 1`` residual blocks that start as
     the identity (:func:`_identity_block`), so a trained shallower encoder can be grown without
     renaming its tensors (:func:`lsdseg.checkpoint.grow_checkpoint`). ``context`` (the image
-    encoder's :class:`_Context`) runs on the deepest level, before the head.
+    encoder's :class:`_Context`) runs on the deepest level, before the head. ``backbone`` (a
+    pretrained :mod:`lsdseg.backbone`) sees the input too; its features at S/8, S/16 and S/32
+    are added to the deepest level and to the first two context levels through 1x1 convolutions
+    that start at zero, so a trained encoder grown with a backbone computes what it did.
 
     Shapes:
         (B, c_in, S, S) -> (B, c_out, S / 2**len(channels), S / 2**len(channels)).
@@ -41,7 +45,8 @@ class _Encoder(nn.Module):
         c_out: int,
         groups: int,
         depth: int = 1,
-        context: nn.Module | None = None,
+        context: _Context | None = None,
+        backbone: str = "",
     ) -> None:
         super().__init__()
         self.stem = nn.Conv2d(c_in, channels[0], 3, stride=2, padding=1)
@@ -54,6 +59,13 @@ class _Encoder(nn.Module):
             for prev, c in itertools.pairwise(channels)
         )
         self.context = context
+        self.backbone = BACKBONES[backbone]() if backbone else None
+        if self.backbone is not None:
+            assert context is not None  # ImageAEConfig checks this
+            widths = (channels[-1], *context.widths[1:3])  # at S/8, S/16, S/32
+            self.fuse = nn.ModuleList(
+                _zero_conv(a, b) for a, b in zip(self.backbone.channels, widths, strict=True)
+            )
         self.norm = GroupNormAct(channels[-1], groups)
         self.head = nn.Conv2d(channels[-1], c_out, 1)
 
@@ -61,9 +73,30 @@ class _Encoder(nn.Module):
         h = self.stem(x)  # (B, channels[0], S/2, S/2)
         for level in self.levels:
             h = level(h)
+        extra = None
+        if self.backbone is not None:
+            feats = self.backbone(x)  # at S/8, S/16, S/32
+            extra = [fuse(f) for fuse, f in zip(self.fuse, feats, strict=True)]
+            h = h + extra.pop(0)
         if self.context is not None:
-            h = self.context(h)
+            h = self.context(h, extra)
         return self.head(self.norm(h))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Every parameter except the frozen early layers of a pretrained backbone."""
+        if self.backbone is None:
+            return list(self.parameters())
+        frozen = {id(p) for p in self.backbone.parameters()}
+        frozen -= {id(p) for p in self.backbone.trainable_parameters()}
+        return [p for p in self.parameters() if id(p) not in frozen]
+
+
+def _zero_conv(c_in: int, c_out: int) -> nn.Conv2d:
+    """A 1x1 convolution that starts at zero: a new input that changes nothing until trained."""
+    conv = nn.Conv2d(c_in, c_out, 1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
 
 
 def rename_legacy_encoder_keys(state: dict[str, T]) -> dict[str, T]:
@@ -109,7 +142,7 @@ class _Context(nn.Module):
 
     def __init__(self, c: int, channels: tuple[int, ...], groups: int, depth: int = 1) -> None:
         super().__init__()
-        widths = (c, *channels)
+        self.widths = widths = (c, *channels)
         self.down = nn.ModuleList(
             nn.Sequential(
                 Downsample(a, b),
@@ -125,11 +158,14 @@ class _Context(nn.Module):
             for a in widths[:-1]
         )
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, extra: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``extra[i]``, if given, is added after going down to level i (h/2**(i + 1))."""
         skips = []
-        for down in self.down:
+        for i, down in enumerate(self.down):
             skips.append(h)
             h = down(h)
+            if extra is not None and i < len(extra):
+                h = h + extra[i]
         for up, merge in zip(reversed(self.up), reversed(self.merge), strict=True):
             h = merge(up(h) + skips.pop())
         return h
@@ -155,10 +191,21 @@ class ImageAutoencoder(nn.Module):
             else None
         )
         self.encoder = _Encoder(
-            3, cfg.channels, cfg.latent_channels, cfg.groups, cfg.encoder_depth, context
+            3,
+            cfg.channels,
+            cfg.latent_channels,
+            cfg.groups,
+            cfg.encoder_depth,
+            context,
+            cfg.backbone,
         )
         # D_x only trains E_x in stage 1; an inference-only checkpoint (decoder=False) has none
         self.decoder = _image_decoder(cfg) if cfg.decoder else None
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Every parameter except the frozen early layers of a pretrained backbone."""
+        rest = [] if self.decoder is None else list(self.decoder.parameters())
+        return self.encoder.trainable_parameters() + rest
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised image -> (B, c_x, S/f, S/f)."""

@@ -177,6 +177,25 @@ def _which_epoch(run: Path, train_cfg: dict, loop: dict, checkpoint: str) -> str
     )
 
 
+# what the card says about a pretrained backbone (lsdseg.backbone), by image_ae.backbone
+BACKBONE_TERMS = {
+    "mobilenet_v2": [
+        "",
+        "The image encoder's MobileNetV2 branch started from the Keras MobileNetV2 (width 1.0,",
+        "ImageNet-pretrained, then fine-tuned as an image classifier) that the nsfwjs 4.4.0 npm",
+        "package ships under the MIT licence (converted by `scripts/import_backbone.py`); ImageNet",
+        "itself is for non-commercial research and education.",
+    ]
+}
+BACKBONE_ARCH = {
+    "mobilenet_v2": [
+        "- image encoder: a from-scratch conv encoder with a U-shaped context branch, plus a",
+        "  pretrained MobileNetV2 branch (blocks up to S/32, 1.80 M parameters; blocks up to S/8",
+        "  frozen) whose features at S/8, S/16 and S/32 are added through 1x1 convolutions",
+    ]
+}
+
+
 def render_card(
     model,
     final,
@@ -203,6 +222,7 @@ def render_card(
         "Trained on Kvasir-SEG (Jha et al., MMM 2020) and CVC-ClinicDB (Bernal et al., CMIG 43,",
         "2015). Both are released for **research and educational use only; commercial use is not",
         "allowed**, and these weights inherit those terms. Not a medical device.",
+        *BACKBONE_TERMS.get(model.cfg.image_ae.backbone, []),
         "",
         "## Data and split",
         "",
@@ -222,6 +242,7 @@ def render_card(
         f"- diffusion: {model.cfg.diffusion.prediction}-prediction, {model.cfg.diffusion.schedule} "
         f"schedule, T = {model.cfg.diffusion.timesteps}, training timesteps gamma = "
         f"{model.cfg.diffusion.timestep_gamma}, auxiliary BCE + Dice on the decoded x0 estimate",
+        *BACKBONE_ARCH.get(model.cfg.image_ae.backbone, []),
         "- stored in float16 (the model runs in float32), without the image decoder, which only",
         "  stage 1 trains (fine-tuning with `--stage diffusion` works from these weights)",
         "",

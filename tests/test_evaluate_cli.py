@@ -110,6 +110,16 @@ WIDER = '{{"image_ae": {{"channels": [8, 8, 16]}}}}'
             *("--data", "{data}", "--out", "{tmp}/run", "--init", "{tiny}", "--imgsz", "64"),
             *("--grow", '{{"image_size": 96}}'),
         ],
+        [
+            "train",
+            *("--data", "{data}", "--out", "{tmp}/run", "--init", "{tiny}"),
+            *("--backbone-weights", "{tmp}/missing.pt"),
+        ],
+        [
+            "train",
+            *("--data", "{data}", "--out", "{tmp}/run", "--init", "{tiny}"),
+            *("--grow", '{{"image_ae": {{"backbone": "mobilenet_v2"}}}}'),
+        ],
     ],
 )
 def test_bad_input_gives_one_line_and_nonzero_exit(capsys, tiny, tmp_path, args):
