@@ -85,9 +85,9 @@ class MobileNetV2Features(nn.Module):
                 c = c_out
         self.blocks = nn.ModuleList(blocks)  # block i is Keras' block_i (0 = expanded_conv)
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """The parameters fine-tuning updates: blocks from S/16 on (see ``FROZEN_BLOCKS``)."""
-        return [p for b in self.blocks[FROZEN_BLOCKS:] for p in b.parameters()]
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        """The parameters fine-tuning leaves as imported: stem and blocks up to S/8."""
+        return [p for m in (self.stem, *self.blocks[:FROZEN_BLOCKS]) for p in m.parameters()]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         h = self.stem(x)  # (B, 32, S/2, S/2)
@@ -96,8 +96,6 @@ class MobileNetV2Features(nn.Module):
             h = block(h)
             if i in _TAPS:
                 out.append(h)
-            if i == _TAPS[-1]:
-                break
         return out
 
 

@@ -119,3 +119,11 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
+
+
+def zero_conv(c_in: int, c_out: int) -> nn.Conv2d:
+    """A 1x1 convolution that starts at zero: a new input that changes nothing until trained."""
+    conv = nn.Conv2d(c_in, c_out, 1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv

@@ -16,7 +16,14 @@ import torch
 from torch import nn
 
 from lsdseg.config import UNetConfig
-from lsdseg.layers import Downsample, GroupNormAct, ResBlock, SelfAttention, Upsample
+from lsdseg.layers import (
+    Downsample,
+    GroupNormAct,
+    ResBlock,
+    SelfAttention,
+    Upsample,
+    zero_conv,
+)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -68,10 +75,7 @@ class ConditionPyramid(nn.Module):
             )
             for i, w in enumerate(widths)
         )
-        self.proj = nn.ModuleList(nn.Conv2d(w, c, 1) for w, c in zip(widths, out, strict=True))
-        for conv in self.proj:
-            nn.init.zeros_(conv.weight)
-            nn.init.zeros_(conv.bias)
+        self.proj = nn.ModuleList(zero_conv(w, c) for w, c in zip(widths, out, strict=True))
 
     def forward(self, z_x: torch.Tensor) -> list[torch.Tensor]:
         h = self.stem(z_x)  # (B, widths[0], h, w)

@@ -18,7 +18,7 @@ from torch import nn
 
 from lsdseg.backbone import BACKBONES
 from lsdseg.config import ImageAEConfig, MaskVAEConfig
-from lsdseg.layers import Downsample, GroupNormAct, ResBlock, Upsample
+from lsdseg.layers import Downsample, GroupNormAct, ResBlock, Upsample, zero_conv
 
 T = TypeVar("T")
 
@@ -64,7 +64,7 @@ class _Encoder(nn.Module):
             assert context is not None  # ImageAEConfig checks this
             widths = (channels[-1], *context.widths[1:3])  # at S/8, S/16, S/32
             self.fuse = nn.ModuleList(
-                _zero_conv(a, b) for a, b in zip(self.backbone.channels, widths, strict=True)
+                zero_conv(a, b) for a, b in zip(self.backbone.channels, widths, strict=True)
             )
         self.norm = GroupNormAct(channels[-1], groups)
         self.head = nn.Conv2d(channels[-1], c_out, 1)
@@ -84,19 +84,12 @@ class _Encoder(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Every parameter except the frozen early layers of a pretrained backbone."""
-        if self.backbone is None:
-            return list(self.parameters())
-        frozen = {id(p) for p in self.backbone.parameters()}
-        frozen -= {id(p) for p in self.backbone.trainable_parameters()}
+        frozen = (
+            {id(p) for p in self.backbone.frozen_parameters()}
+            if self.backbone is not None
+            else set()
+        )
         return [p for p in self.parameters() if id(p) not in frozen]
-
-
-def _zero_conv(c_in: int, c_out: int) -> nn.Conv2d:
-    """A 1x1 convolution that starts at zero: a new input that changes nothing until trained."""
-    conv = nn.Conv2d(c_in, c_out, 1)
-    nn.init.zeros_(conv.weight)
-    nn.init.zeros_(conv.bias)
-    return conv
 
 
 def rename_legacy_encoder_keys(state: dict[str, T]) -> dict[str, T]:

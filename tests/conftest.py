@@ -84,6 +84,16 @@ def _tiny_model(
     return model.eval()
 
 
+def model_outputs(model: LatentSegmenter) -> tuple[torch.Tensor, ...]:
+    """Everything ``model`` returns for a fixed image batch and noise (B = 2, K = 3)."""
+    gen = torch.Generator().manual_seed(0)
+    s = model.cfg.image_size
+    x = torch.randn(2, 3, s, s, generator=gen)
+    noise = torch.randn(2, 3, *model.latent_shape, generator=gen)
+    with torch.no_grad():
+        return model(x, noise)
+
+
 @pytest.fixture
 def make_config() -> Callable[..., ModelConfig]:
     """Factory: ``make_config(factor=8, image_size=64, **top_level_overrides)``."""

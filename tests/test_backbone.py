@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import model_outputs
 from torch import nn
 
 from lsdseg.backbone import FROZEN_BLOCKS, MobileNetV2Features, load_backbone_weights
@@ -33,15 +34,6 @@ def _two_level_config(make_config, **image_ae):
     """The tiny config with the two context levels a backbone needs (S/16, S/32)."""
     cfg = make_config()
     return replace(cfg, image_ae=replace(cfg.image_ae, context_channels=(16, 16), **image_ae))
-
-
-def _outputs(model: LatentSegmenter) -> tuple[torch.Tensor, ...]:
-    gen = torch.Generator().manual_seed(0)
-    s = model.cfg.image_size
-    x = torch.randn(2, 3, s, s, generator=gen)
-    noise = torch.randn(2, 3, *model.latent_shape, generator=gen)
-    with torch.no_grad():
-        return model(x, noise)
 
 
 def test_features_at_s8_s16_s32_and_the_parameter_count() -> None:
@@ -63,14 +55,14 @@ def test_grown_with_a_backbone_the_model_computes_what_it_did(
     with torch.no_grad():  # pretrained or not, the zero fusion convs hide the backbone
         for p in grown.image_ae.encoder.backbone.parameters():
             p.normal_(0.0, 0.1)
-    for a, b in zip(_outputs(small), _outputs(grown), strict=True):
+    for a, b in zip(model_outputs(small), model_outputs(grown), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     with torch.no_grad():  # trained away from zero, the backbone changes the image latent
         for fuse in grown.image_ae.encoder.fuse:
             fuse.weight.normal_(0.0, 0.05)
-        assert not torch.allclose(_outputs(grown)[0], _outputs(small)[0])
+        assert not torch.allclose(model_outputs(grown)[0], model_outputs(small)[0])
     back = load_checkpoint(save_checkpoint(grown, tmp_path / "grown"))
-    for a, b in zip(_outputs(grown), _outputs(back), strict=True):
+    for a, b in zip(model_outputs(grown), model_outputs(back), strict=True):
         assert torch.equal(a, b)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import model_outputs
 from safetensors.torch import load_file, save_file
 
 import lsdseg
@@ -24,25 +25,16 @@ from lsdseg.checkpoint import (
 from lsdseg.model import LatentSegmenter
 
 
-def _outputs(model: LatentSegmenter) -> tuple[torch.Tensor, ...]:
-    gen = torch.Generator().manual_seed(0)
-    s = model.cfg.image_size
-    x = torch.randn(2, 3, s, s, generator=gen)
-    noise = torch.randn(2, 3, *model.latent_shape, generator=gen)
-    with torch.no_grad():
-        return model(x, noise)
-
-
 @pytest.fixture
 def saved(tmp_path: Path, tiny_model: LatentSegmenter) -> Path:
     return save_checkpoint(tiny_model, tmp_path / "ckpt", card="# tiny\n", extra={"dice": 0.5})
 
 
-def test_round_trip_gives_identical_outputs(saved: Path, tiny_model: LatentSegmenter) -> None:
+def test_round_trip_gives_identicalmodel_outputs(saved: Path, tiny_model: LatentSegmenter) -> None:
     loaded = load_checkpoint(saved)
     assert loaded.cfg == tiny_model.cfg
     assert not loaded.training
-    for a, b in zip(_outputs(tiny_model), _outputs(loaded), strict=True):
+    for a, b in zip(model_outputs(tiny_model), model_outputs(loaded), strict=True):
         assert torch.equal(a, b)
     for (ka, va), (kb, vb) in zip(
         tiny_model.state_dict().items(), loaded.state_dict().items(), strict=True
@@ -81,8 +73,8 @@ def test_overwrite_is_atomic_and_leaves_no_temporaries(
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no .ckpt.* temp or .old folders
     assert (tmp_path / "ckpt" / "card.md").read_text() == "second"
     loaded = load_checkpoint(tmp_path / "ckpt")
-    assert torch.equal(_outputs(loaded)[2], _outputs(second)[2])
-    assert not torch.equal(_outputs(loaded)[2], _outputs(first)[2])
+    assert torch.equal(model_outputs(loaded)[2], model_outputs(second)[2])
+    assert not torch.equal(model_outputs(loaded)[2], model_outputs(first)[2])
 
 
 def test_a_failed_save_keeps_the_old_checkpoint(
@@ -200,7 +192,7 @@ def test_hash_follows_the_content(
     assert len(checkpoint_hash(a)) == 16
 
 
-def test_half_precision_storage_halves_the_file_and_keeps_outputs(
+def test_half_precision_storage_halves_the_file_and_keepsmodel_outputs(
     tmp_path: Path, tiny_model: LatentSegmenter
 ) -> None:
     full = save_checkpoint(tiny_model, tmp_path / "full")
@@ -235,7 +227,7 @@ def test_grow_adds_identity_blocks_and_keeps_every_output(
     assert added and all(where in k for k in added)
     for k, v in old.items():
         assert torch.equal(new[k], v), k
-    for a, b in zip(_outputs(tiny_model), _outputs(grown), strict=True):
+    for a, b in zip(model_outputs(tiny_model), model_outputs(grown), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     # the new blocks are wired in: once trained away from zero, they change the image latent
     x = torch.randn(1, 3, grown.cfg.image_size, grown.cfg.image_size)
@@ -256,14 +248,14 @@ def test_grow_adds_a_condition_pyramid_that_starts_silent(
     old, new = tiny_model.state_dict(), grown.state_dict()
     added = [k for k in new if k not in old]
     assert added and all(k.startswith("unet.cond_pyramid.") for k in added)
-    for a, b in zip(_outputs(tiny_model), _outputs(grown), strict=True):
+    for a, b in zip(model_outputs(tiny_model), model_outputs(grown), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     with torch.no_grad():  # trained away from zero, the pyramid changes the masks
         for proj in grown.unet.cond_pyramid.proj:
             proj.weight.normal_(std=0.3)
-        assert not torch.allclose(_outputs(grown)[0], _outputs(tiny_model)[0])
+        assert not torch.allclose(model_outputs(grown)[0], model_outputs(tiny_model)[0])
     back = load_checkpoint(save_checkpoint(grown, tmp_path / "pyramid"))
-    for a, b in zip(_outputs(grown), _outputs(back), strict=True):
+    for a, b in zip(model_outputs(grown), model_outputs(back), strict=True):
         assert torch.equal(a, b)
     # other widths would reshape the trained pyramid
     with pytest.raises(CheckpointError, match="renamed or reshaped"):
@@ -304,7 +296,7 @@ def test_checkpoints_with_the_old_encoder_names_still_load(saved: Path, tmp_path
     assert len(legacy) == len(state)
     save_file(legacy, str(folder / "model.safetensors"))
     loaded = load_checkpoint(folder)
-    for a, b in zip(_outputs(grown), _outputs(loaded), strict=True):
+    for a, b in zip(model_outputs(grown), model_outputs(loaded), strict=True):
         assert torch.equal(a, b)
     # the EMA in a run's training state is renamed the same way
     opt = torch.optim.SGD(grown.parameters(), lr=0.1)
@@ -318,7 +310,7 @@ def test_grown_model_round_trips(saved: Path, tmp_path: Path) -> None:
     grown = ckpt.grow_checkpoint(saved, {"image_ae": {"context_depth": 2}})
     back = load_checkpoint(save_checkpoint(grown, tmp_path / "grown"))
     assert back.cfg.image_ae.context_depth == 2
-    for a, b in zip(_outputs(grown), _outputs(back), strict=True):
+    for a, b in zip(model_outputs(grown), model_outputs(back), strict=True):
         assert torch.equal(a, b)
 
 
@@ -345,12 +337,12 @@ def test_without_image_decoder_keeps_every_output(
     assert slim.cfg.image_ae.decoder is False and slim.image_ae.decoder is None
     kept = {k for k in tiny_model.state_dict() if not k.startswith("image_ae.decoder.")}
     assert set(slim.state_dict()) == kept < set(tiny_model.state_dict())
-    for a, b in zip(_outputs(tiny_model), _outputs(slim), strict=True):
+    for a, b in zip(model_outputs(tiny_model), model_outputs(slim), strict=True):
         assert torch.equal(a, b)
     folder = save_checkpoint(slim, tmp_path / "slim")
     back = load_checkpoint(folder)  # strict load of a decoder-less config
     assert back.image_ae.decoder is None
-    for a, b in zip(_outputs(slim), _outputs(back), strict=True):
+    for a, b in zip(model_outputs(slim), model_outputs(back), strict=True):
         assert torch.equal(a, b)
     full = (save_checkpoint(tiny_model, tmp_path / "full") / "model.safetensors").stat().st_size
     assert (folder / "model.safetensors").stat().st_size < full
@@ -366,7 +358,7 @@ def test_decoder_less_model_refuses_to_decode_and_can_still_grow(
     folder = save_checkpoint(slim, tmp_path / "slim")
     grown = ckpt.grow_checkpoint(folder, {"image_ae": {"context_depth": 2}})
     assert grown.image_ae.decoder is None and grown.cfg.image_ae.context_depth == 2
-    for a, b in zip(_outputs(slim), _outputs(grown), strict=True):
+    for a, b in zip(model_outputs(slim), model_outputs(grown), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     # putting a decoder back is not growing: its tensors were never trained
     with pytest.raises(CheckpointError, match="untrained one cannot be added"):
