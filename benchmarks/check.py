@@ -5,9 +5,11 @@
     python benchmarks/check.py -k segmenter    # a subset (extra arguments go to pytest)
 
 The baseline is a pytest-benchmark JSON file in ``benchmarks/baselines/``, one per machine
-class: ``cpu-<N>core`` on a CPU-only machine, ``<gpu-name>`` (e.g. ``nvidia-h100-80gb-hbm3``)
-with CUDA. A benchmark fails the check when its median is more than ``--tolerance`` (default
-25%) slower than the baseline's; benchmarks missing from either side are listed, not failed.
+class: ``cpu-<N>core-<cpu-model>`` on a CPU-only machine (e.g. ``cpu-2core-amd-epyc``: two
+2-core VMs of different CPU models ran the same suites 2-3x apart), ``<gpu-name>`` (e.g.
+``nvidia-h100-80gb-hbm3``) with CUDA. A benchmark fails the check when its median is more
+than ``--tolerance`` (default 25%) slower than the baseline's; benchmarks missing from either
+side are listed, not failed.
 Exit status: 0 all within tolerance, 1 a regression, 2 no baseline (or the suites failed).
 """
 
@@ -27,13 +29,22 @@ HERE = Path(__file__).resolve().parent
 BASELINES = HERE / "baselines"
 
 
+def slug(name: str) -> str:
+    """``Intel(R) Xeon(R) Processor`` -> ``intel-xeon``: lower case, trademarks and the words
+    "processor" and "cpu" dropped, runs of other characters as one hyphen."""
+    name = re.sub(r"\((r|tm)\)|\b(processor|cpu)\b", " ", name.lower())
+    return re.sub(r"[^a-z0-9]+", "-", name).strip("-")
+
+
 def machine_class() -> str:
-    """``cpu-2core`` or a slug of the GPU's name: which baseline this machine compares with."""
+    """``cpu-2core-amd-epyc`` or a slug of the GPU's name: the baseline this machine uses."""
     import torch
 
     if torch.cuda.is_available():
-        return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
-    return f"cpu-{os.cpu_count()}core"
+        return slug(torch.cuda.get_device_name())
+    from lsdseg.card import cpu_name
+
+    return "-".join(filter(None, [f"cpu-{os.cpu_count()}core", slug(cpu_name())]))
 
 
 def medians(path: Path) -> dict[str, float]:

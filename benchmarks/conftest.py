@@ -12,7 +12,6 @@ baseline of this machine class, see ``benchmarks/check.py``).
 from __future__ import annotations
 
 import os
-import platform
 from collections.abc import Callable
 
 import numpy as np
@@ -20,6 +19,7 @@ import pytest
 import torch
 
 import lsdseg
+from lsdseg.card import cpu_name
 from lsdseg.checkpoint import CheckpointError
 from lsdseg.cli.bench_cmd import backend_problem
 
@@ -36,7 +36,7 @@ def machine_info() -> dict[str, object]:
     info: dict[str, object] = {
         "device": str(DEVICE),
         "cpus": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }

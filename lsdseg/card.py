@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+from pathlib import Path
 
 import torch
 
@@ -13,12 +14,28 @@ from lsdseg.trainstate import LoopState
 from lsdseg.version import __version__
 
 
+def cpu_name() -> str:
+    """The CPU's model name, e.g. ``AMD EPYC 7763 64-Core Processor``.
+
+    From ``/proc/cpuinfo`` on Linux (where ``platform.processor()`` is empty), else
+    ``platform.processor()``, else the architecture (``x86_64``).
+    """
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def training_card(model: LatentSegmenter, loop: LoopState, data: str, device: str) -> str:
     """A card describing a checkpoint written during training (data, settings, metrics)."""
     last = loop.history[-1] if loop.history else {}
     vals = {k: v for k, v in last.items() if k.startswith("val_")}
     n_params = sum(p.numel() for p in model.parameters())
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_name()
     return "\n".join(
         [
             "# lsdseg checkpoint",

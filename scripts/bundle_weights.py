@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lsdseg.card import cpu_name
 from lsdseg.checkpoint import load_checkpoint, save_checkpoint, without_image_decoder
 from lsdseg.cli.train_cmd import load_pairs
 from lsdseg.config import to_dict
@@ -280,7 +281,7 @@ def render_card(
         "",
         "## Training",
         "",
-        f"- lsdseg {__version__}, torch {torch.__version__}, {platform.machine()} CPU, 2 cores,",
+        f"- lsdseg {__version__}, torch {torch.__version__}, {cpu_name()}, {os.cpu_count()} cores,",
         "  no GPU. Stage 1 (autoencoders) and stage 2 (diffusion, image encoder fine-tuned",
         "  jointly) as in DESIGN.md; best checkpoint by validation Dice of the full sampler (EMA).",
         f"- stage-2 settings: {json.dumps(train_cfg)}",

@@ -138,13 +138,35 @@ def test_check_update_saves_the_run_as_baseline(tmp_path):
     assert check.medians(target) == {"a": 0.1}
 
 
-def test_the_saved_cpu_baseline_covers_the_suites():
-    baseline = ROOT / "benchmarks" / "baselines" / "cpu-2core.json"
-    if not baseline.is_file():
+def test_the_saved_cpu_baselines_cover_the_suites():
+    baselines = sorted((ROOT / "benchmarks" / "baselines").glob("cpu-*.json"))
+    if not baselines:
         pytest.skip("no CPU baseline saved yet")
-    names = _check_module().medians(baseline)
-    for suite in ("bench_segmenter", "bench_components", "bench_video"):
-        assert any(suite in n for n in names), suite
+    for baseline in baselines:
+        names = _check_module().medians(baseline)
+        for suite in ("bench_segmenter", "bench_components", "bench_video"):
+            assert any(suite in n for n in names), (baseline.name, suite)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("Intel(R) Xeon(R) Processor", "intel-xeon"),
+        ("AMD EPYC 7763 64-Core Processor", "amd-epyc-7763-64-core"),
+        ("NVIDIA H100 80GB HBM3", "nvidia-h100-80gb-hbm3"),
+        ("x86_64", "x86-64"),
+    ],
+)
+def test_machine_classes_are_slugs_of_the_model_name(name, expected):
+    assert _check_module().slug(name) == expected
+
+
+def test_a_cpu_machine_class_names_cores_and_model(monkeypatch):
+    check = _check_module()
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr("lsdseg.card.cpu_name", lambda: "AMD EPYC 7B13")
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert check.machine_class() == "cpu-2core-amd-epyc-7b13"
 
 
 def _peer_json(path: Path, step_s: float, frame_s: float, timesteps: int = 1000) -> Path:
