@@ -8,21 +8,26 @@ same symlink tree as ``scripts/gpu_checks.py`` when it is not installed. Steps:
 1. ``lsdseg train ... --time-limit`` into a scratch run folder, so the run stops checkpointed
    before the slot ends (the arguments after ``--`` go to ``lsdseg train`` unchanged);
 2. the run's ``best/`` (the EMA with the best in-training validation Dice) and ``last/``'s
-   EMA, without the image decoder, in fp16: each about 13.5 MB, what ``lsdseg.load`` reads;
+   EMA, without the image decoder, in fp16 (13.5 MB each, 17.3 MB with the MobileNetV2
+   branch), cut into ``model.NN.safetensors`` pieces under the slot's 16 MiB per file;
 3. their Dice on the copy's validation split (K = 8, one seed per image, thresholds 0.3-0.6,
    ``--probe-steps``), at the copy's reduced size: a guide only, since the numbers that pick
    and describe bundled weights come from ``scripts/val_probe.py`` and
    ``scripts/bundle_weights.py`` on the full data.
 
-Writes under ``--out`` (default ``$OUT``, else ``.benchmarks/gpu_train``): ``summary.json``
-(GPU, versions, date, command, exit code, the per-epoch metrics and the probe), ``train.log``,
-``progress.png``, ``best/`` and ``last-ema/`` (``model.safetensors`` + ``config.json``).
+Writes under ``--out`` (default ``$OUT``, else ``.benchmarks/gpu_train``) at most 7 files:
+``summary.json`` (GPU, versions, date, command, exit code, the per-epoch metrics, the probe and
+the checkpoints' ``config.json``), ``train.log``, ``progress.png``, and the weight pieces in
+``best/`` and ``last-ema/``. ``--join`` turns what came back into checkpoint folders that
+``lsdseg.load`` reads.
 
     python scripts/pack_data.py ../shared/data/kvasir-seg ../shared/data/cvc-clinicdb
     # then, on the GPU machine (carry .cache/packed):
     python3 scripts/gpu_train.py --data .cache/packed/kvasir-seg \\
         --data .cache/packed/cvc-clinicdb --minutes 7 -- \\
         --stage diffusion --init default --epochs 60 --lr 2e-4 --val-every 5 --val-steps 1
+    # back here, from the folder the files came back to:
+    python scripts/gpu_train.py --join <files> --to runs/gpu/NAME   # NAME/best, NAME/last-ema
 """
 
 from __future__ import annotations
@@ -39,6 +44,96 @@ from pathlib import Path
 from gpu_checks import ROOT, environment, python_env, run_logged
 
 GRACE_S = 90  # past --minutes, the training process is killed (its last/ survives a kill)
+MAX_FILE_BYTES = 16 * 2**20  # what the slot sends back per file
+CHECKPOINTS = ("best", "last-ema")
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+
+
+def split_weights(folder: Path, max_bytes: int = MAX_FILE_BYTES) -> list[Path]:
+    """Replace ``folder/model.safetensors`` by ``model.00.safetensors``, ``model.01...``, each
+    under ``max_bytes``; tensors are kept whole, in file order."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(folder / WEIGHTS))
+    budget = max_bytes - 2**20  # room for each piece's JSON header
+    pieces: list[dict] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if nbytes > budget:
+            raise ValueError(f"tensor {name} ({nbytes} bytes) alone is over {max_bytes} bytes")
+        if size + nbytes > budget:
+            pieces.append({})
+            size = 0
+        pieces[-1][name] = t
+        size += nbytes
+    paths = [folder / f"model.{i:02d}.safetensors" for i in range(len(pieces))]
+    for piece, path in zip(pieces, paths, strict=True):
+        save_file(piece, str(path), metadata={"format": "pt"})
+    (folder / WEIGHTS).unlink()
+    return paths
+
+
+def join_weights(src: Path, dest: Path, config: dict) -> Path:
+    """The checkpoint folder ``dest`` (fp16 ``model.safetensors`` + ``config.json``) from the
+    pieces that :func:`split_weights` left in ``src``, checked by loading it strictly."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from lsdseg.checkpoint import load_checkpoint, save_checkpoint
+
+    pieces = sorted(src.glob("model.[0-9][0-9].safetensors"))
+    if not pieces:
+        raise ValueError(f"{src} holds no model.NN.safetensors pieces")
+    tensors: dict = {}
+    for piece in pieces:
+        tensors.update(load_file(str(piece)))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".join-", dir=dest.parent))
+    try:
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        model = load_checkpoint(tmp)  # a missing piece or another config fails here
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    card = f"# lsdseg checkpoint\n\nTrained by scripts/gpu_train.py; joined from {src}.\n"
+    return save_checkpoint(model, dest, card, dtype=torch.float16)
+
+
+def join(results: Path, to: Path) -> int:
+    """``--join``: checkpoint folders under ``to`` from a results folder of this script."""
+    summary_file = results / "summary.json"
+    if not summary_file.is_file():
+        print(
+            f"error: {results} has no summary.json: pass the folder the slot's files came back to",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        config = json.loads(summary_file.read_text()).get("checkpoint_config")
+    except json.JSONDecodeError as e:
+        print(f"error: {summary_file} is not valid JSON ({e})", file=sys.stderr)
+        return 2
+    names = [n for n in CHECKPOINTS if (results / n).is_dir()]
+    if config is None or not names:
+        print(
+            f"error: {results} brought back no weights (see its summary.json and train.log)",
+            file=sys.stderr,
+        )
+        return 2
+    from safetensors import SafetensorError
+
+    for name in names:
+        try:
+            print(f"wrote {join_weights(results / name, to / name, config)}", flush=True)
+        except (ValueError, OSError, SafetensorError) as e:
+            print(f"error: {results / name}: {e}", file=sys.stderr)
+            return 2
+    to.mkdir(parents=True, exist_ok=True)
+    for extra in ("summary.json", "train.log", "progress.png"):
+        if (results / extra).is_file():
+            shutil.copyfile(results / extra, to / extra)
+    return 0
 
 
 def data_flags(data: list[str]) -> list[str]:
@@ -64,31 +159,55 @@ def export(run: Path, out: Path, steps: list[int], data: list[str], train_args: 
     _, val = load_pairs(given.data, given.val_data, given.val_fraction, given.seed)
     samples = [(pair, *load_sample(pair)) for pair in val]
     probe: dict[str, list[dict]] = {}
-    for name, spec in (("best", run / "best"), ("last-ema", f"{run / 'last'}:ema")):
+    config = None
+    for name, spec in zip(CHECKPOINTS, (run / "best", f"{run / 'last'}:ema"), strict=True):
         if not Path(str(spec).removesuffix(":ema")).exists():
             continue
         model = without_image_decoder(load_weights(spec))
         save_checkpoint(model, out / name, "", dtype=torch.float16)
-        (out / name / "card.md").unlink(missing_ok=True)  # the 8-file limit; config.json says it
+        # the 8-file limit: summary.json carries the config (the same for both), no card
+        config = json.loads((out / name / CONFIG).read_text())
+        for f in (CONFIG, "card.md"):
+            (out / name / f).unlink()
+        split_weights(out / name)
         seg = Segmenter(model.to(device))
         probe[name] = [sweep(seg, samples, s, 8) for s in steps]
         for row in probe[name]:
             print(name, json.dumps(row), flush=True)
-    return {"thresholds": THRESHOLDS, "validation_pairs": len(val), "rows": probe}
+    return {
+        "thresholds": THRESHOLDS,
+        "validation_pairs": len(val),
+        "rows": probe,
+        "checkpoint_config": config,
+    }
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_out = os.environ.get("OUT") or ROOT / ".benchmarks" / "gpu_train"  # git-ignored
     p.add_argument("--out", type=Path, default=Path(default_out))
-    p.add_argument("--data", action="append", required=True, help="packed dataset folders")
+    p.add_argument("--data", action="append", help="packed dataset folders")
     p.add_argument("--minutes", type=float, default=7.0, help="training time (--time-limit)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument("--probe-steps", default="1,2", help="comma-separated DDIM step counts")
     p.add_argument("--export-only", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--join",
+        type=Path,
+        metavar="RESULTS",
+        help="the folder a slot's files came "
+        "back to: write its weights as checkpoint folders under --to",
+    )
+    p.add_argument("--to", type=Path, help="with --join: where best/ and last-ema/ go")
     p.add_argument("train_args", nargs="*", help="after --: arguments of lsdseg train")
     args = p.parse_args()
+    if args.join:
+        if args.to is None:
+            p.error("--join needs --to DEST (the results folder that came back is read-only)")
+        return join(args.join, args.to)
+    if not args.data:
+        p.error("--data is required (the packed dataset folders), unless --join")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     steps = [int(s) for s in args.probe_steps.split(",")]
@@ -113,13 +232,15 @@ def main() -> int:
     export_cmd += ["--", *args.train_args]
     export_code = subprocess.run(export_cmd, env=env, cwd=cwd).returncode
     probe_file = out / "probe.json"
+    probe = json.loads(probe_file.read_text()) if probe_file.exists() else None
     summary = {
         "environment": info,
         "train_command": cmd,
         "train_exit_code": code,
         "export_exit_code": export_code,
         "metrics_csv": (run / "metrics.csv").read_text() if (run / "metrics.csv").exists() else "",
-        "probe": json.loads(probe_file.read_text()) if probe_file.exists() else None,
+        "probe": probe,
+        "checkpoint_config": probe.pop("checkpoint_config", None) if probe else None,
     }
     probe_file.unlink(missing_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
