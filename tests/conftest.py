@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -18,6 +22,8 @@ from lsdseg.config import (
     UNetConfig,
 )
 from lsdseg.model import LatentSegmenter
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # The Triton kernels run on the CPU through Triton's interpreter when no CUDA GPU is visible (and
 # compiled on a GPU). Triton picks the interpreter when a kernel is *defined*, so this must be set
@@ -82,6 +88,20 @@ def _tiny_model(
             model.unet.conv_out.weight.normal_(0.0, head_std)
             model.unet.conv_out.bias.normal_(0.0, head_std)
     return model.eval()
+
+
+def load_script(path: str) -> ModuleType:
+    """Import a script of the repository (``"scripts/gpu_train.py"``) as a module; its folder
+    is on ``sys.path`` while it loads, as when it runs, so it can import its neighbours."""
+    file = ROOT / path
+    sys.path.insert(0, str(file.parent))
+    try:
+        spec = importlib.util.spec_from_file_location(file.stem, file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(file.parent))
 
 
 def model_outputs(model: LatentSegmenter) -> tuple[torch.Tensor, ...]:

@@ -7,7 +7,6 @@ layers instead.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from dataclasses import replace
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import model_outputs
+from conftest import load_script, model_outputs
 from torch import nn
 
 from lsdseg.backbone import FROZEN_BLOCKS, MobileNetV2Features, load_backbone_weights
@@ -25,9 +24,7 @@ from lsdseg.config import ImageAEConfig
 from lsdseg.model import LatentSegmenter
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "import_backbone.py"
-_spec = importlib.util.spec_from_file_location("import_backbone", SCRIPT)
-import_backbone = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(import_backbone)
+import_backbone = load_script("scripts/import_backbone.py")
 
 
 def _two_level_config(make_config, **image_ae):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import model_outputs
+from conftest import load_script, model_outputs
 
 from lsdseg.checkpoint import load_checkpoint, save_checkpoint
 
@@ -20,14 +19,7 @@ BUNDLED = Path(__file__).resolve().parents[1] / "lsdseg" / "weights" / "default"
 
 
 def _module():
-    sys.path.insert(0, str(SCRIPT.parent))  # it imports gpu_checks beside it
-    try:
-        spec = importlib.util.spec_from_file_location("gpu_train", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    return load_script("scripts/gpu_train.py")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

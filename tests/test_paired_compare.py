@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+from conftest import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "paired_compare.py"
 
 
 def _module():
-    sys.path.insert(0, str(SCRIPT.parent))  # it imports bundle_weights beside it
-    try:
-        spec = importlib.util.spec_from_file_location("paired_compare", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    return load_script("scripts/paired_compare.py")  # it imports bundle_weights beside it
 
 
 def test_bootstrap_interval_contains_zero_for_noise_and_not_for_a_shift() -> None:
