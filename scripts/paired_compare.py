@@ -8,7 +8,8 @@ contains 0 means the validation split cannot tell the two apart.
     python scripts/paired_compare.py lsdseg/weights/default runs/train/default-v14/best \\
         --data ../shared/data/kvasir-seg --data ../shared/data/cvc-clinicdb
 
-Defaults: K = 8, 1 step, threshold 0.6 (the bundled sampler), seeds 0-2, 10,000 resamples.
+Defaults: K = 8, 1 step, threshold 0.6, seeds 0-2, 10,000 resamples; `--steps 2` for the bundled
+sampler (2 steps since run 14).
 """
 
 from __future__ import annotations
