@@ -196,8 +196,7 @@ def main() -> int:
         "--join",
         type=Path,
         metavar="RESULTS",
-        help="the folder a slot's files came "
-        "back to: write its weights as checkpoint folders under --to",
+        help="the folder a slot's files came back to: its weights become checkpoints in --to",
     )
     p.add_argument("--to", type=Path, help="with --join: where best/ and last-ema/ go")
     p.add_argument("train_args", nargs="*", help="after --: arguments of lsdseg train")
