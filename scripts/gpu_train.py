@@ -46,13 +46,14 @@ from gpu_checks import ROOT, environment, python_env, run_logged
 GRACE_S = 90  # past --minutes, the training process is killed (its last/ survives a kill)
 MAX_FILE_BYTES = 16 * 2**20  # what the slot sends back per file
 CHECKPOINTS = ("best", "last-ema")
-WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
 def split_weights(folder: Path, max_bytes: int = MAX_FILE_BYTES) -> list[Path]:
     """Replace ``folder/model.safetensors`` by ``model.00.safetensors``, ``model.01...``, each
     under ``max_bytes``; tensors are kept whole, in file order."""
     from safetensors.torch import load_file, save_file
+
+    from lsdseg.checkpoint import WEIGHTS
 
     tensors = load_file(str(folder / WEIGHTS))
     budget = max_bytes - 2**20  # room for each piece's JSON header
@@ -80,7 +81,7 @@ def join_weights(src: Path, dest: Path, config: dict) -> Path:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from lsdseg.checkpoint import load_checkpoint, save_checkpoint
+    from lsdseg.checkpoint import CONFIG, WEIGHTS, load_checkpoint, save_checkpoint
 
     pieces = sorted(src.glob("model.[0-9][0-9].safetensors"))
     if not pieces:
@@ -148,7 +149,7 @@ def export(run: Path, out: Path, steps: list[int], data: list[str], train_args: 
     import torch
     from bundle_weights import THRESHOLDS, load_weights, sweep
 
-    from lsdseg.checkpoint import save_checkpoint, without_image_decoder
+    from lsdseg.checkpoint import CARD, CONFIG, save_checkpoint, without_image_decoder
     from lsdseg.cli.main import build_parser
     from lsdseg.cli.train_cmd import load_pairs
     from lsdseg.data import load_sample
@@ -167,7 +168,7 @@ def export(run: Path, out: Path, steps: list[int], data: list[str], train_args: 
         save_checkpoint(model, out / name, "", dtype=torch.float16)
         # the 8-file limit: summary.json carries the config (the same for both), no card
         config = json.loads((out / name / CONFIG).read_text())
-        for f in (CONFIG, "card.md"):
+        for f in (CONFIG, CARD):
             (out / name / f).unlink()
         split_weights(out / name)
         seg = Segmenter(model.to(device))

@@ -30,7 +30,7 @@ def saved(tmp_path: Path, tiny_model: LatentSegmenter) -> Path:
     return save_checkpoint(tiny_model, tmp_path / "ckpt", card="# tiny\n", extra={"dice": 0.5})
 
 
-def test_round_trip_gives_identicalmodel_outputs(saved: Path, tiny_model: LatentSegmenter) -> None:
+def test_round_trip_gives_identical_outputs(saved: Path, tiny_model: LatentSegmenter) -> None:
     loaded = load_checkpoint(saved)
     assert loaded.cfg == tiny_model.cfg
     assert not loaded.training
@@ -192,7 +192,7 @@ def test_hash_follows_the_content(
     assert len(checkpoint_hash(a)) == 16
 
 
-def test_half_precision_storage_halves_the_file_and_keepsmodel_outputs(
+def test_half_precision_storage_halves_the_file_and_keeps_outputs(
     tmp_path: Path, tiny_model: LatentSegmenter
 ) -> None:
     full = save_checkpoint(tiny_model, tmp_path / "full")
