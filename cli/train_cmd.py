@@ -70,6 +70,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="pretrained weights for the image encoder's backbone (image_ae.backbone), written "
         "by scripts/import_backbone.py; loaded when the run starts, not on resume",
     )
+    p.add_argument(
+        "--image-encoder",
+        choices=["efficientnet_lite0", "efficientnet_lite2"],
+        default=None,
+        help="with --init: replace its image encoder by this ImageNet-pretrained one (weights "
+        "from the [train] extra), keeping its mask VAE and denoiser; --grow adds other changes",
+    )
+    p.add_argument(
+        "--pyramid-width",
+        type=int,
+        default=96,
+        help="width of the --image-encoder's feature-pyramid decoder (default 96)",
+    )
+    p.add_argument(
+        "--feature-views",
+        type=int,
+        default=0,
+        metavar="N",
+        help="pretrained encoders: compute the frozen backbone part once for N augmented views "
+        "of each image and train the rest on that cache (epoch e uses view e mod N; default 0: "
+        "augment every epoch)",
+    )
+    p.add_argument(
+        "--backbone-lr-scale",
+        type=float,
+        default=1.0,
+        help="learning-rate multiplier of the pretrained backbone's trained blocks (default 1)",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--seed", type=int, default=0)
@@ -208,6 +236,10 @@ def run(args: argparse.Namespace) -> int:
         init=init,
         grow=grow,
         backbone_weights=args.backbone_weights,
+        image_encoder=args.image_encoder or "",
+        pyramid_width=args.pyramid_width,
+        feature_views=args.feature_views,
+        backbone_lr_scale=args.backbone_lr_scale,
     )
     if args.time_limit < 0:
         raise UserError(f"--time-limit {args.time_limit} must be >= 0 minutes (0: no limit)")
@@ -241,6 +273,10 @@ def run(args: argparse.Namespace) -> int:
     def on_event(e: dict) -> None:
         if e["kind"] == "phase":
             progress.reset(task, total=e["steps"], description=f"{e['phase']}")
+        elif e["kind"] == "cache":
+            progress.console.print(
+                f"caching frozen backbone features: {e['views']} views x {e['items']} images"
+            )
         elif e["kind"] == "step":
             progress.update(
                 task,

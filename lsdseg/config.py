@@ -46,6 +46,10 @@ class ImageAEConfig:
     groups: int = 8  # GroupNorm groups
     decoder: bool = True  # build D_x; only stage 1 needs it, so inference bundles drop it
     backbone: str = ""  # "" or "mobilenet_v2": pretrained features fed into the context branch
+    # "lsdseg": the from-scratch encoder above (channels, context_*, backbone); or a pretrained
+    # EfficientNet-Lite with a feature-pyramid decoder as the whole encoder (lsdseg.efficientnet)
+    encoder: Literal["lsdseg", "efficientnet_lite0", "efficientnet_lite2"] = "lsdseg"
+    pyramid_width: int = 96  # pretrained encoders: width of the feature-pyramid decoder
 
     def __post_init__(self) -> None:
         _check(self.factor in (4, 8), f"factor={self.factor} must be 4 or 8")
@@ -70,6 +74,23 @@ class ImageAEConfig:
             f"backbone={self.backbone!r} feeds S/8, S/16 and S/32: it needs factor=8 and two "
             "context levels (context_channels with at least two widths)",
         )
+        encoders = ("lsdseg", "efficientnet_lite0", "efficientnet_lite2")
+        _check(self.encoder in encoders, f"encoder={self.encoder!r}: use one of {encoders}")
+        if self.encoder != "lsdseg":
+            _check(self.factor == 8, f"encoder={self.encoder!r} gives S/8 latents: use factor=8")
+            _check(
+                not self.backbone,
+                f"encoder={self.encoder!r} is pretrained already: leave backbone empty",
+            )
+            _check(
+                not self.decoder,
+                f"encoder={self.encoder!r} has no image decoder D_x: set decoder=false",
+            )
+            _check(
+                self.pyramid_width > 0 and self.pyramid_width % self.groups == 0,
+                f"pyramid_width={self.pyramid_width} must be a positive multiple of "
+                f"groups={self.groups}",
+            )
 
 
 @dataclass(frozen=True)
@@ -169,7 +190,10 @@ class DiffusionConfig:
     beta_end: float = 0.02  # linear schedules: last beta
     prediction: Literal["eps", "v"] = "v"  # what the denoiser predicts
     timestep_gamma: float = 2.0  # training t = T-1 - floor(T u^gamma): 1 uniform, >1 favours high t
-    mask_loss_weight: float = 1.0  # auxiliary BCE+Dice on the decoded x0 estimate (0 = off)
+    mask_loss_weight: float = 1.0  # auxiliary mask loss on the decoded x0 estimate (0 = off)
+    # that loss: BCE + soft Dice, or the polyp literature's structure loss (boundary-weighted
+    # BCE + weighted IoU, Wei et al. 2020 / PraNet)
+    mask_loss: Literal["bce_dice", "structure"] = "bce_dice"
 
     def __post_init__(self) -> None:
         _check(2 <= self.timesteps <= 10000, f"timesteps={self.timesteps} must be in 2..10000")
@@ -186,6 +210,10 @@ class DiffusionConfig:
             self.prediction in ("eps", "v"), f"prediction={self.prediction!r} must be 'eps' or 'v'"
         )
         _check(self.mask_loss_weight >= 0, f"mask_loss_weight={self.mask_loss_weight} must be >= 0")
+        _check(
+            self.mask_loss in ("bce_dice", "structure"),
+            f"mask_loss={self.mask_loss!r} must be 'bce_dice' or 'structure'",
+        )
         _check(
             0.25 <= self.timestep_gamma <= 8,
             f"timestep_gamma={self.timestep_gamma} must be between 0.25 and 8",
@@ -236,7 +264,8 @@ class ModelConfig:
             self.mask_vae.factor == f,
             f"mask_vae.factor={self.mask_vae.factor} must equal image_ae.factor={f}",
         )
-        down = 2 ** max(len(self.unet.channels) - 1, len(self.image_ae.context_channels))
+        pyramid = 2 if self.image_ae.encoder != "lsdseg" else 0  # pretrained: S/32 features
+        down = 2 ** max(len(self.unet.channels) - 1, len(self.image_ae.context_channels), pyramid)
         _check(
             self.image_size % (f * down) == 0 and self.image_size >= f * down,
             f"image_size={self.image_size} must be a multiple of {f * down} "

@@ -20,6 +20,22 @@ def soft_dice_loss(logits: torch.Tensor, y: torch.Tensor, eps: float = 1.0) -> t
     return (1 - dice).mean()
 
 
+def structure_loss(logits: torch.Tensor, y: torch.Tensor, kernel: int = 31) -> torch.Tensor:
+    """Boundary-weighted BCE + weighted IoU (F3Net, Wei et al. 2020; PraNet's training loss).
+
+    Pixels whose ``kernel`` x ``kernel`` neighbourhood mixes foreground and background (the
+    boundary, and small polyps as a whole) weigh up to 6x. Shapes: logits, y (B, 1, S, S).
+    """
+    weight = 1 + 5 * torch.abs(F.avg_pool2d(y, kernel, stride=1, padding=kernel // 2) - y)
+    bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    wbce = (weight * bce).sum(dim=(2, 3)) / weight.sum(dim=(2, 3))
+    p = torch.sigmoid(logits)
+    inter = (p * y * weight).sum(dim=(2, 3))
+    union = ((p + y) * weight).sum(dim=(2, 3))
+    wiou = 1 - (inter + 1) / (union - inter + 1)
+    return (wbce + wiou).mean()
+
+
 def autoencoder_losses(
     model: LatentSegmenter,
     x: torch.Tensor,
@@ -49,33 +65,41 @@ def diffusion_losses(
     y: torch.Tensor,
     t: torch.Tensor,
     noise: torch.Tensor,
+    z_x: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Stage 2: denoising loss on mask latents plus an auxiliary mask loss on the x0 estimate.
 
     The denoiser regresses eps or v (``cfg.diffusion.prediction``). The auxiliary term decodes
-    the z0 estimate through the frozen mask decoder and applies BCE + soft Dice against the
-    mask, weighted by ``cfg.diffusion.mask_loss_weight``: it ties the latent objective to what
-    is measured (Dice after 1-4 sampling steps).
+    the z0 estimate through the frozen mask decoder and applies BCE + soft Dice (or the
+    structure loss, ``cfg.diffusion.mask_loss``) against the mask, weighted by
+    ``cfg.diffusion.mask_loss_weight``: it ties the latent objective to what is measured (Dice
+    after 1-4 sampling steps).
 
-    The caller draws ``t`` and ``noise`` so that a data-parallel run can take its slice of
-    the global batch's draws and match a single-process run.
+    ``z_x``, when given, is the image latent already computed (from cached features, see
+    :mod:`lsdseg.featcache`) and ``x`` is not used. The caller draws ``t`` and ``noise`` so
+    that a data-parallel run can take its slice of the global batch's draws and match a
+    single-process run.
 
     Shapes:
         x: (B, 3, S, S) normalised; y: (B, 1, S, S) in {0, 1}; t: (B,) int64 in [0, T);
-        noise: (B, c_m, S/f, S/f).
+        noise: (B, c_m, S/f, S/f); z_x: (B, c_x, S/f, S/f).
     """
     cfg = model.cfg.diffusion
     with torch.no_grad():
         z0 = model.encode_mask(y)  # (B, c_m, h, w)
     z_t = model.schedule.add_noise(z0, noise, t)
-    pred = model.unet(z_t, t, model.encode_image(x))
+    pred = model.unet(z_t, t, model.encode_image(x) if z_x is None else z_x)
     out = {"denoise": F.mse_loss(pred, model.schedule.target(z0, noise, t))}
     out["loss"] = out["denoise"]
     if cfg.mask_loss_weight > 0:
         z0_hat, _ = model.schedule.split(z_t, t, pred)
         logits = model.decode_masks(z0_hat)
-        bce = F.binary_cross_entropy_with_logits(logits, y)
-        dice = soft_dice_loss(logits, y)
-        out["mask_bce"], out["mask_dice"] = bce, dice
-        out["loss"] = out["loss"] + cfg.mask_loss_weight * (bce + dice)
+        if cfg.mask_loss == "structure":
+            out["mask_structure"] = mask = structure_loss(logits, y)
+        else:
+            bce = F.binary_cross_entropy_with_logits(logits, y)
+            dice = soft_dice_loss(logits, y)
+            out["mask_bce"], out["mask_dice"] = bce, dice
+            mask = bce + dice
+        out["loss"] = out["loss"] + cfg.mask_loss_weight * mask
     return out

@@ -33,9 +33,15 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from lsdseg.backbone import load_backbone_weights
-from lsdseg.checkpoint import grow_checkpoint, load_checkpoint, save_checkpoint
+from lsdseg.checkpoint import (
+    grow_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    swap_image_encoder,
+)
 from lsdseg.config import ModelConfig, to_dict
 from lsdseg.dataset import SegmentationDataset
+from lsdseg.featcache import FeatureCache
 from lsdseg.losses import autoencoder_losses, diffusion_losses
 from lsdseg.model import LatentSegmenter
 from lsdseg.trainstate import LoopState, has_state, read_loop, restore_state, write_state
@@ -69,6 +75,12 @@ class TrainConfig:
     init: str = ""  # checkpoint folder to start from (e.g. the bundled weights)
     grow: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides applied to init
     backbone_weights: str = ""  # pretrained backbone state dict loaded into a new model
+    # replace init's image encoder by a pretrained one ("efficientnet_lite0" / "_lite2", ImageNet
+    # weights from the [train] extra), keeping its mask VAE and denoiser
+    image_encoder: str = ""
+    pyramid_width: int = 96  # width of that encoder's feature-pyramid decoder
+    feature_views: int = 0  # >0: cache the frozen backbone part's output for this many views
+    backbone_lr_scale: float = 1.0  # learning-rate multiplier of the pretrained backbone
 
     def __post_init__(self) -> None:
         checks = [
@@ -85,6 +97,12 @@ class TrainConfig:
             (self.val_hypotheses >= 1, f"val_hypotheses={self.val_hypotheses} must be >= 1"),
             (self.val_steps >= 1, f"val_steps={self.val_steps} must be >= 1"),
             (not self.grow or bool(self.init), "grow needs init: the checkpoint to grow from"),
+            (
+                not self.image_encoder or bool(self.init),
+                "image_encoder needs init: the checkpoint whose mask VAE and denoiser to keep",
+            ),
+            (self.feature_views >= 0, f"feature_views={self.feature_views} must be >= 0"),
+            (self.backbone_lr_scale > 0, "backbone_lr_scale must be > 0"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -209,7 +227,11 @@ class Trainer:
             log.info("resuming %s: phase %s, epoch %d", out, self.loop.phase, self.loop.epoch)
         else:
             self.model = (
-                grow_checkpoint(cfg.init, cfg.grow, self.device)
+                swap_image_encoder(
+                    cfg.init, cfg.image_encoder, cfg.pyramid_width, self.device, cfg.grow
+                )
+                if cfg.image_encoder
+                else grow_checkpoint(cfg.init, cfg.grow, self.device)
                 if cfg.grow
                 else load_checkpoint(cfg.init, self.device)
                 if cfg.init
@@ -301,7 +323,18 @@ class Trainer:
         for p in params:
             p.requires_grad_(True)
         self.params = params
-        self.opt = torch.optim.AdamW(params, lr=self.base_lr, weight_decay=cfg.weight_decay)
+        backbone = getattr(m.image_ae.encoder, "backbone", None)
+        ids = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+        groups = [
+            {"params": [p for p in params if id(p) not in ids], "lr_scale": 1.0},
+            {"params": [p for p in params if id(p) in ids], "lr_scale": cfg.backbone_lr_scale},
+        ]
+        groups = [g for g in groups if g["params"]]
+        self.opt = torch.optim.AdamW(groups, lr=self.base_lr, weight_decay=cfg.weight_decay)
+        self.items = self.train_set
+        if self.loop.phase == "diffusion" and cfg.feature_views:
+            self.emit({"kind": "cache", "views": cfg.feature_views, "items": len(self.train_set)})
+            self.items = FeatureCache(m, self.train_set, cfg.feature_views)
         self.ema = copy.deepcopy(m).eval() if self.loop.phase == "diffusion" else None
         if self.resume:
             restore_state(self.out / "last", self.opt, self.ema, self.loop.phase, self.model)
@@ -323,13 +356,13 @@ class Trainer:
     def _batches(self) -> DataLoader:
         """This rank's batches of the epoch: a seeded permutation cut into global batches."""
         cfg, loop = self.cfg, self.loop
-        self.train_set.set_epoch(loop.epoch)
+        self.items.set_epoch(loop.epoch)
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + loop.epoch)
-        order = torch.randperm(len(self.train_set), generator=gen)
+        order = torch.randperm(len(self.items), generator=gen)
         order = order[: self.steps_per_epoch * cfg.batch_size]
         shard = order.view(self.steps_per_epoch, self.world, self.local_bs)[:, self.rank]
         return DataLoader(
-            Subset(self.train_set, shard.reshape(-1).tolist()),
+            Subset(self.items, shard.reshape(-1).tolist()),
             batch_size=self.local_bs,
             num_workers=cfg.num_workers,
         )
@@ -337,8 +370,9 @@ class Trainer:
     def _step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One optimiser step on this rank's part of a global batch."""
         m, cfg, loop, dev = self.model, self.cfg, self.loop, self.device
-        x = m.normalize(batch["image"].to(dev))
         y = batch["mask"].to(dev)
+        feats = batch.get("features")  # cached frozen-backbone output (FeatureCache)
+        x = m.normalize(batch["image"].to(dev)) if feats is None else None
         # draws for the whole global batch, sliced per rank: DDP == one process
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + loop.step)
         shape = (cfg.batch_size, *m.latent_shape)
@@ -350,10 +384,12 @@ class Trainer:
             if loop.phase == "autoencoders":
                 losses = autoencoder_losses(m, x, y, cfg.image_recon_weight, noise)
             else:
-                losses = diffusion_losses(m, x, y, t, noise)
+                z_x = None if feats is None else m.image_ae.encoder.from_frozen(feats.to(dev))
+                losses = diffusion_losses(m, x, y, t, noise, z_x)
         total = self.steps_per_epoch * self.epochs
         for g in self.opt.param_groups:
-            g["lr"] = _lr_at(loop.step, total, self.base_lr, cfg.warmup_steps)
+            lr = _lr_at(loop.step, total, self.base_lr, cfg.warmup_steps)
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         self.opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         if self.world > 1:

@@ -18,6 +18,7 @@ from torch import nn
 
 from lsdseg.backbone import BACKBONES
 from lsdseg.config import ImageAEConfig, MaskVAEConfig
+from lsdseg.efficientnet import EfficientNetLite
 from lsdseg.layers import Downsample, GroupNormAct, ResBlock, Upsample, zero_conv
 
 T = TypeVar("T")
@@ -164,6 +165,51 @@ class _Context(nn.Module):
         return h
 
 
+class _PyramidEncoder(nn.Module):
+    """A pretrained EfficientNet-Lite and a light feature-pyramid decoder to the image latent.
+
+    The backbone's features at S/32, S/16 and S/8 are projected to ``width`` channels by 1x1
+    convolutions and merged top-down (nearest-neighbour x2, add, one residual block per level),
+    then normalised and projected to the latent. It runs once per frame, so its cost does not
+    scale with K. :meth:`encode_frozen` / :meth:`from_frozen` split it where fine-tuning stops
+    (S/8), so a trainer can cache the frozen part's output per augmented view.
+
+    Shapes:
+        (B, 3, S, S) -> (B, c_out, S/8, S/8); inside, (B, width, S/32 .. S/8).
+    """
+
+    def __init__(self, variant: str, width: int, c_out: int, groups: int) -> None:
+        super().__init__()
+        self.backbone = EfficientNetLite(variant)
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in self.backbone.channels)
+        self.merge = nn.ModuleList(ResBlock(width, width, groups) for _ in self.backbone.channels)
+        self.norm = GroupNormAct(width, groups)
+        self.head = nn.Conv2d(width, c_out, 1)
+
+    def encode_frozen(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> the frozen backbone part's S/8 features."""
+        return self.backbone.forward_frozen(x)
+
+    def from_frozen(self, h: torch.Tensor) -> torch.Tensor:
+        """:meth:`encode_frozen`'s output -> the latent (B, c_out, S/8, S/8)."""
+        feats = self.backbone.forward_rest(h)  # S/8, S/16, S/32
+        p = None
+        for i in reversed(range(len(feats))):
+            lat = self.lateral[i](feats[i])
+            if p is not None:
+                lat = lat + F.interpolate(p, scale_factor=2.0, mode="nearest")
+            p = self.merge[i](lat)
+        return self.head(self.norm(p))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.from_frozen(self.encode_frozen(x))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Every parameter except the backbone's frozen stem and blocks up to S/8."""
+        frozen = {id(p) for p in self.backbone.frozen_parameters()}
+        return [p for p in self.parameters() if id(p) not in frozen]
+
+
 def _identity_block(c: int, groups: int) -> ResBlock:
     """A residual block whose last convolution is zero, so it starts as the identity."""
     block = ResBlock(c, c, groups)
@@ -178,20 +224,26 @@ class ImageAutoencoder(nn.Module):
     def __init__(self, cfg: ImageAEConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        context = (
-            _Context(cfg.channels[-1], cfg.context_channels, cfg.groups, cfg.context_depth)
-            if cfg.context_channels
-            else None
-        )
-        self.encoder = _Encoder(
-            3,
-            cfg.channels,
-            cfg.latent_channels,
-            cfg.groups,
-            cfg.encoder_depth,
-            context,
-            cfg.backbone,
-        )
+        self.encoder: _Encoder | _PyramidEncoder
+        if cfg.encoder != "lsdseg":
+            self.encoder = _PyramidEncoder(
+                cfg.encoder, cfg.pyramid_width, cfg.latent_channels, cfg.groups
+            )
+        else:
+            context = (
+                _Context(cfg.channels[-1], cfg.context_channels, cfg.groups, cfg.context_depth)
+                if cfg.context_channels
+                else None
+            )
+            self.encoder = _Encoder(
+                3,
+                cfg.channels,
+                cfg.latent_channels,
+                cfg.groups,
+                cfg.encoder_depth,
+                context,
+                cfg.backbone,
+            )
         # D_x only trains E_x in stage 1; an inference-only checkpoint (decoder=False) has none
         self.decoder = _image_decoder(cfg) if cfg.decoder else None
 
