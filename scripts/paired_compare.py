@@ -9,7 +9,7 @@ contains 0 means the validation split cannot tell the two apart.
         --data ../shared/data/kvasir-seg --data ../shared/data/cvc-clinicdb
 
 Defaults: K = 8, 1 step, threshold 0.6, seeds 0-2, 10,000 resamples; `--steps 2` for the bundled
-sampler (2 steps since run 14).
+sampler (2 steps since run 14). `--b-steps` / `--b-threshold` sample B at its own defaults.
 """
 
 from __future__ import annotations
@@ -54,15 +54,25 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1)
     p.add_argument("--threshold", type=float, default=0.6)
     p.add_argument("--seeds", type=int, default=3, help="sampler seeds per image")
+    p.add_argument("--b-steps", type=int, default=None, help="B's steps (default: --steps)")
+    p.add_argument(
+        "--b-threshold", type=float, default=None, help="B's threshold (default: --threshold)"
+    )
     args = p.parse_args()
+    b_steps = args.steps if args.b_steps is None else args.b_steps
+    b_threshold = args.threshold if args.b_threshold is None else args.b_threshold
     _, val = load_pairs(args.data, None, args.val_fraction, args.seed)
     samples = [(pair, *load_sample(pair)) for pair in val]
     dice = {}
-    for name in (args.a, args.b):
+    settings = {args.a: (args.steps, args.threshold), args.b: (b_steps, b_threshold)}
+    for name, (steps, threshold) in settings.items():
         seg = Segmenter(load_weights(name))
-        dice[name] = per_image_dice(seg, samples, args.steps, args.threshold, args.seeds)
+        dice[name] = per_image_dice(seg, samples, steps, threshold, args.seeds)
     sources = [pair.group.split(":", 1)[0] for pair, _, _ in samples]
-    print(f"{args.steps} step(s) @{args.threshold}, K = 8, {args.seeds} seeds per image")
+    print(
+        f"A: {args.steps} step(s) @{args.threshold}; B: {b_steps} step(s) @{b_threshold}; "
+        f"K = 8, {args.seeds} seeds per image"
+    )
     for src in sorted(set(sources)):
         idx = np.array([s == src for s in sources])
         a, b = dice[args.a][idx], dice[args.b][idx]

@@ -174,3 +174,22 @@ def test_interpreter_switched_on_too_late_is_explained() -> None:
         "try:\n    ops.get_backend('triton')\n" + _error("ops") + "print(json.dumps(seen))\n"
     )
     assert "TRITON_INTERPRET=1 was set after lsdseg.kernels was imported" in seen["ops"], seen
+
+
+@needs_kernels
+def test_a_pretrained_image_encoder_runs_its_norms_through_triton(
+    make_config, make_model, counted_triton, no_tf32
+) -> None:
+    """The EfficientNet-Lite encoder's feature pyramid (GroupNorm + SiLU) under backend triton."""
+    cfg = make_config()
+    image_ae = dataclasses.replace(
+        cfg.image_ae, encoder="efficientnet_lite0", decoder=False, pyramid_width=16
+    )
+    model = make_model(dataclasses.replace(cfg, image_ae=image_ae)).to(DEVICE)
+    x = torch.randn(1, 3, 64, 64, device=DEVICE)
+    with torch.inference_mode():
+        want = model.encode_image(x)
+        with ops.use_backend("triton"):
+            got = model.encode_image(x)
+    assert counted_triton["group_norm_silu"] >= 7  # 3 residual blocks x 2, plus the output norm
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
