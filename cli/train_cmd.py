@@ -61,14 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="",
         metavar="JSON",
         help="with --init: architecture changes that start as the identity, e.g. "
-        '\'{"image_ae": {"context_depth": 2}}\' (or encoder_depth, or backbone)',
-    )
-    p.add_argument(
-        "--backbone-weights",
-        default="",
-        metavar="PT",
-        help="pretrained weights for the image encoder's backbone (image_ae.backbone), written "
-        "by scripts/import_backbone.py; loaded when the run starts, not on resume",
+        '\'{"image_ae": {"context_depth": 2}}\' (or encoder_depth)',
     )
     p.add_argument(
         "--image-encoder",
@@ -235,7 +228,6 @@ def run(args: argparse.Namespace) -> int:
         max_steps_per_epoch=args.max_steps_per_epoch,
         init=init,
         grow=grow,
-        backbone_weights=args.backbone_weights,
         image_encoder=args.image_encoder or "",
         pyramid_width=args.pyramid_width,
         feature_views=args.feature_views,

