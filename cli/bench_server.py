@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 # what a video client asks for (lsdseg segment's defaults), plus the server's model time
-OUTPUTS = ("mask", "mean", "entropy", "agreement", "seed", "compute_ms")
+OUTPUTS = ("mask", "mean", "entropy", "agreement", "unsure", "seed", "compute_ms")
 
 
 @dataclass(frozen=True)

@@ -155,6 +155,15 @@ def run(args: argparse.Namespace) -> int:
         table.add_column(name, justify="right")
     table.add_row(*(f"{ev.summary.get(k, float('nan')):.4g}" for k, _ in _COLUMNS))
     console.print(table)
+    if ev.summary["labelled"]:
+        auroc = ev.summary["unsure_auroc"]
+        console.print(
+            f"unsure score: AUROC {auroc:.3f} for the {ev.summary['low_dice_images']} images "
+            "below Dice 0.5"
+            if auroc == auroc  # not NaN
+            else f"unsure score: no AUROC ({ev.summary['low_dice_images']} of "
+            f"{ev.summary['labelled']} images below Dice 0.5: it needs both kinds)"
+        )
     console.print(
         f"{ev.summary['labelled']} labelled, {ev.summary['unlabelled']} unlabelled, "
         f"{ev.summary['skipped']} skipped; results in {out}"

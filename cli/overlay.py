@@ -34,6 +34,7 @@ MEASURE_RANGE: dict[str, float] = {"entropy": 1.0, "std": 0.5, "mi": 1.0}
 MEASURE_LABEL: dict[str, str] = {"entropy": "entropy", "std": "std", "mi": "mutual info"}
 MASK_BGR = (0, 230, 0)  # filled mask and contour (green)
 CONTOUR_ON_HEAT_BGR = (255, 255, 255)  # the mask contour over a heat map (white)
+ALERT_BGR = (0, 140, 255)  # the heads-up text of a frame flagged unsure (orange)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class View:
     hypotheses: np.ndarray | None  # (K, th, tw) float32 thumbnails, only for the grid style
     k: int  # number of hypotheses
     hud: str = ""  # heads-up text
+    alert: bool = False  # draw the heads-up text in the alert colour (frame flagged unsure)
 
 
 def uncertainty_map(result: Result, measure: Measure) -> np.ndarray:
@@ -75,7 +77,7 @@ def uncertainty_map(result: Result, measure: Measure) -> np.ndarray:
     return {"entropy": result.entropy, "std": result.std, "mi": result.mutual_info}[measure]
 
 
-def make_view(result: Result, opts: OverlayOptions, hud: str = "") -> View:
+def make_view(result: Result, opts: OverlayOptions, hud: str = "", alert: bool = False) -> View:
     """Keep what ``opts`` needs from ``result``; grid hypotheses are shrunk to tile size."""
     import cv2
 
@@ -87,7 +89,7 @@ def make_view(result: Result, opts: OverlayOptions, hud: str = "") -> View:
         thumbs = np.stack(
             [cv2.resize(p, (tw, th), interpolation=cv2.INTER_AREA) for p in result.hypotheses]
         )  # (K, th, tw)
-    return View(result.mask, uncertainty_map(result, opts.measure), thumbs, k, hud)
+    return View(result.mask, uncertainty_map(result, opts.measure), thumbs, k, hud, alert)
 
 
 def output_size(h: int, w: int, style: Style) -> tuple[int, int]:
@@ -196,8 +198,11 @@ def draw_legend(img: np.ndarray, vmax: float, cmap: str, label: str) -> None:
     _text(img, label, (max(0, x1 - tw), max(th + 2, y0 - 6)), scale)
 
 
-def draw_hud(img: np.ndarray, text: str) -> None:
-    """The heads-up line on a dark strip across the top, shrunk to fit; drawn in place."""
+def draw_hud(img: np.ndarray, text: str, alert: bool = False) -> None:
+    """The heads-up line on a dark strip across the top, shrunk to fit; drawn in place.
+
+    ``alert`` (a frame flagged unsure) draws the text in :data:`ALERT_BGR` instead of white.
+    """
     import cv2
 
     if not text:
@@ -209,7 +214,7 @@ def draw_hud(img: np.ndarray, text: str) -> None:
     (_, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     strip = min(h, th + base + 8)
     img[:strip] = (img[:strip].astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken 60 %
-    _text(img, text, (4, min(h - 1, th + 4)), scale)
+    _text(img, text, (4, min(h - 1, th + 4)), scale, ALERT_BGR if alert else (255, 255, 255))
 
 
 def _grid_panel(frame: np.ndarray, view: View, alpha: float) -> np.ndarray:
@@ -257,5 +262,5 @@ def render(frame: np.ndarray, view: View, opts: OverlayOptions) -> np.ndarray:
     if opts.style == "grid":
         out = np.concatenate([out, _grid_panel(frame, view, max(opts.alpha, 0.5))], axis=1)
     if opts.hud:
-        draw_hud(out, view.hud)
+        draw_hud(out, view.hud, view.alert)
     return out

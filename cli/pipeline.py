@@ -84,6 +84,7 @@ def _work(
     fps: float,
     overlay: OverlayOptions,
     keep_mean: bool,
+    unsure_threshold: float | None = None,
 ) -> Work:
     """A processed frame for the writer: its record, its view with the heads-up line."""
     unc = uncertainty_map(result, overlay.measure)
@@ -96,12 +97,20 @@ def _work(
         unc,
         result.agreement,
         result.seed,
+        result.unsure,
+        unsure_threshold,
     )
     hud = (
         f"{fps:.1f} fps | {latency:.0f} ms | K={result.hypotheses.shape[0]} | "
         f"{overlay.measure} {record['unc_frame_mean']:.3f}"
     )
-    return Work(frame, make_view(result, overlay, hud), record, result.mean if keep_mean else None)
+    if record["unsure"] is not None:
+        hud += f" | unsure {record['unsure']:.2f}"
+    flagged = bool(record["unsure_flag"])
+    if flagged:
+        hud = f"UNSURE | {hud}"
+    view = make_view(result, overlay, hud, alert=flagged)
+    return Work(frame, view, record, result.mean if keep_mean else None)
 
 
 def run_pipeline(
@@ -115,6 +124,7 @@ def run_pipeline(
     stop: StopFlag,
     on_frame: Callable[[int, int], None] | None = None,
     keep_mean: bool = False,
+    unsure_threshold: float | None = None,
 ) -> Summary:
     """Segment every frame ``source`` delivers and hand each result to ``writer``.
 
@@ -130,6 +140,7 @@ def run_pipeline(
         stop: the flag that ends the run early (signals, the --show window).
         on_frame: called with (frames processed, frames dropped) after each frame.
         keep_mean: pass the confidence map to the writer (for --save-masks).
+        unsure_threshold: flag frames whose unsure score exceeds it (records, HUD, summary).
 
     Returns:
         The run's summary (``stopped_by`` says why it ended early, if it did: ``server``
@@ -139,6 +150,7 @@ def run_pipeline(
     summary = Summary(source=source.label)
     reader = FrameReader(source, realtime).start()
     latencies: list[float] = []
+    flags: list[bool] = []  # per frame: flagged unsure
     t_start: float | None = None
     t_last: float | None = None
     fps = 0.0
@@ -177,7 +189,8 @@ def run_pipeline(
             rate = 1.0 / (t1 - t_last) if t_last is not None and t1 > t_last else 1e3 / latency
             fps = rate if len(latencies) == 1 else 0.8 * fps + 0.2 * rate  # smoothed for the HUD
             t_last = t1
-            work = _work(frame, result, latency, fps, overlay, keep_mean)
+            work = _work(frame, result, latency, fps, overlay, keep_mean, unsure_threshold)
+            flags.append(bool(work.record["unsure_flag"]))
             del result  # the work item keeps only what rendering and records need
             writer.put(work)
             writer.display()
@@ -192,6 +205,8 @@ def run_pipeline(
             summary.dropped = reader.dropped
             elapsed = time.perf_counter() - t_start if t_start is not None else 0.0
             summary.finish(latencies[: writer.written], elapsed)
+            if unsure_threshold is not None:
+                summary.unsure_frames = sum(flags[: writer.written])
     if stop.reason and not summary.stopped_by:
         summary.stopped_by = stop.reason
     elif writer.quit.is_set() and not summary.stopped_by:

@@ -16,6 +16,10 @@ unc_mean, unc_max  mean and max of the uncertainty map inside the mask (empty if
                    bits), named in summary.json
 unc_frame_mean     mean of the uncertainty map over the whole frame
 agreement          mean pairwise Dice of the K hypothesis masks (Result.agreement)
+unsure             per-frame unsure score in [0, 1] (Result.unsure): mean entropy of the
+                   mean over the candidate region (mean > 0.1, dilated); 0 when the model
+                   sees no polyp at all
+unsure_flag        unsure > --unsure-threshold (empty without --unsure-threshold)
 seed               the seed that reproduces this frame's result
 =================  ==================================================================
 """
@@ -41,6 +45,8 @@ COLUMNS = (
     "unc_max",
     "unc_frame_mean",
     "agreement",
+    "unsure",
+    "unsure_flag",
     "seed",
 )
 
@@ -54,6 +60,8 @@ def frame_record(
     uncertainty: np.ndarray,
     agreement: float,
     seed: int,
+    unsure: float = math.nan,
+    unsure_threshold: float | None = None,
 ) -> dict:
     """The record of one frame (see the module docstring for each field).
 
@@ -76,8 +84,18 @@ def frame_record(
         "unc_max": None if inside is None else round(float(inside.max()), 6),
         "unc_frame_mean": round(float(uncertainty.mean()), 6),
         "agreement": round(float(agreement), 6),
+        "unsure": None if math.isnan(unsure) else round(float(unsure), 6),
+        "unsure_flag": unsure_flag(unsure, unsure_threshold),
         "seed": int(seed),
     }
+
+
+def unsure_flag(unsure: float, threshold: float | None) -> bool | None:
+    """``unsure > threshold``; None without a threshold or without a score (a server that
+    does not send one)."""
+    if threshold is None or math.isnan(unsure):
+        return None
+    return bool(unsure > threshold)
 
 
 class RecordWriter:
@@ -118,6 +136,7 @@ class Summary:
     # None (ran to the end), SIGINT, SIGTERM, stall, error, server, or the --show window (q)
     stopped_by: str | None = None
     warning: str = ""
+    unsure_frames: int | None = None  # frames flagged unsure (None without --unsure-threshold)
     settings: dict = field(default_factory=dict)
     outputs: dict = field(default_factory=dict)
 
@@ -135,10 +154,11 @@ class Summary:
     def line(self) -> str:
         """The one-line summary printed at the end."""
         stop = f", stopped by {self.stopped_by}" if self.stopped_by else ""
+        unsure = "" if self.unsure_frames is None else f", {self.unsure_frames} flagged unsure"
         return (
             f"{self.frames} frames, {self.dropped} dropped, latency mean "
             f"{self.mean_latency_ms:.1f} ms p95 {self.p95_latency_ms:.1f} ms, "
-            f"{self.fps:.2f} fps{stop}"
+            f"{self.fps:.2f} fps{unsure}{stop}"
         )
 
     def save(self, path: Path) -> None:

@@ -267,6 +267,7 @@ class RemoteSegmenter:
             mutual_info=maps.get("mutual_info", empty),
             hypotheses=hyp,
             agreement=float(maps["agreement"][0]) if "agreement" in maps else float("nan"),
+            unsure=float(maps["unsure"][0]) if "unsure" in maps else float("nan"),
             seed=int(maps["seed"][0]) if "seed" in maps else (-1 if seed is None else seed),
             timings=timings,
         )

@@ -158,6 +158,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--alpha", type=float, default=0.4, help="overlay opacity in [0, 1]")
     o.add_argument("--no-hud", action="store_true", help="no heads-up line on the frames")
     o.add_argument(
+        "--unsure-threshold",
+        type=float,
+        metavar="U",
+        help="flag frames whose unsure score (mean entropy over the region some hypotheses "
+        "call polyp, in [0, 1]) exceeds U: 'UNSURE' in the heads-up line, unsure_flag in the "
+        "records, unsure_frames in summary.json (default: no flag; the score is always "
+        "recorded)",
+    )
+    o.add_argument(
         "--save-masks",
         action="store_true",
         help="also write mask, confidence and uncertainty PNGs per frame",
@@ -189,6 +198,11 @@ def check_options(args: argparse.Namespace) -> None:
         (args.timeout > 0, f"--timeout {args.timeout} must be > 0 seconds"),
         (args.server_timeout > 0, f"--server-timeout {args.server_timeout} must be > 0 seconds"),
         (0 <= args.alpha <= 1, f"--alpha {args.alpha} must be between 0 and 1"),
+        (
+            args.unsure_threshold is None or 0 <= args.unsure_threshold < 1,
+            f"--unsure-threshold {args.unsure_threshold} must be in [0, 1): the unsure score "
+            "is a mean entropy in bits",
+        ),
         (args.imgsz is None or args.imgsz > 0, f"--imgsz {args.imgsz} must be > 0"),
         (args.seed >= -1, f"--seed {args.seed} must be >= 0, or -1 for a new seed per frame"),
         (
@@ -219,7 +233,7 @@ def connect(args: argparse.Namespace, overlay: OverlayOptions) -> RemoteSegmente
     from lsdseg.cli.remote import RemoteSegmenter
 
     measure = {"entropy": "entropy", "std": "std", "mi": "mutual_info"}[overlay.measure]
-    outputs = ["mask", "mean", measure, "agreement", "seed"]
+    outputs = ["mask", "mean", measure, "agreement", "unsure", "seed"]
     if overlay.style == "grid":
         outputs.append("hypotheses")
     try:
@@ -319,6 +333,7 @@ def describe(
         "vid_stride": args.vid_stride,
         "realtime": realtime,
         "overlay": overlay.style,
+        "unsure_threshold": args.unsure_threshold,
         "uncertainty": f"{overlay.measure}: {MEASURE_LABEL[overlay.measure]} "
         f"(range 0-{MEASURE_RANGE[overlay.measure]:g})",
     }
@@ -410,6 +425,7 @@ def run(args: argparse.Namespace) -> int:
                 stop,
                 on_frame,
                 keep_mean=args.save_masks,
+                unsure_threshold=args.unsure_threshold,
             )
     finally:
         source.close()

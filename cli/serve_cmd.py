@@ -51,8 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Start Triton Inference Server (through PyTriton) serving model 'lsdseg': one "
         "uint8 BGR frame (1, H, W, 3) per request plus optional parameters hypotheses, steps, "
         "seed, eta, threshold; outputs mask, mean, std, entropy, mutual_info, hypotheses, "
-        "agreement, seed and compute_ms at the frame's size. Concurrent requests are batched "
-        "dynamically. Clients: lsdseg segment SOURCE --server HOST:PORT, or any Triton "
+        "agreement, unsure, seed and compute_ms at the frame's size. Concurrent requests are "
+        "batched dynamically. Clients: lsdseg segment SOURCE --server HOST:PORT, or any Triton "
         "client. Ctrl-C stops.",
     )
     p.add_argument("--weights", default="default", help="'default', 'untrained' or a folder")

@@ -7,10 +7,11 @@ The protocol (shared with the client in :mod:`lsdseg.cli.remote`):
   and ``threshold`` (numbers, or strings holding numbers); unset ones take the checkpoint's
   defaults, and a missing seed is drawn and returned;
 - outputs at the frame's size: ``mask`` bool (1, H, W), ``mean``, ``std``, ``entropy``,
-  ``mutual_info`` float32 (1, H, W), ``hypotheses`` float32 (1, K, H, W), ``agreement``
-  float32 (1, 1), ``seed`` int64 (1, 1) and ``compute_ms`` float32 (1, 1), the time of the
-  Segmenter call that served the request (shared by the frames batched into it; a client's
-  latency minus it is the serving overhead). Only the outputs a request asks for are sent.
+  ``mutual_info`` float32 (1, H, W), ``hypotheses`` float32 (1, K, H, W), ``agreement`` and
+  ``unsure`` float32 (1, 1), ``seed`` int64 (1, 1) and ``compute_ms`` float32 (1, 1), the time
+  of the Segmenter call that served the request (shared by the frames batched into it; a
+  client's latency minus it is the serving overhead). Only the outputs a request asks for are
+  sent.
 
 Triton's dynamic batcher hands several requests to one :class:`SegmentModel` call (it only
 groups frames of the same size). Requests with the same sampler settings run as one Segmenter
@@ -48,6 +49,7 @@ OUTPUTS: dict[str, tuple[type, tuple[int, ...]]] = {
     "mutual_info": (np.float32, (-1, -1)),
     "hypotheses": (np.float32, (-1, -1, -1)),
     "agreement": (np.float32, (1,)),
+    "unsure": (np.float32, (1,)),
     "seed": (np.int64, (1,)),
     "compute_ms": (np.float32, (1,)),
 }
@@ -145,6 +147,7 @@ def response(result: Result, outputs: Sequence[str], compute_ms: float) -> dict[
         "mutual_info": result.mutual_info,
         "hypotheses": result.hypotheses,
         "agreement": np.array([result.agreement]),
+        "unsure": np.array([result.unsure]),
         "seed": np.array([result.seed]),
         "compute_ms": np.array([compute_ms]),
     }

@@ -12,10 +12,12 @@ import numpy as np
 import torch
 
 from lsdseg.data import DataError, Pair, load_sample
-from lsdseg.metrics import SegmentationMetrics
+from lsdseg.metrics import SegmentationMetrics, detection_auroc
 from lsdseg.segmenter import Result, Segmenter
 
 log = logging.getLogger(__name__)
+
+LOW_DICE = 0.5  # an image below this Dice counts as failed for the unsure-score AUROC
 
 
 @dataclass
@@ -51,8 +53,10 @@ def evaluate(
         on_image: called with (pair, image RGB, mask or None, result) after each image.
 
     Returns:
-        The per-image rows (``name``, ``labelled``, metrics..., ``latency_ms``) and a summary
-        (means over labelled images, counts, mean latency).
+        The per-image rows (``name``, ``labelled``, metrics..., ``unsure``, ``latency_ms``) and
+        a summary (means over labelled images, counts, mean latency, and ``unsure_auroc``: how
+        well the per-frame unsure score finds the images below Dice 0.5; see
+        :func:`unsure_summary`).
     """
     metrics = SegmentationMetrics()
     ev = Evaluation()
@@ -83,6 +87,7 @@ def evaluate(
             "area_fraction": float(r.mask.mean()),
             "agreement": r.agreement,
             "mean_entropy": float(r.entropy.mean()),
+            "unsure": r.unsure,
             "latency_ms": r.timings["total"],
         }
         if mask is not None:
@@ -107,4 +112,23 @@ def evaluate(
     }
     if labelled:
         ev.summary.update(metrics.compute())
+        ev.summary.update(unsure_summary(labelled))
     return ev
+
+
+def unsure_summary(rows: Sequence[dict[str, Any]], below: float = LOW_DICE) -> dict[str, Any]:
+    """How well the per-frame unsure score finds the failed images (Dice < ``below``).
+
+    Returns ``low_dice_images`` (how many failed) and ``unsure_auroc``, the AUROC of the
+    ``unsure`` column for detecting them (NaN when none or all failed, or no row has a score).
+    """
+    scored = [r for r in rows if not math.isnan(r.get("unsure", math.nan))]
+    failed = [r["dice"] < below for r in scored]
+    auroc = math.nan
+    if scored:
+        auroc = float(
+            detection_auroc(
+                torch.tensor([r["unsure"] for r in scored]), torch.tensor(failed, dtype=torch.bool)
+            )
+        )
+    return {"low_dice_images": int(sum(failed)), "unsure_auroc": auroc}

@@ -30,7 +30,7 @@ from lsdseg.config import ModelConfig, SamplerConfig
 from lsdseg.imageio import to_rgb8
 from lsdseg.model import LatentSegmenter
 from lsdseg.plugins import lookup
-from lsdseg.uncertainty import aggregate, agreement
+from lsdseg.uncertainty import aggregate, agreement, unsure_score
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,9 @@ class Result:
     mutual_info: np.ndarray  # (H, W) float32: mutual information (disagreement), bits
     hypotheses: np.ndarray  # (K, H, W) float32: per-hypothesis probabilities
     agreement: float  # mean pairwise Dice of the K binary masks (at S x S)
+    # mean entropy of the mean (bits, 0-1) over the candidate region: mean > 0.1, dilated by
+    # a max(3, S // 16) px square (at S x S); 0 when the region is empty (see unsure_score)
+    unsure: float
     seed: int  # the seed that reproduces this result
     timings: dict[str, float] = field(default_factory=dict)  # milliseconds per stage
     latents: torch.Tensor | None = None  # (K, c_m, S/f, S/f) clean latents, for warm starts
@@ -317,6 +320,7 @@ class Segmenter:
         """(K, S, S) probabilities -> a Result at ``size`` (H, W)."""
         agg = aggregate(p)
         agree = float(agreement(p > 0.5))
+        unsure = float(unsure_score(agg.mean, agg.entropy))
         maps = torch.cat(
             [torch.stack([agg.mean, agg.std, agg.entropy, agg.mutual_info]), p]
         )  # (4 + K, S, S)
@@ -332,6 +336,7 @@ class Segmenter:
             mutual_info=maps[3],
             hypotheses=maps[4:],
             agreement=agree,
+            unsure=unsure,
             seed=seed,
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import cv2
@@ -50,9 +51,12 @@ def test_evaluate_scores_at_original_resolution(capsys, tiny, tmp_path):
         "hd95",
         "ece_pooled",
         "uncertainty_auroc",
+        "unsure_auroc",
+        "low_dice_images",
         "mean_latency_ms",
     ):
         assert key in summary
+    assert all(0 <= float(r["unsure"]) <= 1 for r in rows)
     assert len(list((out / "vis").glob("*.jpg"))) == 3
     # the CLI's Dice is the Dice of the same prediction recomputed independently
     seg = Segmenter(__import__("lsdseg").load_checkpoint(tiny))
@@ -217,3 +221,19 @@ def test_version_and_help(capsys):
     assert e.value.code == 0
     assert capsys.readouterr().out.startswith("lsdseg ")
     assert main([]) == 2
+
+
+def test_unsure_summary_scores_the_failed_images() -> None:
+    from lsdseg.evaluate import unsure_summary
+
+    rows = [
+        {"dice": 0.9, "unsure": 0.05},
+        {"dice": 0.3, "unsure": 0.40},
+        {"dice": 0.8, "unsure": 0.10},
+        {"dice": 0.1, "unsure": 0.08},  # a confident failure ranks below one success
+    ]
+    s = unsure_summary(rows)
+    assert s["low_dice_images"] == 2
+    assert s["unsure_auroc"] == pytest.approx(3 / 4)  # 3 of the 4 (failed, ok) pairs ordered
+    none_failed = unsure_summary([{"dice": 0.9, "unsure": 0.1}, {"dice": 0.8, "unsure": 0.2}])
+    assert none_failed["low_dice_images"] == 0 and math.isnan(none_failed["unsure_auroc"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -381,3 +383,17 @@ MASK = torch.zeros(2, 6, 7)
 def test_bad_inputs_raise(call, exc: type[Exception], match: str) -> None:
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_detection_auroc_matches_sklearn_and_checks_inputs() -> None:
+    rng = np.random.default_rng(3)
+    score = rng.random(40)
+    score[5:10] = score[0]  # ties
+    label = rng.random(40) < 0.3
+    got = M.detection_auroc(torch.tensor(score), torch.tensor(label)).item()
+    assert got == pytest.approx(roc_auc_score(label, score))
+    assert math.isnan(M.detection_auroc(torch.rand(5), torch.ones(5, dtype=torch.bool)).item())
+    with pytest.raises(ValueError, match=r"\(N,\)"):
+        M.detection_auroc(torch.rand(2, 5), torch.ones(2, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="NaN"):
+        M.detection_auroc(torch.tensor([0.1, math.nan]), torch.tensor([True, False]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import cv2
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from lsdseg.cli.overlay import (
+    ALERT_BGR,
     MASK_BGR,
     OverlayOptions,
     View,
@@ -39,6 +41,7 @@ def fake_result(h: int = H, w: int = W, k: int = K) -> SimpleNamespace:
         mutual_info=unc,
         hypotheses=hyp,
         agreement=0.7,
+        unsure=0.2,
         seed=3,
     )
 
@@ -176,5 +179,30 @@ def test_frame_record_counts_regions_and_measures_inside_the_mask():
     assert rec["unc_max"] == pytest.approx(0.5)
     assert rec["unc_frame_mean"] == pytest.approx(float(unc.mean()), abs=1e-6)
     assert (rec["frame"], rec["timestamp_s"], rec["latency_ms"], rec["seed"]) == (7, 0.7, 12.35, 11)
+    assert rec["unsure"] is None and rec["unsure_flag"] is None  # no score passed
     empty = frame_record(0, None, "x", 1.0, np.zeros((4, 4), bool), np.ones((4, 4)), 1.0, 0)
     assert empty["unc_mean"] is None and empty["unc_max"] is None and empty["components"] == 0
+
+
+def test_frame_record_flags_unsure_frames_only_with_a_threshold():
+    mask, unc = np.zeros((4, 4), bool), np.zeros((4, 4), np.float32)
+    rec = frame_record(0, None, "x", 1.0, mask, unc, 1.0, 0, unsure=0.3)
+    assert rec["unsure"] == pytest.approx(0.3) and rec["unsure_flag"] is None
+    assert frame_record(0, None, "x", 1.0, mask, unc, 1.0, 0, 0.3, 0.2)["unsure_flag"] is True
+    assert frame_record(0, None, "x", 1.0, mask, unc, 1.0, 0, 0.3, 0.3)["unsure_flag"] is False
+    # a server that sends no score: no flag either way
+    assert frame_record(0, None, "x", 1.0, mask, unc, 1.0, 0, math.nan, 0.1)["unsure_flag"] is None
+
+
+def test_unsure_frames_get_the_alert_colour_in_the_hud():
+    frame = np.full((120, 160, 3), 90, np.uint8)
+    res = fake_result()
+    opts = OverlayOptions()
+    plain = render(frame, make_view(res, opts, "UNSURE | 1 fps"), opts)
+    alert = render(frame, make_view(res, opts, "UNSURE | 1 fps", alert=True), opts)
+
+    def orange(img: np.ndarray) -> int:  # text pixels near ALERT_BGR (antialiased edges)
+        b, g, r = (img[:20, ..., c].astype(int) for c in range(3))
+        return int(((r > 200) & (b < 60) & (g > 90) & (g < 190)).sum())
+
+    assert orange(alert) > 20 and orange(plain) == 0

@@ -233,9 +233,34 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
         "glob matches nothing": [str(tmp / "*.jpeg")],
         "bad option": [str(tmp / "full.mp4"), "--hypotheses", "0"],
         "bad imgsz": [str(tmp / "full.mp4"), "--imgsz", "30"],
+        "bad unsure threshold": [str(tmp / "full.mp4"), "--unsure-threshold", "1.5"],
         "no GUI for --show": [str(tmp / "full.mp4"), "--show"],
         "missing checkpoint": [str(tmp / "full.mp4"), "--weights", str(tmp / "no-ckpt")],
     }
+
+
+def test_unsure_threshold_flags_frames_in_records_and_summary(capsys, tiny, tmp_path, video):
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(video), "--max-frames", "4")
+    assert rc == 0, err
+    rows = read_rows(tmp_path / "runs" / "exp")
+    scores = [float(r["unsure"]) for r in rows]
+    assert all(0 <= u <= 1 for u in scores) and all(r["unsure_flag"] == "" for r in rows)
+    summary = json.loads((tmp_path / "runs" / "exp" / "summary.json").read_text())
+    assert summary["unsure_frames"] is None and summary["settings"]["unsure_threshold"] is None
+    # a threshold just below the smallest score flags every frame with a score above it
+    cut = min(scores) - 1e-6 if min(scores) > 0 else 0.0
+    rc, err = segment(
+        capsys, tiny, tmp_path / "runs", str(video), "--max-frames", "4",
+        "--unsure-threshold", f"{cut:.7f}",
+    )  # fmt: skip
+    assert rc == 0, err
+    rows = read_rows(tmp_path / "runs" / "exp2")
+    flags = [r["unsure_flag"] == "True" for r in rows]
+    assert flags == [float(r["unsure"]) > cut for r in rows]
+    summary = json.loads((tmp_path / "runs" / "exp2" / "summary.json").read_text())
+    assert summary["unsure_frames"] == sum(flags)
+    assert summary["settings"]["unsure_threshold"] == pytest.approx(cut)
+    assert f"{sum(flags)} flagged unsure" in err
 
 
 def test_bad_inputs_give_one_line_and_nonzero_exit(capsys, tiny, tmp_path):
@@ -416,6 +441,7 @@ class _Stub:
             mutual_info=z,
             hypotheses=z[None],
             agreement=1.0,
+            unsure=0.0,
             seed=0,
         )
 

@@ -145,7 +145,7 @@ class _Flaky(RemoteSegmenter):
             raise ServerError("lost the lsdseg server at http://127.0.0.1:1 during a frame")
         self.n -= 1
         z = np.zeros(image.shape[:2], np.float32)
-        return Result(z > 0, z, z, z, z, np.zeros((3, 0, 0), np.float32), 1.0, 0)
+        return Result(z > 0, z, z, z, z, np.zeros((3, 0, 0), np.float32), 1.0, 0.0, 0)
 
 
 def test_server_lost_mid_run_ends_with_summary_and_error(capsys, tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import entropy as scipy_entropy
 
-from lsdseg.uncertainty import aggregate, agreement, binary_entropy
+from lsdseg.uncertainty import aggregate, agreement, binary_entropy, unsure_score, unsure_window
 
 
 def _h2(q: np.ndarray) -> np.ndarray:
@@ -120,3 +120,41 @@ def test_agreement_hand_checked_cases() -> None:
     disjoint = torch.zeros(2, 1, 2)
     disjoint[0, 0, 0] = disjoint[1, 0, 1] = 1
     assert float(agreement(disjoint)) == 0.0
+
+
+def test_unsure_score_is_zero_without_a_candidate_and_low_for_crisp_masks() -> None:
+    empty = torch.zeros(8, 64, 64)
+    agg = aggregate(empty)
+    assert unsure_score(agg.mean, agg.entropy).item() == 0.0
+    crisp = torch.zeros(8, 64, 64)
+    crisp[:, 16:48, 16:48] = 0.999  # every hypothesis draws the same sharp square
+    agg = aggregate(crisp)
+    assert unsure_score(agg.mean, agg.entropy).item() < 0.02
+
+
+def test_unsure_score_is_the_mean_entropy_over_the_dilated_region() -> None:
+    mean = torch.zeros(32, 32)
+    mean[10:20, 10:20] = 0.5  # one bit of entropy inside
+    ent = binary_entropy(mean)
+    # the 10x10 seed dilated by a 5x5 window is 14x14; entropy 1 on 100 of its 196 pixels
+    assert unsure_score(mean, ent, window=5).item() == pytest.approx(100 / 196)
+    # disagreeing hypotheses score higher than agreeing ones over the same region
+    agree = torch.zeros(8, 32, 32)
+    agree[:, 8:24, 8:24] = 1.0
+    split = agree.clone()
+    split[4:] = 0.0  # half the hypotheses see nothing
+    a, b = aggregate(agree), aggregate(split)
+    assert unsure_score(b.mean, b.entropy) > unsure_score(a.mean, a.entropy) + 0.5
+
+
+def test_unsure_score_batches_and_checks_its_inputs() -> None:
+    mean = torch.rand(3, 2, 16, 16)
+    ent = binary_entropy(mean)
+    batched = unsure_score(mean, ent)
+    assert batched.shape == (3, 2)
+    assert batched[1, 0] == pytest.approx(unsure_score(mean[1, 0], ent[1, 0]).item())
+    assert unsure_window(256) == 17 and unsure_window(32) == 3 and unsure_window(64) == 5
+    with pytest.raises(ValueError, match="same shape"):
+        unsure_score(mean, ent[0])
+    with pytest.raises(ValueError, match="odd"):
+        unsure_score(mean, ent, window=4)

@@ -14,7 +14,13 @@ MONAI-style: vectorised functions plus thin accumulating classes. Shared convent
 """
 
 from lsdseg.metrics.accumulate import SegmentationMetrics
-from lsdseg.metrics.calibration import ece, ece_pooled, uncertainty_auroc, uncertainty_auroc_pooled
+from lsdseg.metrics.calibration import (
+    detection_auroc,
+    ece,
+    ece_pooled,
+    uncertainty_auroc,
+    uncertainty_auroc_pooled,
+)
 from lsdseg.metrics.distance import hd95
 from lsdseg.metrics.overlap import dice, iou, precision, recall
 from lsdseg.metrics.sets import SampleSetMetrics, ged, hm_iou
@@ -22,6 +28,7 @@ from lsdseg.metrics.sets import SampleSetMetrics, ged, hm_iou
 __all__ = [
     "SampleSetMetrics",
     "SegmentationMetrics",
+    "detection_auroc",
     "dice",
     "ece",
     "ece_pooled",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lsdseg.metrics._validate import _CHUNK, _binary, _real, _same_shape
+from lsdseg.metrics._validate import _CHUNK, _batched, _binary, _real, _same_shape
 
 
 # --------------------------------------------------------------------------- calibration
@@ -138,3 +138,29 @@ def uncertainty_auroc_pooled(uncertainty: Tensor, error: Tensor) -> Tensor:
     """
     u, e = _auroc_inputs(uncertainty, error)
     return _auroc_rows(u.reshape(1, -1), e.reshape(1, -1))[0]
+
+
+def detection_auroc(score: Tensor, label: Tensor) -> Tensor:
+    """AUROC of ``score`` for detecting the ``label`` items (e.g. frames with Dice < 0.5).
+
+    The same exact Mann-Whitney form as :func:`uncertainty_auroc`, over one set of items
+    (per-frame scores, not pixels).
+
+    Shapes:
+        score, label: ``(N,)``, equal shapes.
+
+    Returns:
+        0-d ``float64`` tensor; NaN when every item, or none, is labelled.
+
+    Raises:
+        TypeError, ValueError: as :func:`uncertainty_auroc`.
+    """
+    for x, name in ((score, "score"), (label, "label")):
+        if isinstance(x, Tensor) and x.dim() != 1:
+            raise ValueError(f"{name} must have shape (N,), got {tuple(x.shape)}")
+    u = _batched(score, "score", 2, "(N,)").double()  # (1, N)
+    if torch.isnan(u).any():
+        raise ValueError("score contains NaN; drop those items first")
+    e = _binary(label, "label", 2, "(N,)")
+    _same_shape(u, e, "score", "label")
+    return _auroc_rows(u, e)[0]
