@@ -134,14 +134,16 @@ def run(args: argparse.Namespace) -> int:
             w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()
             w.writerows(ev.rows)
-    s = seg.config.sampler
+    s = seg.settings(args.hypotheses, args.steps, args.eta, args.threshold)  # as run
     summary = {
         **ev.summary,
         "weights": args.weights,
         "backend": args.backend,
         "device": args.device,
-        "hypotheses": args.hypotheses or s.hypotheses,
-        "steps": args.steps or s.steps,
+        "hypotheses": s.hypotheses,
+        "steps": s.steps,
+        "eta": s.eta,
+        "threshold": s.threshold,
         "data": args.data,
         "skipped_files": ev.skipped,
         "command": shlex.join(["lsdseg", *sys.argv[1:]]),

@@ -318,14 +318,22 @@ def describe(
     from lsdseg.cli.writer import FOURCC
 
     video = writer.video
+    # the settings each frame ran with: unset options resolve to the checkpoint's sampler
+    # defaults; a server resolves them itself, so there only what was asked is known
+    sampler: dict[str, Any] = {
+        "hypotheses": sample.hypotheses,
+        "steps": sample.steps,
+        "eta": sample.eta,
+        "threshold": sample.threshold,
+    }
+    if not isinstance(segmenter, RemoteSegmenter):
+        resolved = segmenter.settings(**sampler)
+        sampler = {k: getattr(resolved, k) for k in sampler}
     settings = {
         "weights": None if args.server else str(args.weights),
         "backend": segmenter.backend,
         "device": str(device),
-        "hypotheses": args.hypotheses,
-        "steps": args.steps,
-        "eta": args.eta,
-        "threshold": args.threshold,
+        **sampler,
         "seed": sample.seed,
         "temporal_t": sample.temporal_t,
         "imgsz": None if isinstance(segmenter, RemoteSegmenter) else segmenter.config.image_size,

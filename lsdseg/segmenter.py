@@ -163,13 +163,19 @@ class Segmenter:
     def config(self) -> ModelConfig:
         return self.model.cfg
 
-    def _settings(
+    def settings(
         self,
-        hypotheses: int | None,
-        steps: int | None,
-        eta: float | None,
-        threshold: float | None,
+        hypotheses: int | None = None,
+        steps: int | None = None,
+        eta: float | None = None,
+        threshold: float | None = None,
     ) -> SamplerConfig:
+        """The sampler settings a call with these arguments uses: each None is the
+        checkpoint's default (``config.sampler``).
+
+        Raises:
+            ValueError: a setting out of range.
+        """
         d = self.config.sampler
         return SamplerConfig(
             steps=d.steps if steps is None else steps,
@@ -225,7 +231,7 @@ class Segmenter:
         """
         if order not in ("bgr", "rgb"):
             raise ValueError(f"order={order!r} must be 'bgr' or 'rgb'")
-        s = self._settings(hypotheses, steps, eta, threshold)
+        s = self.settings(hypotheses, steps, eta, threshold)
         single = isinstance(image, np.ndarray) and (
             image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (1, 2, 3, 4))
         )

@@ -43,6 +43,9 @@ def test_evaluate_scores_at_original_resolution(capsys, tiny, tmp_path):
     assert [(int(r["height"]), int(r["width"])) for r in rows] == [(40, 50), (37, 61), (64, 64)]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["labelled"] == 3 and summary["skipped"] == 0
+    sampler = json.loads((Path(tiny) / "config.json").read_text())["model"]["sampler"]
+    for key in ("hypotheses", "steps", "eta", "threshold"):  # the checkpoint's, as run
+        assert summary[key] == sampler[key], key
     for key in (
         "dice",
         "iou",

@@ -586,3 +586,19 @@ def test_temporal_warm_start(capsys, tiny, tmp_path, video):
     assert summary["settings"]["temporal_t"] == 499
     rc, err = segment(capsys, tiny, tmp_path / "c", str(video), "--temporal-t", "1000")
     assert rc == 1 and "--temporal-t 1000" in err
+
+
+def test_summary_records_the_effective_sampler_settings(capsys, tiny, tmp_path, video):
+    defaults = json.loads((Path(tiny) / "config.json").read_text())["model"]["sampler"]
+    rc, err = segment(capsys, tiny, tmp_path, str(video), "--max-frames", "1")
+    assert rc == 0, err
+    settings = json.loads((tmp_path / "exp" / "summary.json").read_text())["settings"]
+    # unset options are the checkpoint's defaults, recorded as such (not null)
+    got = {k: settings[k] for k in ("steps", "eta", "threshold")}
+    assert got == {k: defaults[k] for k in ("steps", "eta", "threshold")}
+    assert settings["hypotheses"] == 3  # -k 3, given by segment()
+    argv = ["--max-frames", "1", "--steps", "3", "--eta", "0.5", "--threshold", "0.6"]
+    rc, err = segment(capsys, tiny, tmp_path, str(video), *argv)
+    assert rc == 0, err
+    settings = json.loads((tmp_path / "exp2" / "summary.json").read_text())["settings"]
+    assert (settings["steps"], settings["eta"], settings["threshold"]) == (3, 0.5, 0.6)
