@@ -232,15 +232,7 @@ class Segmenter:
         if order not in ("bgr", "rgb"):
             raise ValueError(f"order={order!r} must be 'bgr' or 'rgb'")
         s = self.settings(hypotheses, steps, eta, threshold)
-        single = isinstance(image, np.ndarray) and (
-            image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (1, 2, 3, 4))
-        )
-        frames = [image] if single else list(image)
-        if not frames:
-            raise ValueError("image is an empty batch; pass at least one frame")
-        for f in frames:
-            if not isinstance(f, np.ndarray):
-                raise TypeError(f"frames must be numpy arrays, got {type(f).__name__}")
+        frames, single = _frames(image)
         seeds = self._seeds(seed, len(frames), s, warm_start is not None)
         t0 = time.perf_counter()
         x = self.preprocess(frames, order)
@@ -345,6 +337,47 @@ class Segmenter:
             unsure=unsure,
             seed=seed,
         )
+
+
+_FRAME = "a numpy array (H, W, 3) uint8 BGR or (H, W) grey"
+_EXPECTED = f"{_FRAME}, or a batch of them (a list, or (B, H, W, 3))"
+
+
+def _not_a_frame(value: object, what: str, expected: str) -> TypeError:
+    """The error for a ``value`` that is no image array, saying what it was and what to do."""
+    if value is None:
+        got, fix = "None", "; cv2.imread returns None for a missing or unreadable file"
+    elif isinstance(value, (str, Path)):
+        got = f"the {type(value).__name__} {str(value)!r}"
+        fix = "; read the file first (cv2.imread)"
+    else:
+        got, fix = f"a {type(value).__name__}", ""
+    return TypeError(f"{what} is {got}; expected {expected}{fix}")
+
+
+def _frames(image: object) -> tuple[list[np.ndarray], bool]:
+    """The frames of a call (a list of arrays) and whether a single frame was passed.
+
+    Raises:
+        TypeError: ``image`` (or a frame of a batch) is not a numpy array.
+        ValueError: an empty batch, or an array with no frame layout.
+    """
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (1, 2, 3, 4)):
+            return [image], True
+        if image.ndim not in (3, 4):
+            raise ValueError(f"image has shape {image.shape}; expected {_EXPECTED}")
+        frames = list(image)
+    elif isinstance(image, Sequence) and not isinstance(image, (str, bytes)):
+        frames = list(image)
+    else:
+        raise _not_a_frame(image, "image", _EXPECTED)
+    if not frames:
+        raise ValueError("image is an empty batch; pass at least one frame")
+    for i, f in enumerate(frames):
+        if not isinstance(f, np.ndarray):
+            raise _not_a_frame(f, f"frame {i} of the batch", _FRAME)
+    return frames, False
 
 
 def bundled_weights() -> Path:

@@ -303,3 +303,23 @@ def test_per_frame_seeds_are_checked(seg: Segmenter) -> None:
     first = seg(frames, seed=[1, 2])
     with pytest.raises(ValueError, match="warm_start"):
         seg(frames, seed=[1, 2], warm_start=first)
+
+
+@pytest.mark.parametrize(
+    ("image", "error", "fragments"),
+    [
+        (None, TypeError, ["image is None", "cv2.imread returns None", "(H, W, 3) uint8"]),
+        ("frame.png", TypeError, ["the str 'frame.png'", "cv2.imread", "(H, W, 3) uint8"]),
+        (3.5, TypeError, ["a float", "(H, W, 3) uint8"]),
+        ([_frame(), None], TypeError, ["frame 1 of the batch is None", "cv2.imread"]),
+        (np.zeros(7, np.uint8), ValueError, ["shape (7,)", "(H, W, 3) uint8"]),
+        (np.zeros((1, 2, 3, 4, 3), np.uint8), ValueError, ["shape (1, 2, 3, 4, 3)"]),
+    ],
+)
+def test_a_call_on_no_image_says_what_was_passed_and_what_is_expected(
+    seg: Segmenter, image: object, error: type, fragments: list[str]
+) -> None:
+    with pytest.raises(error) as info:
+        seg(image)
+    for fragment in fragments:
+        assert fragment in str(info.value)
