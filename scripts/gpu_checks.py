@@ -25,14 +25,17 @@ Usage, from the repository root (one device call each if 10 minutes are too few 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.util
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,24 +133,62 @@ def _git_head() -> str | None:
         return None
 
 
-def run_logged(cmd: list[str], env: dict[str, str], cwd: Path, log: Path, timeout: float) -> int:
-    """Run ``cmd``, teeing its output into ``log``; returns its exit code (124 on timeout)."""
+def run_logged(
+    cmd: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    log: Path,
+    timeout: float,
+    append: bool = False,
+) -> int:
+    """Run ``cmd``, teeing its output line by line (flushed) into ``log`` (appended to with
+    ``append``); returns its exit code, 124 if it ran past ``timeout`` seconds.
+
+    The kill comes from a timer thread, so a child that hangs without printing, or prints
+    forever, is stopped on time. The child gets its own process group and the whole group is
+    killed: its workers (pytest-xdist, data loaders) would otherwise keep the pipe open.
+    """
     print("$", " ".join(cmd), flush=True)
-    with log.open("w") as f:
+    with log.open("a" if append else "w") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
         proc = subprocess.Popen(
-            cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            cmd,
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,
         )
+        fired = threading.Event()
+
+        def kill() -> None:
+            fired.set()
+            # it may have ended between the timer firing and the kill
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+        timer = threading.Timer(timeout, kill)
+        timer.daemon = True
+        timer.start()
         try:
             for line in proc.stdout:  # type: ignore[union-attr]
                 sys.stdout.write(line)
+                sys.stdout.flush()
                 f.write(line)
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            f.write(f"\n[gpu_checks] killed after {timeout:.0f} s\n")
+                f.flush()
+            code = proc.wait()
+        finally:
+            timer.cancel()
+        if fired.is_set():
+            msg = f"\n[gpu_checks] killed after {timeout:.0f} s (timeout)\n"
+            f.write(msg)
+            f.flush()
+            print(msg, end="", flush=True)
             return 124
+        return code
 
 
 def main() -> int:

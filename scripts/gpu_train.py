@@ -18,7 +18,12 @@ same symlink tree as ``scripts/gpu_checks.py`` when it is not installed. Steps:
 Writes under ``--out`` (default ``$OUT``, else ``.benchmarks/gpu_train``) at most 7 files:
 ``summary.json`` (GPU, versions, date, command, exit code, the per-epoch metrics, the probe and
 the checkpoints' ``config.json``), ``train.log``, ``progress.png``, and the weight pieces in
-``best/`` and ``last-ema/``. ``--join`` turns what came back into checkpoint folders that
+``best/`` and ``last-ema/``. Every file is written as soon as its part is ready and every log
+line is flushed, so a slot that ends the command part-way still brings back what was done:
+``summary.json`` first gets the environment and command, then training's exit code and metrics,
+then each checkpoint's config as its pieces are written (before its probe), then each probe row.
+Training is killed ``GRACE_S`` past ``--minutes`` and the export step after
+``--export-timeout`` seconds. ``--join`` turns what came back into checkpoint folders that
 ``lsdseg.load`` reads.
 
     python scripts/pack_data.py ../shared/data/kvasir-seg ../shared/data/cvc-clinicdb
@@ -36,7 +41,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -142,10 +146,27 @@ def data_flags(data: list[str]) -> list[str]:
     return [a for d in data for a in ("--data", d)]
 
 
+def update_summary(out: Path, **fields: object) -> dict:
+    """Merge ``fields`` into ``out/summary.json`` and write it at once (atomically), so that
+    whatever the slot's kill interrupts, the file that comes back is whole and current."""
+    path = out / "summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    summary.update(fields)
+    tmp = path.with_name(".summary.json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, path)
+    return summary
+
+
 def export(run: Path, out: Path, steps: list[int], data: list[str], train_args: list[str]) -> dict:
     """Inference weights of ``best/`` and ``last/``'s EMA under ``out``, and their probe on
     the validation split that training held out (``lsdseg train``'s own parser reads it from
-    ``train_args``)."""
+    ``train_args``).
+
+    Each checkpoint's pieces and its config go to ``out`` (the config into ``summary.json``)
+    before its probe starts, and each probe row is recorded as it comes: a kill part-way keeps
+    everything finished before it.
+    """
     import torch
     from bundle_weights import THRESHOLDS, load_weights, sweep
 
@@ -158,9 +179,9 @@ def export(run: Path, out: Path, steps: list[int], data: list[str], train_args: 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     given = build_parser().parse_args(["train", *data_flags(data), *train_args])
     _, val = load_pairs(given.data, given.val_data, given.val_fraction, given.seed)
-    samples = [(pair, *load_sample(pair)) for pair in val]
-    probe: dict[str, list[dict]] = {}
+    probe: dict = {"thresholds": THRESHOLDS, "validation_pairs": len(val), "rows": {}}
     config = None
+    samples = None
     for name, spec in zip(CHECKPOINTS, (run / "best", f"{run / 'last'}:ema"), strict=True):
         if not Path(str(spec).removesuffix(":ema")).exists():
             continue
@@ -171,16 +192,17 @@ def export(run: Path, out: Path, steps: list[int], data: list[str], train_args: 
         for f in (CONFIG, CARD):
             (out / name / f).unlink()
         split_weights(out / name)
+        update_summary(out, checkpoint_config=config)
+        print(f"wrote {out / name}", flush=True)
+        if samples is None:
+            samples = [(pair, *load_sample(pair)) for pair in val]
         seg = Segmenter(model.to(device))
-        probe[name] = [sweep(seg, samples, s, 8) for s in steps]
-        for row in probe[name]:
-            print(name, json.dumps(row), flush=True)
-    return {
-        "thresholds": THRESHOLDS,
-        "validation_pairs": len(val),
-        "rows": probe,
-        "checkpoint_config": config,
-    }
+        rows = probe["rows"][name] = []
+        for s in steps:
+            rows.append(sweep(seg, samples, s, 8))
+            print(name, json.dumps(rows[-1]), flush=True)
+            update_summary(out, probe=probe)
+    return {**probe, "checkpoint_config": config}
 
 
 def main() -> int:
@@ -192,6 +214,12 @@ def main() -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument("--probe-steps", default="1,2", help="comma-separated DDIM step counts")
+    p.add_argument(
+        "--export-timeout",
+        type=float,
+        default=150,
+        help="seconds for writing the weights and probing them, after training",
+    )
     p.add_argument("--export-only", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument(
         "--join",
@@ -212,8 +240,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     steps = [int(s) for s in args.probe_steps.split(",")]
     if args.export_only:  # second half, run in the environment where lsdseg imports
-        result = export(args.export_only, out, steps, args.data, args.train_args)
-        (out / "probe.json").write_text(json.dumps(result, indent=2))
+        export(args.export_only, out, steps, args.data, args.train_args)
         return 0
 
     env, cwd = python_env()
@@ -225,27 +252,26 @@ def main() -> int:
     cmd += data_flags(data)
     cmd += ["--out", str(run), "--device", args.device, "--workers", str(args.workers)]
     cmd += ["--time-limit", str(args.minutes), *args.train_args]
+    (out / "summary.json").unlink(missing_ok=True)  # a stale one would pass for this run's
+    update_summary(out, environment=info, train_command=cmd, checkpoint_config=None, probe=None)
     code = run_logged(cmd, env, cwd, out / "train.log", timeout=args.minutes * 60 + GRACE_S)
+    metrics = run / "metrics.csv"
+    update_summary(
+        out,
+        train_exit_code=code,
+        metrics_csv=metrics.read_text() if metrics.exists() else "",
+    )
+    if (run / "progress.png").exists():
+        shutil.copyfile(run / "progress.png", out / "progress.png")
     export_cmd = [sys.executable, str(ROOT / "scripts" / "gpu_train.py"), "--out", str(out)]
     export_cmd += data_flags(data)
     export_cmd += ["--probe-steps", args.probe_steps, "--export-only", str(run)]
     export_cmd += ["--", *args.train_args]
-    export_code = subprocess.run(export_cmd, env=env, cwd=cwd).returncode
-    probe_file = out / "probe.json"
-    probe = json.loads(probe_file.read_text()) if probe_file.exists() else None
-    summary = {
-        "environment": info,
-        "train_command": cmd,
-        "train_exit_code": code,
-        "export_exit_code": export_code,
-        "metrics_csv": (run / "metrics.csv").read_text() if (run / "metrics.csv").exists() else "",
-        "probe": probe,
-        "checkpoint_config": probe.pop("checkpoint_config", None) if probe else None,
-    }
-    probe_file.unlink(missing_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    if (run / "progress.png").exists():
-        shutil.copyfile(run / "progress.png", out / "progress.png")
+    # its output goes on in train.log: the slot brings back 8 files and 7 are taken
+    export_code = run_logged(
+        export_cmd, env, cwd, out / "train.log", timeout=args.export_timeout, append=True
+    )
+    update_summary(out, export_exit_code=export_code)
     print(f"wrote {out}: train exit {code}, export exit {export_code}", flush=True)
     return code or export_code
 

@@ -93,3 +93,73 @@ def test_bad_invocations_say_what_to_do(tmp_path, args):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert "--to" in done.stderr or "summary.json" in done.stderr or "--data" in done.stderr
+
+
+def _pairs(root: Path, n: int = 4) -> Path:
+    import cv2
+    import numpy as np
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        m = np.zeros((32, 32), np.uint8)
+        cv2.circle(m, (16, 16), 6 + i, 255, -1)
+        img = np.full((32, 32, 3), 60, np.uint8)
+        img[m > 0] = (90, 90, 220)
+        cv2.imwrite(str(root / "images" / f"{i}.png"), img)
+        cv2.imwrite(str(root / "masks" / f"{i}.png"), m)
+    return root
+
+
+def test_weights_and_config_are_written_before_the_probe_runs(tmp_path, tiny, monkeypatch):
+    """The slot can end the command during the probe: what came before must be on disk."""
+    gpu_train = _module()
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import bundle_weights
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny, run / "best")
+    out = tmp_path / "out"
+    out.mkdir()
+    seen = []
+
+    def killed_during_the_probe(seg, samples, steps, k):
+        summary = json.loads((out / "summary.json").read_text())
+        seen.append(summary["checkpoint_config"])
+        assert sorted((out / "best").glob("model.[0-9][0-9].safetensors"))
+        raise KeyboardInterrupt  # what a kill looks like from here
+
+    monkeypatch.setattr(bundle_weights, "sweep", killed_during_the_probe)
+    data = str(_pairs(tmp_path / "data"))
+    with pytest.raises(KeyboardInterrupt):
+        gpu_train.export(run, out, [1], [data], ["--val-fraction", "0.5"])
+    assert seen and seen[0]["model"]["image_size"] == 32
+    # and what came back joins into a checkpoint
+    assert _run("--join", str(out), "--to", str(tmp_path / "back")).returncode == 0
+    assert (tmp_path / "back" / "best" / "model.safetensors").is_file()
+
+
+def test_probe_rows_are_recorded_one_by_one(tmp_path, tiny, monkeypatch):
+    gpu_train = _module()
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import bundle_weights
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny, run / "best")
+    out = tmp_path / "out"
+    out.mkdir()
+    calls = []
+
+    def sweep(seg, samples, steps, k):
+        calls.append(steps)
+        if len(calls) == 2:
+            rows = json.loads((out / "summary.json").read_text())["probe"]["rows"]["best"]
+            assert [r["steps"] for r in rows] == [1]
+            raise KeyboardInterrupt
+        return {"steps": steps, "hypotheses": k}
+
+    monkeypatch.setattr(bundle_weights, "sweep", sweep)
+    data = str(_pairs(tmp_path / "data"))
+    with pytest.raises(KeyboardInterrupt):
+        gpu_train.export(run, out, [1, 2], [data], ["--val-fraction", "0.5"])
+    assert calls == [1, 2]
