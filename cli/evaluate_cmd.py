@@ -123,8 +123,20 @@ def run(args: argparse.Namespace) -> int:
                 )
             progress.advance(task)
 
+        def on_skip(pair: Pair, reason: str) -> None:
+            print(f"lsdseg evaluate: warning: skipped {pair.name}: {reason}", file=sys.stderr)
+            progress.advance(task)
+
         ev = evaluate(
-            seg, pairs, args.hypotheses, args.steps, args.eta, args.seed, args.threshold, on_image
+            seg,
+            pairs,
+            args.hypotheses,
+            args.steps,
+            args.eta,
+            args.seed,
+            args.threshold,
+            on_image,
+            on_skip,
         )
     if ev.rows:
         keys: list[str] = []

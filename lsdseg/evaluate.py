@@ -38,6 +38,7 @@ def evaluate(
     seed: int = 0,
     threshold: float | None = None,
     on_image: Callable[[Pair, np.ndarray, np.ndarray | None, Result], None] | None = None,
+    on_skip: Callable[[Pair, str], None] | None = None,
 ) -> Evaluation:
     """Segment every pair and score it against its mask (if it has one).
 
@@ -51,6 +52,8 @@ def evaluate(
         hypotheses, steps, eta, threshold: sampler settings (None = checkpoint defaults).
         seed: base seed; image i uses ``seed + i`` so results do not depend on batching.
         on_image: called with (pair, image RGB, mask or None, result) after each image.
+        on_skip: called with (pair, reason) for each pair that cannot be read, instead of
+            logging a warning.
 
     Returns:
         The per-image rows (``name``, ``labelled``, metrics..., ``unsure``, ``latency_ms``) and
@@ -65,7 +68,10 @@ def evaluate(
         try:
             image, mask = load_sample(pair)
         except (DataError, FileNotFoundError, OSError) as e:
-            log.warning("skipping %s: %s", pair.image, e)
+            if on_skip is None:
+                log.warning("skipping %s: %s", pair.image, e)
+            else:
+                on_skip(pair, str(e))
             ev.skipped.append((str(pair.image), str(e)))
             continue
         r = segmenter(

@@ -26,6 +26,8 @@ def _decode(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
         raise FileNotFoundError(f"file not found: {path}")
     with open(path, "rb") as f:
         head = f.read(4)
+    if not head:  # OpenCV asserts on an empty buffer instead of returning None
+        raise DataError(f"cannot decode image {path}: the file is empty (0 bytes)")
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         try:
             import tifffile
@@ -46,7 +48,10 @@ def _decode(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
         return arr, False
     import cv2
 
-    arr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        arr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # OpenCV raises for some malformed buffers, returns None for others
+        arr = None
     if arr is None:
         raise DataError(f"cannot decode image {path}: not a readable JPEG/PNG/BMP/TIFF file")
     if arr.ndim == 3 and arr.shape[2] == 3:

@@ -180,6 +180,17 @@ def test_read_image_errors(tmp_path: Path) -> None:
         read_mask(bad)
 
 
+@pytest.mark.parametrize("name", ["empty.png", "empty.jpg", "empty"])
+def test_zero_byte_file_is_a_data_error_not_an_opencv_assertion(tmp_path: Path, name) -> None:
+    (tmp_path / name).touch()
+    for read in (read_image, read_mask):
+        with pytest.raises(DataError, match=rf"{name}: the file is empty \(0 bytes\)"):
+            read(tmp_path / name)
+    cv2.imwrite(str(tmp_path / "image.png"), np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(DataError, match=rf"{name}: the file is empty"):
+        load_sample(Pair(tmp_path / "image.png", tmp_path / name))  # an empty mask
+
+
 # ----------------------------------------------------------------------------- read_mask
 
 

@@ -87,6 +87,23 @@ def test_unlabelled_and_unreadable_images_are_counted_not_fatal(capsys, tiny, tm
     assert summary["skipped_files"][0][0].endswith("1.png")
 
 
+def test_zero_byte_image_or_mask_is_skipped_and_named(capsys, tiny, tmp_path):
+    data = make_pairs(tmp_path / "d", [(40, 50)] * 4)
+    (data / "images" / "1.png").write_bytes(b"")
+    (data / "masks" / "2.png").write_bytes(b"")
+    where = ["--project", str(tmp_path), "--name", "out"]
+    assert main(["evaluate", "--data", str(data), "--weights", tiny, *where]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for name in ("images/1.png", "masks/2.png"):
+        assert f"{name}: the file is empty (0 bytes)" in err, err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert (summary["labelled"], summary["skipped"]) == (2, 2)  # the others kept their results
+    assert [Path(p).name for p, _ in summary["skipped_files"]] == ["1.png", "2.png"]
+    rows = list(csv.DictReader((tmp_path / "out" / "per_image.csv").read_text().splitlines()))
+    assert [r["name"] for r in rows] == ["0", "3"]
+
+
 GROW = '{{"image_ae": {{"context_depth": 2}}}}'  # str.format-escaped JSON
 WIDER = '{{"image_ae": {{"channels": [8, 8, 16]}}}}'
 

@@ -222,7 +222,12 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
     data = write_video(tmp / "full.mp4").read_bytes()
     (tmp / "cut.mp4").write_bytes(data[: len(data) // 2])
     (tmp / "emptydir").mkdir()
+    (tmp / "zero.png").touch()
+    (tmp / "zerodir").mkdir()
+    (tmp / "zerodir" / "zero.png").touch()
     return {
+        "0-byte image": [str(tmp / "zero.png")],
+        "0-byte image in a folder": [str(tmp / "zerodir")],
         "missing file": [str(tmp / "nope.mp4")],
         "not a video": [str(tmp / "text.mp4")],
         "zero frames": [str(tmp / "empty.avi")],
@@ -602,3 +607,16 @@ def test_summary_records_the_effective_sampler_settings(capsys, tiny, tmp_path, 
     assert rc == 0, err
     settings = json.loads((tmp_path / "exp2" / "summary.json").read_text())["settings"]
     assert (settings["steps"], settings["eta"], settings["threshold"]) == (3, 0.5, 0.6)
+
+
+def test_zero_byte_image_after_good_ones_is_one_line_and_fails(capsys, tiny, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), disc_frame(0))
+    (folder / "b.png").touch()
+    cv2.imwrite(str(folder / "c.png"), disc_frame(1))
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(folder))
+    assert rc != 0 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert errors == [f"lsdseg segment: error: cannot decode image {folder / 'b.png'}: "
+                      "the file is empty (0 bytes)"]  # fmt: skip
