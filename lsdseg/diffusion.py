@@ -17,6 +17,28 @@ import torch
 from lsdseg.config import DiffusionConfig, SamplerConfig
 
 
+def draw_noise(
+    shape: tuple[int, ...] | torch.Size,
+    generator: torch.Generator | None,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Standard normal noise for a tensor on ``device``: the one rule for every draw.
+
+    The numbers are drawn in float32 on the generator's device (the CPU, for ``None``: torch's
+    default generator), then moved to ``device`` and cast to ``dtype``. So a seeded CPU
+    generator gives the same noise whether the model runs on the CPU or a GPU, in fp32 or fp16,
+    and never meets a tensor on another device (``torch.randn`` refuses a CPU generator for a
+    CUDA tensor).
+
+    Shapes:
+        ``shape`` -> a tensor of that shape on ``device``, of ``dtype``.
+    """
+    source = generator.device if generator is not None else torch.device("cpu")
+    eps = torch.randn(shape, generator=generator, device=source, dtype=torch.float32)
+    return eps.to(device=device, dtype=dtype)
+
+
 def make_betas(cfg: DiffusionConfig) -> torch.Tensor:
     """Beta schedule in float64, shape (T,). ``cosine`` is Nichol & Dhariwal 2021, eq. 17."""
     T = cfg.timesteps
@@ -205,8 +227,6 @@ class DDIMSampler:
         z = z_T
         for i, s in enumerate(self.steps):
             t = torch.full((z.shape[0],), s.t, dtype=torch.long, device=z.device)
-            noise = None
-            if s.sigma > 0:
-                noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+            noise = draw_noise(z.shape, generator, z.device, z.dtype) if s.sigma > 0 else None
             z, _ = self.step(model(z, t), i, z, noise)
         return z

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from lsdseg.config import ModelConfig
-from lsdseg.diffusion import DDIMSampler, NoiseSchedule
+from lsdseg.diffusion import DDIMSampler, NoiseSchedule, draw_noise
 from lsdseg.unet import UNet, repeat_condition
 from lsdseg.vae import ImageAutoencoder, MaskVAE
 
@@ -130,7 +130,7 @@ class LatentSegmenter(nn.Module):
         Shapes:
             z0: (B, K, c_m, h, w) -> (B, K, c_m, h, w).
         """
-        eps = torch.randn(z0.shape, generator=generator).to(z0.device, z0.dtype)
+        eps = draw_noise(z0.shape, generator, z0.device, z0.dtype)
         t = torch.full((z0.shape[0],), start, dtype=torch.long, device=z0.device)
         return self.schedule.add_noise(z0, eps, t)
 

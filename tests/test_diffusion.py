@@ -15,6 +15,7 @@ from lsdseg.diffusion import (
     DDIMSampler,
     NoiseSchedule,
     ddim_timesteps,
+    draw_noise,
     make_betas,
     predicted_x0_eps,
 )
@@ -151,6 +152,46 @@ def test_sample_draws_one_noise_per_stochastic_step_from_the_generator() -> None
     torch.testing.assert_close(got, z)
     again = sampler.sample(model, z_T, torch.Generator().manual_seed(4))
     assert not torch.allclose(again, got)
+
+
+def _draws(gen: torch.Generator, before: torch.Tensor, shape: tuple[int, ...]) -> int:
+    """How many CPU draws of ``shape`` took ``gen`` from state ``before`` to where it is."""
+    ref = torch.Generator()
+    ref.set_state(before)
+    for n in range(10):
+        if torch.equal(ref.get_state(), gen.get_state()):
+            return n
+        torch.randn(shape, generator=ref)
+    raise AssertionError("the generator moved by something other than whole draws of shape")
+
+
+def test_noise_is_drawn_on_the_generators_device_then_moved() -> None:
+    # "meta" stands in for CUDA: torch.randn(device="meta", generator=cpu_gen) draws nothing,
+    # as torch.randn(device="cuda", generator=cpu_gen) fails, so only a CPU draw moves the state
+    gen = torch.Generator().manual_seed(11)
+    before = gen.get_state()
+    eps = draw_noise((2, 3, 4), gen, "meta", torch.float16)
+    assert eps.device.type == "meta" and eps.dtype == torch.float16 and eps.shape == (2, 3, 4)
+    assert _draws(gen, before, (2, 3, 4)) == 1
+    # on the CPU: exactly the numbers a plain draw gives (fp16: the same numbers, cast)
+    for dtype in (torch.float32, torch.float16):
+        got = draw_noise((2, 3, 4), torch.Generator().manual_seed(11), "cpu", dtype)
+        want = torch.randn((2, 3, 4), generator=torch.Generator().manual_seed(11)).to(dtype)
+        assert torch.equal(got, want)
+    torch.manual_seed(5)
+    a = draw_noise((3,), None, "cpu")
+    torch.manual_seed(5)
+    assert torch.equal(a, torch.randn(3))
+
+
+def test_stochastic_sampling_on_another_device_draws_from_the_cpu_generator() -> None:
+    sampler = DDIMSampler(NoiseSchedule(DiffusionConfig()), steps=4, eta=0.7)
+    gen = torch.Generator().manual_seed(3)
+    before = gen.get_state()
+    z_T = torch.zeros(2, 2, 4, 4, device="meta")
+    z = sampler.sample(lambda z, t: z * 0.5, z_T, gen)
+    assert z.device.type == "meta"
+    assert _draws(gen, before, (2, 2, 4, 4)) == sum(s.sigma > 0 for s in sampler.steps) == 3
 
 
 def test_eta_without_noise_raises() -> None:

@@ -144,3 +144,17 @@ def test_stochastic_sampling_follows_the_generator(tiny_model: LatentSegmenter) 
         c = tiny_model.hypotheses(x, noise, 3, eta=1.0, generator=torch.Generator().manual_seed(6))
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
+
+
+def test_warm_latents_draw_from_the_cpu_generator_for_any_device(
+    tiny_model: LatentSegmenter,
+) -> None:
+    z0 = torch.randn(1, 2, *tiny_model.latent_shape)
+    got = tiny_model.warm_latents(z0, 300, torch.Generator().manual_seed(2))
+    eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(2))
+    t = torch.full((1,), 300, dtype=torch.long)
+    torch.testing.assert_close(got, tiny_model.schedule.add_noise(z0, eps, t), rtol=0, atol=0)
+    gen = torch.Generator().manual_seed(2)
+    meta = tiny_model.warm_latents(z0.to("meta"), 300, gen)
+    assert meta.device.type == "meta"
+    assert not torch.equal(gen.get_state(), torch.Generator().manual_seed(2).get_state())
