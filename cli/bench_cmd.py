@@ -246,8 +246,9 @@ def machine_info(device: torch.device) -> dict[str, object]:
 
 
 def _table(results: Sequence[Measurement], skipped: dict[str, str]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from lsdseg.cli.console import make_console
 
     table = Table(title="lsdseg bench: one Segmenter call per frame")
     for column in ("backend", "device", "K", "steps", "mean ms", "p95 ms", "fps"):
@@ -265,7 +266,7 @@ def _table(results: Sequence[Measurement], skipped: dict[str, str]) -> None:
             f"{r.fps:.1f}",
             peak,
         )
-    console = Console()
+    console = make_console()
     console.print(table)
     if results:
         console.print(f"peak MB: {results[0].memory_kind} during the timed calls")

@@ -111,8 +111,9 @@ def measure_server(
 
 def print_table(results: list[ServerMeasurement]) -> None:
     """The server measurements as a table, with the speed-up over one client."""
-    from rich.console import Console
     from rich.table import Table
+
+    from lsdseg.cli.console import make_console
 
     table = Table(title="lsdseg bench --server: one frame per request, N concurrent clients")
     for column in ("clients", "K", "steps", "frames/s", "x 1 client", "mean ms", "p95 ms"):
@@ -131,7 +132,7 @@ def print_table(results: list[ServerMeasurement]) -> None:
             f"{r.p95_ms:.1f}",
             f"{r.overhead_ms:.1f}",
         )
-    console = Console()
+    console = make_console()
     console.print(table)
     console.print(
         "overhead: round trip minus the server's model call (encoding, transport, Triton's "

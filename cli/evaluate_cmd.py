@@ -86,15 +86,15 @@ def _visual(
 
 def run(args: argparse.Namespace) -> int:
     import cv2
-    from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
 
     import lsdseg
+    from lsdseg.cli.console import make_console
     from lsdseg.data import find_pairs
     from lsdseg.evaluate import evaluate
 
-    console = Console()
+    console = make_console()
     pairs = []
     for d in args.data:
         layout, found = find_pairs(d)

@@ -358,8 +358,8 @@ def describe(
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
-    from rich.console import Console
 
+    from lsdseg.cli.console import make_console
     from lsdseg.cli.display import ProgressDisplay, check_gui
     from lsdseg.cli.overlay import OverlayOptions
     from lsdseg.cli.pipeline import SampleOptions, StopFlag, run_pipeline
@@ -384,7 +384,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.show:
         check_gui()
-    console = Console(stderr=True, soft_wrap=True)  # summary lines stay whole in logs
+    console = make_console(stderr=True, soft_wrap=True)  # summary lines stay whole in logs
     source = open_source(args.source, args.vid_stride, args.max_frames, args.timeout)
     segmenter: Segmenter | RemoteSegmenter
     try:

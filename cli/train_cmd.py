@@ -195,18 +195,18 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     import torch
-    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from lsdseg.augment import AugmentConfig
     from lsdseg.card import training_card
+    from lsdseg.cli.console import make_console
     from lsdseg.config import ModelConfig, load_json
     from lsdseg.dataset import SegmentationDataset
     from lsdseg.segmenter import bundled_weights, resolve_device
     from lsdseg.train import TrainConfig, Trainer
 
     started = time.monotonic()  # --time-limit counts from here, loading and caching included
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     device = resolve_device(args.device)
     model_cfg = load_json(ModelConfig, args.model_config) if args.model_config else ModelConfig()
     init = str(bundled_weights()) if args.init == "default" else args.init
