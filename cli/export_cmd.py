@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 from pathlib import Path
 from typing import Any
 
 from lsdseg.cli.errors import UserError
+from lsdseg.cli.main import suggest
 
 FORMATS = ("onnx", "trt")
+# names other tools give these formats (Ultralytics' engine, the runtimes' own names)
+FORMAT_ALIASES = {"engine": "trt", "tensorrt": "trt", "plan": "trt", "onnxruntime": "onnx"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -131,8 +133,8 @@ def pick_formats(args: argparse.Namespace) -> list[str]:
         wanted.add("onnx")  # a repository serves the ONNX graph unless --trt asks otherwise
     for name in args.format:
         if name not in FORMATS:
-            close = difflib.get_close_matches(name, FORMATS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            close = suggest(name, FORMATS, FORMAT_ALIASES)
+            hint = f" (did you mean {close!r}?)" if close else ""
             raise UserError(
                 f"unknown export format {name!r}; choose one of {', '.join(FORMATS)}{hint}"
             )

@@ -20,37 +20,86 @@ from lsdseg.version import __version__
 EXIT_USAGE, EXIT_ERROR, EXIT_INTERRUPTED = 2, 1, 130
 
 
+# what users of other tools type for our sub-commands (Ultralytics modes, nnU-Net, MONAI)
+COMMAND_ALIASES = {
+    "val": "evaluate",
+    "eval": "evaluate",
+    "validate": "evaluate",
+    "test": "evaluate",
+    "predict": "segment",
+    "infer": "segment",
+    "track": "segment",
+    "benchmark": "bench",
+    "fit": "train",
+}
+
+
+def suggest(bad: str, known: Sequence[str], aliases: dict[str, str] | None = None) -> str | None:
+    """The closest of ``known`` to ``bad`` (what ``aliases`` maps it to first), or None."""
+    if aliases and aliases.get(bad) in known:
+        return aliases[bad]
+    close = difflib.get_close_matches(bad, known, n=1)
+    return close[0] if close else None
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with "did you mean" suggestions for misspelt options and choices."""
+    """argparse with "did you mean" suggestions for misspelt options, choices and commands.
+
+    An unknown option is matched against the options of the sub-command it was given to
+    (``lsdseg evaluate -k 2`` suggests nothing of ``segment``'s), an unknown sub-command
+    against the sub-commands and the names other tools use for them (``val``, ``predict``).
+    """
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            parser = _subcommand_parser(self, getattr(ns, "command", None))
+            options = _own_options(parser)
+            hint = ""
+            for bad in extras:
+                name = bad.split("=")[0]
+                close = suggest(name, options) if bad.startswith("-") else None
+                if close:
+                    hint = f" (did you mean {close}?)"
+                    break
+                if parser is not self and name in _own_options(self):
+                    hint = (
+                        f" ({name} is an option of {self.prog} itself: put it before the command)"
+                    )
+                    break
+            parser.exit(
+                EXIT_USAGE,
+                f"{parser.prog}: error: unrecognized arguments: {' '.join(extras)}{hint}\n",
+            )
+        return ns
 
     def error(self, message: str) -> None:  # type: ignore[override]
         hint = ""
-        if "unrecognized arguments:" in message:
-            bad = message.split("unrecognized arguments:")[1].split()
-            options = _all_options(self)
-            for b in bad:
-                close = difflib.get_close_matches(b.split("=")[0], options, n=1)
-                if close:
-                    hint = f" (did you mean {close[0]}?)"
-                    break
-        elif "invalid choice:" in message:
+        if "invalid choice:" in message:
             bad = message.split("invalid choice:")[1].split("'")[1]
+            subcommand = any(isinstance(a, argparse._SubParsersAction) for a in self._actions)
             choices = [str(c) for a in self._actions for c in (a.choices or []) if a.choices]
-            close = difflib.get_close_matches(bad, choices, n=1)
+            close = suggest(bad, choices, COMMAND_ALIASES if subcommand else None)
             if close:
-                hint = f" (did you mean {close[0]!r}?)"
+                hint = f" (did you mean {close!r}?)"
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}{hint}\n")
 
 
-def _all_options(parser: argparse.ArgumentParser) -> list[str]:
-    """Option strings of a parser and of all its sub-command parsers."""
-    options = []
+def _subcommand_parser(
+    parser: argparse.ArgumentParser, name: str | None
+) -> argparse.ArgumentParser:
+    """The parser of sub-command ``name`` (``parser`` itself when there is none)."""
     for action in parser._actions:
-        options += action.option_strings
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                options += _all_options(sub)
-    return options
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            return action.choices[name]
+    return parser
+
+
+def _own_options(parser: argparse.ArgumentParser) -> list[str]:
+    """The option strings of one parser (not those of its sub-commands)."""
+    return [o for action in parser._actions for o in action.option_strings]
 
 
 def build_parser() -> argparse.ArgumentParser:
