@@ -71,7 +71,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls per configuration")
     p.add_argument("--repeats", type=int, default=20, help="timed calls per configuration")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the synthetic frame and of the initial noise of every call",
+    )
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     s = p.add_argument_group("server (lsdseg serve)")
     s.add_argument(

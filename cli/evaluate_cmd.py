@@ -48,11 +48,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default="default", help="'default' or a checkpoint folder")
     p.add_argument("--hypotheses", type=int, default=None, help="K (default: checkpoint's)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: checkpoint's)")
-    p.add_argument("--eta", type=float, default=None)
-    p.add_argument("--threshold", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--eta", type=float, default=None, help="DDIM eta in [0, 1] (default: checkpoint's)"
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="mask = mean > threshold (default: checkpoint's)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the initial noise; image i uses seed + i"
+    )
     p.add_argument("--backend", default="torch", help="torch, triton, onnx or trt")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument(
         "--groups",
         default="",

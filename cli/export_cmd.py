@@ -87,7 +87,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="MIN,OPT,MAX",
         help="batch range of the optimisation profile (default 1,1,4)",
     )
-    t.add_argument("--device", type=int, default=0, metavar="N", help="CUDA device index")
+    t.add_argument(
+        "--device",
+        default="auto",
+        help="cpu, cuda, cuda:N or auto: the GPU engines are built on (TensorRT needs CUDA)",
+    )
     t.add_argument(
         "--timing-cache",
         metavar="PATH",
@@ -222,6 +226,25 @@ def _describe(path: Path) -> str:
     return f"{path} ({path.stat().st_size / 2**20:.1f} MB)"
 
 
+def engine_device(device: str) -> int:
+    """The index of the CUDA device ``--device`` names, for building TensorRT engines.
+
+    Raises:
+        UserError: ``--device`` is not a CUDA device (``auto`` without a GPU included).
+        ValueError / RuntimeError: not a device, or CUDA asked for without one (as elsewhere).
+    """
+    from lsdseg.segmenter import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type != "cuda":
+        raise UserError(
+            f"--device {device}: TensorRT engines are built on a CUDA GPU"
+            + (", and torch sees none here" if device == "auto" else "; use cuda or cuda:N")
+            + " (or --trtexec to print the build command for a machine that has one)"
+        )
+    return 0 if dev.index is None else dev.index
+
+
 def run(args: argparse.Namespace) -> int:
     from lsdseg.export.cache import cache_dir
     from lsdseg.export.onnx import convert_fp16, export_onnx, resolve_weights
@@ -237,9 +260,11 @@ def run(args: argparse.Namespace) -> int:
     formats = pick_formats(args)
     options = check_args(args, formats)
     building = "trt" in formats and not args.trtexec
+    gpu = 0  # the CUDA device index engines are built on
     if building:  # fail before the slow export when the engine cannot be built here
         require_tensorrt()
-        gpu_info(args.device)
+        gpu = engine_device(args.device)
+        gpu_info(gpu)
     model, name, digest = resolve_weights(args.weights)
     steps = model.cfg.sampler.steps if args.steps is None else args.steps
     size = model.cfg.image_size if args.imgsz is None else args.imgsz
@@ -287,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
             if args.triton_repo:
                 write_repo(args, engine, fp32)
         return 0
-    build_engine(fp32, engine, timing_cache=timing, device=args.device, **settings)
+    build_engine(fp32, engine, timing_cache=timing, device=gpu, **settings)
     print(f"wrote {_describe(engine)} ({precision}) and its sidecar {engine.name}.json")
     if args.triton_repo:
         write_repo(args, engine, fp32)

@@ -11,8 +11,10 @@ import argparse
 import difflib
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from lsdseg.cli.errors import UserError
 from lsdseg.version import __version__
@@ -42,6 +44,21 @@ def suggest(bad: str, known: Sequence[str], aliases: dict[str, str] | None = Non
     return close[0] if close else None
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" to the help of every option with a default its help does not state.
+
+    Flags (default False), unset options (None) and empty defaults have nothing to show.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        shown = re.search(r"\bdefault[: ]", text) or "%(default)" in text
+        if shown or default in (None, False, "", [], argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with "did you mean" suggestions for misspelt options, choices and commands.
 
@@ -49,6 +66,10 @@ class _Parser(argparse.ArgumentParser):
     (``lsdseg evaluate -k 2`` suggests nothing of ``segment``'s), an unknown sub-command
     against the sub-commands and the names other tools use for them (``val``, ``predict``).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def parse_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None

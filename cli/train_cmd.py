@@ -43,10 +43,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="fraction of each --data held out by group when no --val-data",
     )
     p.add_argument("--out", default="runs/train/exp", help="run folder (default runs/train/exp)")
-    p.add_argument("--stage", choices=["all", "autoencoders", "diffusion"], default="all")
+    p.add_argument(
+        "--stage",
+        choices=["all", "autoencoders", "diffusion"],
+        default="all",
+        help="stages to run: autoencoders (stage 1: the image and mask autoencoders), "
+        "diffusion (stage 2: the denoiser, usually with --init) or all (both in turn)",
+    )
     p.add_argument("--epochs", type=int, default=60, help="diffusion-stage epochs")
     p.add_argument("--ae-epochs", type=int, default=10, help="autoencoder-stage epochs")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="images per training step")
     p.add_argument("--lr", type=float, default=5e-4, help="diffusion-stage learning rate")
     p.add_argument(
         "--imgsz",
@@ -93,7 +99,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the validation split, the initialisation, the data order, the "
+        "augmentations and the noise",
+    )
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
     p.add_argument(
         "--val-steps",

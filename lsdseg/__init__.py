@@ -1,7 +1,7 @@
 """lsdseg: latent diffusion segmentation with per-pixel uncertainty.
 
 >>> import lsdseg
->>> seg = lsdseg.load("default")            # bundled weights, torch backend, CPU
+>>> seg = lsdseg.load("default")            # bundled weights, torch backend, GPU if any
 >>> result = seg(frame_bgr, hypotheses=8)   # mask, mean, std, entropy, mutual_info, ...
 """
 

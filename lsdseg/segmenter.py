@@ -405,7 +405,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 def load(
     name_or_path: str | Path = "default",
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
     backend: str = "torch",
 ) -> Segmenter:
     """Load a segmenter.
@@ -413,7 +413,8 @@ def load(
     Args:
         name_or_path: ``"default"`` (the bundled weights), ``"untrained"`` (randomly initialised
             default architecture, for tests and demos only), or a checkpoint folder.
-        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (the default: CUDA when torch
+            sees a GPU, else the CPU), as the CLI's ``--device``.
         backend: ``torch``, ``triton``, ``onnx`` or ``trt``.
 
     Raises:

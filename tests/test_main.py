@@ -1,10 +1,15 @@
-"""``lsdseg.cli.main``: the parser's "did you mean" suggestions."""
+"""``lsdseg.cli.main``: the parser's "did you mean" suggestions, help texts and defaults."""
 
 from __future__ import annotations
 
-import pytest
+import argparse
+import inspect
 
-from lsdseg.cli.main import main
+import pytest
+import torch
+
+import lsdseg
+from lsdseg.cli.main import build_parser, main
 
 
 def usage_error(capsys, argv: list[str]) -> str:
@@ -46,3 +51,69 @@ def test_export_format_names_of_other_tools(capsys):
     assert main(["export", "--format", "engine"]) == 1
     err = capsys.readouterr().err
     assert err.rstrip().endswith("choose one of onnx, trt (did you mean 'trt'?)"), err
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    return next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def _options() -> list[tuple[str, argparse.ArgumentParser, argparse.Action]]:
+    return [
+        (name, sub, action)
+        for name, sub in _subcommands().items()
+        for action in sub._actions
+        if action.option_strings and not isinstance(action, argparse._HelpAction)
+    ]
+
+
+def test_every_option_has_help_and_shows_its_default():
+    missing, hidden = [], []
+    for name, sub, action in _options():
+        flag = f"{name} {action.option_strings[0]}"
+        if not action.help:
+            missing.append(flag)
+            continue
+        shown = sub._get_formatter()._expand_help(action)  # the text --help prints
+        default = action.default
+        values = {str(default)} | ({f"{default:g}"} if isinstance(default, float) else set())
+        if default not in (None, False, "", []) and not (
+            "default" in shown and any(v in shown for v in values)
+        ):
+            hidden.append(f"{flag}={default!r}: {shown}")
+    assert missing == [] and hidden == []
+
+
+def test_help_of_a_command_lists_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for fragment in ("diffusion-stage epochs (default: 60)", "(default: 16)", "(default: 0.0005)"):
+        assert fragment in text
+
+
+def test_device_options_take_the_same_values_with_the_same_default():
+    for name, _, action in _options():
+        if action.dest == "device":
+            assert action.default == "auto", name
+            assert "cpu, cuda, cuda:N or auto" in action.help, name
+    assert inspect.signature(lsdseg.load).parameters["device"].default == "auto"
+
+
+def test_export_device_names_a_cuda_device(capsys, tiny, monkeypatch):
+    import lsdseg.export.trt
+    from lsdseg.cli.errors import UserError
+    from lsdseg.cli.export_cmd import engine_device
+
+    with pytest.raises(UserError, match="--device cpu: TensorRT engines are built on a CUDA GPU"):
+        engine_device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="torch sees none here"):
+            engine_device("auto")
+    else:
+        assert engine_device("cuda") == 0 and engine_device("auto") == 0
+    # refused before the (slow) ONNX export, in one line (TensorRT or not)
+    monkeypatch.setattr(lsdseg.export.trt, "require_tensorrt", lambda: None)
+    assert main(["export", "--trt", "--device", "cpu", "--weights", tiny]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lsdseg export: error: --device cpu:") and err.count("\n") == 1
