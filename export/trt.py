@@ -1,12 +1,15 @@
 """TensorRT engines built from the exported ONNX graph, with a JSON sidecar.
 
-:func:`build_engine` uses the TensorRT Python API (10.x): an explicit-batch network filled by
-the ONNX parser (every parser error reported), the FP16 flag for ``half``, one optimisation
-profile over B and K, a workspace limit, and a timing cache file that later builds reuse. The
-engine is written with a sidecar ``<engine>.json`` that records the TensorRT version, the GPU
-and its compute capability, the ONNX file's hash and metadata, the precision and the profile.
-An engine only runs on the GPU model and TensorRT version that built it: :func:`check_sidecar`
-refuses any other with a message that says to rebuild.
+:func:`build_engine` uses the TensorRT Python API (10.x): a strongly typed network filled by the
+ONNX parser (every parser error reported), one optimisation profile over B and K, a workspace
+limit, and a timing cache file keyed by TensorRT version and GPU that later builds reuse. An
+FP16 engine is built from the FP16 graph (:func:`~lsdseg.export.onnx.convert_fp16`), whose
+types decide every layer's precision: ``BuilderFlag.FP16`` and ``trtexec --fp16`` are
+deprecated since TensorRT 10.12 and gone in 11, while strongly typed networks build the same on
+10 and 11. The engine is written with a sidecar ``<engine>.json`` that records the TensorRT
+version, the GPU and its compute capability, the ONNX file's hash and metadata, the precision
+and the profile. An engine only runs on the GPU model and TensorRT version that built it:
+:func:`check_sidecar` refuses any other with a message that says to rebuild.
 
 :func:`trtexec_command` gives the equivalent ``trtexec`` command line for Jetson users who build
 on the device. TensorRT is imported only inside the functions that need it; without it they
@@ -16,6 +19,7 @@ raise ``TensorRT is not installed: ...`` with the install hint.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shlex
 import time
@@ -26,13 +30,14 @@ from typing import Any
 from lsdseg.version import __version__
 
 from ._files import atomic_path, sha256_file, write_bytes_atomic
-from .onnx import read_metadata
+from .onnx import convert_fp16, read_metadata
 
 INSTALL_HINT = (
     'pip install "lsdseg[trt]" on a machine with an NVIDIA GPU (on a Jetson, TensorRT comes '
     "with JetPack)"
 )
 MIN_TENSORRT = 10  # the graph is opset 18; TensorRT 10.0 parses opsets 9 to 20
+log = logging.getLogger(__name__)
 
 
 class EngineMismatch(RuntimeError):
@@ -231,6 +236,74 @@ def check_sidecar(
         )
 
 
+def machine_tag(tensorrt_version: str, gpu: dict[str, str]) -> str:
+    """``trt10.3.0-nvidia-h200``: the part of a cached file's name that ties it to a TensorRT
+    release and a GPU model (engines and timing caches are valid only there)."""
+    name = "".join(c if c.isalnum() else "-" for c in gpu["gpu"].lower())
+    return f"trt{version3(tensorrt_version)}-{name}"
+
+
+def keyed_timing_cache(path: str | Path, tensorrt_version: str, gpu: dict[str, str]) -> Path:
+    """``timing.cache`` -> ``timing-trt10.3.0-nvidia-h200.cache``, so that machines sharing a
+    cache folder never read or overwrite each other's timing caches."""
+    path = Path(path)
+    tag = machine_tag(tensorrt_version, gpu)
+    if path.stem.endswith(tag):
+        return path
+    return path.with_name(f"{path.stem}-{tag}{path.suffix}")
+
+
+def graph_precision(onnx_path: str | Path) -> str:
+    """``"fp32"`` or ``"fp16"``, from an lsdseg graph's metadata."""
+    precision = read_metadata(onnx_path).get("precision", "fp32")
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"{onnx_path} has precision {precision!r}; expected fp32 or fp16")
+    return precision
+
+
+def fp16_graph(onnx_path: str | Path) -> Path:
+    """The FP16 graph an FP16 engine is built from: ``onnx_path`` itself if it is FP16, else
+    an FP16 copy written beside it (``x-fp32.onnx`` -> ``x-fp16.onnx``, else ``x-fp16.onnx``),
+    converted afresh each time so that it never lags behind the FP32 file."""
+    onnx_path = Path(onnx_path)
+    if graph_precision(onnx_path) == "fp16":
+        return onnx_path
+    stem = onnx_path.stem.removesuffix("-fp32")
+    return convert_fp16(onnx_path, onnx_path.with_name(f"{stem}-fp16{onnx_path.suffix}"))
+
+
+def network_flags(trt: Any) -> int:
+    """``create_network`` flags: strongly typed (the flag is ignored, always on, in 11)."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
+def _attach_timing_cache(config: Any, cache_file: Path) -> None:
+    """Give the builder the timing cache in ``cache_file`` (empty if there is none yet).
+
+    Raises:
+        RuntimeError: TensorRT refused even an empty cache.
+    """
+    blob = cache_file.read_bytes() if cache_file.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    # ignore_mismatch=False: a cache of another TensorRT or GPU is refused, not used
+    if cache is not None and config.set_timing_cache(cache, False):
+        return
+    if blob:
+        log.warning(
+            "TensorRT refused the timing cache %s (damaged, or from another TensorRT or GPU); "
+            "building with an empty one, which replaces it",
+            cache_file,
+        )
+        cache = config.create_timing_cache(b"")
+        if cache is not None and config.set_timing_cache(cache, False):
+            return
+    raise RuntimeError(
+        f"TensorRT could not attach a timing cache ({cache_file}); build without one "
+        "(timing_cache=None, or no --timing-cache)"
+    )
+
+
 def _parser_errors(parser: Any) -> str:
     lines = []
     for i in range(parser.num_errors):
@@ -251,19 +324,25 @@ def build_engine(
 ) -> Path:
     """Build a TensorRT engine from an lsdseg ONNX graph; write it and its sidecar atomically.
 
+    The network is strongly typed: the graph's types are the engine's. With ``half`` it is
+    built from the FP16 graph (``onnx_path`` if it is one, else the copy :func:`fp16_graph`
+    writes beside it).
+
     Args:
-        onnx_path: the FP32 graph from :func:`~lsdseg.export.onnx.export_onnx` (TensorRT picks
-            FP16 kernels itself with ``half``).
+        onnx_path: a graph from :func:`~lsdseg.export.onnx.export_onnx`, FP32 or FP16.
         engine_path: the engine file to write (``.engine``); the sidecar goes beside it.
-        half: set the FP16 builder flag.
+        half: build an FP16 engine (from the FP16 graph); False needs an FP32 graph.
         workspace_gb: the builder's workspace memory limit, GiB.
         profile: the (min, opt, max) ranges of B and K (default 1,1,4 and 1,8,16).
-        timing_cache: a timing cache file, read if present and rewritten after the build.
+        timing_cache: a timing cache file name; the TensorRT version and GPU are put into it
+            (:func:`keyed_timing_cache`), and that file is read if present and rewritten.
         device: the CUDA device index the engine is built for.
 
     Raises:
+        ValueError: ``half=False`` with an FP16 graph, or a bad ``workspace_gb``.
         RuntimeError: TensorRT is missing or too old, no GPU, the parser rejected the graph
-            (all its errors listed) or the build failed.
+            (all its errors listed), the timing cache could not be attached, or the build
+            failed.
     """
     trt = require_tensorrt()
     import torch
@@ -272,39 +351,42 @@ def build_engine(
     profile = profile or Profile()
     if workspace_gb <= 0:
         raise ValueError(f"workspace_gb={workspace_gb} must be > 0")
+    if not half and graph_precision(onnx_path) == "fp16":
+        raise ValueError(
+            f"{onnx_path} is an FP16 graph and the network is strongly typed: pass half=True "
+            "(--half) for an FP16 engine, or the FP32 graph for an FP32 one"
+        )
     gpu = gpu_info(device)
-    meta = read_metadata(onnx_path)
+    graph = fp16_graph(onnx_path) if half else onnx_path
+    meta = read_metadata(graph)
     torch.cuda.set_device(device)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch: the only mode of TensorRT 10
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        raise RuntimeError(f"TensorRT's ONNX parser rejected {onnx_path}: {_parser_errors(parser)}")
+    if not parser.parse_from_file(str(graph)):
+        raise RuntimeError(f"TensorRT's ONNX parser rejected {graph}: {_parser_errors(parser)}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    if half:
-        config.set_flag(trt.BuilderFlag.FP16)
     optimisation = builder.create_optimization_profile()
     for name, (lo, opt, hi) in profile.shapes(meta).items():
         optimisation.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(optimisation)
-    cache_file = Path(timing_cache) if timing_cache else None
-    blob = cache_file.read_bytes() if cache_file and cache_file.is_file() else b""
-    cache = config.create_timing_cache(blob)
-    config.set_timing_cache(cache, False)  # ignore_mismatch=False: drop a foreign cache
+    cache_file = None
+    if timing_cache:
+        cache_file = keyed_timing_cache(timing_cache, trt.__version__, gpu)
+        log.info("TensorRT timing cache: %s", cache_file)
+        _attach_timing_cache(config, cache_file)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RuntimeError(f"TensorRT could not build an engine from {onnx_path} (see its log)")
+        raise RuntimeError(f"TensorRT could not build an engine from {graph} (see its log)")
     write_bytes_atomic(engine_path, bytes(serialized))
     if cache_file is not None:
         write_bytes_atomic(cache_file, bytes(config.get_timing_cache().serialize()))
     precision = "fp16" if half else "fp32"
     write_sidecar(
         engine_path,
-        make_sidecar(
-            engine_path, onnx_path, precision, profile, trt.__version__, gpu, workspace_gb
-        ),
+        make_sidecar(engine_path, graph, precision, profile, trt.__version__, gpu, workspace_gb),
     )
     return engine_path
 
@@ -318,17 +400,31 @@ def trtexec_command(
     profile: Profile | None = None,
     timing_cache: str | Path | None = None,
 ) -> list[str]:
-    """The ``trtexec`` command that builds the same engine as :func:`build_engine`."""
+    """The ``trtexec`` command that builds the same engine as :func:`build_engine`.
+
+    Strongly typed (``--stronglyTyped``, TensorRT 10's flag; always on in 11): with ``half``
+    the command reads the FP16 graph, which :func:`fp16_graph` writes beside an FP32
+    ``onnx_path``. No ``--fp16``: deprecated since TensorRT 10.12, removed in 11.
+
+    Raises:
+        ValueError: ``half=False`` with an FP16 graph.
+    """
     profile = profile or Profile()
-    shapes = profile.shapes(read_metadata(onnx_path))
+    if not half and graph_precision(onnx_path) == "fp16":
+        raise ValueError(
+            f"{onnx_path} is an FP16 graph: pass half=True (--half), or the FP32 graph"
+        )
+    graph = fp16_graph(onnx_path) if half else Path(onnx_path)
+    shapes = profile.shapes(read_metadata(graph))
 
     def spec(i: int) -> str:
         return ",".join(f"{name}:{'x'.join(map(str, s[i]))}" for name, s in shapes.items())
 
     command = [
         "trtexec",
-        f"--onnx={onnx_path}",
+        f"--onnx={graph}",
         f"--saveEngine={engine_path}",
+        "--stronglyTyped",
         f"--minShapes={spec(0)}",
         f"--optShapes={spec(1)}",
         f"--maxShapes={spec(2)}",
@@ -337,8 +433,6 @@ def trtexec_command(
     ]
     if timing_cache:
         command.append(f"--timingCacheFile={timing_cache}")
-    if half:
-        command.append("--fp16")
     return command
 
 
@@ -365,7 +459,8 @@ def trtexec_build_info(log: str) -> tuple[str | None, dict[str, str] | None]:
 def run_trtexec(
     command: list[str], engine_path: Path, onnx_path: Path, precision: str, profile: Profile
 ) -> Path:
-    """Run a :func:`trtexec_command`, writing the engine atomically, then its sidecar.
+    """Run a :func:`trtexec_command`, writing the engine atomically, then its sidecar (which
+    records the graph the command reads: the FP16 copy for an FP16 engine, else ``onnx_path``).
 
     Raises:
         RuntimeError: trtexec is not on PATH, fails, or its log lacks the version and GPU.
@@ -390,7 +485,8 @@ def run_trtexec(
             f"trtexec built {engine_path} but its log names no TensorRT version or GPU, so no "
             "sidecar was written and `--backend trt` will refuse the engine"
         )
-    write_sidecar(
-        engine_path, make_sidecar(engine_path, onnx_path, precision, profile, version, gpu)
+    graph = next(
+        (Path(c.removeprefix("--onnx=")) for c in command if c.startswith("--onnx=")), onnx_path
     )
+    write_sidecar(engine_path, make_sidecar(engine_path, graph, precision, profile, version, gpu))
     return engine_path

@@ -1,15 +1,20 @@
 """The ``trt`` backend: TensorRT engines run with pre-allocated buffers and CUDA graphs.
 
 ``lsdseg.load(..., device="cuda", backend="trt")`` builds a :class:`TrtRunner`. On first use of
-a number of DDIM steps it exports the graph (cached, see :mod:`lsdseg.export.cache`), builds an
-FP16 engine for this GPU with the default profile (B 1..4, K 1..16) and caches it with its
-sidecar; an engine whose sidecar names another GPU or TensorRT is refused, never run.
+a number of DDIM steps it exports the graph (cached, see :mod:`lsdseg.export.cache`; the FP16
+graph for FP16 engines), builds a strongly typed engine for this GPU with the default profile
+(B 1..4, K 1..16) and caches it with its sidecar; an engine whose sidecar names another GPU or
+TensorRT is refused, never run.
 
-Each (B, K) shape gets its own input and output buffers, allocated once with torch on the
-device, and one CUDA graph captured around ``execute_async_v3``, so a frame costs two copies in
-and one graph launch. One execution context serves all shapes; TensorRT ties a captured graph to
-the shapes the context had when it was captured, so switching to another shape first runs the
-engine once without the graph (that run is the call's result) before replaying its graph.
+Each (B, K) shape gets its own execution context, its own input and output buffers (allocated
+once with torch on the device) and one CUDA graph captured around ``execute_async_v3``:
+TensorRT documents a captured graph as valid only for the shapes and addresses the context had
+when it was captured, so a context never changes shape. Every enqueue, capture and replay
+happens on one dedicated CUDA stream of the engine (never the legacy default stream, which
+cannot be captured and serialises with everything), ordered after the caller's stream for the
+inputs and before it for the outputs. A frame costs two copies in, one graph launch and one
+copy out. Each context holds its own activation memory, so only the shapes actually used get
+one.
 """
 
 from __future__ import annotations
@@ -30,9 +35,9 @@ from .trt import (
     build_engine,
     check_sidecar,
     gpu_info,
+    machine_tag,
     read_sidecar,
     require_tensorrt,
-    version3,
 )
 
 log = logging.getLogger(__name__)
@@ -46,15 +51,16 @@ def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
 
 
 class _Shape:
-    """Buffers and the CUDA graph of one (B, K) shape."""
+    """The execution context, buffers and CUDA graph of one (B, K) shape."""
 
-    def __init__(self, buffers: dict[str, torch.Tensor]) -> None:
+    def __init__(self, context: Any, buffers: dict[str, torch.Tensor]) -> None:
+        self.context = context  # set to these buffers' shapes and addresses, once
         self.buffers = buffers  # name -> device tensor of that shape, fixed addresses
         self.graph: torch.cuda.CUDAGraph | None = None
 
 
 class Engine:
-    """One deserialised engine with its execution context and per-shape buffers and graphs."""
+    """One deserialised engine with its stream and, per (B, K), a context, buffers, a graph."""
 
     def __init__(self, path: Path, device: torch.device) -> None:
         self.trt = trt = require_tensorrt()
@@ -65,15 +71,15 @@ class Engine:
             self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
             if self.engine is None:
                 raise EngineMismatch(f"TensorRT cannot load {path}; rebuild it")
-            self.context = self.engine.create_execution_context()
+            self.stream = torch.cuda.Stream(device)  # every enqueue, capture and replay
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         if sorted(names) != sorted(INPUT_NAMES + OUTPUT_NAMES):
             raise EngineMismatch(f"engine {path} has tensors {names}, not lsdseg's")
         self.dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
         self.shapes: dict[tuple[int, int], _Shape] = {}
-        self.active: tuple[int, int] | None = None
 
-    def _allocate(self, image: tuple[int, ...], noise: tuple[int, ...]) -> _Shape:
+    def _prepare(self, image: tuple[int, ...], noise: tuple[int, ...]) -> _Shape:
+        """A new context for this shape, bound to new buffers (shapes and addresses)."""
         b, k, _, _, _ = noise
         s = image[-1]
         sizes = {
@@ -83,24 +89,25 @@ class Engine:
             "std": (b, s, s),
             "hypotheses": (b, k, s, s),
         }
-        return _Shape(
-            {
-                name: torch.empty(shape, dtype=self.dtypes[name], device=self.device)
-                for name, shape in sizes.items()
-            }
-        )
-
-    def _bind(self, shape: _Shape) -> None:
-        """Point the context at this shape's buffers (its input shapes and addresses)."""
+        buffers = {
+            name: torch.empty(shape, dtype=self.dtypes[name], device=self.device)
+            for name, shape in sizes.items()
+        }
+        context = self.engine.create_execution_context()
+        if context is None:
+            raise RuntimeError(
+                f"TensorRT could not create an execution context for batch {b} x hypotheses "
+                f"{k} (out of GPU memory?); use fewer distinct (batch, hypotheses) shapes"
+            )
         for name in INPUT_NAMES:
-            if not self.context.set_input_shape(name, tuple(shape.buffers[name].shape)):
-                raise ValueError(f"{name} {tuple(shape.buffers[name].shape)} is outside the engine")
-        for name, tensor in shape.buffers.items():
-            self.context.set_tensor_address(name, tensor.data_ptr())
+            if not context.set_input_shape(name, tuple(buffers[name].shape)):
+                raise ValueError(f"{name} {tuple(buffers[name].shape)} is outside the engine")
+        for name, tensor in buffers.items():
+            context.set_tensor_address(name, tensor.data_ptr())
+        return _Shape(context, buffers)
 
-    def _enqueue(self) -> None:
-        stream = torch.cuda.current_stream(self.device).cuda_stream
-        if not self.context.execute_async_v3(stream):
+    def _enqueue(self, shape: _Shape) -> None:
+        if not shape.context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError("TensorRT failed to run the engine (see its log)")
 
     def __call__(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -108,28 +115,32 @@ class Engine:
         key = (noise.shape[0], noise.shape[1])
         with torch.cuda.device(self.device):
             if key not in self.shapes:
-                self.shapes[key] = self._allocate(tuple(x.shape), tuple(noise.shape))
+                self.shapes[key] = self._prepare(tuple(x.shape), tuple(noise.shape))
             shape = self.shapes[key]
+            caller = torch.cuda.current_stream(self.device)
+            # copies on the caller's stream (where x and noise were made), then the engine's
+            # stream waits for them; the buffers are ours for good, so no record_stream
             shape.buffers["image"].copy_(x)
             shape.buffers["noise"].copy_(noise)
-            if self.active != key or shape.graph is None:
-                # a new shape for the context: run once without a graph (this call's
-                # result), then capture this shape's graph if it has none yet
-                self._bind(shape)
-                self._enqueue()
-                self.active = key
+            self.stream.wait_stream(caller)
+            with torch.cuda.stream(self.stream):
                 if shape.graph is None:
-                    result = shape.buffers["hypotheses"].float().clone()
-                    shape.graph = torch.cuda.CUDAGraph()
-                    torch.cuda.current_stream(self.device).synchronize()
+                    # TensorRT's first run after binding does setup work that must not be
+                    # captured; its outputs are this call's result (capturing runs nothing)
+                    self._enqueue(shape)
+                    graph = torch.cuda.CUDAGraph()
                     # thread_local: CUDA calls of other threads (a video writer) do not
                     # invalidate the capture
-                    with torch.cuda.graph(shape.graph, capture_error_mode="thread_local"):
-                        self._enqueue()
-                    return result
-            else:
-                shape.graph.replay()
-            return shape.buffers["hypotheses"].float().clone()
+                    with torch.cuda.graph(
+                        graph, stream=self.stream, capture_error_mode="thread_local"
+                    ):
+                        self._enqueue(shape)
+                    shape.graph = graph
+                else:
+                    shape.graph.replay()
+            caller.wait_stream(self.stream)
+            # a copy, on the caller's stream: the next call of this shape overwrites the buffer
+            return shape.buffers["hypotheses"].to(torch.float32, copy=True)
 
 
 class TrtRunner:
@@ -170,12 +181,11 @@ class TrtRunner:
 
     def engine_path(self, steps: int) -> Path:
         """Where the cached engine for ``steps`` lives (keyed by GPU and TensorRT too)."""
-        gpu = "".join(c if c.isalnum() else "-" for c in self.gpu["gpu"].lower())
         b, k = self.profile.batch, self.profile.hypotheses
         name = (
             f"{self.digest}-s{steps}-{self.model.cfg.image_size}px-{self.precision}"
             f"-b{b[0]}_{b[1]}_{b[2]}-k{k[0]}_{k[1]}_{k[2]}"
-            f"-trt{version3(self.trt.__version__)}-{gpu}.engine"
+            f"-{machine_tag(self.trt.__version__, self.gpu)}.engine"
         )
         return cache_dir() / "trt" / name
 
@@ -184,14 +194,15 @@ class TrtRunner:
         if steps not in self._engines:
             path = self.engine_path(steps)
             if not path.is_file():
-                onnx_path = cached_onnx(self.model, self.checkpoint, steps, "fp32")
+                # the FP16 graph for an FP16 engine: the network is strongly typed
+                onnx_path = cached_onnx(self.model, self.checkpoint, steps, self.precision)
                 log.warning("building a TensorRT engine once; cached at %s", path)
                 build_engine(
                     onnx_path,
                     path,
                     half=self.precision == "fp16",
                     profile=self.profile,
-                    timing_cache=cache_dir() / "trt" / "timing.cache",
+                    timing_cache=cache_dir() / "trt" / "timing.cache",  # keyed by GPU, TensorRT
                     device=self.device.index or 0,
                 )
             check_sidecar(read_sidecar(path), path, self.trt.__version__, self.gpu)

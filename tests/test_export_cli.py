@@ -58,7 +58,7 @@ def test_onnx_fp16_and_trtexec_run(capsys, tiny, tmp_path, fake_trtexec):
         f"{stem}-fp16.engine",
         f"{stem}-fp16.engine.json",
         f"{stem}-fp16.onnx",
-        f"{stem}-fp32.onnx",  # TensorRT builds from the fp32 graph with its FP16 flag
+        f"{stem}-fp32.onnx",
     ]
     for precision in ("fp32", "fp16"):
         graph = out / f"{stem}-{precision}.onnx"
@@ -69,23 +69,24 @@ def test_onnx_fp16_and_trtexec_run(capsys, tiny, tmp_path, fake_trtexec):
     # the printed command, as trtexec received it (engine written to a temporary name first)
     command = next(line for line in printed.splitlines() if line.startswith("trtexec "))
     for part in (
-        f"--onnx={out / stem}-fp32.onnx",
+        f"--onnx={out / stem}-fp16.onnx",  # strongly typed: the FP16 graph makes the FP16 engine
         f"--saveEngine={out / stem}-fp16.engine",
+        "--stronglyTyped",
         "--minShapes=image:1x3x64x64,noise:1x2x4x8x8",
         "--optShapes=image:1x3x64x64,noise:1x4x4x8x8",
         "--maxShapes=image:4x3x64x64,noise:4x8x4x8x8",
         "--memPoolSize=workspace:4096",
         f"--timingCacheFile={out / 'timing.cache'}",
-        "--fp16",
     ):
         assert part in command.split(), part
+    assert "--fp16" not in command.split()  # deprecated in TensorRT 10.12, removed in 11
     received = (fake_trtexec / "args.txt").read_text()
     assert f"--saveEngine={out}/.{stem}-fp16.engine." in received
     sidecar = json.loads((out / f"{stem}-fp16.engine.json").read_text())
     assert sidecar["tensorrt"] == "10.3.0" and sidecar["gpu"] == "Orin"
     assert sidecar["compute_capability"] == "8.7" and sidecar["precision"] == "fp16"
     assert sidecar["hypotheses_range"] == [2, 4, 8] and sidecar["batch_range"] == [1, 1, 4]
-    assert sidecar["onnx_metadata"]["steps"] == "2"
+    assert sidecar["onnx_metadata"]["steps"] == "2" and sidecar["onnx"] == f"{stem}-fp16.onnx"
     assert sidecar["profiles"][0]["noise"]["max"] == [4, 8, 4, 8, 8]
 
 

@@ -152,6 +152,7 @@ def test_trtexec_command(tmp_path):
         "trtexec",
         f"--onnx={graph}",
         f"--saveEngine={tmp_path / 'g.engine'}",
+        "--stronglyTyped",
         "--minShapes=image:1x3x128x128,noise:1x2x2x32x32",
         "--optShapes=image:2x3x128x128,noise:2x4x2x32x32",
         "--maxShapes=image:3x3x128x128,noise:3x6x2x32x32",
@@ -159,8 +160,7 @@ def test_trtexec_command(tmp_path):
         "--skipInference",
         f"--timingCacheFile={tmp_path / 't.cache'}",
     ]
-    assert command[-1] != "--fp16"
-    assert trtexec_command(graph, tmp_path / "e")[-1] == "--fp16"
+    assert "--fp16" not in command  # deprecated in TensorRT 10.12, removed in 11
 
 
 def test_trtexec_log_gives_version_and_gpu():
@@ -181,7 +181,7 @@ def test_run_trtexec_without_trtexec_on_path(tmp_path, monkeypatch):
     graph = _metadata_graph(tmp_path / "g.onnx")
     engine = tmp_path / "g.engine"
     with pytest.raises(RuntimeError, match="trtexec is not on PATH"):
-        run_trtexec(trtexec_command(graph, engine), engine, graph, "fp16", Profile())
+        run_trtexec(trtexec_command(graph, engine, half=False), engine, graph, "fp32", Profile())
     assert not engine.exists()
 
 
@@ -235,3 +235,127 @@ def test_engine_build_and_trt_backend_match_torch(tensorrt, tmp_path, monkeypatc
         b = seg_trt(frames, hypotheses=k, seed=k)
         for ra, rb in zip(a, b, strict=True):
             assert np.abs(ra.mean - rb.mean).max() < 2e-2  # the default trt engine is fp16
+
+
+# ------------------------------------------- the build against a stand-in tensorrt module
+
+H200 = {"gpu": "NVIDIA H200", "compute_capability": "9.0"}
+
+
+@pytest.fixture(scope="module")
+def fp32_graph(tmp_path_factory, tiny) -> Path:
+    from lsdseg.export.onnx import export_onnx
+
+    return export_onnx(tiny, tmp_path_factory.mktemp("graphs") / "tiny-s1-32px-fp32.onnx")
+
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    from fake_tensorrt import FakeTensorRT
+
+    import lsdseg.export.trt as trt_module
+
+    module = FakeTensorRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", module)
+    monkeypatch.setattr(trt_module, "gpu_info", lambda device=0: dict(H200))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    return module
+
+
+def _graph_copy(fp32_graph: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = folder / fp32_graph.name
+    copy.write_bytes(fp32_graph.read_bytes())
+    return copy
+
+
+def test_fp16_engines_are_strongly_typed_networks_of_the_fp16_graph(fake_trt, fp32_graph, tmp_path):
+    from lsdseg.export.onnx import read_metadata
+
+    graph = _graph_copy(fp32_graph, tmp_path / "g")
+    engine = build_engine(graph, tmp_path / "e.engine", half=True)
+    (network,) = fake_trt.networks
+    assert network.flags == 1 << 1  # NetworkDefinitionCreationFlag.STRONGLY_TYPED (= 1)
+    assert network.parsed == tmp_path / "g" / "tiny-s1-32px-fp16.onnx"
+    assert read_metadata(network.parsed)["precision"] == "fp16"
+    assert fake_trt.configs[0].flags == []  # no BuilderFlag.FP16: the graph's types decide
+    sidecar = read_sidecar(engine)
+    assert sidecar["precision"] == "fp16" and sidecar["onnx"] == "tiny-s1-32px-fp16.onnx"
+
+
+def test_fp32_engines_read_the_fp32_graph_and_fp16_graphs_need_half(fake_trt, fp32_graph, tmp_path):
+    from lsdseg.export.onnx import convert_fp16
+
+    graph = _graph_copy(fp32_graph, tmp_path / "g")
+    build_engine(graph, tmp_path / "e.engine", half=False)
+    assert fake_trt.networks[0].parsed == graph and fake_trt.networks[0].flags == 2
+    assert read_sidecar(tmp_path / "e.engine")["precision"] == "fp32"
+    half = convert_fp16(graph, tmp_path / "half.onnx")
+    with pytest.raises(ValueError, match=r"is an FP16 graph.*pass half=True"):
+        build_engine(half, tmp_path / "f.engine", half=False)
+    build_engine(half, tmp_path / "f.engine", half=True)  # used as it is, not converted again
+    assert fake_trt.networks[-1].parsed == half
+
+
+def test_tensorrt_11_without_the_flag_builds_strongly_typed_by_default(
+    fake_trt, fp32_graph, tmp_path, monkeypatch
+):
+    from fake_tensorrt import FakeTensorRT
+
+    eleven = FakeTensorRT("11.0.0.1", strongly_typed_flag=False)
+    monkeypatch.setitem(sys.modules, "tensorrt", eleven)
+    build_engine(_graph_copy(fp32_graph, tmp_path / "g"), tmp_path / "e.engine")
+    assert eleven.networks[0].flags == 0 and eleven.configs[0].flags == []
+
+
+def test_the_timing_cache_is_keyed_by_tensorrt_and_gpu_and_reused(fake_trt, fp32_graph, tmp_path):
+    from fake_tensorrt import VALID_CACHE
+
+    graph = _graph_copy(fp32_graph, tmp_path / "g")
+    given = tmp_path / "cache" / "timing.cache"
+    keyed = tmp_path / "cache" / "timing-trt10.13.0-nvidia-h200.cache"
+    build_engine(graph, tmp_path / "a.engine", timing_cache=given)
+    assert not given.exists() and keyed.read_bytes() == VALID_CACHE
+    build_engine(graph, tmp_path / "b.engine", timing_cache=given)
+    assert fake_trt.cache_blobs == [b"", VALID_CACHE]  # the second build read the first's
+    assert fake_trt.set_cache_answers == [True, True]
+
+
+def test_a_refused_timing_cache_is_replaced_and_a_refused_empty_one_fails(
+    fake_trt, fp32_graph, tmp_path, caplog
+):
+    from fake_tensorrt import VALID_CACHE
+
+    graph = _graph_copy(fp32_graph, tmp_path / "g")
+    keyed = tmp_path / "timing-trt10.13.0-nvidia-h200.cache"
+    keyed.write_bytes(b"a damaged cache")
+    with caplog.at_level("WARNING", logger="lsdseg.export.trt"):
+        build_engine(graph, tmp_path / "a.engine", timing_cache=tmp_path / "timing.cache")
+    assert fake_trt.set_cache_answers == [False, True]
+    assert "refused the timing cache" in caplog.text
+    assert keyed.read_bytes() == VALID_CACHE
+    fake_trt.refuse_every_cache = True
+    with pytest.raises(RuntimeError, match="could not attach a timing cache"):
+        build_engine(graph, tmp_path / "b.engine", timing_cache=tmp_path / "timing.cache")
+    assert not (tmp_path / "b.engine").exists()
+
+
+def test_trtexec_builds_fp16_strongly_typed_from_the_fp16_graph(fp32_graph, tmp_path):
+    from lsdseg.export.onnx import read_metadata
+
+    graph = _graph_copy(fp32_graph, tmp_path / "g")
+    command = trtexec_command(graph, tmp_path / "e.engine", half=True)
+    fp16 = tmp_path / "g" / "tiny-s1-32px-fp16.onnx"
+    assert command[1] == f"--onnx={fp16}" and read_metadata(fp16)["precision"] == "fp16"
+    assert "--stronglyTyped" in command and "--fp16" not in command
+    with pytest.raises(ValueError, match="is an FP16 graph"):
+        trtexec_command(fp16, tmp_path / "e.engine", half=False)
+
+
+def test_the_trt_extra_stays_below_tensorrt_11():
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    trt = [r for r in extras["optional-dependencies"]["trt"] if r.startswith("tensorrt")]
+    assert trt == ["tensorrt>=10,<11"]
