@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import shlex
 import sys
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,6 +17,8 @@ from lsdseg.cli.errors import UserError
 from lsdseg.cli.runs import add_run_folder_options, next_run_dir
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from lsdseg.data import Pair
     from lsdseg.segmenter import Result
 
@@ -36,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="score a model on a labelled dataset (Dice, IoU, HD95, ECE, uncertainty AUROC)",
         description="Segment every image of a dataset and score it against its mask at the "
         "image's original resolution. Images without masks are segmented and counted as "
-        "unlabelled; unreadable files are skipped with a warning and counted.",
+        "unlabelled; unreadable files are named, skipped and counted. A run that scored "
+        "nothing or skipped a file exits with status 1 once its results are written.",
     )
     p.add_argument(
         "--data",
@@ -96,7 +101,6 @@ def _visual(
 def run(args: argparse.Namespace) -> int:
     import cv2
     from rich.progress import Progress
-    from rich.table import Table
 
     import lsdseg
     from lsdseg.cli.console import make_console
@@ -148,13 +152,7 @@ def run(args: argparse.Namespace) -> int:
             on_skip,
         )
     if ev.rows:
-        keys: list[str] = []
-        for r in ev.rows:
-            keys += [k for k in r if k not in keys]
-        with open(out / "per_image.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(ev.rows)
+        write_per_image(out / "per_image.csv", ev.rows)
     s = seg.settings(args.hypotheses, args.steps, args.eta, args.threshold)  # as run
     summary = {
         **ev.summary,
@@ -171,26 +169,65 @@ def run(args: argparse.Namespace) -> int:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
-    if not ev.summary["labelled"]:
-        console.print("no image has a mask: predictions written, no metrics (they need masks)")
-    table = Table(title=f"lsdseg evaluate: {', '.join(args.data)}")
-    for _, name in _COLUMNS:
-        table.add_column(name, justify="right")
-    table.add_row(*(f"{ev.summary.get(k, float('nan')):.4g}" for k, _ in _COLUMNS))
-    console.print(table)
-    if ev.summary["labelled"]:
-        auroc = ev.summary["unsure_auroc"]
+    labelled, skipped = ev.summary["labelled"], ev.summary["skipped"]
+    if ev.rows and not labelled:
         console.print(
-            f"unsure score: AUROC {auroc:.3f} for the {ev.summary['low_dice_images']} images "
-            "below Dice 0.5"
-            if auroc == auroc  # not NaN
-            else f"unsure score: no AUROC ({ev.summary['low_dice_images']} of "
-            f"{ev.summary['labelled']} images below Dice 0.5: it needs both kinds)"
+            f"no image has a mask: predictions of {len(ev.rows)} images written (per_image.csv"
+            f"{', vis/' if args.save_vis else ''}), nothing scored"
         )
+    elif labelled:
+        _print_metrics(console, ev.summary, args.data)
     console.print(
-        f"{ev.summary['labelled']} labelled, {ev.summary['unlabelled']} unlabelled, "
-        f"{ev.summary['skipped']} skipped; results in {out}"
+        f"{labelled} labelled, {ev.summary['unlabelled']} unlabelled, {skipped} skipped; "
+        f"results in {out}"
     )
     if not ev.rows:
-        raise UserError("no image could be read: see the warnings above")
+        raise UserError(f"none of the {len(pairs)} images could be read (named above)")
+    if skipped:
+        raise UserError(
+            f"{skipped} of {len(pairs)} images could not be read and were skipped (named above); "
+            f"the results of the other {len(ev.rows)} are in {out}"
+        )
+    if not labelled:
+        raise UserError(
+            "nothing was scored: no image has a mask; give a labelled dataset (images/ + "
+            "masks/), or use lsdseg segment for predictions"
+        )
     return 0
+
+
+def _cell(value: object) -> object:
+    """A per_image.csv cell: floats to 6 significant digits, NaN (no value) empty."""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return value
+
+
+def write_per_image(path: Path, rows: list[dict[str, Any]]) -> None:
+    """per_image.csv: one row per image read, the union of the rows' keys as columns."""
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows({k: _cell(v) for k, v in r.items()} for r in rows)
+
+
+def _print_metrics(console: Console, summary: dict[str, Any], data: list[str]) -> None:
+    """The metrics table and the unsure-score line."""
+    from rich.table import Table
+
+    table = Table(title=f"lsdseg evaluate: {', '.join(data)}")
+    for _, name in _COLUMNS:
+        table.add_column(name, justify="right")
+    table.add_row(*(f"{summary.get(k, float('nan')):.4g}" for k, _ in _COLUMNS))
+    console.print(table)
+    auroc = summary["unsure_auroc"]
+    console.print(
+        f"unsure score: AUROC {auroc:.3f} for the {summary['low_dice_images']} images "
+        "below Dice 0.5"
+        if auroc == auroc  # not NaN
+        else f"unsure score: no AUROC ({summary['low_dice_images']} of "
+        f"{summary['labelled']} images below Dice 0.5: it needs both kinds)"
+    )

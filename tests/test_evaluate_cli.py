@@ -71,20 +71,75 @@ def test_evaluate_scores_at_original_resolution(capsys, tiny, tmp_path):
     r = seg(image, seed=1, order="rgb")
     expected = dice(torch.from_numpy(r.mask), torch.from_numpy(mask)).item()
     assert ev.rows[1]["dice"] == pytest.approx(expected)
-    assert float(rows[1]["dice"]) == pytest.approx(expected)
+    assert float(rows[1]["dice"]) == pytest.approx(expected, rel=1e-5)  # 6 digits
     assert "Dice" in capsys.readouterr().out
 
 
-def test_unlabelled_and_unreadable_images_are_counted_not_fatal(capsys, tiny, tmp_path):
+def test_unlabelled_and_unreadable_images_are_counted_and_the_run_fails_at_the_end(
+    capsys, tiny, tmp_path
+):
     data = make_pairs(tmp_path / "d", [(40, 50), (40, 50), (40, 50)])
     (data / "masks" / "2.png").unlink()  # image 2 has no mask
     (data / "images" / "1.png").write_bytes(b"not a png")  # image 1 is unreadable
     out = tmp_path / "out"
     where = ["--project", str(tmp_path), "--name", "out"]
-    assert main(["evaluate", "--data", str(data), "--weights", tiny, *where]) == 0
+    assert main(["evaluate", "--data", str(data), "--weights", tiny, *where]) == 1
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["labelled"], summary["unlabelled"], summary["skipped"]) == (1, 1, 1)
     assert summary["skipped_files"][0][0].endswith("1.png")
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("lsdseg evaluate: warning: skipped 1: cannot decode image")
+    assert err[-1] == (
+        "lsdseg evaluate: error: 1 of 3 images could not be read and were skipped (named "
+        f"above); the results of the other 2 are in {out}"
+    )
+
+
+def test_unlabelled_folder_is_predicted_not_scored(capsys, tiny, tmp_path):
+    data = make_pairs(tmp_path / "d", [(40, 50), (30, 20)], masks=False)
+    where = ["--project", str(tmp_path), "--name", "out"]
+    assert main(["evaluate", "--data", str(data), "--weights", tiny, *where]) == 1
+    captured = capsys.readouterr()
+    assert "nan" not in captured.out.lower() and "Dice" not in captured.out
+    assert "no image has a mask: predictions of 2 images written" in captured.out
+    assert captured.err.strip().splitlines() == [
+        "lsdseg evaluate: error: nothing was scored: no image has a mask; give a labelled "
+        "dataset (images/ + masks/), or use lsdseg segment for predictions"
+    ]
+    rows = list(csv.DictReader((tmp_path / "out" / "per_image.csv").read_text().splitlines()))
+    assert [r["labelled"] for r in rows] == ["False", "False"] and "dice" not in rows[0]
+    assert float(rows[1]["area_fraction"]) >= 0
+
+
+def test_nothing_readable_fails(capsys, tiny, tmp_path):
+    data = make_pairs(tmp_path / "d", [(40, 50)] * 2)
+    for f in (data / "images").iterdir():
+        f.write_bytes(b"")
+    assert main(["evaluate", "--data", str(data), "--weights", tiny, "--project", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "lsdseg evaluate: error: none of the 2 images could be read (named above)"
+    assert len(err) == 3 and "Traceback" not in "".join(err)  # two named, then the error
+
+
+def test_per_image_csv_floats_have_six_significant_digits(capsys, tiny, tmp_path):
+    import re
+
+    data = make_pairs(tmp_path / "d", [(40, 50), (37, 61), (64, 64)])
+    where = ["--project", str(tmp_path), "--name", "out"]
+    assert main(["evaluate", "--data", str(data), "--weights", tiny, *where]) == 0
+    rows = list(csv.DictReader((tmp_path / "out" / "per_image.csv").read_text().splitlines()))
+    seg = Segmenter(__import__("lsdseg").load_checkpoint(tiny))
+    expected = evaluate(seg, find_pairs(data)[1], seed=0).rows
+    for got, want in zip(rows, expected, strict=True):
+        for key, value in want.items():
+            if not isinstance(value, float) or key == "latency_ms":  # timings differ
+                continue
+            if math.isnan(value):
+                assert got[key] == "", key  # no value: empty, not "nan"
+                continue
+            digits = re.sub(r"e[-+]\d+$", "", got[key]).replace("-", "").replace(".", "")
+            assert len(digits.lstrip("0")) <= 6, (key, got[key])
+            assert float(got[key]) == pytest.approx(value, rel=1e-5, abs=1e-12), key
 
 
 def test_zero_byte_image_or_mask_is_skipped_and_named(capsys, tiny, tmp_path):
@@ -92,7 +147,7 @@ def test_zero_byte_image_or_mask_is_skipped_and_named(capsys, tiny, tmp_path):
     (data / "images" / "1.png").write_bytes(b"")
     (data / "masks" / "2.png").write_bytes(b"")
     where = ["--project", str(tmp_path), "--name", "out"]
-    assert main(["evaluate", "--data", str(data), "--weights", tiny, *where]) == 0
+    assert main(["evaluate", "--data", str(data), "--weights", tiny, *where]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
     for name in ("images/1.png", "masks/2.png"):
@@ -257,3 +312,14 @@ def test_unsure_summary_scores_the_failed_images() -> None:
     assert s["unsure_auroc"] == pytest.approx(3 / 4)  # 3 of the 4 (failed, ok) pairs ordered
     none_failed = unsure_summary([{"dice": 0.9, "unsure": 0.1}, {"dice": 0.8, "unsure": 0.2}])
     assert none_failed["low_dice_images"] == 0 and math.isnan(none_failed["unsure_auroc"])
+
+
+def test_readme_documents_every_per_image_column(tiny, tmp_path):
+    data = make_pairs(tmp_path / "d", [(40, 50)])
+    seg = Segmenter(__import__("lsdseg").load_checkpoint(tiny))
+    columns = set(evaluate(seg, find_pairs(data)[1]).rows[0])
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("| `per_image.csv` column | meaning |")[1].split("\n\n")[0]
+    rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("|")]
+    documented = {name for row in rows for name in row.split("`")[1::2]}
+    assert documented == columns
