@@ -10,8 +10,14 @@ it returns (``session.force_spinning_stop``), so they never compete with the tor
 around the graph or with a video pipeline's threads. On an idle 2-core Xeon that made the
 4-step graph 42 ms instead of 50 ms without spinning; on a machine busy with other work,
 spinning costs more than it gives (latency doubled on a loaded 2-core machine):
-``LSDSEG_ORT_SPINNING=0`` turns it off. On a CUDA
-device it uses the TensorRT or CUDA execution provider of ``onnxruntime-gpu``.
+``LSDSEG_ORT_SPINNING=0`` turns it off.
+
+On a CUDA device it uses the TensorRT or CUDA execution provider of ``onnxruntime-gpu``, and
+inputs and outputs stay on the GPU: they are bound to the session as device buffers (IOBinding)
+instead of travelling through host numpy arrays every frame. The TensorRT provider gets the
+optimisation profile of the ``trt`` backend (B 1..4, K 1..16, optimum B 1, K 8) so it builds
+one engine for every (B, K) instead of rebuilding (minutes) at each new shape, and with the FP16
+graph (``precision="fp16"``) its FP16 option, so the engine really runs in FP16.
 
 The graph is deterministic DDIM from pure noise: eta > 0 and warm starts (``--temporal``)
 need the torch or triton backend, and no latents are returned.
@@ -30,6 +36,7 @@ from lsdseg.model import LatentSegmenter
 
 from .cache import cache_dir, cached_onnx, expected_metadata, mismatches, model_digest
 from .onnx import PRECISIONS, check_graph_call
+from .trt import Profile
 
 THREADS_ENV = "LSDSEG_ORT_THREADS"
 SPINNING_ENV = "LSDSEG_ORT_SPINNING"
@@ -90,8 +97,27 @@ def session_options(threads: int | None = None) -> Any:
     return options
 
 
-def providers(device: torch.device) -> list[Any]:
+def profile_shapes(shapes: dict[str, list[tuple[int, ...]]]) -> dict[str, str]:
+    """The TensorRT provider's profile options from ``name -> [min, opt, max]`` shapes
+    (:meth:`~lsdseg.export.trt.Profile.shapes`): ``image:1x3x256x256,noise:1x1x4x32x32``."""
+    keys = ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes")
+    return {
+        key: ",".join(f"{name}:{'x'.join(map(str, s[i]))}" for name, s in shapes.items())
+        for i, key in enumerate(keys)
+    }
+
+
+def providers(
+    device: torch.device,
+    shapes: dict[str, list[tuple[int, ...]]] | None = None,
+    half: bool = False,
+) -> list[Any]:
     """Execution providers for ``device``, best first.
+
+    Args:
+        device: ``cpu`` or a CUDA device.
+        shapes: ``name -> [min, opt, max]`` input shapes for the TensorRT provider's profile.
+        half: the graph is the FP16 one: the TensorRT provider builds FP16 engines.
 
     Raises:
         RuntimeError: a CUDA device, but this onnxruntime has no GPU provider.
@@ -104,18 +130,17 @@ def providers(device: torch.device) -> list[Any]:
     chosen: list[Any] = []
     if "TensorrtExecutionProvider" in available:
         engines = str(cache_dir() / "ort-tensorrt")
-        chosen.append(
-            (
-                "TensorrtExecutionProvider",
-                {
-                    "device_id": index,
-                    "trt_engine_cache_enable": True,
-                    "trt_engine_cache_path": engines,
-                    "trt_timing_cache_enable": True,
-                    "trt_timing_cache_path": engines,
-                },
-            )
-        )
+        options: dict[str, Any] = {
+            "device_id": index,
+            "trt_fp16_enable": half,
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": engines,
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": engines,
+        }
+        if shapes is not None:
+            options.update(profile_shapes(shapes))
+        chosen.append(("TensorrtExecutionProvider", options))
     if "CUDAExecutionProvider" in available:
         chosen.append(("CUDAExecutionProvider", {"device_id": index}))
     if not chosen:
@@ -126,6 +151,33 @@ def providers(device: torch.device) -> list[Any]:
     return [*chosen, "CPUExecutionProvider"]  # for the few nodes a GPU provider leaves
 
 
+def run_bound(session: Any, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Run the graph on tensors where they are (IOBinding), into a new output tensor there.
+
+    ``x`` and ``noise`` must be contiguous float32 on one device; ONNX Runtime reads them in
+    place and writes ``hypotheses`` straight into a torch tensor on the same device, so a CUDA
+    frame never passes through host memory.
+
+    Shapes:
+        x: (B, 3, S, S); noise: (B, K, c_m, S/f, S/f) -> (B, K, S, S) float32.
+    """
+    import numpy as np
+
+    device = x.device
+    kind, index = device.type, device.index or 0
+    b, k, s = noise.shape[0], noise.shape[1], x.shape[-1]
+    out = torch.empty((b, k, s, s), dtype=torch.float32, device=device)
+    binding = session.io_binding()
+    for name, tensor in (("image", x), ("noise", noise)):
+        binding.bind_input(name, kind, index, np.float32, tuple(tensor.shape), tensor.data_ptr())
+    binding.bind_output("hypotheses", kind, index, np.float32, tuple(out.shape), out.data_ptr())
+    if kind == "cuda":  # ONNX Runtime reads on its own stream: torch's work must be done
+        torch.cuda.current_stream(device).synchronize()
+    session.run_with_iobinding(binding)
+    binding.synchronize_outputs()
+    return out
+
+
 class OrtRunner:
     """Runs the exported graph with ONNX Runtime (see the module docstring).
 
@@ -134,6 +186,7 @@ class OrtRunner:
         checkpoint: its folder (its hash keys the cache), or None for an in-memory model.
         device: where results go; CUDA selects a GPU execution provider.
         precision: ``"fp32"`` (default) or ``"fp16"`` (FP16 graph, float32 inputs/outputs).
+        profile: the (min, opt, max) ranges of B and K for the TensorRT provider.
     """
 
     name = "onnx"
@@ -144,12 +197,23 @@ class OrtRunner:
         checkpoint: Path | None,
         device: torch.device,
         precision: str = "fp32",
+        profile: Profile | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision={precision!r} must be one of {PRECISIONS}")
         self.model, self.checkpoint, self.device = model, checkpoint, torch.device(device)
         self.precision = precision
-        self.providers = providers(self.device)
+        self.profile = profile or Profile()
+        cfg = model.cfg
+        meta = {
+            "image_size": str(cfg.image_size),
+            "latent_channels": str(cfg.mask_vae.latent_channels),
+            "latent_factor": str(cfg.image_ae.factor),
+        }
+        self.providers = providers(self.device, self.profile.shapes(meta), precision == "fp16")
+        self.uses_tensorrt = any(
+            isinstance(p, tuple) and p[0] == "TensorrtExecutionProvider" for p in self.providers
+        )
         self.digest = model_digest(model, checkpoint)
         self._sessions: dict[int, Any] = {}
         self.session(model.cfg.sampler.steps)  # export and load now: errors surface at load
@@ -193,6 +257,17 @@ class OrtRunner:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Normalised images (B, 3, S, S) and noise (B, K, c_m, S/f, S/f) -> (B, K, S, S)."""
         check_graph_call(self.name, eta, start)
+        b, k = noise.shape[:2]
+        if self.uses_tensorrt and not self.profile.admits(b, k):
+            raise ValueError(
+                f"batch {b} x hypotheses {k} is outside the TensorRT provider's profile (batch "
+                f"{self.profile.batch}, hypotheses {self.profile.hypotheses}); pass a wider "
+                "profile= to OrtRunner"
+            )
+        if self.device.type == "cuda":
+            x = x.detach().to(self.device, torch.float32).contiguous()
+            noise = noise.detach().to(self.device, torch.float32).contiguous()
+            return run_bound(self.session(steps), x, noise), None
         feeds = {
             "image": x.detach().to("cpu", torch.float32).contiguous().numpy(),
             "noise": noise.detach().to("cpu", torch.float32).contiguous().numpy(),
