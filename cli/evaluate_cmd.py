@@ -22,14 +22,17 @@ if TYPE_CHECKING:
     from lsdseg.data import Pair
     from lsdseg.segmenter import Result
 
-_COLUMNS = [
+# the table's rows: summary.json key, the name shown (one name per definition; README)
+_METRICS = [
     ("dice", "Dice"),
     ("iou", "IoU"),
     ("precision", "Precision"),
     ("recall", "Recall"),
     ("hd95", "HD95 px"),
-    ("ece_pooled", "ECE"),
-    ("uncertainty_auroc", "Unc. AUROC"),
+    ("ece_pooled", "ECE pooled"),
+    ("ece_image_mean", "ECE image mean"),
+    ("uncertainty_auroc", "Uncertainty AUROC"),
+    ("unsure_auroc", "Unsure AUROC"),
     ("mean_latency_ms", "Latency ms"),
 ]
 
@@ -219,10 +222,18 @@ def _print_metrics(console: Console, summary: dict[str, Any], data: list[str]) -
     from rich.table import Table
 
     table = Table(title=f"lsdseg evaluate: {', '.join(data)}")
-    for _, name in _COLUMNS:
-        table.add_column(name, justify="right")
-    table.add_row(*(f"{summary.get(k, float('nan')):.4g}" for k, _ in _COLUMNS))
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("summary.json")
+    for key, name in _METRICS:
+        value = summary.get(key, math.nan)
+        table.add_row(name, "-" if math.isnan(value) else f"{value:.4g}", key)
     console.print(table)
+    console.print(
+        f"means over the {summary['labelled']} labelled images (latency: all "
+        f"{summary['images']}); ECE pooled bins all their pixels together (15 bins), ECE "
+        "image mean averages per_image.csv's ece"
+    )
     auroc = summary["unsure_auroc"]
     console.print(
         f"unsure score: AUROC {auroc:.3f} for the {summary['low_dice_images']} images "

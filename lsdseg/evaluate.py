@@ -59,7 +59,10 @@ def evaluate(
         The per-image rows (``name``, ``labelled``, metrics..., ``unsure``, ``latency_ms``) and
         a summary (means over labelled images, counts, mean latency, and ``unsure_auroc``: how
         well the per-frame unsure score finds the images below Dice 0.5; see
-        :func:`unsure_summary`).
+        :func:`unsure_summary`). Calibration is reported twice, under two names:
+        ``ece_pooled``, the ECE of all labelled pixels binned together (15 bins,
+        :func:`lsdseg.metrics.ece_pooled`), and ``ece_image_mean``, the mean of the rows'
+        per-image ``ece``; a large image weighs more in the first.
     """
     metrics = SegmentationMetrics()
     ev = Evaluation()
@@ -117,7 +120,11 @@ def evaluate(
         "mean_latency_ms": float(np.mean(latencies)) if latencies else math.nan,
     }
     if labelled:
-        ev.summary.update(metrics.compute())
+        means = metrics.compute()
+        # two ECEs, each under a name of its own: ece_pooled (every labelled pixel in one set
+        # of bins, the figure reported) and the mean of the per-image ECEs of per_image.csv
+        means["ece_image_mean"] = means.pop("ece")
+        ev.summary.update(means)
         ev.summary.update(unsure_summary(labelled))
     return ev
 

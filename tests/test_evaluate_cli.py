@@ -323,3 +323,38 @@ def test_readme_documents_every_per_image_column(tiny, tmp_path):
     rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("|")]
     documented = {name for row in rows for name in row.split("`")[1::2]}
     assert documented == columns
+
+
+def _ece_reference(probs: list[np.ndarray], masks: list[np.ndarray], bins: int = 15) -> float:
+    """ECE of all pixels pooled, in float64 numpy: sum_b |sum(p in b) - sum(y in b)| / n."""
+    p = np.concatenate([x.ravel() for x in probs]).astype(np.float64)
+    y = np.concatenate([m.ravel() for m in masks]).astype(np.float64)
+    b = np.minimum(np.floor(p * bins), bins - 1).astype(int)
+    gap = np.bincount(b, weights=p, minlength=bins) - np.bincount(b, weights=y, minlength=bins)
+    return float(np.abs(gap).sum() / p.size)
+
+
+def test_ece_has_one_name_per_definition(capsys, tiny, tmp_path, monkeypatch):
+    from lsdseg.data import load_sample
+
+    monkeypatch.setenv("COLUMNS", "80")
+    data = make_pairs(tmp_path / "d", [(40, 50), (37, 61), (64, 64)])
+    where = ["--project", str(tmp_path), "--name", "out"]
+    assert main(["evaluate", "--data", str(data), "--weights", tiny, *where]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    rows = list(csv.DictReader((tmp_path / "out" / "per_image.csv").read_text().splitlines()))
+    assert "ece" not in summary  # each figure under the name of its definition
+    assert summary["ece_image_mean"] == pytest.approx(np.mean([float(r["ece"]) for r in rows]))
+    seg = Segmenter(__import__("lsdseg").load_checkpoint(tiny))
+    samples = [load_sample(p) for p in find_pairs(data)[1]]
+    probs = [seg(x, seed=i, order="rgb").mean for i, (x, _) in enumerate(samples)]
+    pooled = _ece_reference(probs, [m for _, m in samples])
+    assert summary["ece_pooled"] == pytest.approx(pooled, rel=1e-6)
+    assert pooled != pytest.approx(summary["ece_image_mean"], rel=1e-3)  # they do differ
+    # the table shows the pooled figure, named so
+    line = next(line for line in printed.splitlines() if "ECE" in line)
+    assert "ECE pooled" in line and f"{pooled:.4g}" in line and "ece_pooled" in line
+    # at 80 columns every name is whole (the one-row table cut "Precision" to "Precisi…")
+    assert "Precision" in printed and "…" not in printed
+    assert max(len(line) for line in printed.splitlines() if "│" in line) <= 80
