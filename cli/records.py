@@ -151,13 +151,17 @@ class Summary:
             self.fps = round(self.frames / elapsed_s, 3) if elapsed_s > 0 else math.nan
         return self
 
-    def line(self) -> str:
-        """The one-line summary printed at the end."""
+    def line(self, still: bool = False) -> str:
+        """The one-line summary printed at the end; ``still``: the source was still images,
+        which have no frame rate to keep up with and nothing to drop."""
         stop = f", stopped by {self.stopped_by}" if self.stopped_by else ""
         unsure = "" if self.unsure_frames is None else f", {self.unsure_frames} flagged unsure"
+        latency = f"latency mean {self.mean_latency_ms:.1f} ms p95 {self.p95_latency_ms:.1f} ms"
+        if still:
+            images = f"{self.frames} image{'' if self.frames == 1 else 's'}"
+            return f"{images}, {latency}{unsure}{stop}"
         return (
-            f"{self.frames} frames, {self.dropped} dropped, latency mean "
-            f"{self.mean_latency_ms:.1f} ms p95 {self.p95_latency_ms:.1f} ms, "
+            f"{self.frames} frames, {self.dropped} dropped, {latency}, "
             f"{self.fps:.2f} fps{unsure}{stop}"
         )
 

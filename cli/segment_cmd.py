@@ -442,7 +442,7 @@ def run(args: argparse.Namespace) -> int:
     )
     summary.outputs["folder"] = str(out_dir)
     summary.save(out_dir / "summary.json")
-    console.print(f"{summary.line()}; results in {out_dir}")
+    console.print(f"{summary.line(still=source.kind == 'images')}; results in {out_dir}")
     if source.kind == "video" and source.warning:  # a truncated or corrupt file
         print(f"lsdseg segment: error: {source.warning}", file=sys.stderr)
         return EXIT_ERROR

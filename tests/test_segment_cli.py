@@ -620,3 +620,20 @@ def test_zero_byte_image_after_good_ones_is_one_line_and_fails(capsys, tiny, tmp
     errors = [line for line in err.splitlines() if "error" in line]
     assert errors == [f"lsdseg segment: error: cannot decode image {folder / 'b.png'}: "
                       "the file is empty (0 bytes)"]  # fmt: skip
+
+
+def test_still_images_summary_speaks_of_images_not_frames(capsys, tiny, tmp_path, video):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i}.png"), disc_frame(i))
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(folder))
+    assert rc == 0, err
+    line = next(line for line in err.splitlines() if "latency mean" in line)
+    assert line.startswith("3 images, latency mean ")
+    assert not any(word in line for word in ("frame", "dropped", "fps")), line
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(folder / "0.png"))
+    assert next(x for x in err.splitlines() if "latency" in x).startswith("1 image, latency")
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(video))  # a video keeps them
+    line = next(line for line in err.splitlines() if "latency mean" in line)
+    assert line.startswith(f"{N_FRAMES} frames, 0 dropped, latency mean ") and " fps" in line
