@@ -95,9 +95,8 @@ class FrameReader:
             except queue.Empty:
                 if time.monotonic() > deadline:
                     raise Stalled(
-                        f"no frame from {self.source.label} "
-                        f"for {timeout:g} s; stopping (raise --timeout to wait "
-                        "longer)"
+                        f"{self.source.label} stalled: no frame for {timeout:g} s and no "
+                        "end of stream (raise --timeout to wait longer)"
                     ) from None
                 continue
             if item is _END:

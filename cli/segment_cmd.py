@@ -446,7 +446,9 @@ def run(args: argparse.Namespace) -> int:
     if source.kind == "video" and source.warning:  # a truncated or corrupt file
         print(f"lsdseg segment: error: {source.warning}", file=sys.stderr)
         return EXIT_ERROR
-    if summary.stopped_by == "server":  # the frames before it are written; the run failed
+    # a server that failed, or a source that stopped sending without ending (a stall, not the
+    # end of a stream): the frames before it are written, and the run failed
+    if summary.stopped_by in ("server", "stall"):
         print(f"lsdseg segment: error: {summary.warning}", file=sys.stderr)
         return EXIT_ERROR
     if summary.warning:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 Kind = Literal["video", "images", "webcam", "stream"]
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 DEFAULT_LIVE_FPS = 30.0  # used when a camera or stream does not report its frame rate
+STALL_MARGIN_MS = 5000  # FFmpeg's read timeout beyond --timeout (see _capture)
 
 
 @dataclass
@@ -230,8 +231,11 @@ def _capture(target: str | int, kind: Kind, timeout: float) -> cv2.VideoCapture 
 
     def open_it() -> None:
         if kind == "stream":
+            # FFmpeg gives up on a read later than the reader counts the stream as stalled:
+            # a read that FFmpeg abandons looks like the end of the stream, a stall does not
             ms = int(timeout * 1000)
-            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+            read_ms = ms + STALL_MARGIN_MS
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, read_ms]
             box["cap"] = cv2.VideoCapture(target, cv2.CAP_FFMPEG, params)
         else:
             box["cap"] = cv2.VideoCapture(target)

@@ -322,7 +322,7 @@ def test_stalled_source_times_out_instead_of_hanging():
     reader = FrameReader(_FakeLive(2, 0.0, hang=True), realtime=False).start()
     assert [reader.get(timeout=1.0).index for _ in range(2)] == [0, 1]
     t0 = time.monotonic()
-    with pytest.raises(Stalled, match=r"no frame from fake for 0\.3 s"):
+    with pytest.raises(Stalled, match=r"fake stalled: no frame for 0\.3 s"):
         reader.get(timeout=0.3)
     assert time.monotonic() - t0 < 2.0
 
@@ -474,7 +474,7 @@ def test_stalled_stream_ends_the_run_with_a_summary(tmp_path):
             stop=stop,
         )
     assert time.monotonic() - t0 < 5
-    assert summary.stopped_by == "stall" and "no frame from fake" in summary.warning
+    assert summary.stopped_by == "stall" and "fake stalled: no frame for 0.3 s" in summary.warning
     # realtime: frames that arrive while the model is busy may be dropped (how many depends on
     # the machine's load), but every frame is either processed or counted as dropped
     assert summary.frames >= 1 and summary.frames + summary.dropped == 3
@@ -637,3 +637,54 @@ def test_still_images_summary_speaks_of_images_not_frames(capsys, tiny, tmp_path
     rc, err = segment(capsys, tiny, tmp_path / "runs", str(video))  # a video keeps them
     line = next(line for line in err.splitlines() if "latency mean" in line)
     assert line.startswith(f"{N_FRAMES} frames, 0 dropped, latency mean ") and " fps" in line
+
+
+@pytest.fixture
+def mjpeg_url():
+    """A local MJPEG stream (multipart/x-mixed-replace) of 4 frames; ``/stall`` then keeps the
+    connection open without sending more, ``/end`` closes it."""
+    import http.server
+
+    jpeg = cv2.imencode(".jpg", disc_frame(0))[1].tobytes()
+    release = threading.Event()
+
+    class Mjpeg(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            for _ in range(4):
+                head = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
+                self.wfile.write(head.encode() + jpeg + b"\r\n")
+                self.wfile.flush()
+                time.sleep(0.05)
+            if self.path == "/stall":
+                release.wait(30)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Mjpeg)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    release.set()
+    server.shutdown()
+
+
+@pytest.mark.parametrize("stall", [True, False])
+def test_a_stalled_stream_fails_and_an_ended_one_does_not(capsys, tiny, tmp_path, mjpeg_url, stall):
+    url = f"{mjpeg_url}/{'stall' if stall else 'end'}"
+    rc, err = segment(capsys, tiny, tmp_path, url, "--timeout", "1.5", "--no-realtime")
+    summary = json.loads((tmp_path / "exp" / "summary.json").read_text())
+    assert summary["frames"] == 4 == len(read_rows(tmp_path / "exp"))  # all written either way
+    last = err.strip().splitlines()[-1]
+    if stall:
+        assert rc == 1 and summary["stopped_by"] == "stall", err
+        assert last == (
+            f"lsdseg segment: error: {url} stalled: no frame for 1.5 s and no end of stream "
+            "(raise --timeout to wait longer)"
+        )
+    else:
+        assert rc == 0 and summary["stopped_by"] is None, err
+        assert last == f"lsdseg segment: warning: {url}: the stream ended after 4 frames"
