@@ -14,25 +14,46 @@
   ``test_attention_configs`` sweeps the kernel's launch configuration at L=1024, d=64, fp16.
 - One ``Segmenter`` call per ops backend (K=8, 256x256, bundled weights).
 
-Every timed function synchronises CUDA before it returns. Without CUDA everything skips (the CPU
-interpreter is for correctness tests, not timing). Run:
+How the kernels are timed: a round runs many calls (enough for about 1 ms of work, at most
+``MAX_CALLS``) and synchronises once, so the microseconds of a sync do not land on every
+model-shape result; the medians in the JSON are per round and ``calls_per_round`` in extra_info
+divides them (``median_per_call_s``, and ``gbps``/``tflops`` are per call). The bandwidth cases
+(large norms, copy, large attention) cycle through enough input sets to be ``ROTATE_L2`` times the
+GPU's L2 (60 MB on an H200, which would otherwise hold a 32 MB fp16 tensor and turn "GB/s vs
+copy" into an L2 number); the model-shape cases reuse one input set, as the model reads
+activations its previous kernel just wrote.
+
+Without CUDA everything skips (the CPU interpreter is for correctness tests, not timing), unless
+``LSDSEG_BENCH_SMOKE=1`` (what ``scripts/gpu_checks.py --smoke`` sets): then every case runs
+once at tiny shapes through Triton's interpreter (``TRITON_INTERPRET=1``), to check this file's
+control flow on a CPU; its numbers mean nothing. Run:
 ``pytest benchmarks/bench_kernels.py --benchmark-only --benchmark-json=kernels.json``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import math
+import os
+import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lsdseg import ops
-from lsdseg.config import ModelConfig
+from lsdseg.config import ImageAEConfig, MaskVAEConfig, ModelConfig, SamplerConfig, UNetConfig
 from lsdseg.model import LatentSegmenter
 from lsdseg.unet import repeat_condition
 
-K = 8  # hypotheses per frame, the default
+SMOKE = os.environ.get("LSDSEG_BENCH_SMOKE") == "1"  # tiny shapes on the CPU interpreter
+K = 2 if SMOKE else 8  # hypotheses per frame (8: the default)
+DEFAULT_L2_BYTES = 60 * 2**20  # an H200's L2, when torch cannot tell
+ROTATE_L2 = 3  # bandwidth cases cycle through inputs this many times the L2's size
+MAX_SETS = 256  # input sets at most (tiny cases would otherwise want thousands)
+ROUND_SECONDS = 1e-3  # work per synchronisation
+MAX_CALLS = 200  # calls per round at most
 
 
 def _model_calls(cfg: ModelConfig | None = None, k: int = K) -> tuple[list[dict], list[dict]]:
@@ -77,7 +98,20 @@ def _model_calls(cfg: ModelConfig | None = None, k: int = K) -> tuple[list[dict]
     return list(norms.values()), list(attns.values())
 
 
-MODEL_NORMS, MODEL_ATTNS = _model_calls()
+def smoke_config() -> ModelConfig:
+    """A tiny architecture with every kind of norm and attention call (smoke mode)."""
+    return ModelConfig(
+        image_size=32,
+        image_ae=ImageAEConfig(channels=(8, 8, 16), context_channels=(16,), latent_channels=4,
+                               groups=4),
+        mask_vae=MaskVAEConfig(encoder_channels=(8, 8, 8), decoder_channels=(8, 8), groups=4),
+        unet=UNetConfig(channels=(8, 16), attention_levels=(1,), head_dim=8, groups=4,
+                        time_embed_dim=16),
+        sampler=SamplerConfig(steps=1, hypotheses=K),
+    )  # fmt: skip
+
+
+MODEL_NORMS, MODEL_ATTNS = _model_calls(smoke_config() if SMOKE else None)
 # large shapes: (B, C, H, W), groups. The first fits the fused variant (C/G x H W = 16384
 # elements); the others take the split variant.
 LARGE_NORMS = [((32, 128, 64, 64), 32), ((16, 256, 64, 64), 32), ((4, 64, 256, 256), 8)]
@@ -90,6 +124,63 @@ LARGE_ATTNS = [  # (B, heads, L, d, dtype)
     (16, 16, 1024, 128, torch.float16),
     (16, 16, 1024, 32, torch.float16),
 ]
+if SMOKE:  # one of each kind, small enough for the interpreter
+    LARGE_NORMS = [((2, 16, 8, 8), 4)]
+    LARGE_ATTNS = [(1, 2, 40, 16, torch.float16), (1, 2, 40, 16, torch.float32)]
+
+
+def l2_bytes(device: torch.device) -> int:
+    """The GPU's L2 cache size (``DEFAULT_L2_BYTES`` when torch does not say, or no GPU)."""
+    if device.type == "cuda":
+        size = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0)
+        if size:
+            return int(size)
+    return DEFAULT_L2_BYTES
+
+
+def input_sets(make, nbytes: int, device: torch.device, rotate: bool) -> list[tuple]:
+    """``make(i)`` for enough ``i`` that the sets (``nbytes`` each) exceed ``ROTATE_L2`` times
+    the L2, so that every call reads its inputs from memory; one set unless ``rotate``."""
+    n = 1
+    if rotate:
+        n = min(MAX_SETS, max(2, math.ceil(ROTATE_L2 * l2_bytes(device) / nbytes)))
+    if SMOKE:
+        n = min(n, 2)
+    return [make(i) for i in range(n)]
+
+
+def calls_per_round(fn, sets: list[tuple], sync) -> int:
+    """How many calls make ``ROUND_SECONDS`` of work (one synchronised call timed, warm)."""
+    if SMOKE:
+        return 2
+    fn(*sets[0])
+    sync()
+    t0 = time.perf_counter()
+    fn(*sets[-1])
+    sync()
+    once = time.perf_counter() - t0
+    return max(1, min(MAX_CALLS, round(ROUND_SECONDS / max(once, 1e-9))))
+
+
+def time_calls(benchmark, fn, sets: list[tuple], sync) -> float | None:
+    """Benchmark rounds of many ``fn`` calls over the rotating ``sets`` and one sync each;
+    returns the median seconds per call (None when nothing was timed)."""
+    calls = calls_per_round(fn, sets, sync)
+    cycle = itertools.cycle(sets)  # the rotation goes on across rounds
+
+    def run():
+        for _ in range(calls):
+            out = fn(*next(cycle))
+        sync()
+        return out
+
+    benchmark(run)
+    benchmark.extra_info.update(calls_per_round=calls, input_sets=len(sets))
+    if benchmark.stats is None:  # --benchmark-disable
+        return None
+    per_call = benchmark.stats.stats.median / calls
+    benchmark.extra_info["median_per_call_s"] = per_call
+    return per_call
 
 
 def _norm_id(case: dict) -> str:
@@ -106,8 +197,9 @@ def _triton_version() -> str:
 
 @pytest.fixture(scope="module")
 def kernels(device):
-    """lsdseg.kernels on a CUDA machine; skip elsewhere or when Triton cannot run."""
-    if device.type != "cuda":
+    """lsdseg.kernels on a CUDA machine (or the interpreter in smoke mode); skip elsewhere or
+    when Triton cannot run."""
+    if device.type != "cuda" and not SMOKE:
         pytest.skip("the kernels are timed on a CUDA GPU only (the CPU interpreter is for tests)")
     try:
         import lsdseg.kernels as kernels
@@ -119,8 +211,8 @@ def kernels(device):
     return kernels
 
 
-def _norm_inputs(shape, groups, dtype, modulated, device):
-    gen = torch.Generator(device=device).manual_seed(0)
+def _norm_inputs(shape, groups, dtype, modulated, device, seed=0):
+    gen = torch.Generator(device=device).manual_seed(seed)
     b, c = shape[:2]
     x = torch.randn(shape, generator=gen, device=device).to(dtype)
     w = torch.randn(c, generator=gen, device=device).to(dtype)
@@ -152,27 +244,30 @@ def _norm_provider(name, kernels):
 
 
 def _time_norm(benchmark, record, sync, kernels, device, provider, shape, groups, dtype,
-               modulated=False, silu=True, **info):  # fmt: skip
+               modulated=False, silu=True, rotate=False, **info):  # fmt: skip
     x, w, bias, scale, shift = _norm_inputs(shape, groups, dtype, modulated, device)
     fn = _norm_provider(provider, kernels)
     expected = ops.group_norm_silu_reference(x, w, bias, groups, 1e-5, scale, shift, silu)
     got = fn(x, w, bias, groups, scale, shift, silu)
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got.float(), expected.float(), atol=tol, rtol=tol)
+    del expected, got
 
-    def run():
-        y = fn(x, w, bias, groups, scale, shift, silu)
-        sync()
-        return y
+    def make(i):
+        if i == 0:
+            return x, w, bias, groups, scale, shift, silu
+        xi, _, _, si, ti = _norm_inputs(shape, groups, dtype, modulated, device, seed=i)
+        return xi, w, bias, groups, si, ti, silu
 
+    sets = input_sets(make, x.numel() * x.element_size(), device, rotate)
     with torch.inference_mode():
-        benchmark(run)
+        per_call = time_calls(benchmark, fn, sets, sync)
     record(benchmark, op="group_norm_silu", provider=provider, shape=list(shape), groups=groups,
            dtype=str(dtype), modulated=modulated, silu=silu, triton=_triton_version(),
            **info)  # fmt: skip
-    if benchmark.stats is not None:
+    if per_call is not None:
         moved = 2 * x.numel() * x.element_size()  # one read of x, one write of y
-        benchmark.extra_info["gbps"] = moved / benchmark.stats.stats.median / 1e9
+        benchmark.extra_info["gbps"] = moved / per_call / 1e9
 
 
 NORM_PROVIDERS = ["torch", "torch_ops", "triton", "triton_split"]
@@ -191,30 +286,28 @@ def test_group_norm_model_shapes(benchmark, record, sync, kernels, device, case,
 @pytest.mark.parametrize(("shape", "groups"), LARGE_NORMS, ids=str)
 def test_group_norm_large(benchmark, record, sync, kernels, device, shape, groups, dtype, provider):
     _time_norm(benchmark, record, sync, kernels, device, provider, shape, groups, dtype,
-               modulated=True, stage="large")  # fmt: skip
+               modulated=True, rotate=True, stage="large")  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize(("shape", "groups"), LARGE_NORMS, ids=str)
 def test_copy(benchmark, record, sync, kernels, device, shape, groups, dtype):
-    """The ceiling: a device-to-device copy of the same tensor, bytes counted as for the norm."""
+    """The ceiling: a device-to-device copy of the same tensor, bytes counted as for the norm,
+    its inputs rotated past L2 the same way."""
     x = torch.randn(shape, device=device).to(dtype)
     y = torch.empty_like(x)
-
-    def run():
-        y.copy_(x)
-        sync()
-
-    benchmark(run)
+    nbytes = x.numel() * x.element_size()
+    sets = input_sets(lambda i: (x if i == 0 else torch.randn_like(x),), nbytes, device, True)
+    per_call = time_calls(benchmark, y.copy_, sets, sync)
     record(benchmark, op="copy", provider="torch", shape=list(shape), dtype=str(dtype),
            triton=_triton_version())  # fmt: skip
-    if benchmark.stats is not None:
+    if per_call is not None:
         moved = 2 * x.numel() * x.element_size()
-        benchmark.extra_info["gbps"] = moved / benchmark.stats.stats.median / 1e9
+        benchmark.extra_info["gbps"] = moved / per_call / 1e9
 
 
-def _attn_inputs(b, h, l_q, l_k, d, dtype, device):
-    gen = torch.Generator(device=device).manual_seed(0)
+def _attn_inputs(b, h, l_q, l_k, d, dtype, device, seed=0):
+    gen = torch.Generator(device=device).manual_seed(seed)
     q = torch.randn(b, h, l_q, d, generator=gen, device=device).to(dtype)
     k = torch.randn(b, h, l_k, d, generator=gen, device=device).to(dtype)
     v = torch.randn(b, h, l_k, d, generator=gen, device=device).to(dtype)
@@ -222,11 +315,11 @@ def _attn_inputs(b, h, l_q, l_k, d, dtype, device):
 
 
 def _time_attention(benchmark, record, sync, kernels, device, provider, b, h, l_q, l_k, d, dtype,
-                    launch=None, **info):  # fmt: skip
+                    launch=None, rotate=False, **info):  # fmt: skip
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    if provider == "sdpa_flash" and dtype == torch.float32:
-        pytest.skip("SDPA's flash backend takes float16 and bfloat16 only")
+    if provider == "sdpa_flash" and (dtype == torch.float32 or device.type != "cuda"):
+        pytest.skip("SDPA's flash backend takes float16 and bfloat16 on CUDA only")
     q, k, v = _attn_inputs(b, h, l_q, l_k, d, dtype, device)
     fn = {
         "torch": ops.attention_reference,
@@ -242,18 +335,17 @@ def _time_attention(benchmark, record, sync, kernels, device, provider, b, h, l_
         torch.testing.assert_close(fn(q, k, v).float(), expected.float(), atol=tol, rtol=tol)
         del expected
 
-        def run():
-            out = fn(q, k, v)
-            sync()
-            return out
+        def make(i):
+            return (q, k, v) if i == 0 else _attn_inputs(b, h, l_q, l_k, d, dtype, device, i)
 
-        benchmark(run)
+        sets = input_sets(make, 3 * q.numel() * q.element_size(), device, rotate)
+        per_call = time_calls(benchmark, fn, sets, sync)
     record(benchmark, op="attention", provider=provider, batch=b, heads=h, l_q=l_q, l_k=l_k,
            head_dim=d, dtype=str(dtype), triton=_triton_version(), **(launch or {}),
            **info)  # fmt: skip
-    if benchmark.stats is not None:
+    if per_call is not None:
         flops = 4 * b * h * l_q * l_k * d  # two matmuls of 2 B h L M d
-        benchmark.extra_info["tflops"] = flops / benchmark.stats.stats.median / 1e12
+        benchmark.extra_info["tflops"] = flops / per_call / 1e12
 
 
 ATTN_PROVIDERS = ["torch", "sdpa", "sdpa_flash", "triton"]
@@ -282,7 +374,7 @@ def test_attention_model_shapes(benchmark, record, sync, kernels, device, case, 
 def test_attention_large(benchmark, record, sync, kernels, device, b, h, length, d, dtype,
                          provider):  # fmt: skip
     _time_attention(benchmark, record, sync, kernels, device, provider, b, h, length, length, d,
-                    dtype, stage="large")  # fmt: skip
+                    dtype, rotate=True, stage="large")  # fmt: skip
 
 
 # launch configurations of the Triton kernel at the target shape; the first is the default
@@ -295,6 +387,10 @@ ATTN_CONFIGS = [
     (64, 64, 4, 3),
     (64, 32, 4, 2),
 ]
+SWEEP_SHAPE = (16, 16, 1024, 64)  # B, heads, L, d
+if SMOKE:
+    ATTN_CONFIGS = [(16, 16, 4, 2), (32, 16, 4, 2)]
+    SWEEP_SHAPE = (1, 2, 40, 16)
 
 
 @pytest.mark.parametrize(
@@ -303,15 +399,30 @@ ATTN_CONFIGS = [
 def test_attention_configs(benchmark, record, sync, kernels, device, block_m, block_n, warps,
                            stages):  # fmt: skip
     launch = {"block_m": block_m, "block_n": block_n, "num_warps": warps, "num_stages": stages}
-    _time_attention(benchmark, record, sync, kernels, device, "triton", 16, 16, 1024, 1024, 64,
-                    torch.float16, launch=launch, stage="config sweep")  # fmt: skip
+    b, h, length, d = SWEEP_SHAPE
+    _time_attention(benchmark, record, sync, kernels, device, "triton", b, h, length, length, d,
+                    torch.float16, launch=launch, rotate=True, stage="config sweep")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def smoke_segmenter_for(tmp_path_factory):
+    """``segmenter_for`` of smoke mode: an untrained tiny model (``smoke_config``) on the CPU."""
+    import lsdseg
+    from lsdseg.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    folder = save_checkpoint(LatentSegmenter(smoke_config()), tmp_path_factory.mktemp("smoke"))
+    return lambda backend: (lsdseg.load(folder, device="cpu", backend=backend), "untrained tiny")
 
 
 @pytest.mark.parametrize("steps", [None, 4], ids=["default_steps", "steps4"])
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_segmenter_end_to_end(benchmark, record, kernels, segmenter_for, frame, backend, steps):
+def test_segmenter_end_to_end(benchmark, record, kernels, request, frame, backend, steps):
     """One frame through the whole Segmenter (K=8), ops on torch vs on the Triton kernels."""
+    segmenter_for = request.getfixturevalue("smoke_segmenter_for" if SMOKE else "segmenter_for")
     seg, weights = segmenter_for(backend)
+    if SMOKE:
+        frame = frame[:32, :32]
     steps = steps or seg.config.sampler.steps
     result = benchmark(seg, frame, hypotheses=K, steps=steps, seed=0)  # syncs before returning
     assert result.hypotheses.shape == (K, *frame.shape[:2])

@@ -42,15 +42,17 @@ def summarize(data: dict, env_info: dict) -> str:
     by_op: dict[str, list[dict]] = {}
     for b in data.get("benchmarks", []):
         info = dict(b.get("extra_info", {}))
-        info["median"] = b["stats"]["median"]
+        # a round of bench_kernels.py runs calls_per_round calls and one sync: per call
+        info["median"] = b["stats"]["median"] / info.get("calls_per_round", 1)
         by_op.setdefault(info.get("op", "?"), []).append(info)
 
     gpu = env_info.get("gpu") or data.get("machine_info", {}).get("gpu") or "?"
     lines = [
         f"GPU: {gpu}; torch {env_info.get('torch', '?')}, triton {env_info.get('triton', '?')}, "
         f"CUDA {env_info.get('cuda', '?')}, Python {env_info.get('python', '?')}; "
-        f"{env_info.get('date', '?')}; commit {env_info.get('git', '?')}. Medians of "
-        "pytest-benchmark rounds, each call synchronised.",
+        f"{env_info.get('date', '?')}; commit {env_info.get('git', '?')}. Medians per call of "
+        "pytest-benchmark rounds of many calls and one sync each; bandwidth cases cycle "
+        "through inputs three times the L2's size.",
         "",
     ]
     targets: list[str] = []
