@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from lsdseg.config import ModelConfig, from_dict, to_dict
+from lsdseg.config import ModelConfig, from_dict, json_kind, to_dict
 from lsdseg.model import LatentSegmenter
 from lsdseg.vae import rename_legacy_encoder_keys
 from lsdseg.version import __version__
@@ -114,6 +114,11 @@ def read_config(path: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
         meta = json.loads(file.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{file} is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(
+            f"{file} holds {json_kind(meta)}, not the JSON object lsdseg writes "
+            '({"format_version": ..., "model": {...}}); re-download or re-export the checkpoint'
+        )
     version = meta.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(

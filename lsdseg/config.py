@@ -293,7 +293,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     """Coerce a JSON value to the annotated field type ``tp``."""
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected an object, got {type(value).__name__}")
+            raise ValueError(f"{where}: expected a JSON object {{...}}, got {json_kind(value)}")
         return from_dict(tp, value, where)
     origin = typing.get_origin(tp)
     if origin is tuple:
@@ -313,12 +313,28 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+def json_kind(value: Any) -> str:
+    """What a decoded JSON value is, in JSON's words (for error messages)."""
+    kinds = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return "a number"
+    return kinds.get(type(value), type(value).__name__)
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     """Build ``cls`` from a dict, rejecting unknown keys; missing keys take their defaults.
 
     Raises:
-        ValueError: an unknown key (the valid ones are listed), a wrong type or an invalid value.
+        ValueError: ``data`` is not a dict, an unknown key (the valid ones are listed), a wrong
+            type or an invalid value.
     """
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{where}: expected a JSON object {{...}} of {cls.__name__} settings, got "
+            f"{json_kind(data)}"
+        )
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)

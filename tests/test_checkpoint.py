@@ -165,6 +165,22 @@ def test_invalid_config_values_are_checkpoint_errors(saved: Path, edit, fragment
         load_checkpoint(saved)
 
 
+@pytest.mark.parametrize(
+    ("meta", "fragment"),
+    [
+        ([], "config.json holds an array, not the JSON object lsdseg writes"),
+        ([{"format_version": 1}], "config.json holds an array, not the JSON object"),
+        ("model", "config.json holds a string, not the JSON object"),
+        ({"format_version": 1, "model": [1]}, "config.json:model: expected a JSON object {...}"),
+    ],
+)
+def test_config_json_that_is_no_object(saved: Path, meta, fragment: str) -> None:
+    (saved / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(saved)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
 def test_checkpoint_error_is_a_value_error() -> None:
     assert issubclass(CheckpointError, ValueError)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +173,8 @@ def test_nested_unknown_key_names_its_path() -> None:
         ({"sampler": {"eta": False}}, "expected float"),
         ({"unet": {"channels": 16}}, "expected a list"),
         ({"image_mean": [0.5, "x", 0.5]}, "config.image_mean[1]"),
-        ({"sampler": 5}, "expected an object"),
+        ({"sampler": 5}, "config.sampler: expected a JSON object {...}, got a number"),
+        ({"unet": ["channels"]}, "config.unet: expected a JSON object {...}, got an array"),
     ],
 )
 def test_wrong_types_are_rejected(data: dict[str, Any], fragment: str) -> None:
@@ -207,3 +209,16 @@ def test_load_json_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="timestep") as info:
         load_json(ModelConfig, typo)
     assert str(typo) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"), [([1, 2], "an array"), ([{"image_size": 64}], "an array"), ("x", "a string")]
+)
+def test_a_config_that_is_no_object_is_one_value_error(tmp_path: Path, data, kind: str) -> None:
+    expected = f"expected a JSON object {{...}} of ModelConfig settings, got {kind}"
+    with pytest.raises(ValueError, match=re.escape(f"config: {expected}")):
+        from_dict(ModelConfig, data)
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=re.escape(f"{path}: {expected}")):
+        load_json(ModelConfig, path)

@@ -225,7 +225,10 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
     (tmp / "zero.png").touch()
     (tmp / "zerodir").mkdir()
     (tmp / "zerodir" / "zero.png").touch()
+    (tmp / "listcfg").mkdir()
+    (tmp / "listcfg" / "config.json").write_text("[1, 2]")
     return {
+        "config.json is a JSON list": [str(tmp / "full.mp4"), "--weights", str(tmp / "listcfg")],
         "0-byte image": [str(tmp / "zero.png")],
         "0-byte image in a folder": [str(tmp / "zerodir")],
         "missing file": [str(tmp / "nope.mp4")],
