@@ -136,8 +136,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Lat
     """Build the model from ``config.json`` and load ``model.safetensors`` strictly.
 
     Raises:
-        CheckpointError: missing files, an unknown format, or weights that do not match the
-            config (missing/unexpected tensors or different shapes are listed).
+        CheckpointError: missing files, an unknown format, weights that do not match the
+            config (missing/unexpected tensors or different shapes are listed), or weights that
+            are not finite floating-point numbers (NaN, infinity, cast to integers).
     """
     path = Path(path)
     cfg, _ = read_config(path)
@@ -169,8 +170,39 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Lat
             + "; ".join(parts)
             + ". The config and weights come from different models."
         )
+    _check_values(file, state, expected)
     model.load_state_dict(state)
     return model.eval()
+
+
+def _check_values(
+    file: Path, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
+) -> None:
+    """Refuse weights that would load silently but compute nonsense: a floating-point tensor
+    stored as integers (an int8 cast keeps nothing of it) or holding NaN or infinity."""
+    cast = sorted(
+        f"{k} ({str(state[k].dtype).removeprefix('torch.')})"
+        for k, v in expected.items()
+        if v.is_floating_point() and not state[k].is_floating_point()
+    )
+    if cast:
+        raise CheckpointError(
+            f"{file} stores {len(cast)} floating-point tensor(s) as integers ({_first(cast)}); "
+            "weights cast to integers are lost: re-export the checkpoint in float32 or float16"
+        )
+    bad = sorted(
+        k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()
+    )
+    if bad:
+        raise CheckpointError(
+            f"{file} has NaN or infinite values in {len(bad)} tensor(s) ({_first(bad)}): the "
+            "weights are broken (a diverged training run?); use an earlier checkpoint"
+        )
+
+
+def _first(items: list[str], n: int = 3) -> str:
+    """The first ``n`` items, comma-separated, with ' ...' when there are more."""
+    return ", ".join(items[:n]) + (" ..." if len(items) > n else "")
 
 
 def grow_checkpoint(

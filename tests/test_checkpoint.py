@@ -111,6 +111,40 @@ def test_weights_missing_a_tensor(saved: Path) -> None:
     assert "missing" in str(info.value) and "unet.conv_out.weight" in str(info.value)
 
 
+@pytest.mark.parametrize("poison", [float("nan"), float("inf"), -float("inf")])
+def test_weights_that_are_not_finite_are_refused(saved: Path, poison: float) -> None:
+    state = load_file(str(saved / "model.safetensors"))
+    state["unet.conv_out.weight"][0, 0, 0, 0] = poison  # one value is enough
+    save_file(state, str(saved / "model.safetensors"))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(saved)
+    message = str(info.value)
+    assert "NaN or infinite values in 1 tensor(s) (unet.conv_out.weight)" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.int32, torch.bool])
+def test_weights_cast_to_integers_are_refused(saved: Path, dtype: torch.dtype) -> None:
+    state = load_file(str(saved / "model.safetensors"))
+    floats = [k for k, v in state.items() if v.is_floating_point()]
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    save_file(state, str(saved / "model.safetensors"))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(saved)
+    message = str(info.value)
+    name = str(dtype).removeprefix("torch.")
+    assert f"stores {len(floats)} floating-point tensor(s) as integers" in message
+    assert f"{sorted(floats)[0]} ({name})" in message and "\n" not in message
+
+
+def test_half_and_double_weights_still_load(saved: Path, tiny_model: LatentSegmenter) -> None:
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        state = load_file(str(saved / "model.safetensors"))
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        save_file(state, str(saved / "model.safetensors"))
+        assert load_checkpoint(saved).cfg == tiny_model.cfg
+
+
 def test_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="does not exist") as info:
         load_checkpoint(tmp_path / "nowhere")
