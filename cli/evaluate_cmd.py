@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import shlex
 import sys
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lsdseg.cli.errors import UserError
+from lsdseg.cli.records import write_json
 from lsdseg.cli.runs import add_run_folder_options, next_run_dir
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         "skipped_files": ev.skipped,
         "command": shlex.join(["lsdseg", *sys.argv[1:]]),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "summary.json", summary)  # a metric without a value (NaN) as null
 
     labelled, skipped = ev.summary["labelled"], ev.summary["skipped"]
     if ev.rows and not labelled:

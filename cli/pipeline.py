@@ -102,7 +102,7 @@ def _work(
     )
     hud = (
         f"{fps:.1f} fps | {latency:.0f} ms | K={result.hypotheses.shape[0]} | "
-        f"{overlay.measure} {record['unc_frame_mean']:.3f}"
+        f"{overlay.measure} {float(unc.mean()):.3f}"
     )
     if record["unsure"] is not None:
         hud += f" | unsure {record['unsure']:.2f}"

@@ -31,6 +31,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +50,30 @@ COLUMNS = (
     "unsure_flag",
     "seed",
 )
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (nested in dicts, lists and tuples) made None,
+    so JSON files get ``null`` instead of the bare ``NaN`` that JSON does not allow."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented, strict JSON (non-finite floats as null)."""
+    text = json.dumps(json_ready(data), indent=2, allow_nan=False)
+    path.write_text(text + "\n", encoding="utf-8")
+
+
+def _rounded(x: float, digits: int) -> float | None:
+    """``x`` rounded, or None when it is NaN or infinite (no value)."""
+    x = float(x)
+    return round(x, digits) if math.isfinite(x) else None
 
 
 def frame_record(
@@ -73,18 +98,19 @@ def frame_record(
     area = int(mask.sum())
     n_labels, _ = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
     inside = uncertainty[mask] if area else None
+    # a value that is not a finite number (a model that produced NaN) is recorded as no value
     return {
         "frame": index,
-        "timestamp_s": None if timestamp is None else round(timestamp, 4),
+        "timestamp_s": None if timestamp is None else _rounded(timestamp, 4),
         "source": source,
-        "latency_ms": round(latency_ms, 2),
-        "area_fraction": round(area / mask.size, 6),
+        "latency_ms": _rounded(latency_ms, 2),
+        "area_fraction": _rounded(area / mask.size, 6),
         "components": int(n_labels) - 1,  # label 0 is the background
-        "unc_mean": None if inside is None else round(float(inside.mean()), 6),
-        "unc_max": None if inside is None else round(float(inside.max()), 6),
-        "unc_frame_mean": round(float(uncertainty.mean()), 6),
-        "agreement": round(float(agreement), 6),
-        "unsure": None if math.isnan(unsure) else round(float(unsure), 6),
+        "unc_mean": None if inside is None else _rounded(inside.mean(), 6),
+        "unc_max": None if inside is None else _rounded(inside.max(), 6),
+        "unc_frame_mean": _rounded(uncertainty.mean(), 6),
+        "agreement": _rounded(agreement, 6),
+        "unsure": _rounded(unsure, 6),
         "unsure_flag": unsure_flag(unsure, unsure_threshold),
         "seed": int(seed),
     }
@@ -112,7 +138,7 @@ class RecordWriter:
 
     def write(self, record: dict) -> None:
         self._csv.writerow({k: "" if record[k] is None else record[k] for k in COLUMNS})
-        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.write(json.dumps(json_ready(record), allow_nan=False) + "\n")
         self._csv_file.flush()
         self._jsonl.flush()
         self.rows += 1
@@ -166,8 +192,6 @@ class Summary:
         )
 
     def save(self, path: Path) -> None:
-        data = {
-            k: (None if isinstance(v, float) and math.isnan(v) else v)
-            for k, v in asdict(self).items()
-        }
-        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        """Write summary.json (a figure that is not a finite number, such as the latency of
+        a run that processed nothing, as null)."""
+        write_json(path, asdict(self))

@@ -358,3 +358,19 @@ def test_ece_has_one_name_per_definition(capsys, tiny, tmp_path, monkeypatch):
     # at 80 columns every name is whole (the one-row table cut "Precision" to "Precisi…")
     assert "Precision" in printed and "…" not in printed
     assert max(len(line) for line in printed.splitlines() if "│" in line) <= 80
+
+
+def test_summary_json_has_null_where_a_metric_has_no_value(capsys, tiny, tmp_path):
+    data = make_pairs(tmp_path / "d", [(40, 50), (40, 50)])
+    cv2.imwrite(str(data / "masks" / "1.png"), np.zeros((40, 50), np.uint8))  # empty mask
+    where = ["--project", str(tmp_path), "--name", "out"]
+    assert main(["evaluate", "--data", str(data), "--weights", tiny, *where]) == 0
+
+    def refuse(name):
+        raise ValueError(f"{name} in summary.json")
+
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text(), parse_constant=refuse)
+    ev = evaluate(Segmenter(__import__("lsdseg").load_checkpoint(tiny)), find_pairs(data)[1])
+    missing = [k for k, v in ev.summary.items() if isinstance(v, float) and math.isnan(v)]
+    assert missing  # the run has figures without a value, and they are null
+    assert all(summary[k] is None for k in missing)

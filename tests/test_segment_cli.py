@@ -691,3 +691,46 @@ def test_a_stalled_stream_fails_and_an_ended_one_does_not(capsys, tiny, tmp_path
     else:
         assert rc == 0 and summary["stopped_by"] is None, err
         assert last == f"lsdseg segment: warning: {url}: the stream ended after 4 frames"
+
+
+def _strict_json(text: str):
+    """json.loads that refuses NaN and Infinity, which JSON does not have."""
+
+    def refuse(name):
+        raise ValueError(f"{name} in JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_run_of_nan_results_writes_null_not_nan(capsys, tiny, tmp_path, video, monkeypatch):
+    from lsdseg.segmenter import Segmenter
+
+    call = Segmenter.__call__
+
+    def nan_results(self, *args, **kwargs):
+        r = call(self, *args, **kwargs)
+        r.agreement, r.unsure = float("nan"), float("nan")
+        r.entropy = np.full_like(r.entropy, np.nan)
+        return r
+
+    monkeypatch.setattr(Segmenter, "__call__", nan_results)
+    rc, err = segment(capsys, tiny, tmp_path, str(video), "--max-frames", "2")
+    assert rc == 0, err
+    out = tmp_path / "exp"
+    records = [_strict_json(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    for r in records:
+        assert r["agreement"] is None and r["unsure"] is None and r["unc_frame_mean"] is None
+    assert all(row["agreement"] == "" for row in read_rows(out))
+    _strict_json((out / "summary.json").read_text())
+
+
+def test_summary_json_is_strict_json_when_figures_are_missing(tmp_path):
+    from lsdseg.cli.records import Summary
+
+    summary = Summary(source="x").finish([], 0.0)  # nothing processed: no latency, no fps
+    summary.settings = {"eta": float("nan"), "nested": [float("inf"), 1.5]}
+    summary.save(tmp_path / "summary.json")
+    data = _strict_json((tmp_path / "summary.json").read_text())
+    assert data["mean_latency_ms"] is None and data["fps"] is None
+    assert data["settings"] == {"eta": None, "nested": [None, 1.5]}
