@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lsdseg.cli.errors import UserError
+from lsdseg.cli.options import seed_arg
 
 if TYPE_CHECKING:
     import torch
@@ -73,7 +74,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=20, help="timed calls per configuration")
     p.add_argument(
         "--seed",
-        type=int,
+        type=seed_arg(),
         default=0,
         help="seed of the synthetic frame and of the initial noise of every call",
     )

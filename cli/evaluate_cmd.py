@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lsdseg.cli.errors import UserError
+from lsdseg.cli.options import seed_arg
 from lsdseg.cli.records import write_json
 from lsdseg.cli.runs import add_run_folder_options, next_run_dir
 
@@ -66,7 +67,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="mask = mean > threshold (default: checkpoint's)",
     )
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of the initial noise; image i uses seed + i"
+        "--seed",
+        type=seed_arg(),
+        default=0,
+        help="seed of the initial noise; image i uses seed + i",
     )
     p.add_argument("--backend", default="torch", help="torch, triton, onnx or trt")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from lsdseg.cli.errors import UserError
 from lsdseg.cli.main import EXIT_ERROR, EXIT_INTERRUPTED
+from lsdseg.cli.options import seed_arg
 from lsdseg.cli.runs import add_run_folder_options, next_run_dir
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (default: the checkpoint's)")
     m.add_argument(
         "--seed",
-        type=int,
+        type=seed_arg(per_frame=True),
         default=0,
         help="seed of the initial noise, the same for every frame (steady video); "
         "-1 draws a new one per frame",
@@ -204,7 +205,6 @@ def check_options(args: argparse.Namespace) -> None:
             "is a mean entropy in bits",
         ),
         (args.imgsz is None or args.imgsz > 0, f"--imgsz {args.imgsz} must be > 0"),
-        (args.seed >= -1, f"--seed {args.seed} must be >= 0, or -1 for a new seed per frame"),
         (
             0 <= args.temporal_t <= 999,
             f"--temporal-t {args.temporal_t} must be a timestep between 0 and 999",

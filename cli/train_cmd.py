@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lsdseg.cli.errors import UserError
+from lsdseg.cli.options import seed_arg
 
 if TYPE_CHECKING:
     from lsdseg.data import Pair
@@ -101,7 +102,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.add_argument(
         "--seed",
-        type=int,
+        type=seed_arg(2**32 - 1),  # training derives per-epoch and per-step seeds from it
         default=0,
         help="seed of the validation split, the initialisation, the data order, the "
         "augmentations and the noise",

@@ -274,7 +274,7 @@ class Segmenter:
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
         if not isinstance(seed, Sequence):
-            return [int(seed)] * n
+            return [_check_seed(seed, "seed")] * n
         if len(seed) != n:
             raise ValueError(f"seed has {len(seed)} values for {n} frames; pass one per frame")
         if s.eta > 0 or warm:
@@ -282,7 +282,7 @@ class Segmenter:
                 "per-frame seeds need eta=0 and no warm_start (their noise comes from one "
                 "generator per call); pass one int seed, or call once per frame"
             )
-        return [int(v) for v in seed]
+        return [_check_seed(v, f"seed[{i}]") for i, v in enumerate(seed)]
 
     def _warm(
         self,
@@ -337,6 +337,25 @@ class Segmenter:
             unsure=unsure,
             seed=seed,
         )
+
+
+MAX_SEED = 2**63 - 1  # seeds are int64 (torch generators, the server's parameters)
+
+
+def _check_seed(seed: object, name: str) -> int:
+    """``seed`` as an int, checked to be one a generator takes.
+
+    Raises:
+        TypeError: not an integer.
+        ValueError: outside [0, 2**63 - 1] (-1 included: ``None`` draws a new seed).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise TypeError(f"{name}={seed!r} must be an int (or None to draw one)")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(
+            f"{name}={seed} must be between 0 and 2**63 - 1; seed=None draws a new one each call"
+        )
+    return int(seed)
 
 
 _FRAME = "a numpy array (H, W, 3) uint8 BGR or (H, W) grey"

@@ -117,3 +117,22 @@ def test_export_device_names_a_cuda_device(capsys, tiny, monkeypatch):
     assert main(["export", "--trt", "--device", "cpu", "--weights", tiny]) == 1
     err = capsys.readouterr().err
     assert err.startswith("lsdseg export: error: --device cpu:") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["segment", "x", "--seed", str(2**70)], f"{2**70} must be between 0 and 2**63 - 1, or -1"),
+        (["segment", "x", "--seed", "-2"], "-2 must be between 0 and 2**63 - 1, or -1 for a new"),
+        (["evaluate", "--data", "d", "--seed", "-1"], "-1 must be between 0 and 2**63 - 1\n"),
+        (["bench", "--seed", str(2**63)], f"{2**63} must be between 0 and 2**63 - 1\n"),
+        (
+            ["train", "--data", "d", "--seed", str(2**32)],
+            f"{2**32} must be between 0 and 2**32 - 1",
+        ),
+        (["segment", "x", "--seed", "1e3"], "argument --seed: '1e3' is not an integer"),
+    ],
+)
+def test_seed_out_of_range_is_one_line(capsys, argv, message):
+    err = usage_error(capsys, argv)
+    assert f"error: argument --seed: {message.split('argument --seed: ')[-1]}" in err

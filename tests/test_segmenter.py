@@ -323,3 +323,26 @@ def test_a_call_on_no_image_says_what_was_passed_and_what_is_expected(
         seg(image)
     for fragment in fragments:
         assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("seed", "error", "fragment"),
+    [
+        (2**70, ValueError, "seed=1180591620717411303424 must be between 0 and 2**63 - 1"),
+        (2**63, ValueError, "must be between 0 and 2**63 - 1"),
+        (-1, ValueError, "seed=None draws a new one"),
+        (1.5, TypeError, "seed=1.5 must be an int"),
+        (True, TypeError, "seed=True must be an int"),
+        ([0, 2**64], ValueError, "seed[1]=18446744073709551616 must be between"),
+    ],
+)
+def test_seeds_out_of_range_are_named(seg: Segmenter, seed, error: type, fragment: str) -> None:
+    frames = [_frame(), _frame(1)] if isinstance(seed, list) else _frame()
+    with pytest.raises(error) as info:
+        seg(frames, seed=seed)
+    assert fragment in str(info.value)
+
+
+def test_the_largest_seed_and_numpy_ints_work(seg: Segmenter) -> None:
+    assert seg(_frame(), seed=2**63 - 1).seed == 2**63 - 1
+    _same(seg(_frame(), seed=np.int64(7)), seg(_frame(), seed=7))
