@@ -14,8 +14,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# [onnx]: the ONNX export and the onnx backend, the faster one on a CPU
 install: $(BIN)/python
-	$(BIN)/pip install --quiet $(CONSTRAINTS) -e .
+	$(BIN)/pip install --quiet $(CONSTRAINTS) -e ".[onnx]"
 
 install-dev: $(BIN)/python
 	$(BIN)/pip install --quiet $(CONSTRAINTS) -e ".[dev]"

