@@ -12,6 +12,7 @@ padded to a power of two >= 16 (``tl.dot``'s minimum) with masked loads. The ref
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import triton
@@ -171,15 +172,65 @@ def _attention_fwd_kernel(
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=mask_o)
 
 
-def _launch_config(block_d: int, dtype: torch.dtype, l_q: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for a head dim padded to ``block_d``."""
-    if dtype == torch.float32:  # fp32 dots run without tensor cores: smaller tiles
-        block_m, block_n, warps, stages = 64, 32, 4 if block_d <= 64 else 8, 2
-    else:  # the tutorial's forward configuration for fp16 / bf16
-        block_m, block_n, warps, stages = 128, 64, 4 if block_d <= 64 else 8, 3
-    # short sequences (the model's 8x8 level: L = 64) waste no rows on padding
-    block_m = min(block_m, max(16, next_power_of_2(l_q)))
-    return block_m, block_n, warps, stages
+class LaunchConfig(NamedTuple):
+    """How one attention call is launched."""
+
+    block_m: int  # query rows per program
+    block_n: int  # keys per step
+    num_warps: int
+    num_stages: int  # software-pipelining depth of the key loop
+
+
+# (padded head dim, BLOCK_M) -> (BLOCK_N, num_warps, num_stages). BLOCK_M is the largest row for
+# long sequences and shrinks to the next power of two >= L (at least 16) for short ones, so the
+# model's 8x8 level (L = 64) wastes no rows. Every entry compiles for sm_90 without register
+# spills, using at most 190 of the 255 registers a thread can have (measured from the cubins of
+# Triton 3.9 with the cuobjdump in its wheel; tests/test_kernels_compile.py checks them).
+#
+# fp32 dots run as IEEE fp32 FMAs on the CUDA cores, not on tensor cores (input_precision
+# "ieee": TF32 would round q and k to 10 mantissa bits), so they get small tiles: the
+# tutorial's 64 x 32 tile at 4 warps took 255 registers and a 768-byte stack at d = 64, and
+# spilled at d = 32 too; 8 warps halve each thread's share. At d = 128 only 16-row tiles fit.
+FP32_CONFIGS: dict[int, dict[int, tuple[int, int, int]]] = {
+    16: {64: (32, 8, 2), 32: (32, 8, 2), 16: (32, 8, 2)},
+    32: {64: (32, 8, 2), 32: (32, 8, 2), 16: (32, 8, 2)},
+    64: {64: (32, 8, 2), 32: (32, 4, 2), 16: (32, 8, 2)},
+    128: {16: (32, 8, 2)},
+}
+# fp16 / bf16 dots run on tensor cores (fp32 accumulation): the tutorial's 128 x 64 tile, with
+# 8 warps (4 spilled at d = 64 and 128), and narrower key blocks where a smaller tile would
+# spill.
+HALF_CONFIGS: dict[int, dict[int, tuple[int, int, int]]] = {
+    16: {128: (64, 8, 3), 64: (64, 4, 3), 32: (64, 4, 3), 16: (64, 4, 3)},
+    32: {128: (64, 8, 3), 64: (64, 4, 3), 32: (64, 4, 3), 16: (64, 4, 3)},
+    64: {128: (64, 8, 3), 64: (32, 4, 3), 32: (32, 4, 3), 16: (64, 4, 3)},
+    128: {64: (32, 8, 3), 32: (32, 8, 3), 16: (32, 8, 3)},
+}
+
+
+def launch_config(
+    d: int,
+    dtype: torch.dtype,
+    l_q: int,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+) -> LaunchConfig:
+    """The launch of an attention call with head dim ``d``, ``l_q`` queries, and ``dtype``.
+
+    From :data:`FP32_CONFIGS` (float32) or :data:`HALF_CONFIGS` (float16, bfloat16): the largest
+    ``BLOCK_M`` of the head dim's row, or the next power of two >= ``l_q`` (at least 16) when that
+    is smaller. An override replaces its value; with ``block_m`` given, warps and stages come from
+    the table's entry for it (the nearest one if the row has none).
+    """
+    table = FP32_CONFIGS if dtype == torch.float32 else HALF_CONFIGS
+    row = table[max(16, next_power_of_2(d))]
+    if block_m is None:
+        block_m = min(max(row), max(16, next_power_of_2(l_q)))
+    nearest = min(row, key=lambda m: (abs(m - block_m), m))
+    bn, warps, stages = row[nearest]
+    return LaunchConfig(block_m, block_n or bn, num_warps or warps, num_stages or stages)
 
 
 def _check_qkv(name: str, t: torch.Tensor) -> None:
@@ -208,14 +259,15 @@ def attention(
 ) -> torch.Tensor:
     """Softmax attention ``softmax(q k^T / sqrt(d)) v`` by flash attention, in one kernel.
 
-    Scores and probabilities are fp32, as is the accumulator; fp32 inputs multiply in full fp32
-    (no TF32). Any strides; forward only.
+    Scores and probabilities are fp32, as is the accumulator; fp32 inputs multiply as IEEE fp32
+    on the CUDA cores (no TF32, no tensor cores: slower than fp16/bf16, which use them). Any
+    strides; forward only. Launch settings: :func:`launch_config`.
 
     Args:
         q, k, v: queries, keys and values of one dtype (float32, float16 or bfloat16).
         out: write here instead of a new tensor (q's shape and dtype).
         block_m, block_n: query rows per program and keys per step (powers of two >= 16);
-            default by head dim and dtype.
+            default by head dim, dtype and sequence length (:func:`launch_config`).
         num_warps, num_stages: launch overrides, for tuning.
 
     Shapes:
@@ -264,8 +316,7 @@ def attention(
         return out
 
     block_d = max(16, next_power_of_2(d))
-    bm, bn, warps, stages = _launch_config(block_d, q.dtype, l_q)
-    bm, bn = block_m or bm, block_n or bn
+    bm, bn, warps, stages = launch_config(d, q.dtype, l_q, block_m, block_n, num_warps, num_stages)
     grid = (triton.cdiv(l_q, bm) * bsz * heads,)
     with cuda_device_of(q):
         _attention_fwd_kernel[grid](
@@ -274,6 +325,6 @@ def attention(
             heads, l_q, l_k, d, LOG2E / math.sqrt(d),
             BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, EVEN_D=block_d == d,
             PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-            num_warps=num_warps or warps, num_stages=num_stages or stages,
+            num_warps=warps, num_stages=stages,
         )  # fmt: skip
     return out

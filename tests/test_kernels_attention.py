@@ -153,3 +153,60 @@ def test_forward_only_says_how_to_run() -> None:
         kernels.attention(q, k, v)
     with torch.inference_mode():
         _check(q.detach(), k, v, kernels.attention(q.detach(), k, v), torch.float32)
+
+
+# ---------------------------------------------------------------- launch configurations
+
+from lsdseg.kernels.attention import launch_config  # noqa: E402 (after the skips above)
+
+FP32, FP16 = torch.float32, torch.float16
+
+
+@pytest.mark.parametrize(
+    ("d", "dtype", "l_q", "expected"),
+    [
+        # fp32: 64-row tiles at 8 warps up to d = 64 (4 warps spilled), 16-row tiles at d = 128
+        (32, FP32, 64, (64, 32, 8, 2)),  # the default UNet's attention (8x8 level, d = 32)
+        (64, FP32, 1024, (64, 32, 8, 2)),
+        (64, FP32, 20, (32, 32, 4, 2)),
+        (64, FP32, 9, (16, 32, 8, 2)),
+        (100, FP32, 4096, (16, 32, 8, 2)),  # d = 100 pads to 128
+        (8, FP32, 1024, (64, 32, 8, 2)),  # pads to 16
+        # fp16 / bf16: the tutorial's 128 x 64 tile at 8 warps; d = 128 at 64 x 32
+        (64, FP16, 1024, (128, 64, 8, 3)),
+        (64, torch.bfloat16, 64, (64, 32, 4, 3)),
+        (128, FP16, 4096, (64, 32, 8, 3)),
+        (24, FP16, 1, (16, 64, 4, 3)),
+    ],
+)
+def test_launch_config_follows_the_documented_tables(d, dtype, l_q, expected) -> None:
+    assert tuple(launch_config(d, dtype, l_q)) == expected
+
+
+def test_fp32_tiles_are_smaller_than_half_precision_tiles() -> None:
+    for d in (16, 32, 64, 128):
+        fp32 = launch_config(d, FP32, 4096)
+        half = launch_config(d, FP16, 4096)
+        assert fp32.block_m * fp32.block_n < half.block_m * half.block_n
+    assert launch_config(64, FP32, 4096).block_m <= 64
+    assert launch_config(128, FP32, 4096).block_m == 16
+
+
+def test_launch_overrides_keep_the_rest_of_the_table() -> None:
+    config = launch_config
+    assert tuple(config(64, FP32, 1024, block_m=16)) == (16, 32, 8, 2)  # the row for 16 rows
+    assert tuple(config(64, FP32, 1024, block_m=128)) == (128, 32, 8, 2)  # nearest row (64)
+    assert tuple(config(64, FP16, 1024, block_n=32, num_warps=4)) == (128, 32, 4, 3)
+    assert tuple(config(128, FP16, 1024, num_stages=2)) == (64, 32, 8, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize(("l_q", "l_k", "d"), [(70, 70, 64), (20, 33, 64), (9, 40, 64),
+                                                (40, 40, 128), (17, 17, 100)])  # fmt: skip
+def test_every_table_row_matches_torch_sdpa(dtype, l_q, l_k, d) -> None:
+    """Each BLOCK_M row of the fp32 and fp16 tables at d >= 64, against PyTorch's SDPA."""
+    q, k, v = _qkv(1, 2, l_q, l_k, d, dtype, seed=3)
+    got = kernels.attention(q, k, v)
+    expected = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(got.float(), expected, atol=atol, rtol=rtol)
