@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lsdseg.cli.errors import UserError
+from lsdseg.cli.main import EXIT_INTERRUPTED, EXIT_TERMINATED
 from lsdseg.cli.options import seed_arg
 from lsdseg.cli.records import write_json
 from lsdseg.cli.runs import add_run_folder_options, next_run_dir
@@ -111,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
     import lsdseg
     from lsdseg.cli.console import make_console
+    from lsdseg.cli.pipeline import StopFlag
     from lsdseg.data import find_pairs
     from lsdseg.evaluate import evaluate
 
@@ -133,7 +135,13 @@ def run(args: argparse.Namespace) -> int:
     if args.save_vis:
         (out / "vis").mkdir(exist_ok=True)
 
-    with Progress(console=console, transient=True) as progress:
+    # rows are written as they come and a signal stops between images, so an interrupted run
+    # keeps every image done, and its summary
+    with (
+        PerImageWriter(out / "per_image.csv") as per_image,
+        Progress(console=console, transient=True) as progress,
+        StopFlag() as stop,
+    ):
         task = progress.add_task("evaluating", total=len(pairs))
 
         def on_image(pair: Pair, image: np.ndarray, mask: np.ndarray | None, r: Result) -> None:
@@ -157,9 +165,10 @@ def run(args: argparse.Namespace) -> int:
             args.threshold,
             on_image,
             on_skip,
+            on_row=per_image.write,
+            stop=stop.event,
         )
-    if ev.rows:
-        write_per_image(out / "per_image.csv", ev.rows)
+    stopped_by = stop.reason if ev.stopped else None
     s = seg.settings(args.hypotheses, args.steps, args.eta, args.threshold)  # as run
     summary = {
         **ev.summary,
@@ -172,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
         "threshold": s.threshold,
         "data": args.data,
         "skipped_files": ev.skipped,
+        "stopped_by": stopped_by,  # None (every image done), SIGINT or SIGTERM
         "command": shlex.join(["lsdseg", *sys.argv[1:]]),
     }
     write_json(out / "summary.json", summary)  # a metric without a value (NaN) as null
@@ -184,10 +194,13 @@ def run(args: argparse.Namespace) -> int:
         )
     elif labelled:
         _print_metrics(console, ev.summary, args.data)
+    stopped = f", stopped by {stopped_by} after {len(ev.rows) + skipped} of {len(pairs)}"
     console.print(
-        f"{labelled} labelled, {ev.summary['unlabelled']} unlabelled, {skipped} skipped; "
-        f"results in {out}"
+        f"{labelled} labelled, {ev.summary['unlabelled']} unlabelled, {skipped} skipped"
+        f"{stopped if stopped_by else ''}; results in {out}"
     )
+    if stopped_by:
+        return {"SIGINT": EXIT_INTERRUPTED, "SIGTERM": EXIT_TERMINATED}[stopped_by]
     if not ev.rows:
         raise UserError(f"none of the {len(pairs)} images could be read (named above)")
     if skipped:
@@ -210,15 +223,29 @@ def _cell(value: object) -> object:
     return value
 
 
-def write_per_image(path: Path, rows: list[dict[str, Any]]) -> None:
-    """per_image.csv: one row per image read, the union of the rows' keys as columns."""
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows({k: _cell(v) for k, v in r.items()} for r in rows)
+class PerImageWriter:
+    """per_image.csv, one row per image read, flushed as each comes (a context manager).
+
+    Columns: :data:`lsdseg.evaluate.COLUMNS`; an unlabelled image leaves the metrics empty.
+    """
+
+    def __init__(self, path: Path) -> None:
+        from lsdseg.evaluate import COLUMNS
+
+        self._file = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115
+        self._csv = csv.DictWriter(self._file, fieldnames=COLUMNS, restval="")
+        self._csv.writeheader()
+        self._file.flush()
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._csv.writerow({k: _cell(v) for k, v in row.items()})
+        self._file.flush()
+
+    def __enter__(self) -> PerImageWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
 
 
 def _print_metrics(console: Console, summary: dict[str, Any], data: list[str]) -> None:

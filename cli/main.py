@@ -20,6 +20,7 @@ from lsdseg.cli.errors import UserError
 from lsdseg.version import __version__
 
 EXIT_USAGE, EXIT_ERROR, EXIT_INTERRUPTED = 2, 1, 130
+EXIT_TERMINATED = 128 + 15  # the shell's status for SIGTERM
 
 
 # what users of other tools type for our sub-commands (Ultralytics modes, nnU-Net, MONAI)

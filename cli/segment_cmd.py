@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lsdseg.cli.errors import UserError
-from lsdseg.cli.main import EXIT_ERROR, EXIT_INTERRUPTED
+from lsdseg.cli.main import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED
 from lsdseg.cli.options import seed_arg
 from lsdseg.cli.runs import add_run_folder_options, next_run_dir
 
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from lsdseg.segmenter import Segmenter
 
 BACKENDS = ("auto", "torch", "triton", "onnx", "trt")
-EXIT_TERMINATED = 128 + 15  # the shell's status for SIGTERM
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

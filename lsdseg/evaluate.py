@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,26 @@ from lsdseg.segmenter import Result, Segmenter
 log = logging.getLogger(__name__)
 
 LOW_DICE = 0.5  # an image below this Dice counts as failed for the unsure-score AUROC
+# the keys of every row, in order; the metric keys only on labelled rows
+COLUMNS = (
+    "name",
+    "group",
+    "labelled",
+    "height",
+    "width",
+    "area_fraction",
+    "agreement",
+    "mean_entropy",
+    "unsure",
+    "latency_ms",
+    "dice",
+    "iou",
+    "precision",
+    "recall",
+    "hd95",
+    "ece",
+    "uncertainty_auroc",
+)
 
 
 @dataclass
@@ -27,6 +48,7 @@ class Evaluation:
     rows: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    stopped: bool = False  # ``stop`` was set before every pair was done
 
 
 def evaluate(
@@ -39,6 +61,8 @@ def evaluate(
     threshold: float | None = None,
     on_image: Callable[[Pair, np.ndarray, np.ndarray | None, Result], None] | None = None,
     on_skip: Callable[[Pair, str], None] | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> Evaluation:
     """Segment every pair and score it against its mask (if it has one).
 
@@ -54,6 +78,9 @@ def evaluate(
         on_image: called with (pair, image RGB, mask or None, result) after each image.
         on_skip: called with (pair, reason) for each pair that cannot be read, instead of
             logging a warning.
+        on_row: called with each row as soon as it is computed (to write it at once).
+        stop: when set, the pairs after the current one are left out and the summary covers
+            those done (``Evaluation.stopped``).
 
     Returns:
         The per-image rows (``name``, ``labelled``, metrics..., ``unsure``, ``latency_ms``) and
@@ -68,6 +95,9 @@ def evaluate(
     ev = Evaluation()
     latencies = []
     for i, pair in enumerate(pairs):
+        if stop is not None and stop.is_set():
+            ev.stopped = True
+            break
         try:
             image, mask = load_sample(pair)
         except (DataError, FileNotFoundError, OSError) as e:
@@ -109,6 +139,8 @@ def evaluate(
             )
             row.update({k: float(v[0]) for k, v in values.items()})
         ev.rows.append(row)
+        if on_row is not None:
+            on_row(row)
         if on_image is not None:
             on_image(pair, image, mask, r)
     labelled = [r for r in ev.rows if r["labelled"]]

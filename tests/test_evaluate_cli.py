@@ -5,6 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -14,7 +19,7 @@ import torch
 
 from lsdseg.cli.main import main
 from lsdseg.data import find_pairs
-from lsdseg.evaluate import evaluate
+from lsdseg.evaluate import COLUMNS, evaluate
 from lsdseg.metrics import dice
 from lsdseg.segmenter import Segmenter
 
@@ -107,7 +112,8 @@ def test_unlabelled_folder_is_predicted_not_scored(capsys, tiny, tmp_path):
         "dataset (images/ + masks/), or use lsdseg segment for predictions"
     ]
     rows = list(csv.DictReader((tmp_path / "out" / "per_image.csv").read_text().splitlines()))
-    assert [r["labelled"] for r in rows] == ["False", "False"] and "dice" not in rows[0]
+    assert [r["labelled"] for r in rows] == ["False", "False"]
+    assert all(r["dice"] == r["hd95"] == "" for r in rows)  # the metric columns stay empty
     assert float(rows[1]["area_fraction"]) >= 0
 
 
@@ -374,3 +380,49 @@ def test_summary_json_has_null_where_a_metric_has_no_value(capsys, tiny, tmp_pat
     missing = [k for k, v in ev.summary.items() if isinstance(v, float) and math.isnan(v)]
     assert missing  # the run has figures without a value, and they are null
     assert all(summary[k] is None for k in missing)
+
+
+def test_evaluate_stops_between_images_and_summarises_what_was_done(tiny, tmp_path):
+    import threading
+
+    data = make_pairs(tmp_path / "d", [(40, 50)] * 5)
+    stop, seen = threading.Event(), []
+
+    def on_row(row):
+        seen.append(row["name"])
+        if len(seen) == 2:
+            stop.set()  # as a signal would, during the second image
+
+    seg = Segmenter(__import__("lsdseg").load_checkpoint(tiny))
+    ev = evaluate(seg, find_pairs(data)[1], on_row=on_row, stop=stop)
+    assert ev.stopped and seen == ["0", "1"] and [r["name"] for r in ev.rows] == seen
+    assert ev.summary["images"] == ev.summary["labelled"] == 2
+    assert tuple(ev.rows[0]) == COLUMNS  # a labelled row has every column, in order
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_keeps_the_rows_written_and_writes_the_summary(tiny, tmp_path, sig, code):
+    data = make_pairs(tmp_path / "d", [(48, 64)] * 400)
+    out = tmp_path / "out"
+    entry = "import sys; from lsdseg.cli.main import main; sys.exit(main())"
+    cmd = [sys.executable, "-c", entry, "evaluate", "--data", str(data), "--weights", tiny]
+    cmd += ["--project", str(tmp_path), "--name", "out", "--hypotheses", "16", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    csv_path = out / "per_image.csv"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if csv_path.is_file() and len(csv_path.read_text().splitlines()) >= 4:  # header + 3
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()  # rows appear while the run goes on
+    proc.send_signal(sig)
+    stdout, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    rows = list(csv.DictReader(csv_path.read_text().splitlines()))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped_by"] == signal.Signals(sig).name
+    assert 3 <= summary["images"] == len(rows) < 400
+    assert [r["name"] for r in rows] == [str(i) for i in range(len(rows))]
+    assert all(r["dice"] != "" for r in rows)  # every row whole
+    assert f"stopped by {signal.Signals(sig).name} after {len(rows)} of 400" in stdout
