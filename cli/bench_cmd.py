@@ -24,6 +24,7 @@ import numpy as np
 
 from lsdseg.cli.errors import UserError
 from lsdseg.cli.options import seed_arg
+from lsdseg.cli.runs import check_writable
 
 if TYPE_CHECKING:
     import torch
@@ -298,6 +299,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(
                 f"{option} {value}: must be at least {0 if option == '--warmup' else 1}"
             )
+    if args.json:  # before anything is timed
+        check_writable(args.json, "--json", folder=False)
     ks = parse_ints(args.hypotheses, "--hypotheses", 1, 256)
     steps = parse_ints(args.steps, "--steps", 1, 1000)
     clients = parse_ints(args.clients, "--clients", 1, 256)
@@ -311,8 +314,6 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--backend none times nothing without --server")
     device = resolve_device(args.device)
     backends, skipped = ([], {}) if args.backend == "none" else pick_backends(args.backend, device)
-    if args.json and Path(args.json).is_dir():
-        raise UserError(f"--json {args.json}: is a folder; give a file name such as bench.json")
 
     results: list[Measurement] = []
     for name in backends:

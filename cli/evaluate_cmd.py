@@ -16,7 +16,7 @@ from lsdseg.cli.errors import UserError
 from lsdseg.cli.main import EXIT_INTERRUPTED, EXIT_TERMINATED
 from lsdseg.cli.options import seed_arg
 from lsdseg.cli.records import write_json
-from lsdseg.cli.runs import add_run_folder_options, next_run_dir
+from lsdseg.cli.runs import add_run_folder_options, check_writable, next_run_dir
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -116,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from lsdseg.data import find_pairs
     from lsdseg.evaluate import evaluate
 
+    check_writable(args.project, "--project")  # before the data and the model are loaded
     console = make_console()
     pairs = []
     for d in args.data:

@@ -21,6 +21,7 @@ from typing import Any
 
 from lsdseg.cli.errors import UserError
 from lsdseg.cli.main import suggest
+from lsdseg.cli.runs import check_writable
 
 FORMATS = ("onnx", "trt")
 # names other tools give these formats (Ultralytics' engine, the runtimes' own names)
@@ -162,9 +163,7 @@ def check_args(args: argparse.Namespace, formats: list[str]) -> dict[str, Any]:
             "no input for the per-step noise eta > 0 needs; drop --eta, or sample with eta > 0 "
             "on the torch backend"
         )
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file, not a folder; choose another --out")
+    check_writable(args.out, "--out")
     if (args.trtexec or args.run) and "trt" not in formats:
         raise UserError("--trtexec and --run go with --trt")
     if args.run and not args.trtexec:
@@ -202,9 +201,7 @@ def check_triton_args(args: argparse.Namespace, formats: list[str], engine_batch
         raise UserError("--triton-kind cpu: a TensorRT engine runs on a GPU")
     if formats == ["trt"] and args.trtexec and not args.run:
         raise UserError("--triton-repo with --trtexec needs the engine: add --run")
-    repo = Path(args.triton_repo)
-    if repo.exists() and not repo.is_dir():
-        raise UserError(f"--triton-repo {repo}: is a file, not a folder")
+    check_writable(args.triton_repo, "--triton-repo")
 
 
 def write_repo(args: argparse.Namespace, model_file: Path, onnx_file: Path) -> None:

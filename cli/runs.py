@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+
+from lsdseg.cli.errors import UserError
 
 
 def next_run_dir(project: str, name: str, exist_ok: bool) -> Path:
@@ -27,3 +30,27 @@ def add_run_folder_options(parser: argparse._ActionsContainer, project: str) -> 
     parser.add_argument("--project", default=project, help="parent of the run folders")
     parser.add_argument("--name", default="exp", help="run folder name (exp, exp2, ...)")
     parser.add_argument("--exist-ok", action="store_true", help="reuse the run folder if it exists")
+
+
+def check_writable(path: str | Path, option: str, folder: bool = True) -> None:
+    """Fail now, in one line naming the path, if a command could not write ``path`` later.
+
+    ``path`` is a folder to create or write into (``folder``), or a file to write. Nothing is
+    created: a run that never starts leaves nothing behind.
+
+    Raises:
+        UserError: the path, or one of the folders above it, is a file; a file path is a
+            folder; or the nearest existing folder is not writable.
+    """
+    target = Path(path)
+    if folder and target.exists() and not target.is_dir():
+        raise UserError(f"{option} {path}: is a file, not a folder; choose another {option}")
+    if not folder and target.is_dir():
+        raise UserError(f"{option} {path}: is a folder; give a file name")
+    probe = target if folder else target.parent
+    while not probe.exists() and probe != probe.parent:  # the nearest folder that exists
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{option} {path}: {probe} is a file, so nothing can be written under it")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: {probe} is not writable (permission denied)")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from lsdseg.cli.errors import UserError
 from lsdseg.cli.main import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED
 from lsdseg.cli.options import seed_arg
-from lsdseg.cli.runs import add_run_folder_options, next_run_dir
+from lsdseg.cli.runs import add_run_folder_options, check_writable, next_run_dir
 
 if TYPE_CHECKING:
     import torch
@@ -212,6 +212,7 @@ def check_options(args: argparse.Namespace) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    check_writable(args.project, "--project")
     if args.server:
         local = {"--weights": "default", "--backend": "auto", "--device": "auto", "--imgsz": None}
         for option, default in local.items():

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from lsdseg.cli.errors import UserError
 from lsdseg.cli.options import seed_arg
+from lsdseg.cli.runs import check_writable
 
 if TYPE_CHECKING:
     from lsdseg.data import Pair
@@ -219,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
     from lsdseg.train import TrainConfig, Trainer
 
     started = time.monotonic()  # --time-limit counts from here, loading and caching included
+    check_writable(args.out, "--out")  # before the data is read and the model built
     console = make_console(stderr=True)
     device = resolve_device(args.device)
     model_cfg = load_json(ModelConfig, args.model_config) if args.model_config else ModelConfig()
