@@ -8,12 +8,16 @@ Set ``LSDSEG_DEBUG=1`` to see the traceback anyway.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import logging
 import os
 import re
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from types import FrameType
 from typing import Any
 
 from lsdseg.cli.errors import UserError
@@ -163,21 +167,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _leave(signum: int, _frame: FrameType | None) -> None:
+    """SIGINT or SIGTERM while lsdseg starts: nothing is written yet, so leave at once with
+    the shell's status. An exception raised inside an import (torch, numpy) would print a
+    traceback, or be swallowed and leave a half-imported module behind."""
+    sys.stderr.write("lsdseg: interrupted\n")
+    sys.stderr.flush()
+    os._exit(128 + signum)
+
+
+@contextlib.contextmanager
+def _starting() -> Iterator[None]:
+    """Signals leave at once (:func:`_leave`) inside; the handlers are restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # handlers can only be set from the main thread
+        return
+    old = {sig: signal.signal(sig, _leave) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 on success)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_USAGE
-    from lsdseg.checkpoint import CheckpointError
-    from lsdseg.data import DataError
+    with _starting():  # parsing and the heavy imports: a Ctrl-C now just ends the process
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.WARNING,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return EXIT_USAGE
+        import cv2  # noqa: F401  (every command that runs a model needs them)
+        import numpy  # noqa: F401
 
-    try:
+        from lsdseg.checkpoint import CheckpointError  # torch
+        from lsdseg.data import DataError
+
+    try:  # from here a Ctrl-C is KeyboardInterrupt: commands stop cleanly and say so
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("lsdseg: interrupted", file=sys.stderr)

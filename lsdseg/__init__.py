@@ -3,13 +3,37 @@
 >>> import lsdseg
 >>> seg = lsdseg.load("default")            # bundled weights, torch backend, GPU if any
 >>> result = seg(frame_bgr, hypotheses=8)   # mask, mean, std, entropy, mutual_info, ...
+
+The names below are imported on first use (PEP 562), so ``import lsdseg`` alone, as the
+command line does before it can handle Ctrl-C, does not load torch.
 """
 
-from lsdseg.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from lsdseg.config import ModelConfig
-from lsdseg.model import LatentSegmenter
-from lsdseg.segmenter import Result, Segmenter, load, register_runner, runner_names
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from lsdseg.version import __version__
+
+if TYPE_CHECKING:
+    from lsdseg.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from lsdseg.config import ModelConfig
+    from lsdseg.model import LatentSegmenter
+    from lsdseg.segmenter import Result, Segmenter, load, register_runner, runner_names
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "CheckpointError": "lsdseg.checkpoint",
+    "load_checkpoint": "lsdseg.checkpoint",
+    "save_checkpoint": "lsdseg.checkpoint",
+    "ModelConfig": "lsdseg.config",
+    "LatentSegmenter": "lsdseg.model",
+    "Result": "lsdseg.segmenter",
+    "Segmenter": "lsdseg.segmenter",
+    "load": "lsdseg.segmenter",
+    "register_runner": "lsdseg.segmenter",
+    "runner_names": "lsdseg.segmenter",
+}
 
 __all__ = [
     "CheckpointError",
@@ -24,3 +48,15 @@ __all__ = [
     "runner_names",
     "save_checkpoint",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'lsdseg' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

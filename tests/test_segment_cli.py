@@ -734,3 +734,21 @@ def test_summary_json_is_strict_json_when_figures_are_missing(tmp_path):
     data = _strict_json((tmp_path / "summary.json").read_text())
     assert data["mean_latency_ms"] is None and data["fps"] is None
     assert data["settings"] == {"eta": None, "nested": [None, 1.5]}
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.5, 0.8, 1.2, 2.0])
+def test_an_early_ctrl_c_ends_quietly(tiny, tmp_path, delay):
+    """SIGINT while lsdseg imports torch, loads the model or warms up: status 130 and one line,
+    never a KeyboardInterrupt traceback (the issue saw 16 of 16 between 0.45 and 2 s)."""
+    src = write_video(tmp_path / "clip.mp4", n=600)  # seconds of work: still running at 2 s
+    entry = "import sys; from lsdseg.cli.main import main; sys.exit(main())"
+    cmd = [sys.executable, "-c", entry, "segment", str(src), "--weights", tiny]
+    cmd += ["--project", str(tmp_path / "runs"), "-k", "16"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    assert proc.returncode == 130, err
+    assert "lsdseg: interrupted" in err or "stopped by SIGINT" in err, err
