@@ -384,7 +384,13 @@ def _frames(image: object) -> tuple[list[np.ndarray], bool]:
     if isinstance(image, np.ndarray):
         if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (1, 2, 3, 4)):
             return [image], True
-        if image.ndim not in (3, 4):
+        if image.ndim == 3:  # (64, 64, 5): 5 channels, or 64 grey frames? neither is guessed
+            raise ValueError(
+                f"image has shape {image.shape}: {image.shape[-1]} channels is not an image "
+                f"(1-4 channels: grey, grey + alpha, BGR, BGRA); pass grey frames as a list "
+                f"of (H, W) arrays; expected {_EXPECTED}"
+            )
+        if image.ndim != 4:
             raise ValueError(f"image has shape {image.shape}; expected {_EXPECTED}")
         frames = list(image)
     elif isinstance(image, Sequence) and not isinstance(image, (str, bytes)):

@@ -314,6 +314,8 @@ def test_per_frame_seeds_are_checked(seg: Segmenter) -> None:
         ([_frame(), None], TypeError, ["frame 1 of the batch is None", "cv2.imread"]),
         (np.zeros(7, np.uint8), ValueError, ["shape (7,)", "(H, W, 3) uint8"]),
         (np.zeros((1, 2, 3, 4, 3), np.uint8), ValueError, ["shape (1, 2, 3, 4, 3)"]),
+        # not 64 grey frames of 64 x 5 pixels, as it was taken before
+        (np.zeros((64, 64, 5), np.uint8), ValueError, ["(64, 64, 5): 5 channels is not an image"]),
     ],
 )
 def test_a_call_on_no_image_says_what_was_passed_and_what_is_expected(
