@@ -12,6 +12,7 @@ import difflib
 import glob
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 Kind = Literal["video", "images", "webcam", "stream"]
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
 DEFAULT_LIVE_FPS = 30.0  # used when a camera or stream does not report its frame rate
 STALL_MARGIN_MS = 5000  # FFmpeg's read timeout beyond --timeout (see _capture)
 
@@ -279,8 +281,23 @@ def _not_found(spec: str) -> UserError:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-    return sorted(files, key=_natural_key)
+    files = [p for p in folder.iterdir() if p.is_file()]
+    images = sorted((p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS), key=_natural_key)
+    if images:  # without any, the error says what to do
+        _warn_about_videos(str(folder), files)
+    return images
+
+
+def _warn_about_videos(spec: str, files: list[Path]) -> None:
+    """A folder or glob is segmented as images: say which videos it leaves out."""
+    videos = sorted((p.name for p in files if p.suffix.lower() in VIDEO_EXTENSIONS), key=str.lower)
+    if videos:
+        shown = ", ".join(videos[:3]) + (" ..." if len(videos) > 3 else "")
+        print(
+            f"lsdseg segment: warning: {spec}: {len(videos)} video(s) left out ({shown}); a "
+            "folder or glob is segmented as images: pass each video on its own",
+            file=sys.stderr,
+        )
 
 
 def _natural_key(path: Path) -> list:
@@ -336,6 +353,7 @@ def open_source(spec: str, stride: int = 1, max_frames: int = 0, timeout: float 
             raise UserError(
                 f"{spec}: the pattern matches {what}; pass images, or one video file at a time"
             )
+        _warn_about_videos(spec, matches)
         return ImageSource(files, "images", max_frames)
     if not path.exists():
         raise _not_found(spec)

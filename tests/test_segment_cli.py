@@ -752,3 +752,22 @@ def test_an_early_ctrl_c_ends_quietly(tiny, tmp_path, delay):
     assert "Traceback" not in err, err
     assert proc.returncode == 130, err
     assert "lsdseg: interrupted" in err or "stopped by SIGINT" in err, err
+
+
+def test_videos_in_a_folder_or_glob_of_images_are_named_not_dropped_silently(
+    capsys, tiny, tmp_path
+):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), disc_frame(0))
+    write_video(folder / "clip.mp4", n=2)
+    (folder / "notes.txt").write_text("not an image, not a video: no word about it")
+    for source in (str(folder), str(folder / "*")):
+        rc, err = segment(capsys, tiny, tmp_path / "runs", source)
+        assert rc == 0, err
+        warning = (
+            f"lsdseg segment: warning: {source}: 1 video(s) left out (clip.mp4); a folder or "
+            "glob is segmented as images: pass each video on its own"
+        )
+        assert warning in err.splitlines(), err
+        assert "notes.txt" not in err
