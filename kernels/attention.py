@@ -183,23 +183,26 @@ class LaunchConfig(NamedTuple):
 
 # (padded head dim, BLOCK_M) -> (BLOCK_N, num_warps, num_stages). BLOCK_M is the largest row for
 # long sequences and shrinks to the next power of two >= L (at least 16) for short ones, so the
-# model's 8x8 level (L = 64) wastes no rows. Every entry compiles for sm_90 without register
-# spills, using at most 190 of the 255 registers a thread can have (measured from the cubins of
-# Triton 3.9 with the cuobjdump in its wheel; tests/test_kernels_compile.py checks them).
+# model's 8x8 level (L = 64) wastes no rows. Every entry compiles without register spills for
+# sm_90 (H100, H200) and sm_87 (Jetson Orin), as the launches specialise it (checked from the
+# cubins that Triton 3.9 makes, with the cuobjdump in its wheel, by scripts/compile_kernels.py
+# and tests/test_kernels_compile.py).
 #
 # fp32 dots run as IEEE fp32 FMAs on the CUDA cores, not on tensor cores (input_precision
 # "ieee": TF32 would round q and k to 10 mantissa bits), so they get small tiles: the
-# tutorial's 64 x 32 tile at 4 warps took 255 registers and a 768-byte stack at d = 64, and
-# spilled at d = 32 too; 8 warps halve each thread's share. At d = 128 only 16-row tiles fit.
+# tutorial's 64 x 32 tile at 4 warps took 255 registers and a 768-byte stack at d = 64 on sm_90
+# and spilled at d = 32 (the default UNet's attention) too; at 8 warps it still spilled on sm_87.
+# 16-key blocks at 8 warps stay under 120 registers for every head dim; at d = 128 the tile
+# has 16 rows.
 FP32_CONFIGS: dict[int, dict[int, tuple[int, int, int]]] = {
-    16: {64: (32, 8, 2), 32: (32, 8, 2), 16: (32, 8, 2)},
-    32: {64: (32, 8, 2), 32: (32, 8, 2), 16: (32, 8, 2)},
-    64: {64: (32, 8, 2), 32: (32, 4, 2), 16: (32, 8, 2)},
-    128: {16: (32, 8, 2)},
+    16: {64: (16, 8, 2), 32: (16, 8, 2), 16: (16, 8, 2)},
+    32: {64: (16, 8, 2), 32: (16, 8, 2), 16: (16, 8, 2)},
+    64: {64: (16, 8, 2), 32: (16, 8, 2), 16: (16, 8, 2)},
+    128: {16: (16, 8, 2)},
 }
 # fp16 / bf16 dots run on tensor cores (fp32 accumulation): the tutorial's 128 x 64 tile, with
 # 8 warps (4 spilled at d = 64 and 128), and narrower key blocks where a smaller tile would
-# spill.
+# spill; at most 184 registers.
 HALF_CONFIGS: dict[int, dict[int, tuple[int, int, int]]] = {
     16: {128: (64, 8, 3), 64: (64, 4, 3), 32: (64, 4, 3), 16: (64, 4, 3)},
     32: {128: (64, 8, 3), 64: (64, 4, 3), 32: (64, 4, 3), 16: (64, 4, 3)},

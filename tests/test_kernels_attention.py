@@ -165,13 +165,13 @@ FP32, FP16 = torch.float32, torch.float16
 @pytest.mark.parametrize(
     ("d", "dtype", "l_q", "expected"),
     [
-        # fp32: 64-row tiles at 8 warps up to d = 64 (4 warps spilled), 16-row tiles at d = 128
-        (32, FP32, 64, (64, 32, 8, 2)),  # the default UNet's attention (8x8 level, d = 32)
-        (64, FP32, 1024, (64, 32, 8, 2)),
-        (64, FP32, 20, (32, 32, 4, 2)),
-        (64, FP32, 9, (16, 32, 8, 2)),
-        (100, FP32, 4096, (16, 32, 8, 2)),  # d = 100 pads to 128
-        (8, FP32, 1024, (64, 32, 8, 2)),  # pads to 16
+        # fp32: 16-key blocks at 8 warps, 64-row tiles up to d = 64, 16-row tiles at d = 128
+        (32, FP32, 64, (64, 16, 8, 2)),  # the default UNet's attention (8x8 level, d = 32)
+        (64, FP32, 1024, (64, 16, 8, 2)),
+        (64, FP32, 20, (32, 16, 8, 2)),
+        (64, FP32, 9, (16, 16, 8, 2)),
+        (100, FP32, 4096, (16, 16, 8, 2)),  # d = 100 pads to 128
+        (8, FP32, 1024, (64, 16, 8, 2)),  # pads to 16
         # fp16 / bf16: the tutorial's 128 x 64 tile at 8 warps; d = 128 at 64 x 32
         (64, FP16, 1024, (128, 64, 8, 3)),
         (64, torch.bfloat16, 64, (64, 32, 4, 3)),
@@ -194,8 +194,8 @@ def test_fp32_tiles_are_smaller_than_half_precision_tiles() -> None:
 
 def test_launch_overrides_keep_the_rest_of_the_table() -> None:
     config = launch_config
-    assert tuple(config(64, FP32, 1024, block_m=16)) == (16, 32, 8, 2)  # the row for 16 rows
-    assert tuple(config(64, FP32, 1024, block_m=128)) == (128, 32, 8, 2)  # nearest row (64)
+    assert tuple(config(64, FP16, 1024, block_m=16)) == (16, 64, 4, 3)  # the row for 16 rows
+    assert tuple(config(64, FP32, 1024, block_m=128)) == (128, 16, 8, 2)  # nearest row (64)
     assert tuple(config(64, FP16, 1024, block_n=32, num_warps=4)) == (128, 32, 4, 3)
     assert tuple(config(128, FP16, 1024, num_stages=2)) == (64, 32, 8, 2)
 
