@@ -3,8 +3,10 @@
 Three styles (``--overlay``):
 
 - ``mask``: the mask (mean > threshold) filled with alpha, plus its contour.
-- ``uncertainty``: a per-pixel uncertainty heat map (TURBO or VIRIDIS, perceptually uniform),
-  the mask contour, and a colour-bar legend with the map's range.
+- ``uncertainty``: a per-pixel uncertainty heat map (TURBO or VIRIDIS, perceptually uniform)
+  whose opacity grows with the uncertainty (:func:`heat_weight`: none below a tenth of the
+  map's range, ``alpha`` from half of it), so tissue the model is sure about keeps its own
+  colours; the mask contour, and a colour-bar legend with the map's range.
 - ``grid``: the ``mask`` view beside a panel of the K hypotheses, each a thumbnail with its
   probability map blended in and its own 0.5 contour.
 
@@ -32,6 +34,10 @@ CMAPS = ("turbo", "viridis")
 # is at most 0.5.
 MEASURE_RANGE: dict[str, float] = {"entropy": 1.0, "std": 0.5, "mi": 1.0}
 MEASURE_LABEL: dict[str, str] = {"entropy": "entropy", "std": "std", "mi": "mutual info"}
+# The heat map is transparent below HEAT_FLOOR x the range and reaches --alpha at HEAT_FULL x
+# the range. For entropy (bits) that is 0.1 bits (p < 0.013 or > 0.987: nothing to see) and
+# 0.5 bits (p between 0.11 and 0.89: the model is unsure).
+HEAT_FLOOR, HEAT_FULL = 0.1, 0.5
 MASK_BGR = (0, 230, 0)  # filled mask and contour (green)
 CONTOUR_ON_HEAT_BGR = (255, 255, 255)  # the mask contour over a heat map (white)
 ALERT_BGR = (0, 140, 255)  # the heads-up text of a frame flagged unsure (orange)
@@ -43,7 +49,7 @@ class OverlayOptions:
 
     style: Style = "mask"  # which view
     cmap: str = "turbo"  # colour map of the uncertainty heat map: turbo or viridis
-    alpha: float = 0.4  # opacity of the mask fill and of the heat map
+    alpha: float = 0.4  # opacity of the mask fill, and of the heat map where uncertainty is high
     measure: Measure = "entropy"  # the uncertainty map shown and measured
     hud: bool = True  # draw the heads-up line
 
@@ -154,6 +160,18 @@ def colourise(values: np.ndarray, vmax: float, cmap: str) -> np.ndarray:
     return cv2.applyColorMap(scaled.astype(np.uint8), code)
 
 
+def heat_weight(values: np.ndarray, vmax: float, alpha: float) -> np.ndarray:
+    """Per-pixel opacity of the heat map: 0 up to ``HEAT_FLOOR * vmax``, rising smoothly
+    (smoothstep) to ``alpha`` at ``HEAT_FULL * vmax`` and above.
+
+    Shapes:
+        values (H, W) -> (H, W) float32 in [0, alpha].
+    """
+    lo, hi = HEAT_FLOOR * vmax, HEAT_FULL * vmax
+    s = np.clip((values.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
+    return (alpha * s * s * (3.0 - 2.0 * s)).astype(np.float32)
+
+
 def _text(
     img: np.ndarray,
     text: str,
@@ -174,7 +192,12 @@ def _font_scale(h: int, w: int) -> float:
 
 
 def draw_legend(img: np.ndarray, vmax: float, cmap: str, label: str) -> None:
-    """A vertical colour bar on the right edge, labelled with the range, drawn in place."""
+    """A vertical colour bar on the right edge, labelled with the range, drawn in place.
+
+    The bar shows each level as the map draws it, its colour faded into grey by
+    :func:`heat_weight` (scaled so the top is opaque): the grey foot is the range left
+    uncoloured.
+    """
     h, w = img.shape[:2]
     if h < 48 or w < 48:  # no room for a readable legend
         return
@@ -183,7 +206,8 @@ def draw_legend(img: np.ndarray, vmax: float, cmap: str, label: str) -> None:
     x1 = w - max(4, w // 50)
     x0, y0 = x1 - bw, (h - bh) // 2
     ramp = np.linspace(vmax, 0.0, bh, dtype=np.float32)[:, None].repeat(bw, axis=1)
-    img[y0 : y0 + bh, x0:x1] = colourise(ramp, vmax, cmap)
+    grey = np.full((bh, bw, 3), 96, np.uint8)
+    img[y0 : y0 + bh, x0:x1] = _blend(grey, colourise(ramp, vmax, cmap), heat_weight(ramp, vmax, 1))
     img[y0 : y0 + bh, [x0, x1 - 1]] = 255
     img[[y0, y0 + bh - 1], x0:x1] = 255
     import cv2
@@ -254,7 +278,7 @@ def render(frame: np.ndarray, view: View, opts: OverlayOptions) -> np.ndarray:
     if opts.style == "uncertainty":
         vmax = MEASURE_RANGE[opts.measure]
         heat = colourise(view.uncertainty, vmax, opts.cmap)
-        out = _blend(frame, heat, np.full(frame.shape[:2], opts.alpha, np.float32))
+        out = _blend(frame, heat, heat_weight(view.uncertainty, vmax, opts.alpha))
         out = draw_mask(out, view.mask, 0.0, CONTOUR_ON_HEAT_BGR)
         draw_legend(out, vmax, opts.cmap, MEASURE_LABEL[opts.measure])
     else:

@@ -144,7 +144,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--overlay",
         choices=STYLES,
         default="mask",
-        help="mask: filled mask + contour; uncertainty: heat map + legend; "
+        help="mask: filled mask + contour; uncertainty: heat map where the model is unsure "
+        "+ legend; "
         "grid: the K hypotheses beside the mask",
     )
     o.add_argument(
@@ -155,7 +156,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "probabilities, or mutual information (bits)",
     )
     o.add_argument("--cmap", choices=CMAPS, default="turbo", help="heat map colours")
-    o.add_argument("--alpha", type=float, default=0.4, help="overlay opacity in [0, 1]")
+    o.add_argument(
+        "--alpha",
+        type=float,
+        default=0.4,
+        help="overlay opacity in [0, 1]: of the mask fill, and of the heat map where the "
+        "uncertainty is high (it fades out below half its range and is transparent below "
+        "a tenth)",
+    )
     o.add_argument("--no-hud", action="store_true", help="no heads-up line on the frames")
     o.add_argument(
         "--unsure-threshold",

@@ -11,11 +11,14 @@ import pytest
 
 from lsdseg.cli.overlay import (
     ALERT_BGR,
+    HEAT_FLOOR,
+    HEAT_FULL,
     MASK_BGR,
     OverlayOptions,
     View,
     colourise,
     grid_layout,
+    heat_weight,
     make_view,
     output_size,
     panel_width,
@@ -64,10 +67,13 @@ def test_each_style_has_its_size_and_marks_the_mask(frame, style, cmap):
     inside = res.mask
     diff = np.abs(out[:, :W].astype(int) - frame).sum(axis=2)
     assert diff[inside].mean() > 20  # the lesion is visibly marked
-    if style != "uncertainty":  # the heat map tints the whole frame; the others leave it alone
-        far = np.ones((H, W), bool)
-        far[H // 4 - 6 : H // 2 + K + 6, W // 4 - 6 : W // 2 + 6] = False
-        assert diff[far].max() == 0
+    # away from the lesion every style leaves the frame alone: the heat map colours only
+    # where the uncertainty is above its floor (0 here), and the colour bar sits on the right
+    far = np.ones((H, W), bool)
+    far[H // 4 - 6 : H // 2 + K + 6, W // 4 - 6 : W // 2 + 6] = False
+    if style == "uncertainty":
+        far[:, W - 60 :] = False
+    assert diff[far].max() == 0
 
 
 def test_mask_fill_is_the_alpha_blend(frame):
@@ -84,18 +90,39 @@ def test_heat_map_colours_follow_the_colour_map_and_legend_is_drawn(frame):
     opts = OverlayOptions(style="uncertainty", cmap="turbo", alpha=0.5, hud=False)
     out = render(frame, make_view(res, opts), opts)
     lut = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_TURBO)[:, 0]
-    y, x = 5, 5  # uncertainty 0 here
-    assert np.abs(out[y, x].astype(int) - np.round(frame[y, x] * 0.5 + lut[0] * 0.5)).max() <= 1
-    # the colour bar on the right runs from the top colour (1.0) down to the bottom one (0)
+    y, x = 5, 5  # uncertainty 0 here: the frame's own colour
+    assert np.array_equal(out[y, x], frame[y, x])
+    # a patch of uncertainty 0.8, above HEAT_FULL, away from the mask: heat map at full alpha
+    unc = np.zeros((H, W), np.float32)
+    unc[90:110, 10:40] = 0.8
+    out = render(frame, View(res.mask, unc, None, K), opts)
+    patch = out[90:110, 10:40].astype(int)
+    expected = np.round(frame[90:110, 10:40] * 0.5 + lut[round(0.8 * 255)] * 0.5)
+    assert np.abs(patch - expected).max() <= 1
+    # the colour bar on the right runs from the top colour (1.0) down to the bottom one (0),
+    # faded into grey as the map fades into the frame: the range below the floor is grey
     bh, bar_x = H // 2, W - max(4, W // 50) - 2
-    column = out[H // 4 : H // 4 + bh, bar_x]
+    column = out[H // 4 : H // 4 + bh, bar_x].astype(float)
     values = np.linspace(1.0, 0.0, bh)
-    expected = lut[np.round(values * 255).astype(int)]
-    assert np.abs(column[1:-1].astype(int) - expected[1:-1]).max() <= 1  # inside the frame
+    wgt = np.clip((values - HEAT_FLOOR) / (HEAT_FULL - HEAT_FLOOR), 0, 1)
+    wgt = (wgt * wgt * (3 - 2 * wgt))[:, None]  # smoothstep
+    expected = 96 * (1 - wgt) + lut[np.round(values * 255).astype(int)] * wgt
+    assert np.abs(column[1:-1] - expected[1:-1]).max() <= 1.5  # inside the frame
+    assert np.array_equal(column[-2], [96, 96, 96])
     assert np.array_equal(
         colourise(np.array([[0.0, 0.5]]), 0.5, "viridis")[0, 1],
         cv2.applyColorMap(np.uint8([[255]]), cv2.COLORMAP_VIRIDIS)[0, 0],
     )
+
+
+def test_heat_map_opacity_grows_with_the_uncertainty():
+    u = np.linspace(0.0, 1.0, 1001, dtype=np.float32)[None]
+    wgt = heat_weight(u, 1.0, 0.4)[0]
+    assert (wgt[u[0] <= HEAT_FLOOR] == 0).all()  # sure pixels are not coloured at all
+    assert np.allclose(wgt[u[0] >= HEAT_FULL], 0.4)  # unsure ones at --alpha
+    assert (np.diff(wgt) >= 0).all() and 0 < wgt[300] < 0.4
+    # the floor and full points scale with the measure's range (std goes up to 0.5)
+    assert np.array_equal(heat_weight(u * 0.5, 0.5, 0.4), wgt[None])
 
 
 def test_uncertainty_measure_selects_the_map(frame):
