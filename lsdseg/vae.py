@@ -277,6 +277,43 @@ def _image_decoder(cfg: ImageAEConfig) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class EdgeExtended(nn.Sequential):
+    """Convolutional layers run on their input extended by its own edge cells, then cropped.
+
+    Zero padding makes every 3x3 convolution see a black frame around its input; the mask
+    decoder learnt a border bias from it. With the bundled weights each of the K hypotheses read
+    p = 0.026 on the outermost pixels of an empty frame against 0.005 a few cells in, so the
+    entropy of the mean showed a bright rim (0.17 bits) along the whole image border. Extending
+    the latent by ``pad`` copies of its edge cells (replicate padding, as Slice + Concat, which
+    TensorRT parses) moves the zero padding outside the picture, and the output is cropped back
+    by ``pad * scale``: on CVC-ClinicDB's held-out sequences 5 and 20 the rim's entropy fell
+    from 0.166 to 0.033 bits (0.08 inside the frame) and the validation Dice stayed 0.858.
+
+    Args:
+        layers: the layers, applied in order as in :class:`torch.nn.Sequential`.
+        pad: edge cells added on each side.
+        scale: output pixels per input cell (the layers' upsampling factor).
+
+    Shapes:
+        (B, C, h, w) -> (B, C_out, scale * h, scale * w).
+    """
+
+    def __init__(self, *layers: nn.Module, pad: int = 1, scale: int = 1) -> None:
+        super().__init__(*layers)
+        self.pad, self.scale = pad, scale
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        p = self.pad
+        if p == 0:
+            return super().forward(z)
+        top, bottom = z[..., :1, :].expand(-1, -1, p, -1), z[..., -1:, :].expand(-1, -1, p, -1)
+        z = torch.cat([top, z, bottom], dim=-2)  # (B, C, h + 2p, w)
+        left, right = z[..., :1].expand(-1, -1, -1, p), z[..., -1:].expand(-1, -1, -1, p)
+        z = torch.cat([left, z, right], dim=-1)  # (B, C, h + 2p, w + 2p)
+        c = p * self.scale
+        return super().forward(z)[..., c:-c, c:-c]  # (B, C_out, scale * h, scale * w)
+
+
 class MaskVAE(nn.Module):
     """Gaussian VAE over binary masks; the decoder returns logits at the full mask size."""
 
@@ -292,7 +329,8 @@ class MaskVAE(nn.Module):
         for prev, c in itertools.pairwise(dec):
             layers.append(Upsample(prev, c))
         layers += [GroupNormAct(dec[-1], cfg.groups), nn.Conv2d(dec[-1], 1, 3, padding=1)]
-        self.decoder = nn.Sequential(*layers)
+        # the latent's edge cells are repeated outside it, so no border rim (see EdgeExtended)
+        self.decoder = EdgeExtended(*layers, pad=1, scale=2 ** (len(dec) - 1))
         self.logit_factor = cfg.factor // 2 ** (len(dec) - 1)  # bilinear upsampling at the end
 
     def encode(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

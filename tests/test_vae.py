@@ -5,11 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torch.distributions import Normal
 from torch.distributions import kl_divergence as torch_kl
 
 from lsdseg.config import ImageAEConfig, MaskVAEConfig
-from lsdseg.vae import ImageAutoencoder, MaskVAE, kl_divergence, mask_reconstruction_loss
+from lsdseg.vae import (
+    EdgeExtended,
+    ImageAutoencoder,
+    MaskVAE,
+    kl_divergence,
+    mask_reconstruction_loss,
+)
 
 S = 32
 
@@ -162,3 +170,21 @@ def test_mask_vae_loss_combines_reconstruction_and_weighted_kl(kind: str) -> Non
     torch.testing.assert_close(out["loss"], recon + 0.01 * kl)
     out["loss"].backward()
     assert vae.encoder.head.weight.grad is not None
+
+
+def test_edge_extended_layers_see_the_edge_not_zeros() -> None:
+    # a 3x3 box filter with zero padding: a constant input reads 4/9 of itself in the corners
+    conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    nn.init.constant_(conv.weight, 1.0 / 9.0)
+    x = torch.full((1, 1, 6, 5), 2.0)
+    with torch.no_grad():
+        assert conv(x)[0, 0, 0, 0].item() == pytest.approx(2.0 * 4 / 9)
+        torch.testing.assert_close(EdgeExtended(conv, pad=1)(x), x)
+        # in general: the layers on the replicate-padded input, cropped back (here with a 2x
+        # upsampling, so the crop is 2 pixels per padded cell)
+        layers = [nn.Conv2d(2, 3, 3, padding=1), nn.ConvTranspose2d(3, 1, 2, stride=2)]
+        z = torch.randn(2, 2, 5, 7)
+        ref = nn.Sequential(*layers)(F.pad(z, (2, 2, 2, 2), mode="replicate"))[..., 4:-4, 4:-4]
+        out = EdgeExtended(*layers, pad=2, scale=2)(z)
+    assert out.shape == (2, 1, 10, 14)
+    torch.testing.assert_close(out, ref)
