@@ -3,7 +3,7 @@
 Meant for a lent GPU machine with torch preinstalled, no network and a cap on how long one
 command runs and on what comes back (here: 10 minutes, 8 files of at most 16 MiB). The data
 travels as a downsized copy (``scripts/pack_data.py``), and ``lsdseg`` is imported through the
-same symlink tree as ``scripts/gpu_checks.py`` when it is not installed. Steps:
+symlink tree of ``scripts/gpu_slot.py`` when it is not installed. Steps:
 
 1. ``lsdseg train ... --time-limit`` into a scratch run folder, so the run stops checkpointed
    before the slot ends (the arguments after ``--`` go to ``lsdseg train`` unchanged);
@@ -45,7 +45,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gpu_checks import ROOT, environment, python_env, run_logged
+from gpu_slot import ROOT, environment, python_env, run_logged, update_summary
 
 GRACE_S = 90  # past --minutes, the training process is killed (its last/ survives a kill)
 MAX_FILE_BYTES = 16 * 2**20  # what the slot sends back per file
@@ -144,18 +144,6 @@ def join(results: Path, to: Path) -> int:
 def data_flags(data: list[str]) -> list[str]:
     """``--data D`` for each folder."""
     return [a for d in data for a in ("--data", d)]
-
-
-def update_summary(out: Path, **fields: object) -> dict:
-    """Merge ``fields`` into ``out/summary.json`` and write it at once (atomically), so that
-    whatever the slot's kill interrupts, the file that comes back is whole and current."""
-    path = out / "summary.json"
-    summary = json.loads(path.read_text()) if path.is_file() else {}
-    summary.update(fields)
-    tmp = path.with_name(".summary.json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, path)
-    return summary
 
 
 def export(run: Path, out: Path, steps: list[int], data: list[str], train_args: list[str]) -> dict:

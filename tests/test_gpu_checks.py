@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import pytest
 from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,3 +75,58 @@ def test_exit_codes_pass_through_and_append_keeps_the_log(tmp_path):
     assert gpu_checks.run_logged(cmd, env, tmp_path, log, 20, append=True) == 3
     text = log.read_text()
     assert text.index("one") < text.index("two") and "killed" not in text
+
+
+# ---------------------------------------------------------------- the whole script, --smoke
+
+SCRIPT = ROOT / "scripts" / "gpu_checks.py"
+
+
+def _smoke(out: Path, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "OUT")}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke", "--out", str(out), *args],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_smoke_runs_every_step_on_the_cpu_and_writes_what_a_slot_brings_back(tmp_path):
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    done = _smoke(out)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert time.monotonic() - t0 < 300
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["steps"]) == ["compile", "tests", "bench", "e2e", "train"]
+    assert {s["status"] for s in summary["steps"].values()} == {"ok"}
+    assert summary["compile"]["configurations"] > 0 and summary["compile"]["problems"] == []
+    assert {r["backend"] for r in summary["e2e"]["rows"]} == {"torch"}
+    assert summary["train"]["steps"] >= 1 and summary["train"]["loss"]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["bench_kernels.json", "e2e.json", "gpu_checks.log", "summary.json",
+                     "summary.md", "tests.xml"]  # fmt: skip
+    assert all(p.stat().st_size < 16 * 2**20 for p in out.iterdir())  # a slot's per-file limit
+    bench = json.loads((out / "bench_kernels.json").read_text())["benchmarks"]
+    ops = {b["extra_info"].get("op") for b in bench}
+    assert ops == {"group_norm_silu", "copy", "attention", "segmenter"}
+    text = (out / "summary.md").read_text()
+    assert "| train | ok |" in text and "GroupNorm+SiLU" in text and "frames/s" in text
+
+
+def test_a_failing_step_makes_the_exit_status_nonzero_and_is_recorded(tmp_path):
+    out = tmp_path / "out"
+    done = _smoke(out, "--only", "train", "--train-data", str(tmp_path / "missing"), timeout=200)
+    assert done.returncode == 1
+    step = json.loads((out / "summary.json").read_text())["steps"]["train"]
+    assert step["status"].startswith("failed")
+    assert "0 of 1 steps passed" in done.stdout
+
+
+def test_an_unknown_step_is_refused_with_the_list(tmp_path):
+    done = _smoke(tmp_path / "out", "--only", "tests,benchmarks", timeout=60)
+    assert done.returncode == 2
+    assert "unknown step 'benchmarks'; the steps are compile, tests, bench, e2e, train" in (
+        done.stderr
+    )
