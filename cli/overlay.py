@@ -10,8 +10,10 @@ Three styles (``--overlay``):
 - ``grid``: the ``mask`` view beside a panel of the K hypotheses, each a thumbnail with its
   probability map blended in and its own 0.5 contour.
 
-A heads-up line (fps, latency, K, mean uncertainty) is drawn on top of every style. Rendering is
-pure numpy/OpenCV on copies; the frame passed in is never modified.
+A heads-up text (fps and latency for videos and streams, K, the frame mean of the uncertainty)
+goes where it hides the least: in the dark corners outside an endoscope's circular field when
+there are any, else along the top or bottom edge away from the mask (:func:`place_hud`).
+Rendering is pure numpy/OpenCV on copies; the frame passed in is never modified.
 """
 
 from __future__ import annotations
@@ -179,12 +181,34 @@ def _text(
     scale: float,
     colour: tuple[int, int, int] = (255, 255, 255),
 ) -> None:
-    """Text with a dark outline, readable on any background."""
+    """Text with a dark outline, readable on any background.
+
+    The outline is the text in black shifted by a pixel in eight directions, not one thicker
+    pass: OpenCV 5 advances thicker text further, so a thick outline ran past the glyphs.
+    """
     import cv2
 
-    thick = max(1, round(scale * 2))
-    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+    thick = _thickness_of(scale)
+    x, y = org
+    for dx, dy in ((-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)):
+        cv2.putText(
+            img, text, (x + dx, y + dy), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick,
+            cv2.LINE_AA,
+        )  # fmt: skip
     cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thick, cv2.LINE_AA)
+
+
+def _thickness_of(scale: float) -> int:
+    """Stroke thickness of text at font ``scale``."""
+    return max(1, round(scale * 2))
+
+
+def text_size(text: str, scale: float) -> tuple[int, int, int]:
+    """(width, height, baseline) of ``text`` as :func:`_text` draws it (with its outline)."""
+    import cv2
+
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, _thickness_of(scale))
+    return tw + 2, th + 2, base
 
 
 def _font_scale(h: int, w: int) -> float:
@@ -207,38 +231,99 @@ def draw_legend(img: np.ndarray, vmax: float, cmap: str, label: str) -> None:
     x0, y0 = x1 - bw, (h - bh) // 2
     ramp = np.linspace(vmax, 0.0, bh, dtype=np.float32)[:, None].repeat(bw, axis=1)
     grey = np.full((bh, bw, 3), 96, np.uint8)
-    img[y0 : y0 + bh, x0:x1] = _blend(grey, colourise(ramp, vmax, cmap), heat_weight(ramp, vmax, 1))
+    faded = heat_weight(ramp, vmax, 1.0)  # (bh, bw)
+    img[y0 : y0 + bh, x0:x1] = _blend(grey, colourise(ramp, vmax, cmap), faded)
     img[y0 : y0 + bh, [x0, x1 - 1]] = 255
     img[[y0, y0 + bh - 1], x0:x1] = 255
-    import cv2
 
     def right_text(text: str, y: int) -> None:
-        (tw, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        tw = text_size(text, scale)[0]
         _text(img, text, (max(0, x0 - tw - 4), y), scale)
 
     right_text(f"{vmax:g}", y0 + int(12 * scale / 0.4))
     right_text("0", y0 + bh)
-    (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    tw, th, _ = text_size(label, scale)
     _text(img, label, (max(0, x1 - tw), max(th + 2, y0 - 6)), scale)
 
 
-def draw_hud(img: np.ndarray, text: str, alert: bool = False) -> None:
-    """The heads-up line on a dark strip across the top, shrunk to fit; drawn in place.
+# a pixel whose brightest channel is below this is the dark surround of an endoscope's field
+DARK = 40
+# cost of covering one pixel of the mask (or its 8-px margin), against 1 for one pixel of the
+# image and 0 for one of the dark surround
+MASK_COST = 8
 
-    ``alert`` (a frame flagged unsure) draws the text in :data:`ALERT_BGR` instead of white.
+
+def hud_lines(text: str, stacked: bool) -> list[str]:
+    """The heads-up text as one line, or stacked with one `` | ``-separated part a line."""
+    return text.split(" | ") if stacked else [text]
+
+
+def _hud_block(lines: list[str], scale: float) -> tuple[int, int, int]:
+    """(width, height, line height) in pixels of ``lines`` on their backing box."""
+    sizes = [text_size(t, scale) for t in lines]
+    line_h = max(th + base for _, th, base in sizes) + 4
+    return max(tw for tw, _, _ in sizes) + 8, line_h * len(lines) + 4, line_h
+
+
+def place_hud(
+    img: np.ndarray, text: str, avoid: np.ndarray | None = None
+) -> tuple[list[str], float, int, int]:
+    """Where the heads-up text hides the least: (lines, font scale, x, y of the top left).
+
+    The candidates are the four corners, each with the text on one line (shrunk to the width
+    if need be) or stacked one part a line. Each costs the image pixels it covers: nothing
+    for the dark surround of an endoscope's circular field (brightest channel below
+    :data:`DARK`), one for any other pixel and :data:`MASK_COST` for a pixel of ``avoid``
+    (the mask, with a margin). The cheapest wins, the top left on a tie, so on a frame with no
+    dark surround the line goes along the top unless a polyp is there, and then the bottom.
+
+    Shapes:
+        img (H, W, 3) uint8; avoid (H, W) bool or None.
     """
     import cv2
 
+    h, w = img.shape[:2]
+    cost = (img.max(axis=2) >= DARK).astype(np.float32)  # (H, W)
+    if avoid is not None and avoid.any():
+        margin = max(3, min(h, w) // 32)
+        near = cv2.dilate(avoid.astype(np.uint8), np.ones((2 * margin + 1,) * 2, np.uint8)) > 0
+        cost[near] = MASK_COST
+    summed = cv2.integral(cost)  # (H + 1, W + 1): box sums in O(1)
+    base_scale = _font_scale(h, w)
+    candidates = []  # (cost, order, lines, scale, x, y)
+    for stacked in (False, True):
+        lines, scale = hud_lines(text, stacked), base_scale
+        bw, bh, _ = _hud_block(lines, scale)
+        if bw > w:  # shrink to the width, down to a readable minimum
+            scale = max(0.25, scale * (w - 8) / max(bw - 8, 1))
+            bw, bh, _ = _hud_block(lines, scale)
+        bw, bh = min(bw, w), min(bh, h)
+        for x, y in ((0, 0), (w - bw, 0), (0, h - bh), (w - bw, h - bh)):
+            c = summed[y + bh, x + bw] - summed[y, x + bw] - summed[y + bh, x] + summed[y, x]
+            candidates.append((round(float(c), 3), len(candidates), lines, scale, x, y))
+    return min(candidates)[2:]
+
+
+def draw_hud(
+    img: np.ndarray, text: str, alert: bool = False, avoid: np.ndarray | None = None
+) -> None:
+    """The heads-up text on a darkened box where it hides the least (:func:`place_hud`);
+    drawn in place.
+
+    ``alert`` (a frame flagged unsure) draws the text in :data:`ALERT_BGR` instead of white;
+    ``avoid`` (H, W) bool marks what the text should not cover (the mask).
+    """
     if not text:
         return
-    h, w = img.shape[:2]
-    scale = _font_scale(h, w)
-    (tw, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    scale = max(0.25, min(scale, scale * (w - 8) / max(tw, 1)))
-    (_, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    strip = min(h, th + base + 8)
-    img[:strip] = (img[:strip].astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken 60 %
-    _text(img, text, (4, min(h - 1, th + 4)), scale, ALERT_BGR if alert else (255, 255, 255))
+    h = img.shape[0]
+    lines, scale, x, y = place_hud(img, text, avoid)
+    bw, bh, line_h = _hud_block(lines, scale)
+    box = img[y : y + bh, x : x + bw]
+    box[:] = (box.astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken 60 %
+    colour = ALERT_BGR if alert else (255, 255, 255)
+    for i, line in enumerate(lines):
+        baseline = y + (i + 1) * line_h - 4
+        _text(img, line, (x + 4, min(h - 1, baseline)), scale, colour)
 
 
 def _grid_panel(frame: np.ndarray, view: View, alpha: float) -> np.ndarray:
@@ -285,6 +370,6 @@ def render(frame: np.ndarray, view: View, opts: OverlayOptions) -> np.ndarray:
         out = draw_mask(frame, view.mask, opts.alpha)
     if opts.style == "grid":
         out = np.concatenate([out, _grid_panel(frame, view, max(opts.alpha, 0.5))], axis=1)
-    if opts.hud:
-        draw_hud(out, view.hud, view.alert)
+    if opts.hud:  # on the frame, not over the grid's panel
+        draw_hud(out[:, : frame.shape[1]], view.hud, view.alert, view.mask)
     return out

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lsdseg.cli.overlay import OverlayOptions, make_view, uncertainty_map
+from lsdseg.cli.overlay import MEASURE_LABEL, OverlayOptions, make_view, uncertainty_map
 from lsdseg.cli.reader import FrameReader, Stalled
 from lsdseg.cli.records import Summary, frame_record
 from lsdseg.cli.remote import ServerError
@@ -85,8 +85,12 @@ def _work(
     overlay: OverlayOptions,
     keep_mean: bool,
     unsure_threshold: float | None = None,
+    still: bool = False,
 ) -> Work:
-    """A processed frame for the writer: its record, its view with the heads-up line."""
+    """A processed frame for the writer: its record, its view with the heads-up text.
+
+    ``still``: the frame is a still image, which gets no frame rate or latency burned in.
+    """
     unc = uncertainty_map(result, overlay.measure)
     record = frame_record(
         frame.index,
@@ -101,9 +105,11 @@ def _work(
         unsure_threshold,
     )
     hud = (
-        f"{fps:.1f} fps | {latency:.0f} ms | K={result.hypotheses.shape[0]} | "
-        f"{overlay.measure} {float(unc.mean()):.3f}"
+        f"K={result.hypotheses.shape[0]} | "
+        f"{MEASURE_LABEL[overlay.measure]} mean {float(unc.mean()):.3f}"  # the frame's mean
     )
+    if not still:
+        hud = f"{fps:.1f} fps | {latency:.0f} ms | {hud}"
     if record["unsure"] is not None:
         hud += f" | unsure {record['unsure']:.2f}"
     flagged = bool(record["unsure_flag"])
@@ -189,7 +195,16 @@ def run_pipeline(
             rate = 1.0 / (t1 - t_last) if t_last is not None and t1 > t_last else 1e3 / latency
             fps = rate if len(latencies) == 1 else 0.8 * fps + 0.2 * rate  # smoothed for the HUD
             t_last = t1
-            work = _work(frame, result, latency, fps, overlay, keep_mean, unsure_threshold)
+            work = _work(
+                frame,
+                result,
+                latency,
+                fps,
+                overlay,
+                keep_mean,
+                unsure_threshold,
+                still=source.kind == "images",
+            )
             flags.append(bool(work.record["unsure_flag"]))
             del result  # the work item keeps only what rendering and records need
             writer.put(work)

@@ -17,12 +17,15 @@ from lsdseg.cli.overlay import (
     OverlayOptions,
     View,
     colourise,
+    draw_hud,
     grid_layout,
     heat_weight,
     make_view,
     output_size,
     panel_width,
+    place_hud,
     render,
+    text_size,
 )
 from lsdseg.cli.records import frame_record
 
@@ -158,13 +161,66 @@ def test_grid_tiles_fit_the_panel_and_show_each_hypothesis(frame):
 
 
 def test_hud_darkens_the_top_strip_and_writes_text(frame):
-    res = fake_result()
+    res = fake_result()  # no dark surround, the mask well below the top edge
     on, off = OverlayOptions(hud=True), OverlayOptions(hud=False)
-    a = render(frame, make_view(res, on, "9.9 fps | 100 ms | K=4 | entropy 0.010"), on)
+    a = render(frame, make_view(res, on, "9.9 fps | 100 ms | K=4 | entropy mean 0.010"), on)
     b = render(frame, make_view(res, off, "ignored"), off)
-    assert np.array_equal(a[H // 2 :], b[H // 2 :])
+    assert np.array_equal(a[H // 4 :], b[H // 4 :])
     assert a[:8].mean() < frame[:8].mean() * 0.8  # darkened strip
     assert len(np.unique(a[:12].reshape(-1, 3), axis=0)) > 20  # with text on it
+
+
+def endoscope_frame(h: int = 288, w: int = 512) -> np.ndarray:
+    """Mucosa-coloured noise inside a circular field on the right, black around it (the
+    layout of many endoscopy monitors)."""
+    rng = np.random.default_rng(1)
+    img = rng.integers(60, 200, (h, w, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:h, :w]
+    img[(yy - h / 2) ** 2 + (xx - (w - h / 2)) ** 2 > (h / 2) ** 2] = 0
+    return img
+
+
+def hud_changes(frame: np.ndarray, res, text: str) -> np.ndarray:
+    """(H, W) bool: the pixels the heads-up text changed."""
+    on, off = OverlayOptions(hud=True), OverlayOptions(hud=False)
+    a = render(frame, make_view(res, on, text), on).astype(int)
+    b = render(frame, make_view(res, off), off).astype(int)
+    return np.abs(a - b).sum(axis=2) > 0
+
+
+def test_hud_goes_into_the_dark_corners_outside_the_endoscope_field():
+    frame = endoscope_frame()
+    res = fake_result(288, 512, 4)
+    res.mask = np.zeros((288, 512), bool)
+    res.mask[120:160, 350:400] = True
+    changed = hud_changes(frame, res, "5.0 fps | 214 ms | K=8 | entropy mean 0.072")
+    assert changed.sum() > 300  # it is drawn, stacked in the dark, none of it on the field
+    assert not (changed & (frame.max(axis=2) > 0)).any()
+
+
+def test_hud_does_not_cover_a_polyp_at_the_top_edge():
+    frame = np.random.default_rng(2).integers(60, 200, (H, W, 3), dtype=np.uint8)
+    res = fake_result()
+    hyp = np.zeros((K, H, W), np.float32)
+    hyp[:, :30, 20:140] = 1.0  # touches the top edge across most of the width
+    res.hypotheses, res.mean = hyp, hyp.mean(axis=0)
+    res.mask = res.mean > 0.5
+    changed = hud_changes(frame, res, "K=4 | entropy mean 0.010")
+    assert changed.sum() > 100 and not (changed & res.mask).any()
+    assert changed[H // 2 :].sum() == changed.sum()  # it went to the bottom
+
+
+def test_hud_text_stays_inside_its_box():
+    # OpenCV 5 advances thick text further than thin text: a thicker outline pass once ran a
+    # glyph past the box; nothing but the box may change
+    frame = np.full((60, 400, 3), 120, np.uint8)
+    img = frame.copy()
+    text = "5.0 fps | 214 ms | K=8 | entropy mean 0.070"
+    draw_hud(img, text)
+    lines, scale, x, _ = place_hud(frame, text)
+    changed = np.argwhere(np.abs(img.astype(int) - frame).sum(axis=2) > 0)
+    bw = text_size(lines[0], scale)[0] + 8
+    assert changed[:, 1].max() < x + bw and changed[:, 1].min() >= x
 
 
 @pytest.mark.parametrize("style", ["mask", "uncertainty", "grid"])
@@ -233,3 +289,18 @@ def test_unsure_frames_get_the_alert_colour_in_the_hud():
         return int(near.all(axis=-1).sum())
 
     assert orange(alert) > 20 and orange(plain) == 0
+
+
+def test_heads_up_text_names_the_frame_mean_and_stills_get_no_timing():
+    from lsdseg.cli.pipeline import _work
+    from lsdseg.cli.sources import Frame
+
+    res = fake_result()
+    frame = Frame(0, np.zeros((H, W, 3), np.uint8), None, "a.png")
+    mean = float(res.entropy.mean())
+    video = _work(frame, res, 123.4, 5.0, OverlayOptions(), False).view.hud
+    assert video == f"5.0 fps | 123 ms | K={K} | entropy mean {mean:.3f} | unsure 0.20"
+    still = _work(frame, res, 123.4, 5.0, OverlayOptions(), False, still=True).view.hud
+    assert still == f"K={K} | entropy mean {mean:.3f} | unsure 0.20"
+    mi = _work(frame, res, 1.0, 1.0, OverlayOptions(measure="mi"), False, still=True).view.hud
+    assert mi.startswith(f"K={K} | mutual info mean {mean:.3f}")
