@@ -7,8 +7,9 @@ Three styles (``--overlay``):
   whose opacity grows with the uncertainty (:func:`heat_weight`: none below a tenth of the
   map's range, ``alpha`` from half of it), so tissue the model is sure about keeps its own
   colours; the mask contour, and a colour-bar legend with the map's range.
-- ``grid``: the ``mask`` view beside a panel of the K hypotheses, each a thumbnail with its
-  probability map blended in and its own 0.5 contour.
+- ``grid``: the ``mask`` view beside a panel of the K hypotheses, each a tile of a quarter of
+  the frame (or larger, see :func:`grid_layout`) with its probability map blended in and its
+  own 0.5 contour; the output is wider than the input.
 
 A heads-up text (fps and latency for videos and streams, K, the frame mean of the uncertainty)
 goes where it hides the least: in the dark corners outside an endoscope's circular field when
@@ -100,26 +101,34 @@ def make_view(result: Result, opts: OverlayOptions, hud: str = "", alert: bool =
     return View(result.mask, uncertainty_map(result, opts.measure), thumbs, k, hud, alert)
 
 
-def output_size(h: int, w: int, style: Style) -> tuple[int, int]:
-    """(H, W) of a rendered frame: the input's, plus a side panel for ``grid``."""
-    return (h, w + panel_width(w)) if style == "grid" else (h, w)
+def output_size(h: int, w: int, style: Style, k: int = 8) -> tuple[int, int]:
+    """(H, W) of a rendered frame: the input's, plus the panel of K tiles for ``grid``."""
+    return (h, w + panel_width(h, w, k)) if style == "grid" else (h, w)
 
 
-def panel_width(w: int) -> int:
-    """Width of the grid's hypothesis panel: half the frame, even, at least 2."""
-    return max(2, (w // 2) // 2 * 2)
+# tiles of frames more than twice this high are at least this high (more rows of them)
+TILE_MIN_H = 240
 
 
 def grid_layout(h: int, w: int, k: int) -> tuple[int, int, int, int]:
-    """(cols, rows, tile_h, tile_w) placing K tiles of the frame's aspect in the panel."""
-    pw, best = panel_width(w), (1, k, 1, 1)
-    best_scale = 0.0
-    for cols in range(1, k + 1):
-        rows = math.ceil(k / cols)
-        scale = min(pw / (cols * w), h / (rows * h))
-        if scale > best_scale:
-            best_scale, best = scale, (cols, rows, max(1, int(h * scale)), max(1, int(w * scale)))
-    return best
+    """(cols, rows, tile_h, tile_w) of the K hypothesis tiles beside the frame.
+
+    Tiles keep the frame's aspect and fill the frame's height in ``rows`` rows: two rows of
+    half-size tiles (a 384x288 frame gets 192x144 tiles, K = 8 four columns of them), more
+    rows for frames over ``2 * TILE_MIN_H`` high so that tiles stay at least ``TILE_MIN_H``
+    high, and one full-size tile for K = 1. The output grows to the side instead of the tiles
+    shrinking to fit a fixed panel.
+    """
+    rows = 1 if k <= 1 else min(k, max(2, h // TILE_MIN_H))
+    th = max(1, h // rows)
+    tw = max(1, round(w * th / h))
+    return math.ceil(k / rows), rows, th, tw
+
+
+def panel_width(h: int, w: int, k: int) -> int:
+    """Width of the grid's hypothesis panel: its columns of tiles, rounded up to even."""
+    cols, _, _, tw = grid_layout(h, w, k)
+    return (cols * tw + 1) // 2 * 2
 
 
 def _blend(base: np.ndarray, colour: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -327,11 +336,12 @@ def draw_hud(
 
 
 def _grid_panel(frame: np.ndarray, view: View, alpha: float) -> np.ndarray:
-    """The K hypothesis thumbnails on a dark panel of the frame's height."""
+    """The K hypothesis tiles on a dark panel of the frame's height (see :func:`grid_layout`),
+    each with its probability as a green fill, its 0.5 contour and its number."""
     import cv2
 
     h, w = frame.shape[:2]
-    panel = np.full((h, panel_width(w), 3), 32, np.uint8)
+    panel = np.full((h, panel_width(h, w, view.k), 3), 32, np.uint8)
     if view.hypotheses is None:
         return panel
     cols, _, th, tw = grid_layout(h, w, view.k)
@@ -344,9 +354,11 @@ def _grid_panel(frame: np.ndarray, view: View, alpha: float) -> np.ndarray:
         contours, _ = cv2.findContours(
             (p > 0.5).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
         )
-        cv2.drawContours(tile, contours, -1, MASK_BGR, 1, cv2.LINE_AA)
+        cv2.drawContours(tile, contours, -1, MASK_BGR, _thickness(th, tw), cv2.LINE_AA)
         if th >= 24:
-            _text(tile, str(k + 1), (3, th - 4), scale)
+            _text(tile, str(k + 1), (4, th - 6), scale)
+        if th > 8 and tw > 8:  # a 1-px gap of panel colour between neighbouring tiles
+            tile[-1], tile[:, -1] = 32, 32
         r, c = divmod(k, cols)
         panel[r * th : (r + 1) * th, c * tw : (c + 1) * tw] = tile
     return panel
@@ -356,7 +368,7 @@ def render(frame: np.ndarray, view: View, opts: OverlayOptions) -> np.ndarray:
     """Draw ``view`` over ``frame`` (H, W, 3) uint8 BGR in the style of ``opts``.
 
     Shapes:
-        frame (H, W, 3) -> (H, W, 3), or (H, W + panel_width(W), 3) for ``grid``.
+        frame (H, W, 3) -> (H, W, 3), or (H, W + panel_width(H, W, K), 3) for ``grid``.
     """
     if view.mask.shape != frame.shape[:2]:
         raise ValueError(f"mask shape {view.mask.shape} does not match frame {frame.shape[:2]}")

@@ -146,7 +146,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="mask",
         help="mask: filled mask + contour; uncertainty: heat map where the model is unsure "
         "+ legend; "
-        "grid: the K hypotheses beside the mask",
+        "grid: the K hypotheses beside the mask, as tiles of a quarter of the frame (a wider "
+        "output)",
     )
     o.add_argument(
         "--uncertainty",
@@ -297,7 +298,7 @@ def open_outputs(
     if source.kind == "images":
         images = ImagesOut(out_dir)
     else:
-        size = output_size(*source.first_shape, overlay.style)
+        size = output_size(*source.first_shape, overlay.style, args.hypotheses)
         video = VideoOut(out_dir / f"{source.name}.mp4", source.fps / args.vid_stride, size)
     if args.save_masks:
         masks = MasksOut(out_dir / "masks", MEASURE_RANGE[overlay.measure])

@@ -65,7 +65,7 @@ def test_each_style_has_its_size_and_marks_the_mask(frame, style, cmap):
     opts = OverlayOptions(style=style, cmap=cmap, hud=False)
     before = frame.copy()
     out = render(frame, make_view(res, opts), opts)
-    assert out.shape == (*output_size(H, W, style), 3) and out.dtype == np.uint8
+    assert out.shape == (*output_size(H, W, style, K), 3) and out.dtype == np.uint8
     assert np.array_equal(frame, before)  # the input is never drawn on
     inside = res.mask
     diff = np.abs(out[:, :W].astype(int) - frame).sum(axis=2)
@@ -141,7 +141,8 @@ def test_uncertainty_measure_selects_the_map(frame):
 def test_grid_tiles_fit_the_panel_and_show_each_hypothesis(frame):
     for h, w, k in [(120, 160, 4), (288, 384, 8), (100, 400, 3), (400, 100, 16), (9, 9, 1)]:
         cols, rows, th, tw = grid_layout(h, w, k)
-        assert cols * rows >= k and cols * tw <= panel_width(w) and rows * th <= h
+        assert cols * rows >= k and cols * tw <= panel_width(h, w, k) and rows * th <= h
+        assert abs(tw / th - w / h) < 0.1 + 1 / th  # the frame's aspect
     res = fake_result()
     res.hypotheses[2] = 0.0  # one hypothesis sees nothing
     opts = OverlayOptions(style="grid", hud=False)
@@ -158,6 +159,18 @@ def test_grid_tiles_fit_the_panel_and_show_each_hypothesis(frame):
     changed = [np.abs(t.astype(int) - small).sum(axis=2) > 30 for t in tiles]
     assert changed[0][th // 3 : th // 2, tw // 3 : tw // 2].mean() > 0.9  # lesion tinted
     assert changed[2][th // 3 : th // 2, tw // 3 : tw // 2].mean() == 0  # empty hypothesis
+
+
+def test_grid_tiles_are_large_enough_to_tell_apart():
+    # the demo clip's 384x288 at K = 8: tiles of a quarter of the frame, not ~70 px thumbnails
+    assert grid_layout(288, 384, 8) == (4, 2, 144, 192)
+    assert output_size(288, 384, "grid", 8) == (288, 384 + 4 * 192)
+    assert grid_layout(288, 384, 1) == (1, 1, 288, 384)
+    # a large frame gets more rows, every tile still at least TILE_MIN_H high
+    cols, rows, th, tw = grid_layout(1080, 1920, 8)
+    assert (cols, rows) == (2, 4) and th == 270 and tw == 480
+    cols, rows, th, _ = grid_layout(6000, 8000, 8)  # bounded: one column of 8 tiles
+    assert (cols, rows, th) == (1, 8, 750)
 
 
 def test_hud_darkens_the_top_strip_and_writes_text(frame):
@@ -229,7 +242,7 @@ def test_tiny_and_odd_frames_render(style, h, w):
     res = fake_result(h, w, 2)
     opts = OverlayOptions(style=style)
     out = render(np.zeros((h, w, 3), np.uint8), make_view(res, opts, "1 fps"), opts)
-    assert out.shape == (*output_size(h, w, style), 3)
+    assert out.shape == (*output_size(h, w, style, 2), 3)
 
 
 def test_empty_mask_leaves_the_frame_unchanged(frame):

@@ -130,7 +130,7 @@ def test_stride_max_frames_and_run_folders(capsys, tiny, tmp_path, video):
     assert sorted(p.name for p in project.iterdir()) == ["exp", "exp2"]
 
 
-@pytest.mark.parametrize("style,width", [("uncertainty", W), ("grid", W + W // 2)])
+@pytest.mark.parametrize("style,width", [("uncertainty", W), ("grid", 2 * W)])  # K = 3: 2 x 2 tiles
 def test_overlay_styles_and_masks(capsys, tiny, tmp_path, video, style, width):
     rc, err = segment(
         capsys,
