@@ -84,30 +84,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--save-vis",
         action="store_true",
-        help="write image | ground truth | mean | uncertainty side by side",
+        help="write a picture per image to vis/ (the ground-truth and predicted contours on "
+        "the image, Dice and IoU, the uncertainty with its scale) and summary.png (Dice "
+        "histogram, Dice by polyp size, reliability diagram)",
     )
     p.set_defaults(func=run)
 
 
-def _visual(
-    image: np.ndarray, mask: np.ndarray | None, mean: np.ndarray, entropy: np.ndarray
-) -> np.ndarray:
-    """image | ground truth | mean probability | entropy (TURBO), as one BGR picture."""
-    import cv2
-
-    h, w = image.shape[:2]
-    gt = np.zeros((h, w), np.uint8) if mask is None else mask.astype(np.uint8) * 255
-    panels = [
-        image[..., ::-1],
-        cv2.cvtColor(gt, cv2.COLOR_GRAY2BGR),
-        cv2.applyColorMap((mean * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS),
-        cv2.applyColorMap((entropy * 255).astype(np.uint8), cv2.COLORMAP_TURBO),
-    ]
-    return np.concatenate(panels, axis=1)
-
-
 def run(args: argparse.Namespace) -> int:
-    import cv2
     from rich.progress import Progress
 
     import lsdseg
@@ -133,8 +117,7 @@ def run(args: argparse.Namespace) -> int:
         pairs = [p for p in pairs if p.group in wanted]
     seg = lsdseg.load(args.weights, device=args.device, backend=args.backend)
     out = next_run_dir(args.project, args.name, args.exist_ok)
-    if args.save_vis:
-        (out / "vis").mkdir(exist_ok=True)
+    vis = Pictures(out) if args.save_vis else None
 
     # rows are written as they come and a signal stops between images, so an interrupted run
     # keeps every image done, and its summary
@@ -145,11 +128,15 @@ def run(args: argparse.Namespace) -> int:
     ):
         task = progress.add_task("evaluating", total=len(pairs))
 
+        rows: list[dict[str, Any]] = []
+
+        def on_row(row: dict[str, Any]) -> None:
+            per_image.write(row)
+            rows.append(row)
+
         def on_image(pair: Pair, image: np.ndarray, mask: np.ndarray | None, r: Result) -> None:
-            if args.save_vis:
-                cv2.imwrite(
-                    str(out / "vis" / f"{pair.name}.jpg"), _visual(image, mask, r.mean, r.entropy)
-                )
+            if vis is not None:  # evaluate calls on_row first: rows[-1] is this image's
+                vis.add(pair.name, image, mask, r, rows[-1])
             progress.advance(task)
 
         def on_skip(pair: Pair, reason: str) -> None:
@@ -166,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
             args.threshold,
             on_image,
             on_skip,
-            on_row=per_image.write,
+            on_row=on_row,
             stop=stop.event,
         )
     stopped_by = stop.reason if ev.stopped else None
@@ -186,15 +173,19 @@ def run(args: argparse.Namespace) -> int:
         "command": shlex.join(["lsdseg", *sys.argv[1:]]),
     }
     write_json(out / "summary.json", summary)  # a metric without a value (NaN) as null
+    if vis is not None and ev.summary["labelled"]:
+        vis.write_summary(f"lsdseg evaluate: {', '.join(args.data)} ({args.weights})")
 
     labelled, skipped = ev.summary["labelled"], ev.summary["skipped"]
     if ev.rows and not labelled:
         console.print(
             f"no image has a mask: predictions of {len(ev.rows)} images written (per_image.csv"
-            f"{', vis/' if args.save_vis else ''}), nothing scored"
+            f"{', vis/' if vis else ''}), nothing scored"
         )
     elif labelled:
         _print_metrics(console, ev.summary, args.data)
+    if vis is not None and labelled:
+        console.print(f"pictures in {out / 'vis'}, the run's figure in {out / 'summary.png'}")
     stopped = f", stopped by {stopped_by} after {len(ev.rows) + skipped} of {len(pairs)}"
     console.print(
         f"{labelled} labelled, {ev.summary['unlabelled']} unlabelled, {skipped} skipped"
@@ -222,6 +213,45 @@ def _cell(value: object) -> object:
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.6g}"
     return value
+
+
+class Pictures:
+    """``--save-vis``: a PNG per image in ``vis/`` as it is done, and the run's figure
+    ``summary.png`` (see :mod:`lsdseg.cli.evalvis`)."""
+
+    def __init__(self, out: Path) -> None:
+        from lsdseg.cli.evalvis import Reliability
+
+        self.out, self.folder = out, out / "vis"
+        self.folder.mkdir(exist_ok=True)
+        self.reliability = Reliability()
+        self.dices: list[float] = []
+        self.sizes: list[float] = []  # the ground truth's share of the image
+
+    def add(
+        self,
+        name: str,
+        image: np.ndarray,
+        mask: np.ndarray | None,
+        result: Result,
+        row: dict[str, Any],
+    ) -> None:
+        from lsdseg.cli.evalvis import image_panel
+        from lsdseg.cli.writer import write_png
+
+        panel = image_panel(image, mask, result.mask, result.entropy, name, row)
+        write_png(self.folder / f"{name}.png", panel)
+        if mask is not None:
+            self.reliability.update(result.mean, mask)
+            self.dices.append(float(row["dice"]))
+            self.sizes.append(float(mask.mean()))
+
+    def write_summary(self, title: str) -> None:
+        from lsdseg.cli.evalvis import summary_figure
+        from lsdseg.cli.writer import write_png
+
+        figure = summary_figure(self.dices, self.sizes, self.reliability, title)
+        write_png(self.out / "summary.png", figure)
 
 
 class PerImageWriter:

@@ -80,14 +80,14 @@ class ImagesOut:
         return stem
 
     def write(self, image: np.ndarray, stem: str) -> None:
-        _imwrite(self.folder / f"{stem}.png", image)
+        write_png(self.folder / f"{stem}.png", image)
         self.frames += 1
 
     def close(self) -> None:
         pass
 
 
-def _imwrite(path: Path, image: np.ndarray) -> None:
+def write_png(path: Path, image: np.ndarray) -> None:
     import cv2
 
     ok, buf = cv2.imencode(".png", image)
@@ -105,9 +105,9 @@ class MasksOut:
         folder.mkdir(parents=True, exist_ok=True)
 
     def write(self, stem: str, mask: np.ndarray, mean: np.ndarray, unc: np.ndarray) -> None:
-        _imwrite(self.folder / f"{stem}_mask.png", mask.astype(np.uint8) * 255)
-        _imwrite(self.folder / f"{stem}_conf.png", _to8(mean, 1.0))
-        _imwrite(self.folder / f"{stem}_unc.png", _to8(unc, self.unc_range))
+        write_png(self.folder / f"{stem}_mask.png", mask.astype(np.uint8) * 255)
+        write_png(self.folder / f"{stem}_conf.png", _to8(mean, 1.0))
+        write_png(self.folder / f"{stem}_unc.png", _to8(unc, self.unc_range))
 
 
 def _to8(values: np.ndarray, vmax: float) -> np.ndarray:

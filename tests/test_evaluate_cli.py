@@ -65,7 +65,10 @@ def test_evaluate_scores_at_original_resolution(capsys, tiny, tmp_path):
     ):
         assert key in summary
     assert all(0 <= float(r["unsure"]) <= 1 for r in rows)
-    assert len(list((out / "vis").glob("*.jpg"))) == 3
+    assert sorted(p.name for p in (out / "vis").iterdir()) == ["0.png", "1.png", "2.png"]
+    panel = cv2.imread(str(out / "vis" / "1.png"))
+    assert panel.shape[0] == 28 + 300 + 26 and panel.shape[1] == 2 * round(61 * 300 / 37) + 70
+    assert cv2.imread(str(out / "summary.png")).shape == (26 + 300, 3 * 380, 3)
     # the CLI's Dice is the Dice of the same prediction recomputed independently
     seg = Segmenter(__import__("lsdseg").load_checkpoint(tiny))
     _, pairs = find_pairs(data)
