@@ -11,6 +11,7 @@ by name on first request so the core never imports it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from lsdseg import ops
+from lsdseg.accel import GraphRunner, Precision, autocast, check_supported
 from lsdseg.augment import resize_pair
 from lsdseg.checkpoint import CheckpointError, load_checkpoint
 from lsdseg.config import ModelConfig, SamplerConfig
@@ -77,11 +79,13 @@ def runner_names() -> list[str]:
 
 @dataclass
 class TorchRunner:
-    """Runs the PyTorch model with the ops of ``ops_backend`` (``torch`` or ``triton``)."""
+    """Runs the PyTorch model with the ops of ``ops_backend`` (``torch`` or ``triton``), in
+    float32 or, on CUDA, under autocast to ``precision`` (see :mod:`lsdseg.accel`)."""
 
     model: LatentSegmenter
     ops_backend: str = "torch"
     name: str = "torch"
+    precision: Precision = "fp32"  # fp32: no autocast context at all
 
     @torch.inference_mode()
     def __call__(
@@ -93,7 +97,7 @@ class TorchRunner:
         generator: torch.Generator | None,
         start: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        with ops.use_backend(self.ops_backend):
+        with ops.use_backend(self.ops_backend), autocast(self.precision):
             return self.model.hypotheses_and_latents(x, noise, steps, eta, generator, start)
 
 
@@ -144,6 +148,13 @@ class Segmenter:
         device: where it runs.
         backend: a whole-model backend name (see :func:`runner_names`).
         checkpoint: the folder the model came from, if any (export backends need it).
+        cuda_graph: replay one CUDA graph per frame shape (torch and triton backends on CUDA,
+            eta = 0; see :mod:`lsdseg.accel`).
+        precision: ``"fp32"``, or ``"fp16"`` / ``"bf16"`` autocast (torch and triton on CUDA).
+
+    Raises:
+        ValueError / RuntimeError: a backend, device or option that cannot run here (the
+            message names the fix); nothing falls back to another precision or to no graph.
     """
 
     def __init__(
@@ -152,12 +163,20 @@ class Segmenter:
         device: str | torch.device = "cpu",
         backend: str = "torch",
         checkpoint: str | Path | None = None,
+        cuda_graph: bool = False,
+        precision: Precision = "fp32",
     ) -> None:
         self.model = model.eval()
         self.device = torch.device(device)
         self.checkpoint = Path(checkpoint) if checkpoint else None
-        self.runner = _make_runner(backend, self.model, self.checkpoint, self.device)
+        # before the runner is made: an export backend would export first
+        check_supported(self.device, backend, cuda_graph, precision)
+        runner = _make_runner(backend, self.model, self.checkpoint, self.device)
+        if precision != "fp32":
+            runner = dataclasses.replace(runner, precision=precision)  # a TorchRunner
+        self.runner: Runner = GraphRunner(runner) if cuda_graph else runner
         self.backend = backend
+        self.cuda_graph, self.precision = cuda_graph, precision
 
     @property
     def config(self) -> ModelConfig:
@@ -432,6 +451,8 @@ def load(
     name_or_path: str | Path = "default",
     device: str | torch.device = "auto",
     backend: str = "torch",
+    cuda_graph: bool = False,
+    precision: Precision = "fp32",
 ) -> Segmenter:
     """Load a segmenter.
 
@@ -441,6 +462,9 @@ def load(
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (the default: CUDA when torch
             sees a GPU, else the CPU), as the CLI's ``--device``.
         backend: ``torch``, ``triton``, ``onnx`` or ``trt``.
+        cuda_graph: replay one CUDA graph per frame shape (torch and triton on CUDA, eta = 0).
+        precision: ``"fp32"`` (default), or ``"fp16"`` / ``"bf16"`` autocast on CUDA (torch
+            and triton).
 
     Raises:
         CheckpointError: the checkpoint is missing or does not match its config.
@@ -450,11 +474,12 @@ def load(
     if str(name_or_path) == "untrained":
         log.warning("lsdseg: using an UNTRAINED model (random weights): its masks mean nothing")
         torch.manual_seed(0)
-        return Segmenter(LatentSegmenter(ModelConfig()).to(dev), dev, backend)
+        model = LatentSegmenter(ModelConfig()).to(dev)
+        return Segmenter(model, dev, backend, None, cuda_graph, precision)
     path = bundled_weights() if str(name_or_path) == "default" else Path(name_or_path)
     if str(name_or_path) == "default" and not (path / "model.safetensors").is_file():
         raise CheckpointError(
             "this lsdseg has no bundled default weights; pass a checkpoint folder, or "
             "'untrained' to try the pipeline with random weights"
         )
-    return Segmenter(load_checkpoint(path, dev), dev, backend, checkpoint=path)
+    return Segmenter(load_checkpoint(path, dev), dev, backend, path, cuda_graph, precision)
