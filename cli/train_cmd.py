@@ -15,7 +15,9 @@ from lsdseg.cli.options import seed_arg
 from lsdseg.cli.runs import check_writable
 
 if TYPE_CHECKING:
+    from lsdseg.config import ModelConfig
     from lsdseg.data import Pair
+    from lsdseg.train import TrainConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -124,9 +126,81 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="stop, checkpointed, before an epoch would end past this many minutes; re-run the "
         "same command to continue (default: no limit)",
     )
+    p.add_argument(
+        "--extend",
+        action="store_true",
+        help="resume the run in --out with more --epochs (or --ae-epochs) than it was started "
+        "with, a finished run too; the cosine learning-rate schedule stretches to the new "
+        "length. Every other setting must be the run's",
+    )
     p.add_argument("--max-steps-per-epoch", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--model-config", default="", help="JSON file overriding the architecture")
     p.set_defaults(func=run)
+
+
+# TrainConfig fields and the run's data -> the option that sets them (for resume messages)
+OPTIONS = {
+    "stage": "--stage",
+    "ae_epochs": "--ae-epochs",
+    "epochs": "--epochs",
+    "batch_size": "--batch-size",
+    "diffusion_lr": "--lr",
+    "seed": "--seed",
+    "val_every": "--val-every",
+    "val_steps": "--val-steps",
+    "max_steps_per_epoch": "--max-steps-per-epoch",
+    "init": "--init",
+    "grow": "--grow",
+    "image_encoder": "--image-encoder",
+    "pyramid_width": "--pyramid-width",
+    "feature_views": "--feature-views",
+    "backbone_lr_scale": "--backbone-lr-scale",
+    "data.data": "--data",
+    "data.val_data": "--val-data",
+    "data.val_fraction": "--val-fraction",
+}
+
+
+def data_settings(args: argparse.Namespace) -> dict:
+    """What the run trains on, as saved in config.json and compared on resume: the dataset
+    folders (absolute) and how validation is made."""
+    return {
+        "data": [str(Path(d).resolve()) for d in args.data],
+        "val_data": [str(Path(d).resolve()) for d in args.val_data] if args.val_data else None,
+        "val_fraction": None if args.val_data else args.val_fraction,
+    }
+
+
+def check_resume(
+    args: argparse.Namespace, cfg: TrainConfig, model_cfg: ModelConfig, out: Path
+) -> str | None:
+    """For a run folder with a checkpoint: refuse other settings (each named with its option),
+    and say where the run resumes; None when the run is done and has nothing to train.
+
+    Returns:
+        The line to print ("resuming from epoch N ..."), or None for a finished run.
+    """
+    import dataclasses
+
+    from lsdseg.checkpoint import read_config
+    from lsdseg.train import resume_loop
+
+    if args.model_config and not cfg.init:  # the run's architecture wins on resume: say so
+        saved = dataclasses.replace(read_config(out / "last")[0], latent_scale=1.0)
+        if dataclasses.replace(model_cfg, latent_scale=1.0) != saved:
+            raise UserError(
+                f"--model-config {args.model_config} is not the architecture {out} was started "
+                f"with (its last/config.json); drop --model-config to resume, or start a new "
+                "run in another --out"
+            )
+    try:
+        loop = resume_loop(out, cfg, data_settings(args), args.extend, lambda k: OPTIONS.get(k, k))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if loop.phase == "done":
+        return None
+    stage = {"autoencoders": "stage 1 (autoencoders)", "diffusion": "stage 2 (diffusion)"}
+    return f"resuming from epoch {loop.epoch} of {stage[loop.phase]} in {out}/last"
 
 
 def load_pairs(
@@ -252,6 +326,18 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--time-limit {args.time_limit} must be >= 0 minutes (0: no limit)")
     if not 0 < args.val_fraction < 1:
         raise UserError(f"--val-fraction {args.val_fraction} must be between 0 and 1")
+    from lsdseg.trainstate import has_state
+
+    resuming = has_state(out / "last")
+    if resuming:
+        line = check_resume(args, cfg, model_cfg, out)
+        if line is None:
+            console.print(
+                f"{out} is done: nothing to train (pass --extend with more --epochs to train "
+                "it further, or another --out for a new run)"
+            )
+            return 0
+        console.print(line)
     train_pairs, val_pairs = load_pairs(args.data, args.val_data, args.val_fraction, args.seed)
     if len(train_pairs) < args.batch_size:
         raise UserError(
@@ -309,13 +395,20 @@ def run(args: argparse.Namespace) -> int:
         device,
         on_event=on_event,
         card=lambda m, lp: training_card(m, lp, data_desc, str(device)),
+        data=data_settings(args),
+        extend=args.extend,
     )
     with console.status("decoding and caching images"):
         train_set.preload()
         if val_set is not None:
             val_set.preload()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "command.txt").write_text(shlex.join(["lsdseg", *sys.argv[1:]]) + "\n")
+    command = shlex.join(["lsdseg", *sys.argv[1:]])
+    if resuming:  # command.txt keeps the command that started the run; resumes are listed
+        with open(out / "resumes.txt", "a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {command}\n")
+    else:
+        (out / "command.txt").write_text(command + "\n")
     with progress:
         budget_s = args.time_limit * 60 - (time.monotonic() - started)
         loop = trainer.run(time_limit_s=max(budget_s, 1e-6) if args.time_limit else 0.0)

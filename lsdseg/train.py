@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Subset
 from lsdseg.checkpoint import (
     grow_checkpoint,
     load_checkpoint,
+    read_config,
     save_checkpoint,
     swap_image_encoder,
 )
@@ -43,7 +44,15 @@ from lsdseg.dataset import SegmentationDataset
 from lsdseg.featcache import FeatureCache
 from lsdseg.losses import autoencoder_losses, diffusion_losses
 from lsdseg.model import LatentSegmenter
-from lsdseg.trainstate import LoopState, has_state, read_loop, restore_state, write_state
+from lsdseg.trainstate import (
+    LoopState,
+    check_resume,
+    has_state,
+    read_loop,
+    restore_state,
+    resume_changes,
+    write_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +206,14 @@ class Trainer:
         device: where to train.
         on_event: called with dicts (``kind`` = "phase", "step" or "epoch") for display.
         card: builds the model card text for saved checkpoints.
+        data: what the run trains on (JSON-ready: the CLI's folders and split), saved in
+            ``config.json`` and compared on resume.
+        extend: resuming, allow more epochs than the run was started with (see
+            :func:`lsdseg.trainstate.check_resume`); the cosine learning-rate schedule then
+            stretches to the new length.
+
+    Raises:
+        ValueError: a resume with other settings (each named), or an unusable setup.
     """
 
     def __init__(
@@ -209,8 +226,11 @@ class Trainer:
         device: str | torch.device = "cpu",
         on_event: Callable[[Event], None] | None = None,
         card: Callable[[LatentSegmenter, LoopState], str] | None = None,
+        data: dict[str, Any] | None = None,
+        extend: bool = False,
     ) -> None:
         self.cfg, self.train_set, self.val_set = cfg, train_set, val_set
+        self.data = data
         self.out, self.device = Path(out), torch.device(device)
         self.emit = on_event or (lambda event: None)
         self.card = card
@@ -220,8 +240,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.resume = has_state(self.out / "last")
         if self.resume:
+            self.loop = resume_loop(self.out, cfg, data, extend)
             self.model = load_checkpoint(self.out / "last", self.device)
-            self.loop = read_loop(self.out / "last")
             log.info("resuming %s: phase %s, epoch %d", out, self.loop.phase, self.loop.epoch)
         else:
             self.model = (
@@ -277,6 +297,8 @@ class Trainer:
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             meta = {"model": to_dict(self.model.cfg), "train": to_dict(self.cfg)}
+            if self.data is not None:
+                meta["data"] = self.data
             (self.out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         stopped = False
         while self.loop.phase != "done" and not stopped:
@@ -470,6 +492,7 @@ class Trainer:
             extra = {
                 "loop": {k: v for k, v in loop.__dict__.items() if k != "history"},
                 "train": to_dict(self.cfg),
+                **({} if self.data is None else {"data": self.data}),
             }
             if improved or (phase == "diffusion" and not (out / "best").exists()):
                 save_checkpoint(saved, out / "best", text, extra)
@@ -478,11 +501,33 @@ class Trainer:
                 out / "last",
                 text,
                 extra,
-                write_more=lambda d: write_state(d, self.opt, self.ema, loop, self.model),
+                write_more=lambda d: write_state(d, self.opt, self.ema, loop, self.model, phase),
             )
             _write_metrics(out / "metrics.csv", loop.history)
         if self.world > 1:
             dist.barrier()
+
+
+def resume_loop(
+    out: Path,
+    cfg: TrainConfig,
+    data: dict[str, Any] | None = None,
+    extend: bool = False,
+    name: Callable[[str], str] = str,
+) -> LoopState:
+    """The loop state a resume of the run in ``out`` starts from, once its settings are
+    checked against those ``out/last`` was saved with (:func:`lsdseg.trainstate.check_resume`;
+    ``name`` gives a setting's name in the messages).
+
+    Raises:
+        ValueError: a setting differs from the run's (each named), or ``extend`` cannot apply.
+    """
+    extra = read_config(out / "last")[1].get("extra", {})
+    saved = {**to_dict(TrainConfig()), **extra.get("train", {})}  # older runs: the defaults
+    changes = resume_changes(saved, to_dict(cfg))
+    if data is not None and "data" in extra:
+        changes += resume_changes(extra["data"], data, "data.")
+    return check_resume(out, changes, read_loop(out / "last"), cfg.stage, extend, name)
 
 
 def train(*args: Any, **kwargs: Any) -> LoopState:

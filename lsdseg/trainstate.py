@@ -8,6 +8,7 @@ so the weights and the state that belongs to them appear together or not at all.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,11 +50,15 @@ def write_state(
     ema: nn.Module | None,
     loop: LoopState,
     model: nn.Module | None = None,
+    optimizer_phase: str | None = None,
 ) -> None:
     """Write optimiser, EMA and RNG state and the loop counters into ``folder``.
 
     With ``model``, the parameter names are saved too, so the optimiser state can be restored
     into a model whose parameters come in another order (a later lsdseg, same architecture).
+    ``optimizer_phase`` is the phase the optimiser trained (restored only into that phase; a
+    run extended after it is done continues with it); None: ``loop.phase``, or none at a phase
+    boundary.
     """
     sd = opt.state_dict()
     tensors: dict[str, torch.Tensor] = {}
@@ -73,7 +78,9 @@ def write_state(
     save_file(more, str(folder / STATE_TENSORS))
     meta = {
         # an optimiser saved at a phase boundary belongs to the finished phase
-        "optimizer_phase": loop.phase if loop.epoch else "",
+        "optimizer_phase": (loop.phase if loop.epoch else "")
+        if optimizer_phase is None
+        else optimizer_phase,
         "param_groups": sd["param_groups"],
         "param_names": _param_names(opt, model) if model is not None else None,
         "scalars": scalars,
@@ -186,3 +193,83 @@ def restore_state(
     ema_state = _ema_state(more)
     if ema is not None and ema_state:
         ema.load_state_dict(ema_state)
+
+
+# ----------------------------------------------------------------------------- resuming
+EPOCHS = {"ae_epochs": "autoencoders", "epochs": "diffusion"}  # epoch count -> its phase
+FREE = frozenset({"num_workers"})  # settings a resume may change: they do not alter the result
+
+
+@dataclass(frozen=True)
+class Change:
+    """A setting a resume asks for that differs from the one the run was started with."""
+
+    key: str  # TrainConfig field, or ``data.<key>`` for the data
+    saved: Any  # the run's value
+    now: Any  # the value asked for
+
+
+def resume_changes(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[Change]:
+    """The settings of ``now`` that differ from ``saved`` (both JSON-ready dicts), minus
+    :data:`FREE`; a key ``saved`` lacks (a run of an older lsdseg) is not compared."""
+    return [
+        Change(prefix + k, saved[k], v)
+        for k, v in now.items()
+        if k in saved and k not in FREE and saved[k] != v
+    ]
+
+
+def check_resume(
+    folder: Path,
+    changes: list[Change],
+    loop: LoopState,
+    stage: str,
+    extend: bool,
+    name: Callable[[str], str] = str,
+) -> LoopState:
+    """The loop to resume from ``folder``, if the resume keeps the run's settings.
+
+    With ``extend`` an epoch count (:data:`EPOCHS`) may grow: that of the phase under way, of
+    one still to come, or of the run's last phase once it is done, which reopens that phase
+    at the epoch and step it ended (from ``loop.history``). Every other change is refused.
+
+    Args:
+        folder: the run folder (for the messages).
+        changes: what differs (:func:`resume_changes`).
+        loop: the loop state saved in ``folder/last``.
+        stage: the run's stages (TrainConfig.stage).
+        extend: more epochs are asked for on purpose.
+        name: how a setting is called in the messages (the CLI passes its option names).
+
+    Raises:
+        ValueError: naming each setting that differs, with its saved and asked-for values.
+    """
+    problems, grown = [], []
+    order = ["autoencoders", "diffusion", "done"]
+    last = "autoencoders" if stage == "autoencoders" else "diffusion"
+    for c in changes:
+        shown = f"{name(c.key)} {c.now} (the run has {c.saved})"
+        if c.key not in EPOCHS:
+            problems.append(shown)
+        elif not extend:
+            problems.append(f"{shown}: pass --extend to train the run for more epochs")
+        elif not c.now > c.saved:
+            problems.append(f"{shown}: --extend takes more epochs than the run's, not fewer")
+        elif order.index(EPOCHS[c.key]) < order.index(loop.phase) and not (
+            loop.phase == "done" and EPOCHS[c.key] == last
+        ):
+            problems.append(f"{shown}: that stage is over and the next one trained after it")
+        else:
+            grown.append(c)
+    if problems:
+        raise ValueError(
+            f"{folder} was started with other settings: {'; '.join(problems)}. Resume with "
+            "the run's settings (its config.json), or start a new run in another folder"
+        )
+    if loop.phase == "done" and any(EPOCHS[c.key] == last for c in grown):
+        ended = [r for r in loop.history if r.get("phase") == last]
+        if ended:  # reopen the last phase where it stopped
+            row = ended[-1]
+            loop = LoopState(**{**loop.__dict__, "phase": last})
+            loop.epoch, loop.step = int(row["epoch"]), int(row["step"])
+    return loop

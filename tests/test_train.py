@@ -280,3 +280,77 @@ def test_datasets_at_another_size_than_the_model_are_refused(data, tmp_path):
     with pytest.raises(ValueError, match=r"resized to 32 px but the model trains at 64"):
         train(model_cfg, cfg, SegmentationDataset(pairs, 32), None, tmp_path / "run", "cpu")
     assert not (tmp_path / "run" / "last").exists()
+
+
+def _main(capsys, argv: list[str]) -> tuple[int, str]:
+    from lsdseg.cli.main import main
+
+    saved, sys.argv = sys.argv, ["lsdseg", *argv[3:]]  # command.txt records sys.argv
+    try:
+        code = main(argv[3:])  # without "python -m lsdseg.cli.main"
+    finally:
+        sys.argv = saved
+    return code, " ".join(capsys.readouterr().err.split())
+
+
+def _metadata(run: Path) -> tuple[str, str]:
+    return (run / "config.json").read_text(), (run / "command.txt").read_text()
+
+
+def test_a_resume_with_other_settings_is_refused_naming_each(
+    capsys, data, tiny_config, ref, tmp_path
+):
+    import shutil
+
+    run = shutil.copytree(ref, tmp_path / "done")
+    before = _metadata(run)
+    cmd = _cmd(data, tiny_config, run)
+    code, err = _main(capsys, [*cmd, "--epochs", "8"])  # argparse: the last --epochs wins
+    assert code == 1 and "--epochs 8 (the run has 4): pass --extend" in err, err
+    other = make_dataset(tmp_path / "other", n=12)
+    code, err = _main(capsys, [*cmd[:5], str(other), *cmd[6:]])
+    assert code == 1 and f"--data ['{other}'] (the run has ['{data}'])" in err, err
+    code, err = _main(capsys, [*cmd, "--batch-size", "2", "--lr", "0.01", "--epochs", "8"])
+    assert code == 1 and "--batch-size 2 (the run has 4)" in err and "--lr 0.01" in err, err
+    assert "--epochs 8" in err and err.count("error") == 1
+    code, err = _main(capsys, [*cmd, "--extend", "--epochs", "3"])
+    assert code == 1 and "more epochs than the run's, not fewer" in err, err
+    code, err = _main(capsys, [*cmd, "--extend", "--ae-epochs", "3"])
+    assert code == 1 and "that stage is over" in err, err
+    code, err = _main(capsys, cmd)  # the same command: done, nothing trained
+    assert code == 0 and "is done: nothing to train" in err, err
+    assert _metadata(run) == before  # no refused or empty resume rewrites the run's files
+    assert not (run / "resumes.txt").exists()
+
+
+def test_extend_trains_a_finished_run_for_more_epochs(capsys, data, tiny_config, ref, tmp_path):
+    import shutil
+
+    run = shutil.copytree(ref, tmp_path / "longer")
+    state = json.loads((ref / "last" / "trainer.json").read_text())
+    assert state["optimizer_phase"] == "diffusion"  # kept for an extension, not dropped
+    code, err = _main(capsys, [*_cmd(data, tiny_config, run), "--extend", "--epochs", "6"])
+    assert code == 0, err
+    assert f"resuming from epoch 4 of stage 2 (diffusion) in {run}/last" in err
+    rows = [r.split(",")[:3] for r in (run / "metrics.csv").read_text().strip().splitlines()]
+    old = [r.split(",")[:3] for r in (ref / "metrics.csv").read_text().strip().splitlines()]
+    assert rows[: len(old)] == old and [r[:2] for r in rows[len(old) :]] == [
+        ["diffusion", "5"],
+        ["diffusion", "6"],
+    ]
+    steps = int(old[-1][2])
+    assert int(rows[-1][2]) == steps + 2 * (steps // 4)  # the step count goes on
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 6
+    assert (run / "command.txt").read_text() == (ref / "command.txt").read_text()
+    assert "--extend --epochs 6" in (run / "resumes.txt").read_text()
+
+
+def test_an_interrupted_run_says_where_it_resumes(capsys, data, tiny_config, tmp_path):
+    run = tmp_path / "slot"
+    cmd = _cmd(data, tiny_config, run)
+    code, err = _main(capsys, [*cmd, "--time-limit", "0.00001"])
+    assert code == 0 and "resuming" not in err, err
+    code, err = _main(capsys, [*cmd, "--lr", "0.01"])
+    assert code == 1 and "--lr 0.01 (the run has 0.0005)" in err, err
+    code, err = _main(capsys, [*cmd, "--time-limit", "0.00001", "--workers", "0"])
+    assert code == 0 and f"resuming from epoch 1 of stage 1 (autoencoders) in {run}/last" in err
