@@ -2,8 +2,10 @@
 
 The numbers are for one full :class:`~lsdseg.Segmenter` call on one frame at the model's input
 size (preprocessing, sampling, aggregation and conversion to numpy included), the call a video
-pipeline makes per frame. The pytest-benchmark suites in ``benchmarks/`` are the regression
-checks; this command is for a user's own machine.
+pipeline makes per frame. ``--cuda-graph`` and ``--precision`` add rows with the frame replayed
+as one CUDA graph and in half precision (torch and triton on CUDA; see :mod:`lsdseg.accel`); the
+graph of each shape is captured in the untimed warm-up calls. The pytest-benchmark suites in
+``benchmarks/`` are the regression checks; this command is for a user's own machine.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lsdseg.cli.errors import UserError
-from lsdseg.cli.options import seed_arg
+from lsdseg.cli.options import PRECISIONS, seed_arg
 from lsdseg.cli.runs import check_writable
 
 if TYPE_CHECKING:
@@ -43,6 +45,8 @@ class Measurement:
     hypotheses: int
     steps: int
     image_size: int
+    precision: str  # fp32, or fp16 / bf16 autocast
+    cuda_graph: bool  # the frame replayed as one CUDA graph
     calls: int
     mean_ms: float
     median_ms: float
@@ -71,6 +75,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hypotheses", default="1,8", help="comma-separated K values")
     p.add_argument("--steps", default="2,4", help="comma-separated DDIM step counts")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument(
+        "--cuda-graph",
+        nargs="?",
+        const="on",
+        default="off",
+        choices=("off", "on", "both"),
+        help="time each frame replayed as one CUDA graph (on; the flag alone), eagerly (off), or "
+        "both rows; torch and triton backends on CUDA",
+    )
+    p.add_argument(
+        "--precision",
+        metavar="LIST",
+        help="comma-separated precisions of fp32, fp16, bf16; fp16 and bf16 are autocast on "
+        "CUDA, torch and triton backends (default fp32)",
+    )
+    p.add_argument("--half", action="store_true", help="shorthand for --precision fp16")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls per configuration")
     p.add_argument("--repeats", type=int, default=20, help="timed calls per configuration")
     p.add_argument(
@@ -117,6 +137,63 @@ def parse_ints(text: str, option: str, low: int, high: int) -> list[int]:
         if value not in values:
             values.append(value)
     return values
+
+
+def parse_precisions(args: argparse.Namespace) -> list[str]:
+    """``--precision fp32,fp16`` (or ``--half``) -> ``["fp32", "fp16"]``."""
+    if args.half and args.precision not in (None, "fp16"):
+        raise UserError(
+            f"--half is --precision fp16; give one of --half, --precision {args.precision}"
+        )
+    values: list[str] = []
+    for part in ("fp16" if args.half else args.precision or "fp32").split(","):
+        value = part.strip()
+        if value not in PRECISIONS:
+            raise UserError(
+                f"--precision {args.precision!r}: {value!r} is not one of {', '.join(PRECISIONS)}"
+            )
+        if value not in values:
+            values.append(value)
+    return values
+
+
+def plan_rows(
+    backends: list[str],
+    precisions: list[str],
+    graphs: list[bool],
+    device: torch.device,
+    every: bool,
+    skipped: dict[str, str],
+    half: bool = False,
+) -> list[tuple[str, str, bool]]:
+    """The (backend, precision, graph) combinations to time, each checked before any timing.
+
+    With ``every`` (``--backend all``) a backend that cannot take a combination is skipped with
+    the reason in ``skipped``; otherwise it is an error, as is a device that cannot (the CPU).
+    ``half``: the precision came from ``--half`` (for the messages).
+    """
+    from lsdseg.accel import check_supported
+
+    rows = []
+    for name in backends:
+        for precision in precisions:
+            for graph in graphs:
+                asked = "--half" if half else f"--precision {precision}"
+                try:
+                    check_supported(device, name, graph, precision, "--cuda-graph", asked)
+                except ValueError as e:  # the backend cannot; RuntimeError (the device) goes up
+                    if not every:
+                        raise UserError(str(e)) from None
+                    skipped[row_label(name, precision, graph)] = str(e)
+                    continue
+                rows.append((name, precision, graph))
+    return rows
+
+
+def row_label(backend: str, precision: str, graph: bool) -> str:
+    """``triton fp16 + CUDA graph``; a plain backend name for fp32 without a graph."""
+    label = backend if precision == "fp32" else f"{backend} {precision}"
+    return label + (" + CUDA graph" if graph else "")
 
 
 def backend_problem(name: str, device: torch.device) -> str | None:
@@ -222,6 +299,8 @@ def measure(
         hypotheses=hypotheses,
         steps=steps,
         image_size=size,
+        precision=seg.precision,
+        cuda_graph=seg.cuda_graph,
         calls=repeats,
         mean_ms=float(ms.mean()),
         median_ms=float(np.median(ms)),
@@ -257,15 +336,17 @@ def _table(results: Sequence[Measurement], skipped: dict[str, str]) -> None:
 
     from lsdseg.cli.console import make_console
 
+    # one device per run: named below the table, which keeps to 80 columns
     table = Table(title="lsdseg bench: one Segmenter call per frame")
-    for column in ("backend", "device", "K", "steps", "mean ms", "p95 ms", "fps"):
-        table.add_column(column, justify="left" if column in ("backend", "device") else "right")
-    table.add_column("peak MB", justify="right")
+    left = ("backend", "precision", "graph")
+    for column in (*left, "K", "steps", "mean ms", "p95 ms", "fps", "peak MB"):
+        table.add_column(column, justify="left" if column in left else "right")
     for r in results:
         peak = "-" if r.peak_memory_mb is None else f"{r.peak_memory_mb:.0f}"
         table.add_row(
             r.backend,
-            r.device,
+            r.precision,
+            "CUDA" if r.cuda_graph else "-",
             str(r.hypotheses),
             str(r.steps),
             f"{r.mean_ms:.1f}",
@@ -276,7 +357,11 @@ def _table(results: Sequence[Measurement], skipped: dict[str, str]) -> None:
     console = make_console()
     console.print(table)
     if results:
-        console.print(f"peak MB: {results[0].memory_kind} during the timed calls")
+        console.print(
+            f"device {results[0].device}; peak MB: {results[0].memory_kind} during the timed calls"
+        )
+    if any(r.cuda_graph for r in results):
+        console.print("graph CUDA: each frame replayed as one CUDA graph")
     for name, why in skipped.items():
         console.print(f"skipped {name}: {why}")
 
@@ -288,6 +373,23 @@ def _write_json(path: Path, payload: dict[str, object]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def _payload(
+    args: argparse.Namespace,
+    device: torch.device,
+    results: Sequence[Measurement],
+    skipped: dict[str, str],
+    served: Sequence[Any],
+) -> dict[str, object]:
+    """What --json holds."""
+    return {
+        "machine": machine_info(device),
+        "weights": args.weights,
+        "results": [asdict(r) for r in results],
+        "skipped": skipped,
+        "server": [asdict(r) for r in served],
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -312,21 +414,27 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--frame-size {args.frame_size} must be between 16 and 4096")
     elif args.backend == "none":
         raise UserError("--backend none times nothing without --server")
+    precisions = parse_precisions(args)
+    graphs = {"off": [False], "on": [True], "both": [False, True]}[args.cuda_graph]
     device = resolve_device(args.device)
     backends, skipped = ([], {}) if args.backend == "none" else pick_backends(args.backend, device)
+    every = args.backend == "all"
+    rows = plan_rows(backends, precisions, graphs, device, every, skipped, args.half)
 
     results: list[Measurement] = []
-    for name in backends:
+    for name, precision, graph in rows:
         try:
-            seg = lsdseg.load(args.weights, device=device, backend=name)
+            seg = lsdseg.load(args.weights, device, name, cuda_graph=graph, precision=precision)
         except (ImportError, RuntimeError, ValueError) as e:
             if args.backend != "all" or name == "torch":
                 raise
-            skipped[name] = str(e)  # e.g. a plugin that fails to import
+            skipped[row_label(name, precision, graph)] = str(e)  # e.g. a plugin's import
             continue
         for n in steps:
             for k in ks:
                 results.append(measure(seg, k, n, args.warmup, args.repeats, args.seed))
+                if args.json:  # as it goes: a run cut short keeps the rows it timed
+                    _write_json(Path(args.json), _payload(args, device, results, skipped, []))
     if results or skipped:
         _table(results, skipped)
     served = []
@@ -350,13 +458,6 @@ def run(args: argparse.Namespace) -> int:
                     )
         print_table(served)
     if args.json:
-        payload = {
-            "machine": machine_info(device),
-            "weights": args.weights,
-            "results": [asdict(r) for r in results],
-            "skipped": skipped,
-            "server": [asdict(r) for r in served],
-        }
-        _write_json(Path(args.json), payload)
+        _write_json(Path(args.json), _payload(args, device, results, skipped, served))
         print(f"wrote {args.json}")
     return 0

@@ -14,7 +14,7 @@ import numpy as np
 
 from lsdseg.cli.errors import UserError
 from lsdseg.cli.main import EXIT_INTERRUPTED, EXIT_TERMINATED
-from lsdseg.cli.options import seed_arg
+from lsdseg.cli.options import add_speed_options, check_graph_eta, check_speed_options, seed_arg
 from lsdseg.cli.records import write_json
 from lsdseg.cli.runs import add_run_folder_options, check_writable, next_run_dir
 
@@ -75,6 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--backend", default="torch", help="torch, triton, onnx or trt")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    add_speed_options(p)
     p.add_argument(
         "--groups",
         default="",
@@ -99,8 +100,11 @@ def run(args: argparse.Namespace) -> int:
     from lsdseg.cli.pipeline import StopFlag
     from lsdseg.data import find_pairs
     from lsdseg.evaluate import evaluate
+    from lsdseg.segmenter import resolve_device
 
     check_writable(args.project, "--project")  # before the data and the model are loaded
+    device = resolve_device(args.device)
+    precision = check_speed_options(args, device, args.backend, args.eta)
     console = make_console()
     pairs = []
     for d in args.data:
@@ -115,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
                 f"--groups {sorted(wanted - have)} not in the data; groups are {sorted(have)[:20]}"
             )
         pairs = [p for p in pairs if p.group in wanted]
-    seg = lsdseg.load(args.weights, device=args.device, backend=args.backend)
+    seg = lsdseg.load(args.weights, device, args.backend, args.cuda_graph, precision)
+    check_graph_eta(args.cuda_graph, seg.settings(eta=args.eta).eta)
     out = next_run_dir(args.project, args.name, args.exist_ok)
     vis = Pictures(out) if args.save_vis else None
 
@@ -163,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
         "weights": args.weights,
         "backend": args.backend,
         "device": args.device,
+        "precision": seg.precision,
+        "cuda_graph": seg.cuda_graph,
         "hypotheses": s.hypotheses,
         "steps": s.steps,
         "eta": s.eta,

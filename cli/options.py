@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from lsdseg.cli.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_SEED = 2**63 - 1  # seeds travel as int64 (torch generators, the server's parameters)
 
@@ -36,3 +42,73 @@ def seed_arg(maximum: int = MAX_SEED, per_frame: bool = False) -> Callable[[str]
         return value
 
     return parse
+
+
+# lsdseg.accel.PRECISIONS, repeated so that building the parser does not import torch
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def add_speed_options(group: argparse._ActionsContainer) -> None:
+    """``--cuda-graph``, ``--half`` and ``--precision`` (segment, evaluate, serve)."""
+    group.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="replay each frame as one CUDA graph, captured on the first frame of each (batch, "
+        "K, steps, size): far fewer kernel launches; torch and triton backends on CUDA, eta 0",
+    )
+    group.add_argument(
+        "--half",
+        action="store_true",
+        help="fp16 autocast on CUDA, torch and triton backends (shorthand for --precision fp16)",
+    )
+    group.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="fp32 (the default), or fp16 / bf16 autocast on CUDA (torch and triton backends); "
+        "recorded in summary.json",
+    )
+
+
+def precision_of(args: argparse.Namespace) -> str:
+    """The precision ``--half`` / ``--precision`` ask for (fp32 when neither is given).
+
+    Raises:
+        UserError: ``--half`` with a ``--precision`` other than fp16.
+    """
+    if args.half and args.precision not in (None, "fp16"):
+        raise UserError(
+            f"--half is --precision fp16, but --precision {args.precision} was given too; "
+            "give one of them"
+        )
+    return "fp16" if args.half else args.precision or "fp32"
+
+
+def half_name(args: argparse.Namespace) -> str:
+    """How the user asked for the precision, for messages (``--half``, ``--precision bf16``)."""
+    return "--half" if args.half else f"--precision {args.precision}"
+
+
+def check_speed_options(
+    args: argparse.Namespace, device: torch.device, backend: str, eta: float | None
+) -> str:
+    """Refuse ``--cuda-graph`` / ``--half`` where they cannot run, in one line naming the fix;
+    returns the precision.
+
+    Raises:
+        UserError: conflicting options, or ``--cuda-graph`` with eta > 0.
+        ValueError / RuntimeError: a backend or device they cannot run on.
+    """
+    from lsdseg.accel import check_supported
+
+    precision = precision_of(args)
+    check_supported(device, backend, args.cuda_graph, precision, "--cuda-graph", half_name(args))
+    check_graph_eta(args.cuda_graph, eta or 0.0)
+    return precision
+
+
+def check_graph_eta(cuda_graph: bool, eta: float) -> None:
+    """``--cuda-graph`` runs eta = 0 only (UserError otherwise, naming the fix)."""
+    from lsdseg.accel import graph_eta_refusal
+
+    if cuda_graph and eta > 0:
+        raise UserError(graph_eta_refusal(eta, "--cuda-graph", "--eta"))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from lsdseg.cli.errors import UserError
 from lsdseg.cli.main import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED
-from lsdseg.cli.options import seed_arg
+from lsdseg.cli.options import add_speed_options, check_graph_eta, check_speed_options, seed_arg
 from lsdseg.cli.runs import add_run_folder_options, check_writable, next_run_dir
 
 if TYPE_CHECKING:
@@ -62,6 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="auto: triton on CUDA when triton is installed, else torch",
     )
     m.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    add_speed_options(m)
     m.add_argument(
         "--hypotheses",
         "-k",
@@ -224,8 +225,9 @@ def check_options(args: argparse.Namespace) -> None:
     check_writable(args.project, "--project")
     if args.server:
         local = {"--weights": "default", "--backend": "auto", "--device": "auto", "--imgsz": None}
+        local.update({"--cuda-graph": False, "--half": False, "--precision": None})
         for option, default in local.items():
-            if getattr(args, option[2:]) != default:
+            if getattr(args, option[2:].replace("-", "_")) != default:
                 raise UserError(
                     f"{option} sets up a local model; with --server the server's model runs "
                     f"(pass {option} to `lsdseg serve`), so drop {option} or --server"
@@ -251,6 +253,13 @@ def connect(args: argparse.Namespace, overlay: OverlayOptions) -> RemoteSegmente
         raise UserError(str(e)) from None
     remote.check()
     return remote
+
+
+def speed_label(segmenter: Segmenter | RemoteSegmenter) -> str:
+    """``, fp16, CUDA graph`` for what a local segmenter runs beyond fp32 eager; else ``""``."""
+    precision = getattr(segmenter, "precision", "fp32")
+    label = "" if precision == "fp32" else f", {precision}"
+    return label + (", CUDA graph" if getattr(segmenter, "cuda_graph", False) else "")
 
 
 def pick_backend(name: str, device: torch.device) -> str:
@@ -342,6 +351,9 @@ def describe(
         "weights": None if args.server else str(args.weights),
         "backend": segmenter.backend,
         "device": str(device),
+        # None: a server's model, which runs with the options `lsdseg serve` was given
+        "precision": None if isinstance(segmenter, RemoteSegmenter) else segmenter.precision,
+        "cuda_graph": None if isinstance(segmenter, RemoteSegmenter) else segmenter.cuda_graph,
         **sampler,
         "seed": sample.seed,
         "temporal_t": sample.temporal_t,
@@ -409,18 +421,22 @@ def run(args: argparse.Namespace) -> int:
                     "backend does not return (its graph starts from pure noise); use "
                     "--backend torch or triton"
                 )
-            segmenter = load(args.weights, device=device, backend=backend)
+            precision = check_speed_options(args, device, backend, args.eta)
+            segmenter = load(
+                args.weights, device, backend, cuda_graph=args.cuda_graph, precision=precision
+            )
+            check_graph_eta(args.cuda_graph, segmenter.settings(eta=args.eta).eta)
             set_image_size(segmenter, args.imgsz)
         realtime = source.live if args.realtime is None else args.realtime
         realtime = realtime and source.kind != "images"
         console.print(
             f"lsdseg segment: {source.label} ({source.kind}{', real time' if realtime else ''}), "
-            f"K={args.hypotheses}, backend {segmenter.backend}, "
+            f"K={args.hypotheses}, backend {segmenter.backend}{speed_label(segmenter)}, "
             f"{'server' if args.server else 'device'} {device}"
         )
         with console.status("warming up the model"):  # lazy inits and JIT kernels, untimed
             blank = np.zeros((*source.first_shape, 3), np.uint8)
-            segmenter(
+            first = segmenter(
                 blank,
                 hypotheses=sample.hypotheses,
                 steps=sample.steps,
@@ -428,6 +444,17 @@ def run(args: argparse.Namespace) -> int:
                 seed=0,
                 threshold=sample.threshold,
             )
+            if sample.temporal_t is not None and args.cuda_graph:  # the warm-start graph too
+                segmenter(
+                    blank,
+                    hypotheses=sample.hypotheses,
+                    steps=sample.steps,
+                    eta=sample.eta,
+                    seed=0,
+                    threshold=sample.threshold,
+                    warm_start=first,
+                    warm_timestep=sample.temporal_t,
+                )
         out_dir = next_run_dir(args.project, args.name, args.exist_ok)
         writer = open_outputs(args, source, overlay, out_dir)
         with ProgressDisplay(console, source) as on_frame, StopFlag() as stop:

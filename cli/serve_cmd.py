@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lsdseg.cli.errors import UserError
-from lsdseg.cli.segment_cmd import BACKENDS, pick_backend
+from lsdseg.cli.options import add_speed_options, check_graph_eta, check_speed_options
+from lsdseg.cli.segment_cmd import BACKENDS, pick_backend, speed_label
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -63,6 +64,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="auto: triton on CUDA when triton is installed, else torch",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    add_speed_options(p)
     p.add_argument(
         "--host",
         default="127.0.0.1",
@@ -198,7 +200,12 @@ def _bind(triton: Triton, models: list[SegmentModel], max_batch: int, delay_us: 
 
 
 def run(args: argparse.Namespace) -> int:
+    from lsdseg.segmenter import load, resolve_device
+
     check_options(args)
+    device = resolve_device(args.device)
+    backend = pick_backend(args.backend, device)
+    precision = check_speed_options(args, device, backend, None)  # before PyTriton is needed
     if importlib.util.find_spec("pytriton") is None:
         raise UserError(f"PyTriton is not installed: {INSTALL}")
     ports = {"--http-port": args.http_port, "--grpc-port": args.grpc_port}
@@ -211,16 +218,19 @@ def run(args: argparse.Namespace) -> int:
     from pytriton.triton import Triton, TritonConfig
 
     from lsdseg.cli.server import SegmentModel
-    from lsdseg.segmenter import load, resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    backend = pick_backend(args.backend, device)
     models = []
     for _ in range(args.instances):
-        seg = load(args.weights, device=device, backend=backend)
-        seg(np.zeros((64, 64, 3), np.uint8), seed=0)  # lazy inits before the first request
+        seg = load(args.weights, device, backend, args.cuda_graph, precision)
+        # requests may still ask for eta > 0: the graph refuses them one by one
+        check_graph_eta(args.cuda_graph, seg.config.sampler.eta)
+        blank = np.zeros((64, 64, 3), np.uint8)
+        seg(blank, seed=0)  # lazy inits before the first request
+        if args.cuda_graph:  # each batch size the batcher can form, at the default settings
+            for b in range(2, min(args.max_batch, seg.runner.max_graphs) + 1):
+                seg([blank] * b, seed=[0] * b)
         models.append(SegmentModel(seg))
     # the server's own log goes to a file unless -v (then to stdout, as tritonserver does)
     log_file = None if args.verbose else Path(tempfile.mkdtemp(prefix="lsdseg-serve-")) / "log"
@@ -251,7 +261,8 @@ def run(args: argparse.Namespace) -> int:
             raise RuntimeError(explain_start_failure(e, libdir) + where) from None
         host = "127.0.0.1" if args.host == "0.0.0.0" else args.host
         print(
-            f"lsdseg serve: model 'lsdseg' ready ({args.weights}, backend {backend}, {device}, "
+            f"lsdseg serve: model 'lsdseg' ready ({args.weights}, backend {backend}"
+            f"{speed_label(models[0].segmenter)}, {device}, "
             f"{args.instances} instance(s), {torch.get_num_threads()} CPU thread(s), "
             f"max batch {args.max_batch}): "
             f"HTTP {host}:{args.http_port}, gRPC {host}:{args.grpc_port}, "

@@ -54,6 +54,7 @@ def test_measure_counts_the_calls(tiny):
 
     class Counting:
         backend, device, config = seg.backend, seg.device, seg.config
+        precision, cuda_graph = seg.precision, seg.cuda_graph
 
         def __call__(self, *args, **kwargs):
             calls.append(kwargs["hypotheses"])
