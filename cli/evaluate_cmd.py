@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lsdseg.cli.errors import UserError
+from lsdseg.cli.errors import UserError, output_error
 from lsdseg.cli.main import EXIT_INTERRUPTED, EXIT_TERMINATED
 from lsdseg.cli.options import add_speed_options, check_graph_eta, check_speed_options, seed_arg
 from lsdseg.cli.records import write_json
@@ -270,14 +270,18 @@ class PerImageWriter:
     def __init__(self, path: Path) -> None:
         from lsdseg.evaluate import COLUMNS
 
+        self.path = path
         self._file = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115
         self._csv = csv.DictWriter(self._file, fieldnames=COLUMNS, restval="")
         self._csv.writeheader()
         self._file.flush()
 
     def write(self, row: dict[str, Any]) -> None:
-        self._csv.writerow({k: _cell(v) for k, v in row.items()})
-        self._file.flush()
+        try:
+            self._csv.writerow({k: _cell(v) for k, v in row.items()})
+            self._file.flush()
+        except OSError as e:  # a full disk: the file named, not a bare [Errno 28]
+            raise output_error(self.path, e) from None
 
     def __enter__(self) -> PerImageWriter:
         return self

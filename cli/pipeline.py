@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from lsdseg.cli.errors import OutputError
 from lsdseg.cli.overlay import MEASURE_LABEL, OverlayOptions, make_view, uncertainty_map
 from lsdseg.cli.reader import FrameReader, Stalled
 from lsdseg.cli.records import Summary, frame_record
@@ -150,8 +151,9 @@ def run_pipeline(
 
     Returns:
         The run's summary (``stopped_by`` says why it ended early, if it did: ``server``
-        when the inference server failed, vanished or stopped answering, with the reason in
-        ``warning``).
+        when the inference server failed, vanished or stopped answering, ``error`` when an
+        output could not be written (a full disk), with the reason in ``warning``; the
+        records then hold only the frames the outputs hold).
     """
     summary = Summary(source=source.label)
     reader = FrameReader(source, realtime).start()
@@ -211,11 +213,16 @@ def run_pipeline(
             writer.display()
             if on_frame is not None:
                 on_frame(len(latencies), reader.dropped)
+    except OutputError as e:  # a full disk: what was written stays, cut to whole frames
+        summary.stopped_by, summary.warning = "error", str(e)
     finally:
         stop.closing = True
         reader.stop()
         try:
             writer.close()
+        except OutputError as e:
+            if summary.stopped_by != "error":
+                summary.stopped_by, summary.warning = "error", str(e)
         finally:
             summary.dropped = reader.dropped
             elapsed = time.perf_counter() - t_start if t_start is not None else 0.0

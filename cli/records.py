@@ -26,14 +26,18 @@ seed               the seed that reproduces this frame's result
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lsdseg.cli.errors import output_error
 
 COLUMNS = (
     "frame",
@@ -65,9 +69,20 @@ def json_ready(value: Any) -> Any:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as indented, strict JSON (non-finite floats as null)."""
+    """Write ``data`` as indented, strict JSON (non-finite floats as null), atomically: a
+    failed write (a full disk) leaves no truncated file.
+
+    Raises:
+        OutputError: the file could not be written, named.
+    """
     text = json.dumps(json_ready(data), indent=2, allow_nan=False)
-    path.write_text(text + "\n", encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text + "\n", encoding="utf-8")
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise output_error(path, e) from None
 
 
 def _rounded(x: float, digits: int) -> float | None:
@@ -125,27 +140,61 @@ def unsure_flag(unsure: float, threshold: float | None) -> bool | None:
 
 
 class RecordWriter:
-    """Writes records to ``records.csv`` and ``records.jsonl``; each row flushed at once."""
+    """Writes records to ``records.csv`` and ``records.jsonl``; each row flushed at once.
+
+    The files' length after every row is kept, so :meth:`close` can cut them back to whole
+    rows (after a failed write) or to fewer rows (a video that holds fewer frames).
+
+    Raises:
+        OutputError: from any method, naming the file that could not be written.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.csv_path, self.jsonl_path = folder / "records.csv", folder / "records.jsonl"
-        self._csv_file = open(self.csv_path, "w", newline="", encoding="utf-8")  # noqa: SIM115
-        self._jsonl = open(self.jsonl_path, "w", encoding="utf-8")  # noqa: SIM115
-        self._csv = csv.DictWriter(self._csv_file, fieldnames=COLUMNS)
-        self._csv.writeheader()
-        self._csv_file.flush()
+        try:
+            self._csv_file = open(self.csv_path, "w", newline="", encoding="utf-8")  # noqa: SIM115
+            self._jsonl = open(self.jsonl_path, "w", encoding="utf-8")  # noqa: SIM115
+            self._csv = csv.DictWriter(self._csv_file, fieldnames=COLUMNS)
+            self._csv.writeheader()
+            self._csv_file.flush()
+        except OSError as e:
+            raise output_error(self.csv_path, e) from None
+        self._ends = [(self._csv_file.tell(), 0)]  # file lengths after the header, each row
         self.rows = 0
+        self.failed = False
 
     def write(self, record: dict) -> None:
-        self._csv.writerow({k: "" if record[k] is None else record[k] for k in COLUMNS})
-        self._jsonl.write(json.dumps(json_ready(record), allow_nan=False) + "\n")
-        self._csv_file.flush()
-        self._jsonl.flush()
+        """Append one record to both files (flushed)."""
+        if self.failed:
+            raise RuntimeError("RecordWriter.write after a failed write")
+        try:
+            self._csv.writerow({k: "" if record[k] is None else record[k] for k in COLUMNS})
+            self._csv_file.flush()
+        except OSError as e:
+            self.failed = True
+            raise output_error(self.csv_path, e) from None
+        try:
+            self._jsonl.write(json.dumps(json_ready(record), allow_nan=False) + "\n")
+            self._jsonl.flush()
+        except OSError as e:
+            self.failed = True
+            raise output_error(self.jsonl_path, e) from None
+        self._ends.append((self._csv_file.tell(), self._jsonl.tell()))
         self.rows += 1
 
-    def close(self) -> None:
-        self._csv_file.close()
-        self._jsonl.close()
+    def close(self, keep: int | None = None) -> None:
+        """Close both files, cut to their first ``keep`` rows (default: every whole row, so a
+        row a failed write left half-written goes)."""
+        for f in (self._csv_file, self._jsonl):
+            with contextlib.suppress(OSError):  # its unflushed part is the failed row, cut below
+                f.close()
+        n = self.rows if keep is None else max(0, min(keep, self.rows))
+        for path, size in zip((self.csv_path, self.jsonl_path), self._ends[n], strict=True):
+            try:
+                os.truncate(path, size)  # frees space: works on a full disk
+            except OSError as e:
+                raise output_error(path, e) from None
+        self.rows = n
 
 
 @dataclass

@@ -477,14 +477,20 @@ def run(args: argparse.Namespace) -> int:
         args, segmenter, device, overlay, sample, realtime, writer
     )
     summary.outputs["folder"] = str(out_dir)
-    summary.save(out_dir / "summary.json")
+    try:
+        summary.save(out_dir / "summary.json")
+    except UserError as e:  # a full disk: say what else failed first, on the same line
+        if summary.stopped_by == "error":
+            raise UserError(f"{summary.warning}; and {e}") from None
+        raise
     console.print(f"{summary.line(still=source.kind == 'images')}; results in {out_dir}")
     if source.kind == "video" and source.warning:  # a truncated or corrupt file
         print(f"lsdseg segment: error: {source.warning}", file=sys.stderr)
         return EXIT_ERROR
-    # a server that failed, or a source that stopped sending without ending (a stall, not the
-    # end of a stream): the frames before it are written, and the run failed
-    if summary.stopped_by in ("server", "stall"):
+    # a server that failed, a source that stopped sending without ending (a stall, not the
+    # end of a stream), or an output that could not be written: the frames before it are
+    # written, and the run failed
+    if summary.stopped_by in ("server", "stall", "error"):
         print(f"lsdseg segment: error: {summary.warning}", file=sys.stderr)
         return EXIT_ERROR
     if summary.warning:

@@ -4,6 +4,11 @@ The :class:`WriterThread` renders and encodes while the main thread runs the mod
 frame it writes, in this order, the overlay (video frame or image), the optional mask PNGs and
 then the record, so a record always means its frame is in the video. :meth:`WriterThread.close`
 drains the queue and releases the video, which leaves a playable file after Ctrl-C too.
+
+OpenCV's video writer reports no write errors, so a full disk is found when the video is
+closed: the frames the finished file holds are counted and the records cut to them, and the
+error names the file (:class:`~lsdseg.cli.errors.OutputError`). Every other output file that
+cannot be written is named the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lsdseg.cli.errors import UserError
+from lsdseg.cli.errors import OutputError, UserError, output_error
 from lsdseg.cli.overlay import View
 from lsdseg.cli.records import RecordWriter
 from lsdseg.cli.sources import Frame
@@ -43,9 +48,14 @@ class VideoOut:
             str(path), cv2.VideoWriter_fourcc(*FOURCC), fps, (w + self._pad[1], h + self._pad[0])
         )
         if not self._writer.isOpened():
+            free = _free_mb(path)
+            fix = (
+                f"its disk is full ({free:.1f} MB free)"
+                if free is not None and free < 1.0
+                else "check that the folder is writable"
+            )
             raise UserError(
-                f"cannot write the video {path} ({FOURCC}, {w}x{h} at {fps:g} fps);"
-                " check that the folder is writable"
+                f"cannot write the video {path} ({FOURCC}, {w}x{h} at {fps:g} fps); {fix}"
             )
 
     def write(self, image: np.ndarray) -> None:
@@ -62,7 +72,56 @@ class VideoOut:
         self.frames += 1
 
     def close(self) -> None:
+        """Release the file and check that it holds every frame written.
+
+        Raises:
+            OutputError: the finished file holds fewer frames (``frames`` is then what it
+                holds): FFmpeg could not write it, a full disk most often.
+        """
         self._writer.release()
+        held = count_frames(self.path)
+        if held < self.frames:
+            written, self.frames = self.frames, held
+            free = _free_mb(self.path)
+            cause = (
+                f"no space left on its disk ({free:.1f} MB free)"
+                if free is not None and free < 1.0
+                else "FFmpeg could not write the rest"
+            )
+            raise OutputError(
+                f"the video {self.path} holds {held} of the {written} frames written"
+                f"{' and cannot be played' if held == 0 else ''}: {cause}"
+            )
+
+
+def _free_mb(path: Path) -> float | None:
+    """Megabytes free on the disk of ``path`` (None if that cannot be told)."""
+    import shutil
+
+    try:
+        return shutil.disk_usage(path.parent).free / 1e6
+    except OSError:
+        return None
+
+
+def count_frames(path: Path) -> int:
+    """Frames a finished video file holds as OpenCV reads it: 0 when it cannot be opened (an
+    mp4 whose index, written last, is missing)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            return 0
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        if n > 0:
+            return n
+        n = 0  # no count in the container: read them
+        while cap.grab():
+            n += 1
+        return n
+    finally:
+        cap.release()
 
 
 class ImagesOut:
@@ -88,12 +147,21 @@ class ImagesOut:
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
+    """Write ``image`` as a PNG; a file that cannot be written whole is removed.
+
+    Raises:
+        OutputError: naming ``path`` (a full disk, a missing folder).
+    """
     import cv2
 
     ok, buf = cv2.imencode(".png", image)
     if not ok:
-        raise OSError(f"cannot encode {path}")
-    buf.tofile(str(path))  # also works for non-ASCII paths, unlike cv2.imwrite on Windows
+        raise OutputError(f"cannot encode {path} as PNG ({image.shape} {image.dtype})")
+    try:
+        buf.tofile(str(path))  # also works for non-ASCII paths, unlike cv2.imwrite on Windows
+    except OSError as e:
+        Path(path).unlink(missing_ok=True)
+        raise output_error(path, e) from None
 
 
 class MasksOut:
@@ -201,15 +269,27 @@ class WriterThread:
         self.queue.put(work)
 
     def close(self) -> None:
-        """Write what is queued, then release every output (the video stays playable)."""
+        """Write what is queued, then release every output (the video stays playable) and cut
+        the records to the frames the video holds.
+
+        Raises:
+            The first error of writing or closing (an OutputError names the file).
+        """
         self.queue.put(_END)
         self._thread.join()
+        errors = [] if self.error is None else [self.error]
         for out in (self.video, self.images):
             if out is not None:
-                out.close()
-        self.records.close()
-        if self.error is not None:
-            raise self.error
+                try:
+                    out.close()
+                except OutputError as e:
+                    errors.append(e)
+        try:  # a record must never claim a frame the video lacks
+            self.records.close(keep=self.video.frames if self.video is not None else None)
+        except OutputError as e:
+            errors.append(e)
+        if errors:
+            raise errors[0]
 
     @property
     def written(self) -> int:

@@ -771,3 +771,102 @@ def test_videos_in_a_folder_or_glob_of_images_are_named_not_dropped_silently(
         )
         assert warning in err.splitlines(), err
         assert "notes.txt" not in err
+
+
+class _Dropping:
+    """A cv2.VideoWriter that silently stops writing after ``keep`` frames, as FFmpeg does on
+    a full disk (OpenCV's write() reports nothing)."""
+
+    real = cv2.VideoWriter
+
+    def __init__(self, *args, keep: int):
+        self._writer, self.keep, self.n = self.real(*args), keep, 0
+
+    def isOpened(self):
+        return self._writer.isOpened()
+
+    def write(self, image):
+        if self.n < self.keep:
+            self._writer.write(image)
+        self.n += 1
+
+    def release(self):
+        self._writer.release()
+
+
+def test_a_video_short_of_frames_cuts_the_records_and_names_the_file(
+    capsys, tiny, tmp_path, video, monkeypatch
+):
+    monkeypatch.setattr(cv2, "VideoWriter", lambda *a: _Dropping(*a, keep=2))
+    rc, err = segment(capsys, tiny, tmp_path, str(video))
+    out = tmp_path / "exp"
+    assert rc == 1
+    lines = [line for line in err.splitlines() if line.startswith("lsdseg segment: error")]
+    assert lines == [
+        f"lsdseg segment: error: the video {out / 'clip.mp4'} holds 2 of the {N_FRAMES} "
+        "frames written: FFmpeg could not write the rest"
+    ], err
+    assert read_video(out / "clip.mp4")[0] == 2
+    assert [int(r["frame"]) for r in read_rows(out)] == [0, 1]  # no record of a lost frame
+    assert len((out / "records.jsonl").read_text().splitlines()) == 2
+    summary = _strict_json((out / "summary.json").read_text())
+    assert summary["frames"] == 2 and summary["stopped_by"] == "error"
+
+
+class _FillsUp:
+    """A text file that runs out of space in the middle of its ``rows``-th row."""
+
+    def __init__(self, f, rows: int):
+        self._f, self.rows, self.n = f, rows, 0
+
+    def write(self, text: str) -> int:
+        if text.endswith("\n"):
+            self.n += 1
+        if self.n == self.rows:
+            self._f.write(text[: len(text) // 2])
+            self._f.flush()
+            raise OSError(28, "No space left on device")
+        return self._f.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def test_a_full_disk_under_the_records_leaves_whole_rows_and_names_the_file(
+    capsys, tiny, tmp_path, video, monkeypatch
+):
+    import builtins
+
+    import lsdseg.cli.records as records
+
+    def open_filling(path, mode="r", **kw):
+        f = builtins.open(path, mode, **kw)  # noqa: SIM115  (records.py closes it)
+        return _FillsUp(f, rows=1 + 4) if str(path).endswith(".csv") else f  # header + 4
+
+    monkeypatch.setattr(records, "open", open_filling, raising=False)
+    rc, err = segment(capsys, tiny, tmp_path, str(video))
+    out = tmp_path / "exp"
+    assert rc == 1
+    lines = [line for line in err.splitlines() if line.startswith("lsdseg segment: error")]
+    assert lines == [
+        f"lsdseg segment: error: cannot write {out / 'records.csv'}: No space left on device"
+    ], err
+    text = (out / "records.csv").read_text()
+    assert text.endswith("\n") and [int(r["frame"]) for r in read_rows(out)] == [0, 1, 2]
+    assert len((out / "records.jsonl").read_text().splitlines()) == 3
+    assert read_video(out / "clip.mp4")[0] >= 3  # every record's frame is in the video
+    assert _strict_json((out / "summary.json").read_text())["frames"] == 3
+
+
+def test_a_summary_that_cannot_be_written_leaves_no_empty_file(tmp_path, monkeypatch):
+    from lsdseg.cli.errors import OutputError
+    from lsdseg.cli.records import Summary
+
+    def full(self, text, **kw):
+        Path.open(self, "w").write(text[:10])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OutputError, match=r"cannot write .*summary\.json: No space left"):
+        Summary(source="x").save(tmp_path / "summary.json")
+    assert list(tmp_path.iterdir()) == []  # no truncated summary.json, no temporary file
