@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from lsdseg.segmenter import Segmenter
 
 BACKENDS = ("torch", "triton", "onnx", "trt")
+GRAPH_MODES = {"off": [False], "on": [True], "both": [False, True]}  # --cuda-graph: rows
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         nargs="?",
         const="on",
         default="off",
-        choices=("off", "on", "both"),
+        choices=tuple(GRAPH_MODES),
         help="time each frame replayed as one CUDA graph (on; the flag alone), eagerly (off), or "
         "both rows; torch and triton backends on CUDA",
     )
@@ -415,7 +416,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.backend == "none":
         raise UserError("--backend none times nothing without --server")
     precisions = parse_precisions(args)
-    graphs = {"off": [False], "on": [True], "both": [False, True]}[args.cuda_graph]
+    graphs = GRAPH_MODES[args.cuda_graph]
     device = resolve_device(args.device)
     backends, skipped = ([], {}) if args.backend == "none" else pick_backends(args.backend, device)
     every = args.backend == "all"

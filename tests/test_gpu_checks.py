@@ -130,3 +130,58 @@ def test_an_unknown_step_is_refused_with_the_list(tmp_path):
     assert "unknown step 'benchmarks'; the steps are compile, tests, bench, e2e, train" in (
         done.stderr
     )
+
+
+# ---------------------------------------------------------------- the frames/s step
+
+
+def test_the_gpu_e2e_step_asks_lsdseg_bench_for_every_row(tmp_path):
+    import argparse
+
+    import torch
+
+    from lsdseg.cli import bench_cmd
+    from lsdseg.cli.main import build_parser
+
+    gpu_checks = load_script("scripts/gpu_checks.py")
+    plan = gpu_checks.Plan(argparse.Namespace(smoke=False), tmp_path, tmp_path)
+    cmd = plan.e2e({}, ROOT)
+    args = build_parser().parse_args(cmd[cmd.index("bench") :])  # the flags are bench's own
+    rows = bench_cmd.plan_rows(
+        bench_cmd.pick_backends(args.backend, torch.device("cuda"))[0],
+        bench_cmd.parse_precisions(args),
+        bench_cmd.GRAPH_MODES[args.cuda_graph],
+        torch.device("cuda"),
+        False,
+        {},
+    )
+    assert sorted(rows) == sorted(
+        (b, p, g) for b in ("torch", "triton") for p in ("fp32", "fp16") for g in (False, True)
+    )
+    assert rows[1] == ("triton", "fp32", True)  # the target's row early, before a timeout
+    assert (args.hypotheses, args.steps) == ("1,8,16", "1,2,4")
+    assert sum(gpu_checks.TIMEOUTS.values()) <= 9 * 60
+
+
+def test_summary_md_shows_graph_and_half_rows_and_the_target(tmp_path):
+    gpu_checks = load_script("scripts/gpu_checks.py")
+    results = [
+        {"backend": b, "precision": p, "cuda_graph": g, "hypotheses": 8, "steps": 4,
+         "fps": fps, "median_ms": 1000 / fps}
+        for b, p, g, fps in [("triton", "fp32", False, 90.0), ("triton", "fp32", True, 250.0),
+                             ("triton", "fp16", True, 180.0), ("torch", "fp32", True, 150.0)]
+    ]  # fmt: skip
+    (tmp_path / "e2e.json").write_text(json.dumps({"results": results, "skipped": {}}))
+    e2e = gpu_checks.e2e_result(tmp_path / "e2e.json")
+    text = gpu_checks.write_summary_md(tmp_path, {"e2e": e2e}).read_text()
+    assert "| triton | fp16 | yes | 8 | 4 | 180.0 | 5.56 |" in text
+    assert "| triton | fp32 | no | 8 | 4 | 90.0 | 11.11 |" in text
+    assert "triton + CUDA graph, fp32, 4 steps: 250.0 (meets it)" in text
+    assert "triton + CUDA graph, fp16, 4 steps: 180.0 (misses it)" in text
+    assert "torch + CUDA graph" not in text and "none in this run" not in text
+    # an eager-only run (the CPU smoke run), from a bench JSON without the new fields
+    old = [{k: v for k, v in results[0].items() if k not in ("precision", "cuda_graph")}]
+    (tmp_path / "e2e.json").write_text(json.dumps({"results": old}))
+    e2e = gpu_checks.e2e_result(tmp_path / "e2e.json")
+    text = gpu_checks.write_summary_md(tmp_path, {"e2e": e2e}).read_text()
+    assert "| triton | fp32 | no | 8 | 4 | 90.0 |" in text and "none in this run" in text
