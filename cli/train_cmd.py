@@ -15,9 +15,7 @@ from lsdseg.cli.options import seed_arg
 from lsdseg.cli.runs import check_writable
 
 if TYPE_CHECKING:
-    from lsdseg.config import ModelConfig
     from lsdseg.data import Pair
-    from lsdseg.train import TrainConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -138,78 +136,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-# TrainConfig fields and the run's data -> the option that sets them (for resume messages)
-OPTIONS = {
-    "stage": "--stage",
-    "ae_epochs": "--ae-epochs",
-    "epochs": "--epochs",
-    "batch_size": "--batch-size",
-    "diffusion_lr": "--lr",
-    "seed": "--seed",
-    "val_every": "--val-every",
-    "val_steps": "--val-steps",
-    "max_steps_per_epoch": "--max-steps-per-epoch",
-    "init": "--init",
-    "grow": "--grow",
-    "image_encoder": "--image-encoder",
-    "pyramid_width": "--pyramid-width",
-    "feature_views": "--feature-views",
-    "backbone_lr_scale": "--backbone-lr-scale",
-    "data.data": "--data",
-    "data.val_data": "--val-data",
-    "data.val_fraction": "--val-fraction",
-}
-
-
-def data_settings(args: argparse.Namespace) -> dict:
-    """What the run trains on, as saved in config.json and compared on resume: the dataset
-    folders (absolute) and how validation is made."""
-    return {
-        "data": [str(Path(d).resolve()) for d in args.data],
-        "val_data": [str(Path(d).resolve()) for d in args.val_data] if args.val_data else None,
-        "val_fraction": None if args.val_data else args.val_fraction,
-    }
-
-
-def check_resume(
-    args: argparse.Namespace, cfg: TrainConfig, model_cfg: ModelConfig, out: Path
-) -> str | None:
-    """For a run folder with a checkpoint: refuse other settings (each named with its option),
-    and say where the run resumes; None when the run is done and has nothing to train.
-
-    Returns:
-        The line to print ("resuming from epoch N ..."), or None for a finished run.
-    """
-    import dataclasses
-
-    from lsdseg.checkpoint import read_config
-    from lsdseg.train import resume_loop
-
-    if args.model_config and not cfg.init:  # the run's architecture wins on resume: say so
-        saved = dataclasses.replace(read_config(out / "last")[0], latent_scale=1.0)
-        if dataclasses.replace(model_cfg, latent_scale=1.0) != saved:
-            raise UserError(
-                f"--model-config {args.model_config} is not the architecture {out} was started "
-                f"with (its last/config.json); drop --model-config to resume, or start a new "
-                "run in another --out"
-            )
-    try:
-        loop = resume_loop(out, cfg, data_settings(args), args.extend, lambda k: OPTIONS.get(k, k))
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    if loop.phase == "done":
-        return None
-    stage = {"autoencoders": "stage 1 (autoencoders)", "diffusion": "stage 2 (diffusion)"}
-    return f"resuming from epoch {loop.epoch} of {stage[loop.phase]} in {out}/last"
-
-
 def load_pairs(
-    dirs: list[str], val_dirs: list[str] | None, val_fraction: float, seed: int
+    dirs: list[str],
+    val_dirs: list[str] | None,
+    val_fraction: float,
+    seed: int,
+    datasets: dict[str, dict] | None = None,
 ) -> tuple[list[Pair], list[Pair]]:
-    """Pairs of every dataset, groups prefixed by the dataset's folder name; train/val split."""
+    """Pairs of every dataset, groups prefixed by the dataset's folder name; train/val split.
+
+    ``datasets``, when given, is filled with each dataset's ``root``, how its groups were set
+    (``grouped_by``: sequences.csv or file names) and, for a folder split here without group
+    information, ``video_frame_share`` (:func:`lsdseg.splits.video_frame_share`).
+    """
     from lsdseg.data import find_pairs, split_pairs
 
-    def prefixed(root: str) -> list[Pair]:
+    def prefixed(root: str, split: bool) -> list[Pair]:
         layout, pairs = find_pairs(root)
         name = Path(root).resolve().name
         labelled = [p for p in pairs if p.mask is not None]
@@ -217,19 +159,43 @@ def load_pairs(
             raise UserError(
                 f"{root}: no image/mask pairs found (layout {layout}); training needs masks"
             )
+        if datasets is not None:
+            grouped = any(p.group != p.name for p in labelled)
+            info = {"root": str(Path(root).resolve()), "layout": layout}
+            info["grouped_by"] = "sequences.csv" if grouped else "file names (one image a group)"
+            if split and not grouped:
+                from lsdseg.splits import video_frame_share
+
+                info["video_frame_share"] = round(video_frame_share(labelled), 3)
+            datasets[name] = info
         return [dataclasses.replace(p, group=f"{name}:{p.group}") for p in labelled]
 
     train, val = [], []
     for d in dirs:
-        pairs = prefixed(d)
+        pairs = prefixed(d, split=not val_dirs)
         if val_dirs:
             train += pairs
         else:
             t, v = split_pairs(pairs, val_fraction=val_fraction, seed=seed)
             train, val = train + t, val + v
     for d in val_dirs or []:
-        val += prefixed(d)
+        val += prefixed(d, split=False)
     return train, val
+
+
+def frame_split_warnings(datasets: dict[str, dict]) -> list[str]:
+    """A warning for each dataset split image by image whose images look like video frames."""
+    from lsdseg.splits import VIDEO_SHARE
+
+    return [
+        f"{info['root']}: its images look like frames of videos ({info['video_frame_share']:.0%}"
+        " more neighbouring images are near-duplicates than distant ones) and it has no "
+        "sequences.csv, so the split goes frame by frame: frames of one video land in both "
+        "training and validation, and the validation Dice flatters the model. Add a "
+        "sequences.csv (columns file, sequence) or pass --val-data"
+        for info in datasets.values()
+        if info.get("video_frame_share", 0.0) > VIDEO_SHARE
+    ]
 
 
 def _parse_grow(text: str, init: str) -> dict:
@@ -288,9 +254,11 @@ def run(args: argparse.Namespace) -> int:
     from lsdseg.augment import AugmentConfig
     from lsdseg.card import training_card
     from lsdseg.cli.console import make_console
+    from lsdseg.cli.resume import check_resume, data_settings
     from lsdseg.config import ModelConfig, load_json
     from lsdseg.dataset import SegmentationDataset
     from lsdseg.segmenter import bundled_weights, resolve_device
+    from lsdseg.splits import split_record, write_splits
     from lsdseg.train import TrainConfig, Trainer
 
     started = time.monotonic()  # --time-limit counts from here, loading and caching included
@@ -338,7 +306,12 @@ def run(args: argparse.Namespace) -> int:
             )
             return 0
         console.print(line)
-    train_pairs, val_pairs = load_pairs(args.data, args.val_data, args.val_fraction, args.seed)
+    datasets: dict[str, dict] = {}
+    train_pairs, val_pairs = load_pairs(
+        args.data, args.val_data, args.val_fraction, args.seed, datasets
+    )
+    for warning in frame_split_warnings(datasets):
+        console.print(f"lsdseg train: warning: {warning}")
     if len(train_pairs) < args.batch_size:
         raise UserError(
             f"{len(train_pairs)} training pairs are fewer than --batch-size {args.batch_size}: "
@@ -409,6 +382,21 @@ def run(args: argparse.Namespace) -> int:
             f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {command}\n")
     else:
         (out / "command.txt").write_text(command + "\n")
+    record = split_record(
+        train_pairs,
+        val_pairs,
+        datasets,
+        args.seed,
+        None if args.val_data else args.val_fraction,
+    )
+    saved = out / "splits.json"
+    if not resuming or not saved.exists():
+        write_splits(saved, record)
+    elif json.loads(saved.read_text()) != record:  # the folders' files changed since
+        console.print(
+            f"lsdseg train: warning: the split differs from the run's {saved} (images added, "
+            "removed or renamed since it started); the run goes on with the split of now"
+        )
     with progress:
         budget_s = args.time_limit * 60 - (time.monotonic() - started)
         loop = trainer.run(time_limit_s=max(budget_s, 1e-6) if args.time_limit else 0.0)

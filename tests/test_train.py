@@ -297,6 +297,16 @@ def _metadata(run: Path) -> tuple[str, str]:
     return (run / "config.json").read_text(), (run / "command.txt").read_text()
 
 
+def test_a_run_records_its_split(ref, data):
+    split = json.loads((ref / "splits.json").read_text())
+    assert split["seed"] == 0 and split["val_fraction"] == 0.25
+    assert split["datasets"]["toy"]["root"] == str(data.resolve())
+    images = sorted(e["image"] for e in split["train"] + split["val"])
+    assert images == sorted(f"toy/images/{p.name}" for p in (data / "images").iterdir())
+    assert len(split["val"]) == 10  # a quarter of the 40, one image a group
+    assert {e["group"] for e in split["train"]}.isdisjoint(e["group"] for e in split["val"])
+
+
 def test_a_resume_with_other_settings_is_refused_naming_each(
     capsys, data, tiny_config, ref, tmp_path
 ):
