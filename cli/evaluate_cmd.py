@@ -181,7 +181,11 @@ def run(args: argparse.Namespace) -> int:
     }
     write_json(out / "summary.json", summary)  # a metric without a value (NaN) as null
     if vis is not None and ev.summary["labelled"]:
-        vis.write_summary(f"lsdseg evaluate: {', '.join(args.data)} ({args.weights})")
+        groups = f", groups {args.groups}" if args.groups else ""
+        vis.write_summary(
+            f"lsdseg evaluate: {', '.join(args.data)}{groups}, weights {args.weights}, "
+            f"{ev.summary['labelled']} labelled images"
+        )
 
     labelled, skipped = ev.summary["labelled"], ev.summary["skipped"]
     if ev.rows and not labelled:
