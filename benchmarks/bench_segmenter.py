@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from lsdseg.cli.bench_cmd import BACKENDS
+from lsdseg.backends import names
 
 HYPOTHESES = (1, 4, 8, 16)
 STEPS = (1, 2, 4, 8)
@@ -20,7 +20,7 @@ STEPS = (1, 2, 4, 8)
 
 @pytest.mark.parametrize("steps", STEPS, ids=lambda n: f"steps{n}")
 @pytest.mark.parametrize("hypotheses", HYPOTHESES, ids=lambda k: f"K{k}")
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", names())
 def test_segmenter(benchmark, segmenter_for, record, frame, backend, hypotheses, steps) -> None:
     seg, weights = segmenter_for(backend)
     result = benchmark(seg, frame, hypotheses=hypotheses, steps=steps, seed=0)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import platform
@@ -24,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lsdseg import backends
 from lsdseg.cli.errors import UserError
-from lsdseg.cli.options import PRECISIONS, seed_arg
+from lsdseg.cli.options import PRECISIONS, graph_backends, seed_arg
 from lsdseg.cli.runs import check_writable
 
 if TYPE_CHECKING:
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
     from lsdseg.segmenter import Segmenter
 
-BACKENDS = ("torch", "triton", "onnx", "trt")
 GRAPH_MODES = {"off": [False], "on": [True], "both": [False, True]}  # --cuda-graph: rows
 
 
@@ -70,7 +69,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--backend",
         default="all",
-        help=f"comma-separated backends ({', '.join(BACKENDS)}), 'all' (those usable here) or "
+        help=f"comma-separated backends ({', '.join(backends.names())}), 'all' (those usable "
+        "here) or "
         "'none' (with --server: time only the server)",
     )
     p.add_argument("--hypotheses", default="1,8", help="comma-separated K values")
@@ -83,13 +83,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="off",
         choices=tuple(GRAPH_MODES),
         help="time each frame replayed as one CUDA graph (on; the flag alone), eagerly (off), or "
-        "both rows; torch and triton backends on CUDA",
+        f"both rows; {graph_backends()} on CUDA",
     )
     p.add_argument(
         "--precision",
         metavar="LIST",
         help="comma-separated precisions of fp32, fp16, bf16; fp16 and bf16 are autocast on "
-        "CUDA, torch and triton backends (default fp32)",
+        f"CUDA, {graph_backends()} (default fp32)",
     )
     p.add_argument("--half", action="store_true", help="shorthand for --precision fp16")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls per configuration")
@@ -198,32 +198,18 @@ def row_label(backend: str, precision: str, graph: bool) -> str:
 
 
 def backend_problem(name: str, device: torch.device) -> str | None:
-    """None when backend ``name`` can run on ``device`` here, else the reason it cannot."""
-    if name == "torch":
-        return None
-    if name == "triton":
-        if device.type != "cuda":
-            return "needs a CUDA device (the CPU interpreter is for tests, not timing)"
-        if importlib.util.find_spec("triton") is None:
-            return 'Triton is not installed: pip install "lsdseg[triton]"'
-        return None
-    if name == "onnx":
-        if importlib.util.find_spec("onnxruntime") is None:
-            return 'ONNX Runtime is not installed: pip install "lsdseg[onnx]"'
-        return None
-    if name == "trt":
-        if device.type != "cuda":
-            return "needs a CUDA device"
-        if importlib.util.find_spec("tensorrt") is None:
-            return 'TensorRT is not installed: pip install "lsdseg[trt]"'
-        return None
-    raise UserError(f"--backend {name!r}: expected one of {', '.join(BACKENDS)} or 'all'")
+    """None when backend ``name`` can be timed on ``device`` here, else the reason it cannot."""
+    if name not in backends.BACKENDS:
+        raise UserError(
+            f"--backend {name!r}: expected one of {', '.join(backends.names())} or 'all'"
+        )
+    return backends.get(name).problem(device, timing=True)
 
 
 def pick_backends(text: str, device: torch.device) -> tuple[list[str], dict[str, str]]:
     """Backends to time, and those skipped with their reasons (only for ``all``)."""
     if text == "all":
-        problems = {name: backend_problem(name, device) for name in BACKENDS}
+        problems = {name: backend_problem(name, device) for name in backends.names()}
         usable = [name for name, why in problems.items() if why is None]
         return usable, {name: why for name, why in problems.items() if why is not None}
     names = [n.strip() for n in text.split(",") if n.strip()]

@@ -14,7 +14,13 @@ import numpy as np
 
 from lsdseg.cli.errors import UserError, output_error
 from lsdseg.cli.main import EXIT_INTERRUPTED, EXIT_TERMINATED
-from lsdseg.cli.options import add_speed_options, check_graph_eta, check_speed_options, seed_arg
+from lsdseg.cli.options import (
+    add_backend_option,
+    add_speed_options,
+    check_graph_eta,
+    check_speed_options,
+    seed_arg,
+)
 from lsdseg.cli.records import write_json
 from lsdseg.cli.runs import add_run_folder_options, check_writable, next_run_dir
 
@@ -73,7 +79,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=0,
         help="seed of the initial noise; image i uses seed + i",
     )
-    p.add_argument("--backend", default="torch", help="torch, triton, onnx or trt")
+    add_backend_option(p, default="torch")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     add_speed_options(p)
     p.add_argument(
@@ -96,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     import lsdseg
+    from lsdseg.backends import resolve_backend
     from lsdseg.cli.console import make_console
     from lsdseg.cli.pipeline import StopFlag
     from lsdseg.data import find_pairs
@@ -104,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_writable(args.project, "--project")  # before the data and the model are loaded
     device = resolve_device(args.device)
-    precision = check_speed_options(args, device, args.backend, args.eta)
+    backend = resolve_backend(args.backend, device)
+    precision = check_speed_options(args, device, backend, args.eta)
     console = make_console()
     pairs = []
     for d in args.data:
@@ -119,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
                 f"--groups {sorted(wanted - have)} not in the data; groups are {sorted(have)[:20]}"
             )
         pairs = [p for p in pairs if p.group in wanted]
-    seg = lsdseg.load(args.weights, device, args.backend, args.cuda_graph, precision)
+    seg = lsdseg.load(args.weights, device, backend, args.cuda_graph, precision)
     check_graph_eta(args.cuda_graph, seg.settings(eta=args.eta).eta)
     out = next_run_dir(args.project, args.name, args.exist_ok)
     vis = Pictures(out) if args.save_vis else None
@@ -166,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     summary = {
         **ev.summary,
         "weights": args.weights,
-        "backend": args.backend,
+        "backend": seg.backend,
         "device": args.device,
         "precision": seg.precision,
         "cuda_graph": seg.cuda_graph,

@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from lsdseg import backends
 from lsdseg.cli.errors import UserError
 
 if TYPE_CHECKING:
@@ -48,23 +49,36 @@ def seed_arg(maximum: int = MAX_SEED, per_frame: bool = False) -> Callable[[str]
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 
+def add_backend_option(group: argparse._ActionsContainer, default: str = backends.AUTO) -> None:
+    """``--backend`` with the choices and help of :data:`lsdseg.backends.BACKENDS`."""
+    group.add_argument(
+        "--backend", choices=backends.choices(), default=default, help=backends.help_text()
+    )
+
+
+def graph_backends() -> str:
+    """``torch and triton backends``: those that take a CUDA graph and autocast."""
+    return f"{backends.spoken(backends.able('cuda_graph'))} backends"
+
+
 def add_speed_options(group: argparse._ActionsContainer) -> None:
     """``--cuda-graph``, ``--half`` and ``--precision`` (segment, evaluate, serve)."""
+    graph = graph_backends()
     group.add_argument(
         "--cuda-graph",
         action="store_true",
         help="replay each frame as one CUDA graph, captured on the first frame of each (batch, "
-        "K, steps, size): far fewer kernel launches; torch and triton backends on CUDA, eta 0",
+        f"K, steps, size): far fewer kernel launches; {graph} on CUDA, eta 0",
     )
     group.add_argument(
         "--half",
         action="store_true",
-        help="fp16 autocast on CUDA, torch and triton backends (shorthand for --precision fp16)",
+        help=f"fp16 autocast on CUDA, {graph} (shorthand for --precision fp16)",
     )
     group.add_argument(
         "--precision",
         choices=PRECISIONS,
-        help="fp32 (the default), or fp16 / bf16 autocast on CUDA (torch and triton backends); "
+        help=f"fp32 (the default), or fp16 / bf16 autocast on CUDA ({graph}); "
         "recorded in summary.json",
     )
 

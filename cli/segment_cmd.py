@@ -10,14 +10,20 @@ the mask, confidence and uncertainty PNGs in ``masks/``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lsdseg import backends
 from lsdseg.cli.errors import UserError
 from lsdseg.cli.main import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED
-from lsdseg.cli.options import add_speed_options, check_graph_eta, check_speed_options, seed_arg
+from lsdseg.cli.options import (
+    add_backend_option,
+    add_speed_options,
+    check_graph_eta,
+    check_speed_options,
+    seed_arg,
+)
 from lsdseg.cli.runs import add_run_folder_options, check_writable, next_run_dir
 
 if TYPE_CHECKING:
@@ -29,8 +35,6 @@ if TYPE_CHECKING:
     from lsdseg.cli.sources import Source
     from lsdseg.cli.writer import WriterThread
     from lsdseg.segmenter import Segmenter
-
-BACKENDS = ("auto", "torch", "triton", "onnx", "trt")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -55,12 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="'default' (bundled), 'untrained' (random, for trying the pipeline) or "
         "a checkpoint folder",
     )
-    m.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="auto",
-        help="auto: triton on CUDA when triton is installed, else torch",
-    )
+    add_backend_option(m)
     m.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     add_speed_options(m)
     m.add_argument(
@@ -99,7 +98,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument(
         "--imgsz",
         type=int,
-        help="model input size S (default: the checkpoint's; torch and triton backends only)",
+        help="model input size S (default: the checkpoint's; "
+        f"{backends.spoken(backends.able('imgsz'))} backends only)",
     )
     m.add_argument(
         "--server",
@@ -262,15 +262,6 @@ def speed_label(segmenter: Segmenter | RemoteSegmenter) -> str:
     return label + (", CUDA graph" if getattr(segmenter, "cuda_graph", False) else "")
 
 
-def pick_backend(name: str, device: torch.device) -> str:
-    """``auto``: triton on a CUDA device when triton is importable, else torch."""
-    if name != "auto":
-        return name
-    if device.type == "cuda" and importlib.util.find_spec("triton") is not None:
-        return "triton"
-    return "torch"
-
-
 def set_image_size(segmenter: Segmenter, imgsz: int | None) -> None:
     """Run the model at ``imgsz`` instead of its training size (fully convolutional)."""
     import dataclasses
@@ -279,7 +270,7 @@ def set_image_size(segmenter: Segmenter, imgsz: int | None) -> None:
     size = segmenter.config.image_size
     if imgsz is None or imgsz == size:
         return
-    if segmenter.backend not in ("torch", "triton"):
+    if not backends.get(segmenter.backend).imgsz:
         raise UserError(
             f"--imgsz {imgsz}: the {segmenter.backend} backend runs at the size it "
             f"was exported at ({size}); drop --imgsz or re-export"
@@ -414,12 +405,12 @@ def run(args: argparse.Namespace) -> int:
             device = str(segmenter.address)
         else:
             device = resolve_device(args.device)
-            backend = pick_backend(args.backend, device)
-            if args.temporal and backend in ("onnx", "trt"):
+            backend = backends.resolve_backend(args.backend, device)
+            if args.temporal and not backends.get(backend).warm_start:
                 raise UserError(
                     f"--temporal needs the previous frame's latents, which the {backend} "
                     "backend does not return (its graph starts from pure noise); use "
-                    "--backend torch or triton"
+                    f"--backend {backends.spoken(backends.able('warm_start'), 'or')}"
                 )
             precision = check_speed_options(args, device, backend, args.eta)
             segmenter = load(

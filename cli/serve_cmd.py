@@ -28,9 +28,15 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lsdseg import backends
 from lsdseg.cli.errors import UserError
-from lsdseg.cli.options import add_speed_options, check_graph_eta, check_speed_options
-from lsdseg.cli.segment_cmd import BACKENDS, pick_backend, speed_label
+from lsdseg.cli.options import (
+    add_backend_option,
+    add_speed_options,
+    check_graph_eta,
+    check_speed_options,
+)
+from lsdseg.cli.segment_cmd import speed_label
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -57,12 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "client. Ctrl-C stops.",
     )
     p.add_argument("--weights", default="default", help="'default', 'untrained' or a folder")
-    p.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="auto",
-        help="auto: triton on CUDA when triton is installed, else torch",
-    )
+    add_backend_option(p)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     add_speed_options(p)
     p.add_argument(
@@ -204,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_options(args)
     device = resolve_device(args.device)
-    backend = pick_backend(args.backend, device)
+    backend = backends.resolve_backend(args.backend, device)
     precision = check_speed_options(args, device, backend, None)  # before PyTriton is needed
     if importlib.util.find_spec("pytriton") is None:
         raise UserError(f"PyTriton is not installed: {INSTALL}")

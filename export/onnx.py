@@ -97,24 +97,6 @@ class ExportGraph(nn.Module):
         return mean, std, p
 
 
-def check_graph_call(backend: str, eta: float, start: int | None) -> None:
-    """Refuse what an exported graph cannot do: eta > 0 or a warm start (``start``).
-
-    Raises:
-        ValueError: the message names the backend and what to use instead.
-    """
-    if eta != 0:
-        raise ValueError(
-            f"eta={eta}: the {backend} backend runs the exported deterministic DDIM graph "
-            "(eta = 0); use eta=0, or backend='torch' for eta > 0"
-        )
-    if start is not None:
-        raise ValueError(
-            f"warm starts (temporal) need the torch or triton backend: the {backend} "
-            "backend's graph always starts from pure noise"
-        )
-
-
 def weights_hash(model: LatentSegmenter) -> str:
     """SHA-256 (16 hex digits) of a model's config and weights, for models without a folder."""
     h = hashlib.sha256(json.dumps(dataclasses.asdict(model.cfg), sort_keys=True).encode())

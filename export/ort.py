@@ -32,10 +32,11 @@ from typing import Any
 
 import torch
 
+from lsdseg.backends import refuse_call
 from lsdseg.model import LatentSegmenter
 
 from .cache import cache_dir, cached_onnx, expected_metadata, mismatches, model_digest
-from .onnx import PRECISIONS, check_graph_call
+from .onnx import PRECISIONS
 from .trt import Profile
 
 THREADS_ENV = "LSDSEG_ORT_THREADS"
@@ -256,7 +257,7 @@ class OrtRunner:
         start: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Normalised images (B, 3, S, S) and noise (B, K, c_m, S/f, S/f) -> (B, K, S, S)."""
-        check_graph_call(self.name, eta, start)
+        refuse_call(self.name, eta, start is not None)
         b, k = noise.shape[:2]
         if self.uses_tensorrt and not self.profile.admits(b, k):
             raise ValueError(

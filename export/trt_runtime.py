@@ -25,10 +25,11 @@ from typing import Any
 
 import torch
 
+from lsdseg.backends import refuse_call
 from lsdseg.model import LatentSegmenter
 
 from .cache import cache_dir, cached_onnx, model_digest
-from .onnx import INPUT_NAMES, OUTPUT_NAMES, PRECISIONS, check_graph_call
+from .onnx import INPUT_NAMES, OUTPUT_NAMES, PRECISIONS
 from .trt import (
     EngineMismatch,
     Profile,
@@ -219,7 +220,7 @@ class TrtRunner:
         start: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Normalised images (B, 3, S, S) and noise (B, K, c_m, S/f, S/f) -> (B, K, S, S)."""
-        check_graph_call("trt", eta, start)
+        refuse_call("trt", eta, start is not None)
         b, k = noise.shape[:2]
         if not self.profile.admits(b, k):
             raise ValueError(

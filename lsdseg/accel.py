@@ -45,6 +45,8 @@ from typing import Any, Literal, Protocol
 
 import torch
 
+from lsdseg import backends
+
 log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -54,7 +56,6 @@ DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
     "bf16": torch.bfloat16,
 }
-GRAPH_BACKENDS = ("torch", "triton")  # the whole-model backends that run lsdseg's own model
 
 Outputs = tuple[torch.Tensor, torch.Tensor]  # probabilities (B, K, S, S), latents z0
 
@@ -102,26 +103,26 @@ def check_supported(
     ``--cuda-graph`` and ``--half``), so the message names what the user typed.
 
     Raises:
-        ValueError: an unknown precision, or a backend that is not torch or triton.
+        ValueError: an unknown precision, or a backend whose record (:mod:`lsdseg.backends`)
+            supports no CUDA graph or autocast.
         RuntimeError: a device that is not CUDA.
     """
     check_precision(precision)
     half = half_name or f"precision={precision!r}"
-    if cuda_graph and backend not in GRAPH_BACKENDS:
-        also = "; the trt backend replays CUDA graphs of its own" if backend == "trt" else ""
+    spec = backends.BACKENDS.get(backend)  # a backend outside the table runs no graph either
+    graphs = spec is not None and spec.cuda_graph
+    able = backends.spoken(backends.able("cuda_graph"))
+    if cuda_graph and not graphs:
+        also = f"; {spec.own_graph}" if spec and spec.own_graph else ""
         raise ValueError(
-            f"{graph_name} is for the torch and triton backends, not {backend}: use one of "
+            f"{graph_name} is for the {able} backends, not {backend}: use one of "
             f"them, or drop {graph_name}{also}"
         )
-    if precision != "fp32" and backend not in GRAPH_BACKENDS:
-        own = {
-            "onnx": "the onnx backend runs the FP32 graph; an FP16 one: lsdseg export --onnx "
-            "--half",
-            "trt": "the trt backend runs its engines' precision, FP16 by default",
-        }.get(backend, f"the {backend} backend has a precision of its own")
+    if precision != "fp32" and not graphs:
+        own = (spec and spec.own_precision) or f"the {backend} backend has a precision of its own"
         raise ValueError(
-            f"{half} is autocast for the torch and triton backends, not {backend} ({own}): "
-            f"use torch or triton, or drop {half}"
+            f"{half} is autocast for the {able} backends, not {backend} ({own}): "
+            f"use {backends.spoken(backends.able('cuda_graph'), 'or')}, or drop {half}"
         )
     if cuda_graph and device.type != "cuda":
         raise RuntimeError(

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lsdseg import ops
+from lsdseg import backends, ops
 from lsdseg.accel import GraphRunner, Precision, autocast, check_supported
 from lsdseg.augment import resize_pair
 from lsdseg.checkpoint import CheckpointError, load_checkpoint
@@ -61,10 +61,6 @@ class Runner(Protocol):
 # A factory builds a runner for a loaded model; ``checkpoint`` is its folder (None if in memory).
 RunnerFactory = Callable[[LatentSegmenter, Path | None, torch.device], Runner]
 _BACKENDS: dict[str, RunnerFactory] = {}
-_PLUGINS: dict[str, tuple[str, str]] = {
-    "onnx": ("lsdseg.export", 'pip install "lsdseg[onnx]"'),
-    "trt": ("lsdseg.export", 'pip install "lsdseg[trt]" on a machine with an NVIDIA GPU'),
-}
 
 
 def register_runner(name: str, factory: RunnerFactory) -> None:
@@ -74,7 +70,7 @@ def register_runner(name: str, factory: RunnerFactory) -> None:
 
 def runner_names() -> list[str]:
     """Every backend name that can be requested."""
-    return sorted(set(_BACKENDS) | set(_PLUGINS))
+    return sorted(set(_BACKENDS) | set(backends.plugins()))
 
 
 @dataclass
@@ -115,7 +111,7 @@ register_runner("triton", _triton_runner)
 def _make_runner(
     name: str, model: LatentSegmenter, ckpt: Path | None, device: torch.device
 ) -> Runner:
-    return lookup(name, _BACKENDS, _PLUGINS, "backend")(model, ckpt, device)
+    return lookup(name, _BACKENDS, backends.plugins(), "backend")(model, ckpt, device)
 
 
 @dataclass
@@ -146,7 +142,8 @@ class Segmenter:
     Args:
         model: the network (in eval mode, on ``device``).
         device: where it runs.
-        backend: a whole-model backend name (see :func:`runner_names`).
+        backend: a whole-model backend name (see :func:`runner_names`), or ``auto``
+            (:func:`lsdseg.backends.resolve_backend`).
         checkpoint: the folder the model came from, if any (export backends need it).
         cuda_graph: replay one CUDA graph per frame shape (torch and triton backends on CUDA,
             eta = 0; see :mod:`lsdseg.accel`).
@@ -169,6 +166,7 @@ class Segmenter:
         self.model = model.eval()
         self.device = torch.device(device)
         self.checkpoint = Path(checkpoint) if checkpoint else None
+        backend = backends.resolve_backend(backend, self.device)
         # before the runner is made: an export backend would export first
         check_supported(self.device, backend, cuda_graph, precision)
         runner = _make_runner(backend, self.model, self.checkpoint, self.device)
@@ -320,9 +318,10 @@ class Segmenter:
             raise ValueError(f"warm_start has {len(prev)} results for {n} frames; pass one each")
         for r in prev:
             if r.latents is None:
+                able = " or ".join(repr(b) for b in backends.able("warm_start"))
                 raise ValueError(
                     f"warm_start needs latents, which the {self.backend} backend "
-                    "does not return; use backend='torch' or 'triton'"
+                    f"does not return; use backend={able}"
                 )
             if r.latents.shape != (s.hypotheses, *self.model.latent_shape):
                 raise ValueError(
@@ -461,7 +460,8 @@ def load(
             default architecture, for tests and demos only), or a checkpoint folder.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (the default: CUDA when torch
             sees a GPU, else the CPU), as the CLI's ``--device``.
-        backend: ``torch``, ``triton``, ``onnx`` or ``trt``.
+        backend: a name of :data:`lsdseg.backends.BACKENDS` (``torch``, ``triton``, ``onnx``,
+            ``trt``) or ``auto`` (triton on CUDA when Triton is installed, else torch).
         cuda_graph: replay one CUDA graph per frame shape (torch and triton on CUDA, eta = 0).
         precision: ``"fp32"`` (default), or ``"fp16"`` / ``"bf16"`` autocast on CUDA (torch
             and triton).

@@ -558,19 +558,6 @@ def test_closing_the_show_window_ends_the_run(tmp_path):
     assert summary.stopped_by == "the --show window (q)" and 1 <= summary.frames < 50
 
 
-def test_auto_backend_picks_triton_only_on_cuda_with_triton(monkeypatch):
-    import importlib.util
-
-    from lsdseg.cli.segment_cmd import pick_backend
-
-    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)  # a device object needs no GPU
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
-    assert (pick_backend("auto", cpu), pick_backend("auto", cuda)) == ("torch", "triton")
-    assert pick_backend("onnx", cuda) == "onnx"  # an explicit choice is passed through
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    assert pick_backend("auto", cuda) == "torch"
-
-
 def test_temporal_warm_start(capsys, tiny, tmp_path, video):
     rc, err = segment(capsys, tiny, tmp_path / "a", str(video), "--steps", "4")
     assert rc == 0, err

@@ -1,0 +1,202 @@
+"""The whole-model backends, one record each: what the CLI lists, checks and refuses reads here.
+
+Like the Ultralytics exporter's formats table, :data:`BACKENDS` is the one place a backend is
+described: its name, the plugin module that registers its runner (``lsdseg.export`` for onnx
+and trt, imported by name on first request so the core never imports it), the module it needs
+and how to install it, whether it needs CUDA, and what it supports. The CLI's ``--backend``
+choices and help, ``bench --backend all``, ``auto`` and every "backend X cannot do Y" refusal
+come from it; adding a backend is one new row (and its runner's registration).
+
+How a runner is built stays in :mod:`lsdseg.segmenter`'s registry (``register_runner``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What one whole-model backend is, needs and can do."""
+
+    name: str  # the --backend / backend= name
+    summary: str  # a few words for --help
+    plugin: str | None  # module that registers the runner when imported (None: the core)
+    requires: str | None  # the module it cannot run without (found with importlib.util.find_spec)
+    install: str | None  # how to get ``requires``: the pip command with its extra
+    missing: str | None  # how ``requires`` is called in messages ("Triton is not installed")
+    needs_cuda: bool  # runs only on an NVIDIA GPU
+    timed_on_cpu: bool  # bench times it on a CPU (triton's CPU interpreter is for tests only)
+    eta: bool  # samples with eta > 0 (per-step noise)
+    warm_start: bool  # returns latents and takes warm starts (segment --temporal)
+    imgsz: bool  # runs at another input size than its checkpoint's (--imgsz)
+    cuda_graph: bool  # whole-frame CUDA graphs and fp16/bf16 autocast (lsdseg.accel)
+    own_precision: str = ""  # what precision it runs instead, where it has one of its own
+    own_graph: str = ""  # how it replays graphs of its own, where it does
+
+    def installed(self) -> bool:
+        """Whether the module it needs can be imported here (nothing is imported)."""
+        return self.requires is None or importlib.util.find_spec(self.requires) is not None
+
+    def problem(self, device: torch.device, timing: bool = False) -> str | None:
+        """None when it can run on ``device`` here, else the reason it cannot.
+
+        ``timing``: for ``bench``, which does not time a CPU interpreter.
+        """
+        if (self.needs_cuda or (timing and not self.timed_on_cpu)) and device.type != "cuda":
+            why = "" if self.needs_cuda else " (the CPU interpreter is for tests, not timing)"
+            return f"needs a CUDA device{why}"
+        if not self.installed():
+            return f"{self.missing}: {self.install}"
+        return None
+
+    def available(self, device: torch.device) -> bool:
+        """Whether it can run on ``device`` here."""
+        return self.problem(device) is None
+
+
+BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend(
+            name="torch",
+            summary="PyTorch",
+            plugin=None,
+            requires=None,
+            install=None,
+            missing=None,
+            needs_cuda=False,
+            timed_on_cpu=True,
+            eta=True,
+            warm_start=True,
+            imgsz=True,
+            cuda_graph=True,
+        ),
+        Backend(
+            name="triton",
+            summary="PyTorch with lsdseg's Triton kernels",
+            plugin=None,
+            requires="triton",
+            install='pip install "lsdseg[triton]"',
+            missing="Triton is not installed",
+            needs_cuda=False,
+            timed_on_cpu=False,
+            eta=True,
+            warm_start=True,
+            imgsz=True,
+            cuda_graph=True,
+        ),
+        Backend(
+            name="onnx",
+            summary="the exported graph on ONNX Runtime",
+            plugin="lsdseg.export",
+            requires="onnxruntime",
+            install='pip install "lsdseg[onnx]"',
+            missing="ONNX Runtime is not installed",
+            needs_cuda=False,
+            timed_on_cpu=True,
+            eta=False,
+            warm_start=False,
+            imgsz=False,
+            cuda_graph=False,
+            own_precision="the onnx backend runs the FP32 graph; an FP16 one: lsdseg export "
+            "--onnx --half",
+        ),
+        Backend(
+            name="trt",
+            summary="TensorRT engines",
+            plugin="lsdseg.export",
+            requires="tensorrt",
+            install='pip install "lsdseg[trt]" on a machine with an NVIDIA GPU',
+            missing="TensorRT is not installed",
+            needs_cuda=True,
+            timed_on_cpu=False,
+            eta=False,
+            warm_start=False,
+            imgsz=False,
+            cuda_graph=False,
+            own_precision="the trt backend runs its engines' precision, FP16 by default",
+            own_graph="the trt backend replays CUDA graphs of its own",
+        ),
+    )
+}
+
+
+def names() -> list[str]:
+    """Every backend name, in the table's order."""
+    return list(BACKENDS)
+
+
+def choices() -> list[str]:
+    """What ``--backend`` takes: ``auto`` and every backend."""
+    return [AUTO, *BACKENDS]
+
+
+def get(name: str) -> Backend:
+    """The record of backend ``name``.
+
+    Raises:
+        ValueError: an unknown name (the valid ones are listed).
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
+    return BACKENDS[name]
+
+
+def able(feature: str) -> list[str]:
+    """The backends that support ``feature`` (a boolean field: eta, warm_start, imgsz, ...)."""
+    return [b.name for b in BACKENDS.values() if getattr(b, feature)]
+
+
+def spoken(items: list[str], conj: str = "and") -> str:
+    """``torch and triton``; ``torch, triton or onnx``."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {conj} {items[-1]}"
+
+
+def plugins() -> dict[str, tuple[str, str]]:
+    """name -> (plugin module, install hint) for the backends a plugin registers."""
+    return {b.name: (b.plugin, b.install or "") for b in BACKENDS.values() if b.plugin}
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    """``auto``: triton on a CUDA device when Triton is installed, else torch; others as given."""
+    if name != AUTO:
+        return name
+    if device.type == "cuda" and BACKENDS["triton"].installed():
+        return "triton"
+    return "torch"
+
+
+AUTO_HELP = "auto: triton on CUDA when Triton is installed, else torch"
+
+
+def help_text() -> str:
+    """The ``--backend`` help: ``auto`` and each backend with what it is."""
+    rows = "; ".join(f"{b.name}: {b.summary}" for b in BACKENDS.values())
+    return f"{AUTO_HELP}; {rows}"
+
+
+def refuse_call(name: str, eta: float, warm: bool) -> None:
+    """Refuse a call that backend ``name`` cannot make: eta > 0, or a warm start.
+
+    Raises:
+        ValueError: the message names the backend and what to use instead.
+    """
+    b = get(name)
+    if eta != 0 and not b.eta:
+        raise ValueError(
+            f"eta={eta}: the {name} backend runs the exported deterministic DDIM graph "
+            f"(eta = 0); use eta=0, or backend={able('eta')[0]!r} for eta > 0"
+        )
+    if warm and not b.warm_start:
+        raise ValueError(
+            f"warm starts (temporal) need the {spoken(able('warm_start'), 'or')} backend: the "
+            f"{name} backend's graph always starts from pure noise"
+        )
