@@ -25,7 +25,13 @@ import numpy as np
 
 from lsdseg import backends
 from lsdseg.cli.errors import UserError
-from lsdseg.cli.options import PRECISIONS, graph_backends, seed_arg
+from lsdseg.cli.options import (
+    PRECISIONS,
+    SAMPLER_FLAGS,
+    graph_backends,
+    sampler_config,
+    seed_arg,
+)
 from lsdseg.cli.runs import check_writable
 
 if TYPE_CHECKING:
@@ -123,8 +129,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def parse_ints(text: str, option: str, low: int, high: int) -> list[int]:
-    """``"1,8,16"`` -> ``[1, 8, 16]``, each within [low, high], duplicates dropped."""
+def parse_ints(
+    text: str, option: str, low: int | None = None, high: int | None = None
+) -> list[int]:
+    """``"1,8,16"`` -> ``[1, 8, 16]``, each within [low, high] (if given), duplicates dropped."""
     values: list[int] = []
     for part in text.split(","):
         try:
@@ -133,10 +141,26 @@ def parse_ints(text: str, option: str, low: int, high: int) -> list[int]:
             raise UserError(
                 f"{option} {text!r}: expected comma-separated integers, e.g. 1,8"
             ) from None
-        if not low <= value <= high:
+        if low is not None and high is not None and not low <= value <= high:
             raise UserError(f"{option} {text!r}: {value} must be between {low} and {high}")
         if value not in values:
             values.append(value)
+    return values
+
+
+def parse_settings(text: str, field: str) -> list[int]:
+    """``--hypotheses 1,8`` or ``--steps 2,4`` -> the values, each checked by SamplerConfig.
+
+    Raises:
+        UserError: ``--steps '0': 0 must be between 1 and 1000``.
+    """
+    option = SAMPLER_FLAGS[field]
+    values = parse_ints(text, option)
+    for value in values:
+        try:
+            sampler_config(**{field: value})
+        except UserError as e:
+            raise UserError(f"{option} {text!r}: {str(e)[len(option) + 1 :]}") from None
     return values
 
 
@@ -390,8 +414,8 @@ def run(args: argparse.Namespace) -> int:
             )
     if args.json:  # before anything is timed
         check_writable(args.json, "--json", folder=False)
-    ks = parse_ints(args.hypotheses, "--hypotheses", 1, 256)
-    steps = parse_ints(args.steps, "--steps", 1, 1000)
+    ks = parse_settings(args.hypotheses, "hypotheses")
+    steps = parse_settings(args.steps, "steps")
     clients = parse_ints(args.clients, "--clients", 1, 256)
     if args.server:
         from lsdseg.cli.remote import parse_server

@@ -19,6 +19,7 @@ from lsdseg.cli.options import (
     add_speed_options,
     check_graph_eta,
     check_speed_options,
+    sampler_config,
     seed_arg,
 )
 from lsdseg.cli.records import write_json
@@ -110,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
     from lsdseg.segmenter import resolve_device
 
     check_writable(args.project, "--project")  # before the data and the model are loaded
+    sampler_config(
+        hypotheses=args.hypotheses, steps=args.steps, eta=args.eta, threshold=args.threshold
+    )
     device = resolve_device(args.device)
     backend = resolve_backend(args.backend, device)
     precision = check_speed_options(args, device, backend, args.eta)

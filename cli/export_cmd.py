@@ -21,6 +21,7 @@ from typing import Any
 
 from lsdseg.cli.errors import UserError
 from lsdseg.cli.main import suggest
+from lsdseg.cli.options import sampler_config
 from lsdseg.cli.runs import check_writable
 
 FORMATS = ("onnx", "trt")
@@ -153,8 +154,7 @@ def check_args(args: argparse.Namespace, formats: list[str]) -> dict[str, Any]:
     """Validate the options before anything slow runs; returns the parsed TensorRT options."""
     from lsdseg.export.trt import Profile, parse_range
 
-    if args.steps is not None and not 1 <= args.steps <= 1000:
-        raise UserError(f"--steps {args.steps} must be between 1 and 1000")
+    sampler_config(steps=args.steps)  # a bad --steps fails here, before the export
     if args.imgsz is not None and args.imgsz <= 0:
         raise UserError(f"--imgsz {args.imgsz} must be > 0")
     if args.eta is not None and args.eta != 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,8 @@ from lsdseg.cli.errors import UserError
 
 if TYPE_CHECKING:
     import torch
+
+    from lsdseg.config import SamplerConfig
 
 MAX_SEED = 2**63 - 1  # seeds travel as int64 (torch generators, the server's parameters)
 
@@ -126,3 +129,41 @@ def check_graph_eta(cuda_graph: bool, eta: float) -> None:
 
     if cuda_graph and eta > 0:
         raise UserError(graph_eta_refusal(eta, "--cuda-graph", "--eta"))
+
+
+# SamplerConfig field -> the flag that sets it
+SAMPLER_FLAGS = {
+    "hypotheses": "--hypotheses",
+    "steps": "--steps",
+    "eta": "--eta",
+    "threshold": "--threshold",
+    "warm_timestep": "--temporal-t",
+}
+
+
+def flag_message(error: Exception, field: str, flag: str | None = None) -> str:
+    """``steps=0 must be ...`` -> ``--steps 0 must be ...``: a core message in the CLI's terms."""
+    text = str(error)
+    flag = flag or SAMPLER_FLAGS.get(field, f"--{field.replace('_', '-')}")
+    return f"{flag} {text[len(field) + 1 :]}" if text.startswith(f"{field}=") else f"{flag}: {text}"
+
+
+def sampler_config(base: SamplerConfig | None = None, **given: float | None) -> SamplerConfig:
+    """``base`` (default: ``SamplerConfig()``) with each given setting that is not None replaced;
+    :class:`~lsdseg.config.SamplerConfig` checks the ranges.
+
+    Raises:
+        UserError: a setting out of range, in one line naming its flag (``--steps 0 must be
+            between 1 and 1000``).
+    """
+    from lsdseg.config import SamplerConfig
+
+    config = SamplerConfig() if base is None else base
+    for field, value in given.items():
+        if value is None:
+            continue
+        try:
+            config = dataclasses.replace(config, **{field: value})
+        except ValueError as e:
+            raise UserError(flag_message(e, field)) from None
+    return config

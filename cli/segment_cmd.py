@@ -22,6 +22,8 @@ from lsdseg.cli.options import (
     add_speed_options,
     check_graph_eta,
     check_speed_options,
+    flag_message,
+    sampler_config,
     seed_arg,
 )
 from lsdseg.cli.runs import add_run_folder_options, check_writable, next_run_dir
@@ -90,7 +92,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=499,
         metavar="T",
-        help="timestep the previous latents are noised to with --temporal (default 499)",
+        help="timestep the previous latents are noised to with --temporal, below the "
+        "checkpoint's diffusion timesteps (default 499)",
     )
     m.add_argument(
         "--threshold", type=float, help="mask = mean > threshold (default: the checkpoint's)"
@@ -191,18 +194,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def check_options(args: argparse.Namespace) -> None:
-    """Range checks that need no model, so a typo fails before anything loads."""
+    """Range checks that need no model, so a typo fails before anything loads (the sampler
+    settings by SamplerConfig's own checks; --temporal-t once the checkpoint's schedule is
+    known)."""
+    sampler_config(
+        hypotheses=args.hypotheses, steps=args.steps, eta=args.eta, threshold=args.threshold
+    )
     checks = [
-        (1 <= args.hypotheses <= 256, f"--hypotheses {args.hypotheses} must be between 1 and 256"),
-        (
-            args.steps is None or 1 <= args.steps <= 1000,
-            f"--steps {args.steps} must be between 1 and 1000",
-        ),
-        (args.eta is None or 0 <= args.eta <= 1, f"--eta {args.eta} must be between 0 and 1"),
-        (
-            args.threshold is None or 0 < args.threshold < 1,
-            f"--threshold {args.threshold} must be between 0 and 1 (exclusive)",
-        ),
         (args.vid_stride >= 1, f"--vid-stride {args.vid_stride} must be >= 1"),
         (args.max_frames >= 0, f"--max-frames {args.max_frames} must be >= 0 (0: all frames)"),
         (args.timeout > 0, f"--timeout {args.timeout} must be > 0 seconds"),
@@ -214,10 +212,6 @@ def check_options(args: argparse.Namespace) -> None:
             "is a mean entropy in bits",
         ),
         (args.imgsz is None or args.imgsz > 0, f"--imgsz {args.imgsz} must be > 0"),
-        (
-            0 <= args.temporal_t <= 999,
-            f"--temporal-t {args.temporal_t} must be a timestep between 0 and 999",
-        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -418,6 +412,10 @@ def run(args: argparse.Namespace) -> int:
             )
             check_graph_eta(args.cuda_graph, segmenter.settings(eta=args.eta).eta)
             set_image_size(segmenter, args.imgsz)
+            try:  # the range is the checkpoint's schedule (diffusion.timesteps)
+                segmenter.check_warm_timestep(args.temporal_t)
+            except ValueError as e:
+                raise UserError(flag_message(e, "warm_timestep")) from None
         realtime = source.live if args.realtime is None else args.realtime
         realtime = realtime and source.kind != "images"
         console.print(

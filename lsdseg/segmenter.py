@@ -202,6 +202,13 @@ class Segmenter:
             spacing=d.spacing,
         )
 
+    def check_warm_timestep(self, t: int) -> None:
+        """Raises ValueError unless ``t`` is a timestep of this model's schedule, one a
+        ``warm_start`` can be noised to."""
+        T = self.config.diffusion.timesteps
+        if not 0 <= t < T:
+            raise ValueError(f"warm_timestep={t} must be between 0 and {T - 1}")
+
     def preprocess(self, frames: Sequence[np.ndarray], order: Order) -> torch.Tensor:
         """uint8 frames (any size; grey or RGBA converted) -> normalised (B, 3, S, S)."""
         size = self.config.image_size
@@ -311,9 +318,7 @@ class Segmenter:
     ) -> torch.Tensor:
         """The previous results' latents noised to timestep t: (B, K, c_m, S/f, S/f)."""
         prev = [prev] if isinstance(prev, Result) else list(prev)
-        T = self.config.diffusion.timesteps
-        if not 0 <= t < T:
-            raise ValueError(f"warm_timestep={t} must be between 0 and {T - 1}")
+        self.check_warm_timestep(t)
         if len(prev) != n:
             raise ValueError(f"warm_start has {len(prev)} results for {n} frames; pass one each")
         for r in prev:

@@ -857,3 +857,36 @@ def test_a_summary_that_cannot_be_written_leaves_no_empty_file(tmp_path, monkeyp
     with pytest.raises(OutputError, match=r"cannot write .*summary\.json: No space left"):
         Summary(source="x").save(tmp_path / "summary.json")
     assert list(tmp_path.iterdir()) == []  # no truncated summary.json, no temporary file
+
+
+def test_temporal_t_range_is_the_checkpoint_schedule(capsys, tiny, tmp_path, video):
+    import dataclasses
+
+    from lsdseg.checkpoint import load_checkpoint, save_checkpoint
+    from lsdseg.model import LatentSegmenter
+
+    cfg = load_checkpoint(tiny).cfg
+    cfg = dataclasses.replace(cfg, diffusion=dataclasses.replace(cfg.diffusion, timesteps=200))
+    torch.manual_seed(0)
+    short = str(save_checkpoint(LatentSegmenter(cfg), tmp_path / "t200"))
+    args = ("--temporal", "--max-frames", "2", "--temporal-t")
+    rc, err = segment(capsys, short, tmp_path / "a", str(video), *args, "200")
+    assert rc == 1 and "--temporal-t 200 must be between 0 and 199" in err
+    assert len(err.strip().splitlines()) == 1, err
+    rc, err = segment(capsys, short, tmp_path / "b", str(video), *args, "199")
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--steps", "0", "--steps 0 must be between 1 and 1000"),
+        ("--eta", "1.5", "--eta 1.5 must be between 0 and 1"),
+        ("--threshold", "1", "--threshold 1.0 must be in (0, 1)"),
+        ("-k", "0", "--hypotheses 0 must be between 1 and 256"),
+    ],
+)
+def test_sampler_flags_are_checked_by_sampler_config(capsys, tiny, tmp_path, flag, value, message):
+    rc, err = segment(capsys, tiny, tmp_path, "missing.mp4", flag, value)
+    assert rc == 1 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "exp").exists()  # before any source, model or output

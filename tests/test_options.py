@@ -1,0 +1,55 @@
+"""cli.options: the sampler flags are checked by SamplerConfig and named in its errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from lsdseg.cli.errors import UserError
+from lsdseg.cli.main import main
+from lsdseg.cli.options import flag_message, sampler_config
+from lsdseg.config import SamplerConfig
+
+
+def test_sampler_config_replaces_only_what_is_given() -> None:
+    base = SamplerConfig(steps=2, threshold=0.6)
+    got = sampler_config(base, steps=None, eta=0.5, threshold=None, hypotheses=4)
+    assert got == SamplerConfig(steps=2, eta=0.5, threshold=0.6, hypotheses=4)
+    assert sampler_config() == SamplerConfig()
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"steps": 0}, "--steps 0 must be between 1 and 1000"),
+        ({"steps": 1001}, "--steps 1001 must be between 1 and 1000"),
+        ({"eta": -0.1}, "--eta -0.1 must be between 0 and 1"),
+        ({"threshold": 0.0}, "--threshold 0.0 must be in (0, 1)"),
+        ({"hypotheses": 257}, "--hypotheses 257 must be between 1 and 256"),
+    ],
+)
+def test_a_bad_setting_names_its_flag(given, message) -> None:
+    with pytest.raises(UserError) as info:
+        sampler_config(**given)
+    assert str(info.value) == message
+
+
+def test_flag_message() -> None:
+    e = ValueError("warm_timestep=1000 must be between 0 and 999")
+    assert flag_message(e, "warm_timestep") == "--temporal-t 1000 must be between 0 and 999"
+    assert flag_message(ValueError("no such thing"), "steps") == "--steps: no such thing"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["evaluate", "--data", "d", "--steps", "0"], "--steps 0 must be between 1 and 1000"),
+        (["evaluate", "--data", "d", "--eta", "2"], "--eta 2.0 must be between 0 and 1"),
+        (["bench", "--steps", "2,0"], "--steps '2,0': 0 must be between 1 and 1000"),
+        (["bench", "--hypotheses", "300"], "--hypotheses '300': 300 must be between 1 and 256"),
+    ],
+)
+def test_commands_check_the_flags_first(capsys, tmp_path, argv, message) -> None:
+    argv = [*argv, "--json" if argv[0] == "bench" else "--project", str(tmp_path / "out")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
