@@ -8,14 +8,10 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lsdseg.cli.errors import UserError
 from lsdseg.cli.options import seed_arg
 from lsdseg.cli.runs import check_writable
-
-if TYPE_CHECKING:
-    from lsdseg.data import Pair
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -136,53 +132,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def load_pairs(
-    dirs: list[str],
-    val_dirs: list[str] | None,
-    val_fraction: float,
-    seed: int,
-    datasets: dict[str, dict] | None = None,
-) -> tuple[list[Pair], list[Pair]]:
-    """Pairs of every dataset, groups prefixed by the dataset's folder name; train/val split.
-
-    ``datasets``, when given, is filled with each dataset's ``root``, how its groups were set
-    (``grouped_by``: sequences.csv or file names) and, for a folder split here without group
-    information, ``video_frame_share`` (:func:`lsdseg.splits.video_frame_share`).
-    """
-    from lsdseg.data import find_pairs, split_pairs
-
-    def prefixed(root: str, split: bool) -> list[Pair]:
-        layout, pairs = find_pairs(root)
-        name = Path(root).resolve().name
-        labelled = [p for p in pairs if p.mask is not None]
-        if not labelled:
-            raise UserError(
-                f"{root}: no image/mask pairs found (layout {layout}); training needs masks"
-            )
-        if datasets is not None:
-            grouped = any(p.group != p.name for p in labelled)
-            info = {"root": str(Path(root).resolve()), "layout": layout}
-            info["grouped_by"] = "sequences.csv" if grouped else "file names (one image a group)"
-            if split and not grouped:
-                from lsdseg.splits import video_frame_share
-
-                info["video_frame_share"] = round(video_frame_share(labelled), 3)
-            datasets[name] = info
-        return [dataclasses.replace(p, group=f"{name}:{p.group}") for p in labelled]
-
-    train, val = [], []
-    for d in dirs:
-        pairs = prefixed(d, split=not val_dirs)
-        if val_dirs:
-            train += pairs
-        else:
-            t, v = split_pairs(pairs, val_fraction=val_fraction, seed=seed)
-            train, val = train + t, val + v
-    for d in val_dirs or []:
-        val += prefixed(d, split=False)
-    return train, val
-
-
 def frame_split_warnings(datasets: dict[str, dict]) -> list[str]:
     """A warning for each dataset split image by image whose images look like video frames."""
     from lsdseg.splits import VIDEO_SHARE
@@ -256,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
     from lsdseg.cli.console import make_console
     from lsdseg.cli.resume import check_resume, data_settings
     from lsdseg.config import ModelConfig, load_json
+    from lsdseg.data import load_pairs
     from lsdseg.dataset import SegmentationDataset
     from lsdseg.segmenter import bundled_weights, resolve_device
     from lsdseg.splits import split_record, write_splits

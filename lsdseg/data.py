@@ -318,6 +318,67 @@ def split_pairs(
     return train, val
 
 
+def dataset_of(group: str) -> str:
+    """The dataset a :func:`load_pairs` group belongs to: ``kvasir:12`` -> ``kvasir``
+    (``""`` for a group without a dataset prefix)."""
+    return group.split(":", 1)[0] if ":" in group else ""
+
+
+def load_pairs(
+    dirs: Sequence[str],
+    val_dirs: Sequence[str] | None,
+    val_fraction: float,
+    seed: int,
+    datasets: dict[str, dict] | None = None,
+) -> tuple[list[Pair], list[Pair]]:
+    """The labelled pairs of every dataset and their train/validation split, as training uses.
+
+    Each group is prefixed by its dataset's folder name (``dataset:group``, see
+    :func:`dataset_of`), so groups of two datasets never merge. Without ``val_dirs`` each
+    dataset is split on its own by :func:`split_pairs` (``val_fraction``, ``seed``); with them,
+    ``dirs`` all train and ``val_dirs`` all validate.
+
+    ``datasets``, when given, is filled with each dataset's ``root``, ``layout``, how its
+    groups were set (``grouped_by``: sequences.csv or file names) and, for a folder split here
+    without group information, ``video_frame_share`` (:func:`lsdseg.splits.video_frame_share`).
+
+    Raises:
+        DataError: a folder without image/mask pairs.
+    """
+
+    def prefixed(root: str, split: bool) -> list[Pair]:
+        layout, pairs = find_pairs(root)
+        name = Path(root).resolve().name
+        labelled = [p for p in pairs if p.mask is not None]
+        if not labelled:
+            raise DataError(
+                f"{root}: no image/mask pairs found (layout {layout}); training needs masks"
+            )
+        if datasets is not None:
+            grouped = any(p.group != p.name for p in labelled)
+            info = {"root": str(Path(root).resolve()), "layout": layout}
+            info["grouped_by"] = "sequences.csv" if grouped else "file names (one image a group)"
+            if split and not grouped:
+                from lsdseg.splits import video_frame_share  # splits imports this module
+
+                info["video_frame_share"] = round(video_frame_share(labelled), 3)
+            datasets[name] = info
+        return [dataclasses.replace(p, group=f"{name}:{p.group}") for p in labelled]
+
+    train: list[Pair] = []
+    val: list[Pair] = []
+    for d in dirs:
+        pairs = prefixed(d, split=not val_dirs)
+        if val_dirs:
+            train += pairs
+        else:
+            t, v = split_pairs(pairs, val_fraction=val_fraction, seed=seed)
+            train, val = train + t, val + v
+    for d in val_dirs or []:
+        val += prefixed(d, split=False)
+    return train, val
+
+
 def load_sample(pair: Pair) -> tuple[np.ndarray, np.ndarray | None]:
     """Read a pair's image (``(H, W, 3)`` uint8 RGB) and mask (``(H, W)`` bool or ``None``).
 

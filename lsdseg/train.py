@@ -40,6 +40,7 @@ from lsdseg.checkpoint import (
     swap_image_encoder,
 )
 from lsdseg.config import ModelConfig, to_dict
+from lsdseg.data import dataset_of
 from lsdseg.dataset import SegmentationDataset
 from lsdseg.featcache import FeatureCache
 from lsdseg.losses import autoencoder_losses, diffusion_losses
@@ -152,7 +153,7 @@ def validate(
         ious.append(iou_fn(pred, y))
     d, j = torch.cat(dices), torch.cat(ious)
     out = {"dice": float(d.mean()), "iou": float(j.mean())}
-    sources = [p.group.split(":", 1)[0] if ":" in p.group else "" for p in dataset.pairs]
+    sources = [dataset_of(p.group) for p in dataset.pairs]
     for src in sorted(set(sources) - {""}):
         idx = torch.tensor([s == src for s in sources])
         out[f"dice/{src}"] = float(d[idx].mean())

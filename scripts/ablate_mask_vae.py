@@ -18,8 +18,8 @@ from dataclasses import replace
 import torch
 
 from lsdseg.augment import AugmentConfig
-from lsdseg.cli.train_cmd import load_pairs
 from lsdseg.config import MaskVAEConfig
+from lsdseg.data import load_pairs
 from lsdseg.dataset import SegmentationDataset
 from lsdseg.metrics import dice
 from lsdseg.vae import MaskVAE

@@ -27,9 +27,8 @@ import torch
 
 from lsdseg.card import cpu_name
 from lsdseg.checkpoint import load_checkpoint, save_checkpoint, without_image_decoder
-from lsdseg.cli.train_cmd import load_pairs
 from lsdseg.config import to_dict
-from lsdseg.data import load_sample
+from lsdseg.data import load_pairs, load_sample
 from lsdseg.evaluate import evaluate
 from lsdseg.model import LatentSegmenter
 from lsdseg.segmenter import Segmenter

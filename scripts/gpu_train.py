@@ -160,8 +160,7 @@ def export(run: Path, out: Path, steps: list[int], data: list[str], train_args: 
 
     from lsdseg.checkpoint import CARD, CONFIG, save_checkpoint, without_image_decoder
     from lsdseg.cli.main import build_parser
-    from lsdseg.cli.train_cmd import load_pairs
-    from lsdseg.data import load_sample
+    from lsdseg.data import load_pairs, load_sample
     from lsdseg.segmenter import Segmenter
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

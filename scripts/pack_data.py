@@ -24,8 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lsdseg.cli.train_cmd import load_pairs
-from lsdseg.data import DataError, find_pairs, load_sample
+from lsdseg.data import DataError, find_pairs, load_pairs, load_sample
 
 
 def shrink(image: np.ndarray, mask: np.ndarray, short_side: int) -> tuple[np.ndarray, np.ndarray]:

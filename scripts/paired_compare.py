@@ -19,8 +19,7 @@ import argparse
 import numpy as np
 from bundle_weights import _dice, load_weights
 
-from lsdseg.cli.train_cmd import load_pairs
-from lsdseg.data import load_sample
+from lsdseg.data import load_pairs, load_sample
 from lsdseg.segmenter import Segmenter
 
 

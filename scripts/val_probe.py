@@ -17,8 +17,7 @@ import argparse
 
 from bundle_weights import THRESHOLDS, load_weights, sweep  # what picks the bundled defaults
 
-from lsdseg.cli.train_cmd import load_pairs
-from lsdseg.data import load_sample
+from lsdseg.data import load_pairs, load_sample
 from lsdseg.segmenter import Segmenter
 
 

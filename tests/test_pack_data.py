@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lsdseg.cli.train_cmd import load_pairs
+from lsdseg.data import load_pairs
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "pack_data.py"
 

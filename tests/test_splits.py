@@ -69,7 +69,8 @@ def test_split_record_lists_every_image_once_by_dataset_and_group(tmp_path):
 
 
 def test_train_warns_about_video_frames_split_one_by_one_only(tmp_path):
-    from lsdseg.cli.train_cmd import frame_split_warnings, load_pairs
+    from lsdseg.cli.train_cmd import frame_split_warnings
+    from lsdseg.data import load_pairs
 
     video = tmp_path / "clips"
     pairs = write_folder(video, video=True)
@@ -94,3 +95,59 @@ def test_train_warns_about_video_frames_split_one_by_one_only(tmp_path):
     datasets = {}
     load_pairs([str(video)], [str(tmp_path / "stills")], 0.25, 0, datasets)
     assert frame_split_warnings(datasets) == [] and "video_frame_share" not in datasets["clips"]
+
+
+def _stills(root: Path, n: int, sequences: bool) -> None:
+    """``n`` blank 8x8 image/mask pairs 1.png..n.png; with ``sequences``, three to a sequence."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(1, n + 1):
+        cv2.imwrite(str(root / "images" / f"{i}.png"), np.zeros((8, 8, 3), np.uint8))
+        cv2.imwrite(str(root / "masks" / f"{i}.png"), np.zeros((8, 8), np.uint8))
+    if sequences:
+        rows = "".join(f"{i}.png,{(i - 1) // 3 + 1}\n" for i in range(1, n + 1))
+        (root / "sequences.csv").write_text("file,sequence\n" + rows)
+
+
+def test_load_pairs_keeps_the_split_that_training_runs_use(tmp_path):
+    # pinned from lsdseg.cli.train_cmd.load_pairs before it moved to lsdseg.data: runs that
+    # resume must see the same pairs, in the same order, on each side
+    from lsdseg.data import dataset_of, load_pairs
+
+    _stills(tmp_path / "alpha", 10, sequences=False)
+    _stills(tmp_path / "beta", 12, sequences=True)
+    dirs = [str(tmp_path / "alpha"), str(tmp_path / "beta")]
+    datasets: dict[str, dict] = {}
+    train, val = load_pairs(dirs, None, 0.25, 7, datasets)
+    assert [p.group for p in train] == [
+        *("alpha:2", "alpha:3", "alpha:4", "alpha:5", "alpha:6", "alpha:7", "alpha:10"),
+        *(["beta:2"] * 3 + ["beta:3"] * 3 + ["beta:4"] * 3),
+    ]
+    assert [f"{p.group}|{p.image.name}" for p in val] == [
+        *("alpha:1|1.png", "alpha:8|8.png", "alpha:9|9.png"),
+        *("beta:1|1.png", "beta:1|2.png", "beta:1|3.png"),
+    ]
+    assert [dataset_of(p.group) for p in val] == ["alpha"] * 3 + ["beta"] * 3
+    assert dataset_of("no-prefix") == ""
+    assert datasets["beta"]["grouped_by"] == "sequences.csv"
+    assert datasets["alpha"]["grouped_by"] == "file names (one image a group)"
+    assert "video_frame_share" in datasets["alpha"] and "video_frame_share" not in datasets["beta"]
+    record = split_record(train, val, datasets, 7, 0.25)
+    assert [e["image"] for e in record["val"]] == [
+        *("alpha/images/1.png", "alpha/images/8.png", "alpha/images/9.png"),
+        *("beta/images/1.png", "beta/images/2.png", "beta/images/3.png"),
+    ]
+    assert (record["datasets"]["alpha"]["train"], record["datasets"]["beta"]["val"]) == (7, 3)
+    # with validation folders every pair of dirs trains, in order
+    train2, val2 = load_pairs(dirs[:1], dirs[1:], 0.25, 7)
+    assert [p.image.name for p in train2] == [f"{i}.png" for i in range(1, 11)]
+    assert [p.group for p in val2] == [f"beta:{(i - 1) // 3 + 1}" for i in range(1, 13)]
+
+
+def test_load_pairs_without_masks_is_a_data_error(tmp_path):
+    from lsdseg.data import DataError, load_pairs
+
+    (tmp_path / "images").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "1.png"), np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(DataError, match="no image/mask pairs found"):
+        load_pairs([str(tmp_path)], None, 0.25, 0)
