@@ -33,6 +33,7 @@ from lsdseg.cli.options import (
     seed_arg,
 )
 from lsdseg.cli.runs import check_writable
+from lsdseg.files import write_text_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -380,10 +381,7 @@ def _table(results: Sequence[Measurement], skipped: dict[str, str]) -> None:
 def _write_json(path: Path, payload: dict[str, object]) -> None:
     if path.is_dir():
         raise UserError(f"--json {path}: is a folder; give a file name such as bench.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 def _payload(

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from lsdseg.cli.errors import output_error
+from lsdseg.files import write_text_atomic
 
 COLUMNS = (
     "frame",
@@ -76,12 +77,9 @@ def write_json(path: Path, data: Any) -> None:
         OutputError: the file could not be written, named.
     """
     text = json.dumps(json_ready(data), indent=2, allow_nan=False)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(text + "\n", encoding="utf-8")
-        tmp.replace(path)
+        write_text_atomic(path, text + "\n")
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise output_error(path, e) from None
 
 

@@ -18,6 +18,7 @@ OPTIONS = {
     "stage": "--stage",
     "ae_epochs": "--ae-epochs",
     "epochs": "--epochs",
+    "extend": "--extend",
     "batch_size": "--batch-size",
     "diffusion_lr": "--lr",
     "seed": "--seed",

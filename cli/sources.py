@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from lsdseg.cli.errors import UserError
-from lsdseg.data import IMAGE_EXTENSIONS, DataError, read_image, to_rgb8
+from lsdseg.data import IMAGE_EXTENSIONS, DataError, natural_key, read_image, to_rgb8
 
 if TYPE_CHECKING:
     import cv2
@@ -282,7 +282,7 @@ def _not_found(spec: str) -> UserError:
 
 def _images_in(folder: Path) -> list[Path]:
     files = [p for p in folder.iterdir() if p.is_file()]
-    images = sorted((p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS), key=_natural_key)
+    images = sorted((p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS), key=natural_key)
     if images:  # without any, the error says what to do
         _warn_about_videos(str(folder), files)
     return images
@@ -298,10 +298,6 @@ def _warn_about_videos(spec: str, files: list[Path]) -> None:
             "folder or glob is segmented as images: pass each video on its own",
             file=sys.stderr,
         )
-
-
-def _natural_key(path: Path) -> list:
-    return [int(s) if s.isdigit() else s.lower() for s in re.split(r"(\d+)", str(path))]
 
 
 def open_source(spec: str, stride: int = 1, max_frames: int = 0, timeout: float = 10.0) -> Source:
@@ -346,7 +342,7 @@ def open_source(spec: str, stride: int = 1, max_frames: int = 0, timeout: float 
     if not path.exists() and glob.has_magic(spec):
         matches = [Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file()]
         files = sorted(
-            (p for p in matches if p.suffix.lower() in IMAGE_EXTENSIONS), key=_natural_key
+            (p for p in matches if p.suffix.lower() in IMAGE_EXTENSIONS), key=natural_key
         )
         if not files:
             what = f"{len(matches)} files but no images" if matches else "nothing"

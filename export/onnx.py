@@ -33,11 +33,10 @@ from torch import nn
 
 from lsdseg import ops
 from lsdseg.checkpoint import checkpoint_hash, load_checkpoint
+from lsdseg.files import write_bytes_atomic
 from lsdseg.model import LatentSegmenter
 from lsdseg.unet import repeat_condition
 from lsdseg.version import __version__
-
-from ._files import write_bytes_atomic
 
 INPUT_NAMES = ("image", "noise")
 OUTPUT_NAMES = ("mean", "std", "hypotheses")

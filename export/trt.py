@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lsdseg.files import atomic_path, sha256_file, write_bytes_atomic
 from lsdseg.version import __version__
 
-from ._files import atomic_path, sha256_file, write_bytes_atomic
 from .onnx import convert_fp16, read_metadata
 
 INSTALL_HINT = (

@@ -9,7 +9,6 @@ never leaves a half-written checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lsdseg.config import ModelConfig, from_dict, json_kind, to_dict
+from lsdseg.files import sha256_file
 from lsdseg.model import LatentSegmenter
 from lsdseg.vae import rename_legacy_encoder_keys
 from lsdseg.version import __version__
@@ -332,9 +332,4 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 def checkpoint_hash(path: str | Path) -> str:
     """SHA-256 (first 16 hex digits) over the weights and config of a checkpoint folder."""
-    h = hashlib.sha256()
-    for name in (WEIGHTS, CONFIG):
-        with open(Path(path) / name, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
+    return sha256_file(Path(path) / WEIGHTS, Path(path) / CONFIG)

@@ -95,7 +95,8 @@ class Pair:
 # ----------------------------------------------------------------------------- pairing
 
 
-def _natural_key(path: Path) -> list:
+def natural_key(path: Path) -> list:
+    """Sort key that orders ``2.png`` before ``10.png`` (digit runs compare as numbers)."""
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(path))]
 
 
@@ -105,13 +106,13 @@ def _list_images(folder: Path) -> list[Path]:
         for p in folder.iterdir()
         if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
     ]
-    return sorted(files, key=_natural_key)
+    return sorted(files, key=natural_key)
 
 
 def _subdirs(folder: Path) -> list[Path]:
     return sorted(
         (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
-        key=_natural_key,
+        key=natural_key,
     )
 
 
@@ -287,7 +288,7 @@ def split_pairs(
         DataError: If ``val_groups`` covers every group, leaving training empty.
     """
     pairs = list(pairs)
-    groups = sorted({p.group for p in pairs}, key=lambda g: _natural_key(Path(g)))
+    groups = sorted({p.group for p in pairs}, key=lambda g: natural_key(Path(g)))
     if val_groups is not None:
         chosen = {str(g) for g in val_groups}
         unknown = sorted(chosen - set(groups))

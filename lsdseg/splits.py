@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from lsdseg.data import Pair
+from lsdseg.files import write_text_atomic
 
 NEAR_DUPLICATE = 0.9  # correlation of two 16x16 grey thumbnails above which they look alike
 VIDEO_SHARE = 0.3  # this many more neighbours than distant pairs alike: frames of videos
@@ -111,6 +112,4 @@ def split_record(
 
 def write_splits(path: Path, record: dict[str, Any]) -> None:
     """Write ``splits.json`` atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(record, indent=1) + "\n")

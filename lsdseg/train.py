@@ -43,6 +43,7 @@ from lsdseg.config import ModelConfig, to_dict
 from lsdseg.data import dataset_of
 from lsdseg.dataset import SegmentationDataset
 from lsdseg.featcache import FeatureCache
+from lsdseg.files import atomic_path
 from lsdseg.losses import autoencoder_losses, diffusion_losses
 from lsdseg.model import LatentSegmenter
 from lsdseg.trainstate import (
@@ -283,7 +284,7 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise ValueError(
                 f"the training set has {len(train_set)} items, fewer than batch_size="
-                f"{cfg.batch_size}: lower --batch-size or add data"
+                f"{cfg.batch_size}: lower batch_size or add data"
             )
 
     def run(self, time_limit_s: float = 0.0) -> LoopState:
@@ -540,9 +541,7 @@ def _write_metrics(path: Path, rows: list[Event]) -> None:
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
-    tmp.replace(path)

@@ -252,9 +252,11 @@ def check_resume(
         if c.key not in EPOCHS:
             problems.append(shown)
         elif not extend:
-            problems.append(f"{shown}: pass --extend to train the run for more epochs")
+            problems.append(f"{shown}: pass {name('extend')} to train the run for more epochs")
         elif not c.now > c.saved:
-            problems.append(f"{shown}: --extend takes more epochs than the run's, not fewer")
+            problems.append(
+                f"{shown}: {name('extend')} takes more epochs than the run's, not fewer"
+            )
         elif order.index(EPOCHS[c.key]) < order.index(loop.phase) and not (
             loop.phase == "done" and EPOCHS[c.key] == last
         ):

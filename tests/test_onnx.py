@@ -22,7 +22,6 @@ ort = pytest.importorskip("onnxruntime")
 import lsdseg  # noqa: E402
 from lsdseg.checkpoint import checkpoint_hash, save_checkpoint  # noqa: E402
 from lsdseg.export import cache  # noqa: E402
-from lsdseg.export._files import atomic_path, write_bytes_atomic  # noqa: E402
 from lsdseg.export.check import (  # noqa: E402
     GraphError,
     check_graph,
@@ -37,6 +36,7 @@ from lsdseg.export.onnx import (  # noqa: E402
     read_metadata,
 )
 from lsdseg.export.ort import OrtRunner, providers, session_options  # noqa: E402
+from lsdseg.files import atomic_path, write_bytes_atomic  # noqa: E402
 from lsdseg.version import __version__  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -849,11 +849,10 @@ def test_a_summary_that_cannot_be_written_leaves_no_empty_file(tmp_path, monkeyp
     from lsdseg.cli.errors import OutputError
     from lsdseg.cli.records import Summary
 
-    def full(self, text, **kw):
-        Path.open(self, "w").write(text[:10])
+    def full(fd: int) -> None:  # the bytes went to the temporary file; the disk is full
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(Path, "write_text", full)
+    monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(OutputError, match=r"cannot write .*summary\.json: No space left"):
         Summary(source="x").save(tmp_path / "summary.json")
     assert list(tmp_path.iterdir()) == []  # no truncated summary.json, no temporary file

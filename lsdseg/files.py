@@ -1,8 +1,8 @@
-"""Atomic file writes and hashes shared by the exporters.
+"""Atomic file writes and file hashes, one of each for the whole package.
 
-Every file an export writes goes to a temporary sibling first and is renamed into place with
-``os.replace``, so a crash, a kill or an error never leaves a half-written graph, engine or
-sidecar under the final name.
+A file written with these goes to a temporary sibling first and is renamed into place with
+``os.replace``, so a crash, a kill, a full disk or an error never leaves a half-written
+graph, engine, metrics table, ``splits.json`` or summary under the final name.
 """
 
 from __future__ import annotations
@@ -54,10 +54,16 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     return path
 
 
-def sha256_file(path: str | Path, digits: int = 16) -> str:
-    """SHA-256 of a file's bytes, the first ``digits`` hex digits."""
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically, as :func:`write_bytes_atomic`."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def sha256_file(*paths: str | Path, digits: int = 16) -> str:
+    """SHA-256 of the bytes of ``paths`` one after the other, the first ``digits`` hex digits."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()[:digits]
