@@ -28,16 +28,16 @@ class Backend:
 
     name: str  # the --backend / backend= name
     summary: str  # a few words for --help
-    plugin: str | None  # module that registers the runner when imported (None: the core)
-    requires: str | None  # the module it cannot run without (found with importlib.util.find_spec)
-    install: str | None  # how to get ``requires``: the pip command with its extra
-    missing: str | None  # how ``requires`` is called in messages ("Triton is not installed")
-    needs_cuda: bool  # runs only on an NVIDIA GPU
-    timed_on_cpu: bool  # bench times it on a CPU (triton's CPU interpreter is for tests only)
-    eta: bool  # samples with eta > 0 (per-step noise)
-    warm_start: bool  # returns latents and takes warm starts (segment --temporal)
-    imgsz: bool  # runs at another input size than its checkpoint's (--imgsz)
-    cuda_graph: bool  # whole-frame CUDA graphs and fp16/bf16 autocast (lsdseg.accel)
+    plugin: str | None = None  # module that registers the runner when imported (None: the core)
+    requires: str | None = None  # the module it cannot run without (importlib.util.find_spec)
+    install: str | None = None  # how to get ``requires``: the pip command with its extra
+    missing: str | None = None  # how ``requires`` is called in messages
+    needs_cuda: bool = False  # runs only on an NVIDIA GPU
+    timed_on_cpu: bool = True  # bench times it on a CPU (triton's CPU interpreter: tests only)
+    eta: bool = True  # samples with eta > 0 (per-step noise)
+    warm_start: bool = True  # returns latents and takes warm starts (segment --temporal)
+    imgsz: bool = True  # runs at another input size than its checkpoint's (--imgsz)
+    cuda_graph: bool = True  # whole-frame CUDA graphs and fp16/bf16 autocast (lsdseg.accel)
     own_precision: str = ""  # what precision it runs instead, where it has one of its own
     own_graph: str = ""  # how it replays graphs of its own, where it does
 
@@ -62,68 +62,45 @@ class Backend:
         return self.problem(device) is None
 
 
+# what the exported graph (one ONNX graph, deterministic DDIM from pure noise, at the size it
+# was exported at) cannot do, whatever runs it
+_EXPORTED = {"eta": False, "warm_start": False, "imgsz": False, "cuda_graph": False}
+
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
+        Backend("torch", "PyTorch"),
         Backend(
-            name="torch",
-            summary="PyTorch",
-            plugin=None,
-            requires=None,
-            install=None,
-            missing=None,
-            needs_cuda=False,
-            timed_on_cpu=True,
-            eta=True,
-            warm_start=True,
-            imgsz=True,
-            cuda_graph=True,
-        ),
-        Backend(
-            name="triton",
-            summary="PyTorch with lsdseg's Triton kernels",
-            plugin=None,
+            "triton",
+            "PyTorch with lsdseg's Triton kernels",
             requires="triton",
             install='pip install "lsdseg[triton]"',
             missing="Triton is not installed",
-            needs_cuda=False,
             timed_on_cpu=False,
-            eta=True,
-            warm_start=True,
-            imgsz=True,
-            cuda_graph=True,
         ),
         Backend(
-            name="onnx",
-            summary="the exported graph on ONNX Runtime",
+            "onnx",
+            "the exported graph on ONNX Runtime",
             plugin="lsdseg.export",
             requires="onnxruntime",
             install='pip install "lsdseg[onnx]"',
             missing="ONNX Runtime is not installed",
-            needs_cuda=False,
-            timed_on_cpu=True,
-            eta=False,
-            warm_start=False,
-            imgsz=False,
-            cuda_graph=False,
             own_precision="the onnx backend runs the FP32 graph; an FP16 one: lsdseg export "
             "--onnx --half",
+            **_EXPORTED,
         ),
         Backend(
-            name="trt",
-            summary="TensorRT engines",
+            "trt",
+            "TensorRT engines",
             plugin="lsdseg.export",
             requires="tensorrt",
             install='pip install "lsdseg[trt]" on a machine with an NVIDIA GPU',
             missing="TensorRT is not installed",
             needs_cuda=True,
             timed_on_cpu=False,
-            eta=False,
-            warm_start=False,
-            imgsz=False,
-            cuda_graph=False,
             own_precision="the trt backend runs its engines' precision, FP16 by default",
             own_graph="the trt backend replays CUDA graphs of its own",
+            **_EXPORTED,
         ),
     )
 }
