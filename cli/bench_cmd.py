@@ -403,7 +403,7 @@ def _payload(
 
 def run(args: argparse.Namespace) -> int:
     import lsdseg
-    from lsdseg.segmenter import resolve_device
+    from lsdseg.cli.options import device_option
 
     for option, value in (("--warmup", args.warmup), ("--repeats", args.repeats)):
         if value < (0 if option == "--warmup" else 1):
@@ -425,7 +425,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--backend none times nothing without --server")
     precisions = parse_precisions(args)
     graphs = GRAPH_MODES[args.cuda_graph]
-    device = resolve_device(args.device)
+    device = device_option(args.device)
     backends, skipped = ([], {}) if args.backend == "none" else pick_backends(args.backend, device)
     every = args.backend == "all"
     rows = plan_rows(backends, precisions, graphs, device, every, skipped, args.half)

@@ -105,16 +105,16 @@ def run(args: argparse.Namespace) -> int:
     import lsdseg
     from lsdseg.backends import resolve_backend
     from lsdseg.cli.console import make_console
+    from lsdseg.cli.options import device_option
     from lsdseg.cli.pipeline import StopFlag
     from lsdseg.data import find_pairs
     from lsdseg.evaluate import evaluate
-    from lsdseg.segmenter import resolve_device
 
     check_writable(args.project, "--project")  # before the data and the model are loaded
     sampler_config(
         hypotheses=args.hypotheses, steps=args.steps, eta=args.eta, threshold=args.threshold
     )
-    device = resolve_device(args.device)
+    device = device_option(args.device)
     backend = resolve_backend(args.backend, device)
     precision = check_speed_options(args, device, backend, args.eta)
     console = make_console()

@@ -230,9 +230,9 @@ def engine_device(device: str) -> int:
         UserError: ``--device`` is not a CUDA device (``auto`` without a GPU included).
         ValueError / RuntimeError: not a device, or CUDA asked for without one (as elsewhere).
     """
-    from lsdseg.segmenter import resolve_device
+    from lsdseg.cli.options import device_option
 
-    dev = resolve_device(device)
+    dev = device_option(device)
     if dev.type != "cuda":
         raise UserError(
             f"--device {device}: TensorRT engines are built on a CUDA GPU"

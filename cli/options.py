@@ -167,3 +167,17 @@ def sampler_config(base: SamplerConfig | None = None, **given: float | None) -> 
         except ValueError as e:
             raise UserError(flag_message(e, field)) from None
     return config
+
+
+def device_option(text: str) -> torch.device:
+    """``--device`` resolved (:func:`lsdseg.segmenter.resolve_device`; ``auto`` included).
+
+    Raises:
+        UserError: not a device, or CUDA asked for without a GPU, in one line naming the flag.
+    """
+    from lsdseg.segmenter import resolve_device
+
+    try:
+        return resolve_device(text)
+    except (ValueError, RuntimeError) as e:
+        raise UserError(flag_message(e, "device", "--device")) from None

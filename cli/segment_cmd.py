@@ -367,10 +367,11 @@ def run(args: argparse.Namespace) -> int:
 
     from lsdseg.cli.console import make_console
     from lsdseg.cli.display import ProgressDisplay, check_gui
+    from lsdseg.cli.options import device_option
     from lsdseg.cli.overlay import OverlayOptions
     from lsdseg.cli.pipeline import SampleOptions, StopFlag, run_pipeline
     from lsdseg.cli.sources import open_source
-    from lsdseg.segmenter import load, resolve_device
+    from lsdseg.segmenter import load
 
     check_options(args)
     overlay = OverlayOptions(
@@ -398,7 +399,7 @@ def run(args: argparse.Namespace) -> int:
             segmenter = connect(args, overlay)
             device = str(segmenter.address)
         else:
-            device = resolve_device(args.device)
+            device = device_option(args.device)
             backend = backends.resolve_backend(args.backend, device)
             if args.temporal and not backends.get(backend).warm_start:
                 raise UserError(

@@ -201,10 +201,11 @@ def _bind(triton: Triton, models: list[SegmentModel], max_batch: int, delay_us: 
 
 
 def run(args: argparse.Namespace) -> int:
-    from lsdseg.segmenter import load, resolve_device
+    from lsdseg.cli.options import device_option
+    from lsdseg.segmenter import load
 
     check_options(args)
-    device = resolve_device(args.device)
+    device = device_option(args.device)
     backend = backends.resolve_backend(args.backend, device)
     precision = check_speed_options(args, device, backend, None)  # before PyTriton is needed
     if importlib.util.find_spec("pytriton") is None:

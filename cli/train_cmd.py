@@ -203,18 +203,19 @@ def run(args: argparse.Namespace) -> int:
     from lsdseg.augment import AugmentConfig
     from lsdseg.card import training_card
     from lsdseg.cli.console import make_console
+    from lsdseg.cli.options import device_option
     from lsdseg.cli.resume import check_resume, data_settings
     from lsdseg.config import ModelConfig, load_json
     from lsdseg.data import load_pairs
     from lsdseg.dataset import SegmentationDataset
-    from lsdseg.segmenter import bundled_weights, resolve_device
+    from lsdseg.segmenter import bundled_weights
     from lsdseg.splits import split_record, write_splits
     from lsdseg.train import TrainConfig, Trainer
 
     started = time.monotonic()  # --time-limit counts from here, loading and caching included
     check_writable(args.out, "--out")  # before the data is read and the model built
     console = make_console(stderr=True)
-    device = resolve_device(args.device)
+    device = device_option(args.device)
     model_cfg = load_json(ModelConfig, args.model_config) if args.model_config else ModelConfig()
     init = str(bundled_weights()) if args.init == "default" else args.init
     out = Path(args.out)

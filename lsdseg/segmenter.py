@@ -446,7 +446,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(
             f"device={device!r} asked for CUDA, but this torch ({torch.__version__}) sees no GPU: "
-            "use --device cpu, or install a CUDA build of torch (see the README)"
+            "run on the CPU (device 'cpu'), or install a CUDA build of torch (see the README)"
         )
     return dev
 

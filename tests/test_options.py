@@ -53,3 +53,20 @@ def test_commands_check_the_flags_first(capsys, tmp_path, argv, message) -> None
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_device_option_names_the_flag(monkeypatch) -> None:
+    import torch
+
+    from lsdseg.cli.options import device_option
+
+    assert device_option("cpu") == torch.device("cpu")
+    with pytest.raises(UserError, match=r"^--device 'gpu0' is not a device; use cpu, cuda"):
+        device_option("gpu0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError) as info:
+        device_option("cuda:1")
+    message = str(info.value)
+    assert message.startswith("--device 'cuda:1' asked for CUDA, but this torch")
+    assert "--" not in message[2:]  # the core's own words after the flag
+    assert device_option("auto") == torch.device("cpu")
