@@ -14,6 +14,8 @@ import logging
 import os
 from pathlib import Path
 
+import torch
+
 from lsdseg.checkpoint import checkpoint_hash
 from lsdseg.model import LatentSegmenter
 from lsdseg.version import __version__
@@ -88,12 +90,15 @@ def cached_onnx(
             precision,
             path,
         )
-        export_onnx(
-            model,
-            path,
-            steps=steps,
-            half=precision == "fp16",
-            eta=0.0,
-            checkpoint_digest=digest,
-        )
+        # the first call may come under torch.inference_mode(), in which torch.export's tracing
+        # fails ("Inference tensors cannot be saved for backward"): export outside it
+        with torch.inference_mode(False):
+            export_onnx(
+                model,
+                path,
+                steps=steps,
+                half=precision == "fp16",
+                eta=0.0,
+                checkpoint_digest=digest,
+            )
     return path

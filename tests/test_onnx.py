@@ -201,6 +201,16 @@ def test_other_steps_export_another_cached_graph(onnx_seg, torch_seg, cache_root
     assert before == {p: p.stat().st_mtime_ns for p in (cache_root / "onnx").glob("*.onnx")}
 
 
+def test_first_call_under_inference_mode_exports(onnx_seg, torch_seg, cache_root):
+    # torch.export fails inside inference_mode ("Inference tensors cannot be saved for
+    # backward"); the backend's first call at a new step count must export anyway
+    frame = _frames(1)[0]
+    with torch.inference_mode():
+        b = onnx_seg(frame, steps=5, seed=2)
+    assert _graph_path(onnx_seg, 5).is_file()
+    assert np.abs(torch_seg(frame, steps=5, seed=2).mean - b.mean).max() <= 1e-4
+
+
 def test_damaged_or_foreign_cache_file_is_exported_again(onnx_seg, torch_seg, cache_root):
     path = _graph_path(onnx_seg, 4)
     path.parent.mkdir(parents=True, exist_ok=True)
