@@ -59,9 +59,11 @@ def test_an_output_under_a_file_fails_before_the_work(capsys, tmp_path, monkeypa
     import cv2
     import numpy as np
 
+    # lsdseg.load first: lsdseg resolves it lazily from lsdseg.segmenter, and resolving it after
+    # the patch below would cache the patched function in lsdseg for every later test
     for target, name in (
-        (lsdseg.segmenter, "load"),
         (lsdseg, "load"),
+        (lsdseg.segmenter, "load"),
         (lsdseg.segmenter, "resolve_device"),
         (bench_cmd, "measure"),
         (lsdseg.export.onnx, "resolve_weights"),
