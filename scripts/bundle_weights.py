@@ -27,6 +27,7 @@ import torch
 
 from lsdseg.card import cpu_name
 from lsdseg.checkpoint import load_checkpoint, save_checkpoint, without_image_decoder
+from lsdseg.cli.records import json_ready
 from lsdseg.config import to_dict
 from lsdseg.data import load_pairs, load_sample
 from lsdseg.evaluate import evaluate
@@ -65,6 +66,14 @@ def load_weights(spec: str | Path) -> LatentSegmenter:
     if folder != str(spec):
         model.load_state_dict(ema_weights(folder))
     return model
+
+
+def _unsure_line(source: str, s: dict) -> str:
+    """How the unsure score ranks one source's failed images (Dice < 0.5) for the card."""
+    failed, auroc = s.get("low_dice_images", 0), s.get("unsure_auroc")
+    if auroc is None or auroc != auroc:  # null or NaN: no failed image, or all failed
+        return f"{source}: {failed} of {s['labelled']} images below Dice 0.5, no AUROC"
+    return f"{source}: AUROC {auroc:.3f} for its {failed} of {s['labelled']} images below Dice 0.5"
 
 
 def main() -> None:
@@ -137,6 +146,7 @@ def main() -> None:
     if args.history:  # the run chain (stages, restarts) told by whoever ran it
         history = Path(args.history).read_text().strip()
         card = card.replace("## Architecture config", f"{history}\n\n## Architecture config")
+    final = json_ready(final)  # an undefined figure (no failed image: no AUROC) is null
     out = save_checkpoint(model, args.out, card, extra={"validation": final}, dtype=torch.float16)
     Path(args.ablations).write_text(
         json.dumps(
@@ -146,6 +156,7 @@ def main() -> None:
                 "final": final,
             },
             indent=2,
+            allow_nan=False,
         )
         + "\n"
     )
@@ -296,6 +307,9 @@ def render_card(
         "",
         "Uncertainty AUROC: per-image AUROC of the entropy of the mean for detecting wrong pixels,",
         "averaged over images. ECE: pooled over all pixels, 15 bins.",
+        "",
+        "Per-frame unsure score (`Result.unsure`: mean entropy over the region some hypotheses",
+        "call polyp): " + "; ".join(_unsure_line(src, final[src]) for src in sources) + ".",
         "",
         "## Steps and hypotheses (validation Dice at threshold 0.5; latency: benchmarks/)",
         "",
