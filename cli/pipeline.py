@@ -153,7 +153,9 @@ def run_pipeline(
         The run's summary (``stopped_by`` says why it ended early, if it did: ``server``
         when the inference server failed, vanished or stopped answering, ``error`` when an
         output could not be written (a full disk), with the reason in ``warning``; the
-        records then hold only the frames the outputs hold).
+        records then hold only the frames the outputs hold; ``skipped`` counts the images of
+        a folder or glob that could not be decoded, ``skipped_files`` names each with its
+        reason).
     """
     summary = Summary(source=source.label)
     reader = FrameReader(source, realtime).start()
@@ -229,6 +231,8 @@ def run_pipeline(
             summary.finish(latencies[: writer.written], elapsed)
             if unsure_threshold is not None:
                 summary.unsure_frames = sum(flags[: writer.written])
+            summary.skipped_files = [list(s) for s in getattr(source, "skipped", [])]
+            summary.skipped = len(summary.skipped_files)
     if stop.reason and not summary.stopped_by:
         summary.stopped_by = stop.reason
     elif writer.quit.is_set() and not summary.stopped_by:

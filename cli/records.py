@@ -210,6 +210,8 @@ class Summary:
     stopped_by: str | None = None
     warning: str = ""
     unsure_frames: int | None = None  # frames flagged unsure (None without --unsure-threshold)
+    skipped: int = 0  # images of a folder or glob that could not be decoded
+    skipped_files: list = field(default_factory=list)  # [path, reason] each, as evaluate's
     settings: dict = field(default_factory=dict)
     outputs: dict = field(default_factory=dict)
 
@@ -232,7 +234,8 @@ class Summary:
         latency = f"latency mean {self.mean_latency_ms:.1f} ms p95 {self.p95_latency_ms:.1f} ms"
         if still:
             images = f"{self.frames} image{'' if self.frames == 1 else 's'}"
-            return f"{images}, {latency}{unsure}{stop}"
+            skipped = f", {self.skipped} skipped" if self.skipped else ""
+            return f"{images}{skipped}, {latency}{unsure}{stop}"
         return (
             f"{self.frames} frames, {self.dropped} dropped, {latency}, "
             f"{self.fps:.2f} fps{unsure}{stop}"

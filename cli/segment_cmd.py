@@ -46,7 +46,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "segment",
         help="segment a video, image(s), webcam or stream; write overlays and per-frame records",
         description="Segment every frame with K mask hypotheses; write an overlay video (or "
-        "images), per-frame records (CSV + JSON lines) and a summary. Ctrl-C stops cleanly.",
+        "images), per-frame records (CSV + JSON lines) and a summary. Ctrl-C stops cleanly. "
+        "An image of a folder or glob that cannot be decoded is named, skipped and counted "
+        "(summary.json: skipped, skipped_files), and the run exits with status 1 once the "
+        "others are written.",
     )
     p.add_argument(
         "source",
@@ -392,7 +395,11 @@ def run(args: argparse.Namespace) -> int:
     if args.show:
         check_gui()
     console = make_console(stderr=True, soft_wrap=True)  # summary lines stay whole in logs
-    source = open_source(args.source, args.vid_stride, args.max_frames, args.timeout)
+
+    def on_skip(path: str, reason: str) -> None:  # an undecodable image of many: as evaluate
+        print(f"lsdseg segment: warning: skipped {path}: {reason}", file=sys.stderr)
+
+    source = open_source(args.source, args.vid_stride, args.max_frames, args.timeout, on_skip)
     segmenter: Segmenter | RemoteSegmenter
     try:
         if args.server:
@@ -485,4 +492,10 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     if summary.warning:
         console.print(f"lsdseg segment: warning: {summary.warning}")
+    if summary.skipped and not summary.stopped_by:  # every other image is written; the run failed
+        raise UserError(
+            f"{summary.skipped} of {summary.skipped + summary.frames} images could not be "
+            f"decoded and were skipped (named above); the results of the other "
+            f"{summary.frames} are in {out_dir}"
+        )
     return {"SIGINT": EXIT_INTERRUPTED, "SIGTERM": EXIT_TERMINATED}.get(summary.stopped_by, 0)

@@ -15,7 +15,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -103,27 +103,77 @@ class Source:
 
 
 class ImageSource(Source):
-    """One image file, or many (a folder or a glob), read with :func:`lsdseg.data.read_image`."""
+    """One image file, or many (a folder or a glob), read with :func:`lsdseg.data.read_image`.
 
-    def __init__(self, paths: list[Path], name: str, max_frames: int = 0) -> None:
+    Of many images, one that cannot be decoded is skipped: ``on_skip`` is called with its path
+    and the reason, it is listed in :attr:`skipped`, and the others are segmented (the command
+    then fails at the end, as ``lsdseg evaluate`` does). A single image that cannot be decoded,
+    or many of which none can, is a :class:`~lsdseg.cli.errors.UserError`.
+
+    Args:
+        paths: the image files, in order.
+        name: a short name for output files.
+        max_frames: at most this many images (0: all).
+        on_skip: called with (path, reason) for each image skipped.
+    """
+
+    def __init__(
+        self,
+        paths: list[Path],
+        name: str,
+        max_frames: int = 0,
+        on_skip: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.paths = paths[:max_frames] if max_frames else paths
         self.kind, self.name, self.fps, self.live = "images", name, 1.0, False
         self.label = name
         self.total = len(self.paths)
-        self._first = self._read(self.paths[0])
+        self.skipped: list[tuple[str, str]] = []  # (path, reason), in order
+        self._on_skip = on_skip
+        self._start, self._first = self._probe()
         self.first_shape = self._first.shape[:2]
 
     @staticmethod
     def _read(path: Path) -> np.ndarray:
-        try:
-            rgb = read_image(path)
-        except DataError as e:
-            raise UserError(str(e)) from None
+        rgb = read_image(path)
         return np.ascontiguousarray(rgb[..., ::-1])  # RGB -> BGR, the order OpenCV frames have
+
+    def _probe(self) -> tuple[int, np.ndarray]:
+        """The first image that decodes, and its position; the ones before it are skipped."""
+        failed: list[tuple[str, str]] = []
+        for i, path in enumerate(self.paths):
+            try:
+                image = self._read(path)
+            except (DataError, OSError) as e:
+                failed.append((str(path), str(e)))
+                continue
+            for skip in failed:
+                self._skip(*skip)
+            return i, image
+        if len(failed) == 1:
+            raise UserError(failed[0][1])
+        raise UserError(
+            f"{self.label}: none of the {len(failed)} images could be decoded (the first: "
+            f"{failed[0][1]}); check the files"
+        )
+
+    def _skip(self, path: str, reason: str) -> None:
+        self.skipped.append((path, reason))
+        if self._on_skip is not None:
+            self._on_skip(path, reason)
 
     def frames(self, pace: bool = False) -> Iterator[Frame]:
         for i, path in enumerate(self.paths):
-            image = self._first if i == 0 else self._read(path)
+            if i < self._start:
+                continue
+            if i == self._start:
+                image = self._first
+            else:
+                try:
+                    image = self._read(path)
+                except (DataError, OSError) as e:  # OSError: gone or unreadable since
+                    self._skip(str(path), str(e))
+                    continue
             yield Frame(i, image, None, path.name)
 
 
@@ -300,7 +350,13 @@ def _warn_about_videos(spec: str, files: list[Path]) -> None:
         )
 
 
-def open_source(spec: str, stride: int = 1, max_frames: int = 0, timeout: float = 10.0) -> Source:
+def open_source(
+    spec: str,
+    stride: int = 1,
+    max_frames: int = 0,
+    timeout: float = 10.0,
+    on_skip: Callable[[str, str], None] | None = None,
+) -> Source:
     """Turn the SOURCE argument into a probed :class:`Source`.
 
     Args:
@@ -308,6 +364,8 @@ def open_source(spec: str, stride: int = 1, max_frames: int = 0, timeout: float 
         stride: process every ``stride``-th video frame.
         max_frames: process at most this many frames (0: all).
         timeout: seconds to wait for a camera or stream to open.
+        on_skip: called with (path, reason) for each image of a folder or glob that cannot be
+            decoded and is skipped (see :class:`ImageSource`).
 
     Raises:
         UserError: the source does not exist, cannot be opened or holds no frames.
@@ -338,7 +396,7 @@ def open_source(spec: str, stride: int = 1, max_frames: int = 0, timeout: float 
                 f"{spec}: the folder holds no images "
                 f"({', '.join(sorted(IMAGE_EXTENSIONS))}); pass a video file instead"
             )
-        return ImageSource(files, path.resolve().name or "images", max_frames)
+        return ImageSource(files, path.resolve().name or "images", max_frames, on_skip)
     if not path.exists() and glob.has_magic(spec):
         matches = [Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file()]
         files = sorted(
@@ -350,7 +408,7 @@ def open_source(spec: str, stride: int = 1, max_frames: int = 0, timeout: float 
                 f"{spec}: the pattern matches {what}; pass images, or one video file at a time"
             )
         _warn_about_videos(spec, matches)
-        return ImageSource(files, "images", max_frames)
+        return ImageSource(files, "images", max_frames, on_skip)
     if not path.exists():
         raise _not_found(spec)
     if not path.is_file():

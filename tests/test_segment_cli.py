@@ -599,17 +599,47 @@ def test_summary_records_the_effective_sampler_settings(capsys, tiny, tmp_path, 
     assert (settings["steps"], settings["eta"], settings["threshold"]) == (3, 0.5, 0.6)
 
 
-def test_zero_byte_image_after_good_ones_is_one_line_and_fails(capsys, tiny, tmp_path):
+def test_undecodable_images_are_skipped_named_counted_and_fail_at_the_end(capsys, tiny, tmp_path):
+    """One rule with evaluate: skip, name, count, exit 1 once every other image is written."""
     folder = tmp_path / "imgs"
     folder.mkdir()
-    cv2.imwrite(str(folder / "a.png"), disc_frame(0))
-    (folder / "b.png").touch()
-    cv2.imwrite(str(folder / "c.png"), disc_frame(1))
-    rc, err = segment(capsys, tiny, tmp_path / "runs", str(folder))
-    assert rc != 0 and "Traceback" not in err
-    errors = [line for line in err.splitlines() if "error" in line]
-    assert errors == [f"lsdseg segment: error: cannot decode image {folder / 'b.png'}: "
-                      "the file is empty (0 bytes)"]  # fmt: skip
+    (folder / "a.png").write_bytes(b"not a png at all")  # the first: the probe skips it too
+    cv2.imwrite(str(folder / "b.png"), disc_frame(0))
+    (folder / "c.png").touch()
+    cv2.imwrite(str(folder / "d.png"), disc_frame(1))
+    for run, source in (("exp", str(folder)), ("exp2", str(folder / "*.png"))):
+        rc, err = segment(capsys, tiny, tmp_path / "runs", source)
+        assert rc == 1 and "Traceback" not in err, err
+        lines = err.splitlines()
+        bad_a = f"cannot decode image {folder / 'a.png'}: not a readable JPEG/PNG/BMP/TIFF file"
+        bad_c = f"cannot decode image {folder / 'c.png'}: the file is empty (0 bytes)"
+        assert f"lsdseg segment: warning: skipped {folder / 'a.png'}: {bad_a}" in lines, err
+        assert f"lsdseg segment: warning: skipped {folder / 'c.png'}: {bad_c}" in lines, err
+        out = tmp_path / "runs" / run
+        assert lines[-1] == (
+            "lsdseg segment: error: 2 of 4 images could not be decoded and were skipped "
+            f"(named above); the results of the other 2 are in {out}"
+        )
+        assert [r["source"] for r in read_rows(out)] == ["b.png", "d.png"]
+        assert sorted(p.name for p in out.glob("*.png")) == ["b.png", "d.png"]
+        summary = json.loads((out / "summary.json").read_text())
+        assert (summary["frames"], summary["skipped"]) == (2, 2)
+        assert summary["skipped_files"] == [
+            [str(folder / "a.png"), bad_a],
+            [str(folder / "c.png"), bad_c],
+        ]
+        assert any(line.startswith("2 images, 2 skipped, latency mean") for line in lines)
+    # none decodes: one line, nothing written
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").touch()
+    (bad / "y.png").write_bytes(b"junk")
+    rc, err = segment(capsys, tiny, tmp_path / "runs2", str(bad))
+    assert rc == 1 and err.strip().splitlines() == [
+        f"lsdseg segment: error: bad: none of the 2 images could be decoded (the first: "
+        f"cannot decode image {bad / 'x.png'}: the file is empty (0 bytes)); check the files"
+    ]
+    assert not (tmp_path / "runs2").exists()
 
 
 def test_still_images_summary_speaks_of_images_not_frames(capsys, tiny, tmp_path, video):
