@@ -919,3 +919,11 @@ def test_sampler_flags_are_checked_by_sampler_config(capsys, tiny, tmp_path, fla
     rc, err = segment(capsys, tiny, tmp_path, "missing.mp4", flag, value)
     assert rc == 1 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "exp").exists()  # before any source, model or output
+
+
+def test_docs_document_every_record_column():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "outputs.md").read_text()
+    table = doc.split("| record column | meaning |")[1].split("\n\n")[0]
+    rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("|")]
+    documented = [name for row in rows for name in row.split("`")[1::2]]
+    assert documented == list(COLUMNS)  # every column, in the files' order
