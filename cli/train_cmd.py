@@ -357,7 +357,6 @@ def run(args: argparse.Namespace) -> int:
             f"{loop.epoch}; re-run the same command to continue from {out}/last"
         )
         return 0
-    console.print(
-        f"done: best validation Dice {loop.best_dice:.4f}; checkpoints in {out}/best and {out}/last"
-    )
+    folders = f"{out}/best and {out}/last" if (out / "best").exists() else f"{out}/last"
+    console.print(f"done: {loop.best_text()}; checkpoints in {folders}")
     return 0

@@ -46,7 +46,7 @@ def training_card(model: LatentSegmenter, loop: LoopState, data: str, device: st
             f"training time {loop.elapsed_s / 60:.1f} min on {device} ({cpu})",
             f"- parameters: {n_params / 1e6:.2f} M",
             f"- latest validation: {json.dumps(vals)}",
-            f"- best validation Dice: {loop.best_dice:.4f}",
+            f"- {loop.best_text()}",
             "",
             "## Architecture",
             "```json",

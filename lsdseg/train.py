@@ -1,10 +1,12 @@
 """The training loop: two stages, EMA, validation by the full sampler, resumable at any moment.
 
 A run folder holds ``config.json`` (model + training settings), ``command.txt``, ``last/`` and
-``best/`` checkpoints, ``metrics.csv`` and ``progress.png``. ``last/`` also carries the training
-state (optimiser, EMA, RNG, loop counters; see :mod:`lsdseg.trainstate`) written atomically with
-the weights, so a run killed at any moment, SIGKILL included, resumes from its last completed
-epoch when the same command is run again, and continues exactly as if never stopped.
+``best/`` checkpoints (``best/``: the EMA weights of the best validation Dice, or of the last
+epoch when there are no validation images), ``metrics.csv`` and ``progress.png``. ``last/`` also
+carries the training state (optimiser, EMA, RNG, loop counters; see :mod:`lsdseg.trainstate`)
+written atomically with the weights, so a run killed at any moment, SIGKILL included, resumes
+from its last completed epoch when the same command is run again, and continues exactly as if
+never stopped.
 
 Distributed data parallel: when launched by ``torchrun`` (``WORLD_SIZE > 1``) each rank trains
 on its shard of every global batch (gloo on CPU, NCCL on GPU); the random draws of the whole
@@ -473,6 +475,8 @@ class Trainer:
             row.update({f"val_{k}": v for k, v in metrics.items()})
             improved = metrics["dice"] > loop.best_dice
             loop.best_dice = max(loop.best_dice, metrics["dice"])
+        elif phase == "diffusion" and self.val_set is None:
+            improved = True  # nothing to rank epochs by: best/ follows the last epoch
         loop.history.append(row)
         if last:
             self._next_phase()

@@ -37,6 +37,14 @@ class LoopState:
     elapsed_s: float = 0.0  # training wall time so far
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
 
+    def best_text(self) -> str:
+        """``best validation Dice 0.8123``, or why there is none (never the -1 placeholder)."""
+        if self.best_dice >= 0:
+            return f"best validation Dice {self.best_dice:.4f}"
+        if not any(row.get("phase") == "diffusion" for row in self.history):
+            return "no validation Dice yet (validation runs in stage 2, diffusion)"
+        return "no validation images (the validation split is empty): best/ is the last epoch"
+
 
 def _param_names(opt: torch.optim.Optimizer, model: nn.Module) -> list[str]:
     """The model's name of each optimised parameter, in the optimiser's order (its state keys)."""

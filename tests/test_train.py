@@ -364,3 +364,26 @@ def test_an_interrupted_run_says_where_it_resumes(capsys, data, tiny_config, tmp
     assert code == 1 and "--lr 0.01 (the run has 0.0005)" in err, err
     code, err = _main(capsys, [*cmd, "--time-limit", "0.00001", "--workers", "0"])
     assert code == 0 and f"resuming from epoch 1 of stage 1 (autoencoders) in {run}/last" in err
+
+
+def test_a_run_without_validation_images_says_so_and_best_is_the_last_epoch(
+    capsys, tiny_config, tmp_path
+):
+    data = make_dataset(tmp_path / "one", n=1)
+    run = tmp_path / "run"
+    cmd = _cmd(data, tiny_config, run)
+    cmd[cmd.index("--ae-epochs") + 1], cmd[cmd.index("--epochs") + 1] = "1", "2"
+    cmd[cmd.index("--batch-size") + 1] = "1"
+    code, err = _main(capsys, cmd)
+    assert code == 0, err
+    assert "validation: 0 pairs" in err and "-1.0000" not in err, err
+    assert (
+        "done: no validation images (the validation split is empty): best/ is the last epoch; "
+        f"checkpoints in {run}/best and {run}/last"
+    ) in err
+    best = json.loads((run / "best" / "config.json").read_text())["extra"]["loop"]
+    assert (best["phase"], best["epoch"]) == ("done", 0)  # saved after the last epoch
+    last = json.loads((run / "last" / "config.json").read_text())["extra"]["loop"]
+    assert best == last  # written together, after the last epoch (not after the first)
+    card = (run / "best" / "card.md").read_text()
+    assert "-1.0000" not in card and "no validation images" in card
