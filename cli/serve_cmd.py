@@ -3,7 +3,7 @@
 PyTriton ships the ``tritonserver`` binary and runs our inference callable
 (:class:`lsdseg.cli.server.SegmentModel`) in this process behind Triton's Python backend: Triton
 does the HTTP / gRPC endpoints, health, readiness, metrics and dynamic batching. PyTriton needs
-numpy<2, so it lives in its own environment (``make install-serve``; see the README).
+numpy<2, so it lives in its own environment (``make install-serve``; see docs/serving.md).
 
 Triton's Python-backend stub loads ``libpython`` dynamically and may pick the system's copy
 instead of this interpreter's (a different patch release fails with ``'_thread.RLock' object
