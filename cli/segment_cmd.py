@@ -433,25 +433,16 @@ def run(args: argparse.Namespace) -> int:
         )
         with console.status("warming up the model"):  # lazy inits and JIT kernels, untimed
             blank = np.zeros((*source.first_shape, 3), np.uint8)
-            first = segmenter(
-                blank,
-                hypotheses=sample.hypotheses,
-                steps=sample.steps,
-                eta=sample.eta,
-                seed=0,
-                threshold=sample.threshold,
-            )
+            settings = {
+                "hypotheses": sample.hypotheses,
+                "steps": sample.steps,
+                "eta": sample.eta,
+                "seed": 0,
+                "threshold": sample.threshold,
+            }
+            first = segmenter(blank, **settings)
             if sample.temporal_t is not None and args.cuda_graph:  # the warm-start graph too
-                segmenter(
-                    blank,
-                    hypotheses=sample.hypotheses,
-                    steps=sample.steps,
-                    eta=sample.eta,
-                    seed=0,
-                    threshold=sample.threshold,
-                    warm_start=first,
-                    warm_timestep=sample.temporal_t,
-                )
+                segmenter(blank, **settings, warm_start=first, warm_timestep=sample.temporal_t)
         out_dir = next_run_dir(args.project, args.name, args.exist_ok)
         writer = open_outputs(args, source, overlay, out_dir)
         with ProgressDisplay(console, source) as on_frame, StopFlag() as stop:
