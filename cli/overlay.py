@@ -87,7 +87,8 @@ def uncertainty_map(result: Result, measure: Measure) -> np.ndarray:
 
 
 def make_view(result: Result, opts: OverlayOptions, hud: str = "", alert: bool = False) -> View:
-    """Keep what ``opts`` needs from ``result``; grid hypotheses are shrunk to tile size."""
+    """Keep what ``opts`` needs from ``result``; grid hypotheses are resized to tile size
+    (from the frame's size, or from the model's S x S: ``hypotheses_size="model"``)."""
     import cv2
 
     h, w = result.mask.shape
@@ -95,8 +96,10 @@ def make_view(result: Result, opts: OverlayOptions, hud: str = "", alert: bool =
     thumbs = None
     if opts.style == "grid":
         _, _, th, tw = grid_layout(h, w, k)
+        shrink = th * tw <= result.hypotheses.shape[1] * result.hypotheses.shape[2]
+        how = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR  # AREA enlarges as nearest
         thumbs = np.stack(
-            [cv2.resize(p, (tw, th), interpolation=cv2.INTER_AREA) for p in result.hypotheses]
+            [cv2.resize(p, (tw, th), interpolation=how) for p in result.hypotheses]
         )  # (K, th, tw)
     return View(result.mask, uncertainty_map(result, opts.measure), thumbs, k, hud, alert)
 

@@ -20,14 +20,13 @@ from lsdseg.cli.errors import OutputError
 from lsdseg.cli.overlay import MEASURE_LABEL, OverlayOptions, make_view, uncertainty_map
 from lsdseg.cli.reader import FrameReader, Stalled
 from lsdseg.cli.records import Summary, frame_record
-from lsdseg.cli.remote import ServerError
+from lsdseg.cli.remote import RemoteSegmenter, ServerError
 from lsdseg.cli.sources import Frame, Source
 from lsdseg.cli.writer import Work, WriterThread
 
 if TYPE_CHECKING:
     from types import FrameType
 
-    from lsdseg.cli.remote import RemoteSegmenter
     from lsdseg.segmenter import Result, Segmenter
 
 
@@ -179,6 +178,8 @@ def run_pipeline(
             warm = {}
             if sample.temporal_t is not None and previous is not None:
                 warm = {"warm_start": previous, "warm_timestep": sample.temporal_t}
+            if not isinstance(segmenter, RemoteSegmenter):  # a server sends what it has
+                warm["hypotheses_size"] = "model"  # only the grid shows them, as thumbnails
             try:
                 result = segmenter(
                     frame.image,

@@ -440,9 +440,12 @@ def run(args: argparse.Namespace) -> int:
                 "seed": 0,
                 "threshold": sample.threshold,
             }
+            if not args.server:  # as run_pipeline calls it: the K maps at the model's size
+                settings["hypotheses_size"] = "model"
             first = segmenter(blank, **settings)
             if sample.temporal_t is not None and args.cuda_graph:  # the warm-start graph too
                 segmenter(blank, **settings, warm_start=first, warm_timestep=sample.temporal_t)
+            del first, blank  # a large frame's maps are not held for the whole run
         out_dir = next_run_dir(args.project, args.name, args.exist_ok)
         writer = open_outputs(args, source, overlay, out_dir)
         with ProgressDisplay(console, source) as on_frame, StopFlag() as stop:

@@ -123,7 +123,9 @@ class Result:
     std: np.ndarray  # (H, W) float32: std of the K probabilities
     entropy: np.ndarray  # (H, W) float32: entropy of the mean, bits
     mutual_info: np.ndarray  # (H, W) float32: mutual information (disagreement), bits
-    hypotheses: np.ndarray  # (K, H, W) float32: per-hypothesis probabilities
+    # (K, H, W) float32: per-hypothesis probabilities; (K, S, S), the model's size, when the
+    # call asked for hypotheses_size="model"
+    hypotheses: np.ndarray
     agreement: float  # mean pairwise Dice of the K binary masks (at S x S)
     # mean entropy of the mean (bits, 0-1) over the candidate region: mean > 0.1, dilated by
     # a max(3, S // 16) px square (at S x S); 0 when the region is empty (see unsure_score)
@@ -233,6 +235,7 @@ class Segmenter:
         order: Order = "bgr",
         warm_start: Result | Sequence[Result] | None = None,
         warm_timestep: int = 499,
+        hypotheses_size: Literal["frame", "model"] = "frame",
     ) -> Result | list[Result]:
         """Segment one frame (H, W, 3) or a batch (a list, or an array (B, H, W, 3)).
 
@@ -250,11 +253,18 @@ class Segmenter:
         DDIM steps at or below it: a correct DDIM trajectory from that timestep, with fewer
         denoiser calls. Its K must equal ``hypotheses``.
 
+        ``hypotheses_size="model"`` leaves ``Result.hypotheses`` at the model's (K, S, S)
+        instead of resizing it to the frame's (K, H, W): the K maps are most of a result's
+        memory on a large frame (an 8000 x 6000 frame at K = 8: 1.5 GB at the frame's size,
+        2 MB at S = 256), and a caller that only shows them as thumbnails needs no more.
+
         Raises:
             ValueError / TypeError: an invalid setting or frame.
         """
         if order not in ("bgr", "rgb"):
             raise ValueError(f"order={order!r} must be 'bgr' or 'rgb'")
+        if hypotheses_size not in ("frame", "model"):
+            raise ValueError(f"hypotheses_size={hypotheses_size!r} must be 'frame' or 'model'")
         s = self.settings(hypotheses, steps, eta, threshold)
         frames, single = _frames(image)
         seeds = self._seeds(seed, len(frames), s, warm_start is not None)
@@ -277,7 +287,9 @@ class Segmenter:
             torch.cuda.synchronize(self.device)
         t2 = time.perf_counter()
         results = [
-            self._postprocess(p[i].float(), frames[i].shape[:2], s.threshold, seeds[i])
+            self._postprocess(
+                p[i].float(), frames[i].shape[:2], s.threshold, seeds[i], hypotheses_size
+            )
             for i in range(len(frames))
         ]
         t3 = time.perf_counter()
@@ -337,17 +349,25 @@ class Segmenter:
         return self.model.warm_latents(z0, t, gen)
 
     @staticmethod
-    def _postprocess(p: torch.Tensor, size: tuple[int, int], threshold: float, seed: int):
-        """(K, S, S) probabilities -> a Result at ``size`` (H, W)."""
+    def _postprocess(
+        p: torch.Tensor,
+        size: tuple[int, int],
+        threshold: float,
+        seed: int,
+        hypotheses_size: Literal["frame", "model"] = "frame",
+    ) -> Result:
+        """(K, S, S) probabilities -> a Result at ``size`` (H, W); the K maps stay at S x S
+        with ``hypotheses_size="model"``."""
         agg = aggregate(p)
         agree = float(agreement(p > 0.5))
         unsure = float(unsure_score(agg.mean, agg.entropy))
-        maps = torch.cat(
-            [torch.stack([agg.mean, agg.std, agg.entropy, agg.mutual_info]), p]
-        )  # (4 + K, S, S)
+        maps = torch.stack([agg.mean, agg.std, agg.entropy, agg.mutual_info])  # (4, S, S)
+        if hypotheses_size == "frame":
+            maps = torch.cat([maps, p])  # (4 + K, S, S)
         if tuple(maps.shape[-2:]) != tuple(size):
             maps = F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)[0]
-        maps = maps.clamp(0.0, 1.0).cpu().numpy()
+        maps = maps.clamp_(0.0, 1.0).cpu().numpy()  # in place: no second frame-sized copy
+        hyps = maps[4:] if hypotheses_size == "frame" else p.clamp(0.0, 1.0).cpu().numpy()
         mean = maps[0]
         return Result(
             mask=mean > threshold,
@@ -355,7 +375,7 @@ class Segmenter:
             std=maps[1],
             entropy=maps[2],
             mutual_info=maps[3],
-            hypotheses=maps[4:],
+            hypotheses=hyps,
             agreement=agree,
             unsure=unsure,
             seed=seed,

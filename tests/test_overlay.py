@@ -317,3 +317,20 @@ def test_heads_up_text_names_the_frame_mean_and_stills_get_no_timing():
     assert still == f"K={K} | entropy mean {mean:.3f} | unsure 0.20"
     mi = _work(frame, res, 1.0, 1.0, OverlayOptions(measure="mi"), False, still=True).view.hud
     assert mi.startswith(f"K={K} | mutual info mean {mean:.3f}")
+
+
+def test_grid_tiles_from_model_size_hypotheses_match_the_frame_size_ones():
+    """segment keeps the K maps at the model's S x S: the tiles drawn from them are the
+    tiles drawn from the frame-size maps, up to resampling (shrunk and enlarged)."""
+    for h, w, s in [(288, 384, 64), (960, 1280, 64)]:  # tiles smaller, then larger than S
+        small = fake_result(s, s, K)
+        full = fake_result(h, w, K)
+        full.hypotheses = np.stack(
+            [cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR) for p in small.hypotheses]
+        )
+        full.mask = cv2.resize(small.mask.astype(np.uint8), (w, h)) > 0
+        small.mask = full.mask  # the other maps are at the frame's size either way
+        opts = OverlayOptions(style="grid", hud=False)
+        a, b = make_view(small, opts).hypotheses, make_view(full, opts).hypotheses
+        assert a.shape == b.shape == (K, *grid_layout(h, w, K)[2:])
+        assert np.abs(a - b).mean() < 0.02 and np.abs(a - b).max() < 0.5

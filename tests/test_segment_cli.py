@@ -927,3 +927,33 @@ def test_docs_document_every_record_column():
     rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("|")]
     documented = [name for row in rows for name in row.split("`")[1::2]]
     assert documented == list(COLUMNS)  # every column, in the files' order
+
+
+_PEAK_RSS = """
+import resource, sys
+from lsdseg.cli.main import main
+rc = main(sys.argv[1:])
+print(f"peak_rss_kib {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", file=sys.stderr)
+sys.exit(rc)
+"""
+
+
+def test_a_large_frame_takes_no_frame_sized_map_per_hypothesis(tiny, tmp_path):
+    """The K hypotheses stay at the model's size (the grid shows them as thumbnails): on a
+    3000 x 4000 frame each frame-sized float map is 48 MB, and K = 16 once took 15 more of
+    them than K = 2 (twice over, through the clamp's copy), 1.4 GB; now the peak RSS barely
+    moves with K."""
+    cv2.imwrite(str(tmp_path / "big.png"), disc_frame(0, 3000, 4000))
+    peaks = {}
+    for k in (2, 16):
+        argv = ["segment", str(tmp_path / "big.png"), "-k", str(k), "--weights", tiny]
+        argv += ["--device", "cpu", "--overlay", "grid", "--save-masks"]
+        argv += ["--project", str(tmp_path / f"runs{k}")]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        r = subprocess.run(
+            [sys.executable, "-c", _PEAK_RSS, *argv], env=env, capture_output=True, text=True
+        )
+        assert r.returncode == 0, r.stderr
+        peaks[k] = int(r.stderr.split("peak_rss_kib ")[-1]) / 1024  # MiB
+        assert len(read_rows(tmp_path / f"runs{k}" / "exp")) == 1
+    assert peaks[16] - peaks[2] < 250, peaks  # 14 frame-sized maps would be 640 MiB

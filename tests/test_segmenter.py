@@ -348,3 +348,21 @@ def test_seeds_out_of_range_are_named(seg: Segmenter, seed, error: type, fragmen
 def test_the_largest_seed_and_numpy_ints_work(seg: Segmenter) -> None:
     assert seg(_frame(), seed=2**63 - 1).seed == 2**63 - 1
     _same(seg(_frame(), seed=np.int64(7)), seg(_frame(), seed=7))
+
+
+def test_hypotheses_at_the_model_size_leave_the_other_maps_as_they_were(seg: Segmenter) -> None:
+    """hypotheses_size="model": the K maps stay at S x S (a large frame's memory), resized
+    they are the frame-size ones, and every other field is unchanged."""
+    s = seg.config.image_size
+    full = seg(_frame(), hypotheses=3, steps=2, seed=4)
+    small = seg(_frame(), hypotheses=3, steps=2, seed=4, hypotheses_size="model")
+    assert small.hypotheses.shape == (3, s, s) and small.hypotheses.dtype == np.float32
+    for name in ("mask", "mean", "std", "entropy", "mutual_info"):
+        np.testing.assert_array_equal(getattr(small, name), getattr(full, name), err_msg=name)
+    assert (small.agreement, small.unsure, small.seed) == (full.agreement, full.unsure, 4)
+    resized = torch.nn.functional.interpolate(
+        torch.from_numpy(small.hypotheses)[None], size=(H, W), mode="bilinear"
+    )[0].clamp(0.0, 1.0)  # (K, H, W)
+    np.testing.assert_allclose(full.hypotheses, resized.numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="hypotheses_size='full' must be 'frame' or 'model'"):
+        seg(_frame(), hypotheses_size="full")
