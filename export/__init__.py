@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
+from lsdseg.backends import Runner
 from lsdseg.model import LatentSegmenter
-from lsdseg.segmenter import Runner, register_runner
+from lsdseg.segmenter import register_runner
 
 
 def _onnx_runner(model: LatentSegmenter, checkpoint: Path | None, device: torch.device) -> Runner:

@@ -204,22 +204,12 @@ class _Captured:
     z0: torch.Tensor  # (B, K, c_m, S/f, S/f) static output
 
 
-class FrameRunner(Protocol):
-    """The runner a graph wraps (:class:`lsdseg.segmenter.TorchRunner`)."""
+class FrameRunner(backends.Runner, Protocol):
+    """The runner a graph wraps (:class:`lsdseg.segmenter.TorchRunner`): a
+    :class:`~lsdseg.backends.Runner` that also names its ops backend and precision."""
 
-    name: str
     ops_backend: str
     precision: str
-
-    def __call__(
-        self,
-        x: torch.Tensor,
-        noise: torch.Tensor,
-        steps: int,
-        eta: float,
-        generator: torch.Generator | None,
-        start: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
 class GraphRunner:

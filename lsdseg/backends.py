@@ -7,19 +7,41 @@ and how to install it, whether it needs CUDA, and what it supports. The CLI's ``
 choices and help, ``bench --backend all``, ``auto`` and every "backend X cannot do Y" refusal
 come from it; adding a backend is one new row (and its runner's registration).
 
-How a runner is built stays in :mod:`lsdseg.segmenter`'s registry (``register_runner``).
+How a runner is built stays in :mod:`lsdseg.segmenter`'s registry (``register_runner``); what
+a runner is called with is :class:`Runner`, here.
 """
 
 from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     import torch
 
 AUTO = "auto"
+
+
+class Runner(Protocol):
+    """What a backend must provide: normalised images + initial noise -> probabilities.
+
+    It returns the per-hypothesis probabilities (B, K, S, S) and, if it can, the clean latents
+    (B, K, c_m, S/f, S/f) that the next frame of a video can warm-start from (else None).
+    ``start`` (a timestep) asks for a warm start: ``noise`` is then a latent noised to it.
+    """
+
+    name: str
+
+    def __call__(
+        self,
+        x: torch.Tensor,  # (B, 3, S, S) normalised
+        noise: torch.Tensor,  # (B, K, c_m, S/f, S/f)
+        steps: int,
+        eta: float,
+        generator: torch.Generator | None,
+        start: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
 @dataclass(frozen=True)

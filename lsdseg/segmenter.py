@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from lsdseg import backends, ops
 from lsdseg.accel import GraphRunner, Precision, autocast, check_supported
 from lsdseg.augment import resize_pair
+from lsdseg.backends import Runner
 from lsdseg.checkpoint import CheckpointError, load_checkpoint
 from lsdseg.config import ModelConfig, SamplerConfig
 from lsdseg.imageio import to_rgb8
@@ -35,27 +36,6 @@ from lsdseg.plugins import lookup
 from lsdseg.uncertainty import aggregate, agreement, unsure_score
 
 log = logging.getLogger(__name__)
-
-
-class Runner(Protocol):
-    """What a backend must provide: normalised images + initial noise -> probabilities.
-
-    It returns the per-hypothesis probabilities (B, K, S, S) and, if it can, the clean latents
-    (B, K, c_m, S/f, S/f) that the next frame of a video can warm-start from (else None).
-    ``start`` (a timestep) asks for a warm start: ``noise`` is then a latent noised to it.
-    """
-
-    name: str
-
-    def __call__(
-        self,
-        x: torch.Tensor,  # (B, 3, S, S) normalised
-        noise: torch.Tensor,  # (B, K, c_m, S/f, S/f)
-        steps: int,
-        eta: float,
-        generator: torch.Generator | None,
-        start: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
 # A factory builds a runner for a loaded model; ``checkpoint`` is its folder (None if in memory).
