@@ -111,8 +111,8 @@ def _pairs(root: Path, n: int = 4) -> Path:
     return root
 
 
-def test_weights_and_config_are_written_before_the_probe_runs(tmp_path, tiny, monkeypatch):
-    """The slot can end the command during the probe: what came before must be on disk."""
+def _export_setup(tmp_path, tiny, monkeypatch):
+    """gpu_train, its bundle_weights, a run folder holding ``tiny`` as best/, an empty out/."""
     gpu_train = _module()
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
     import bundle_weights
@@ -121,6 +121,12 @@ def test_weights_and_config_are_written_before_the_probe_runs(tmp_path, tiny, mo
     shutil.copytree(tiny, run / "best")
     out = tmp_path / "out"
     out.mkdir()
+    return gpu_train, bundle_weights, run, out
+
+
+def test_weights_and_config_are_written_before_the_probe_runs(tmp_path, tiny, monkeypatch):
+    """The slot can end the command during the probe: what came before must be on disk."""
+    gpu_train, bundle_weights, run, out = _export_setup(tmp_path, tiny, monkeypatch)
     seen = []
 
     def killed_during_the_probe(seg, samples, steps, k):
@@ -140,14 +146,7 @@ def test_weights_and_config_are_written_before_the_probe_runs(tmp_path, tiny, mo
 
 
 def test_probe_rows_are_recorded_one_by_one(tmp_path, tiny, monkeypatch):
-    gpu_train = _module()
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    import bundle_weights
-
-    run = tmp_path / "run"
-    shutil.copytree(tiny, run / "best")
-    out = tmp_path / "out"
-    out.mkdir()
+    gpu_train, bundle_weights, run, out = _export_setup(tmp_path, tiny, monkeypatch)
     calls = []
 
     def sweep(seg, samples, steps, k):
