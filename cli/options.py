@@ -8,14 +8,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from lsdseg import backends
+from lsdseg.backends import PRECISIONS
 from lsdseg.cli.errors import UserError
+from lsdseg.config import MAX_SEED
 
 if TYPE_CHECKING:
     import torch
 
     from lsdseg.config import SamplerConfig
-
-MAX_SEED = 2**63 - 1  # seeds travel as int64 (torch generators, the server's parameters)
 
 
 def _power_text(maximum: int) -> str:
@@ -46,10 +46,6 @@ def seed_arg(maximum: int = MAX_SEED, per_frame: bool = False) -> Callable[[str]
         return value
 
     return parse
-
-
-# lsdseg.accel.PRECISIONS, repeated so that building the parser does not import torch
-PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def add_backend_option(group: argparse._ActionsContainer, default: str = backends.AUTO) -> None:

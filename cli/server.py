@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 
+from lsdseg.config import MAX_SEED
+
 if TYPE_CHECKING:
     from lsdseg.config import SamplerConfig
     from lsdseg.segmenter import Result, Segmenter
@@ -55,7 +57,6 @@ OUTPUTS: dict[str, tuple[type, tuple[int, ...]]] = {
 }
 INT_PARAMETERS = ("hypotheses", "steps", "seed")
 FLOAT_PARAMETERS = ("eta", "threshold")
-MAX_SEED = 2**63 - 1
 
 
 class RequestLike(Protocol):

@@ -50,7 +50,7 @@ from lsdseg import backends
 log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "fp16", "bf16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
+PRECISIONS = backends.PRECISIONS
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
     "fp16": torch.float16,

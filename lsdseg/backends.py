@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     import torch
 
 AUTO = "auto"
+# fp32, or fp16 / bf16 autocast on CUDA for the backends that take it (lsdseg.accel); kept
+# here, free of torch, so that building the CLI parser imports no torch
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
 
 
 class Runner(Protocol):

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+# the largest seed: seeds are int64 (torch generators, the server's parameters)
+MAX_SEED = 2**63 - 1
+
 T = TypeVar("T")
 
 

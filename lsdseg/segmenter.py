@@ -29,7 +29,7 @@ from lsdseg.accel import GraphRunner, Precision, autocast, check_supported
 from lsdseg.augment import resize_pair
 from lsdseg.backends import Runner
 from lsdseg.checkpoint import CheckpointError, load_checkpoint
-from lsdseg.config import ModelConfig, SamplerConfig
+from lsdseg.config import MAX_SEED, ModelConfig, SamplerConfig
 from lsdseg.imageio import to_rgb8
 from lsdseg.model import LatentSegmenter
 from lsdseg.plugins import lookup
@@ -360,9 +360,6 @@ class Segmenter:
             unsure=unsure,
             seed=seed,
         )
-
-
-MAX_SEED = 2**63 - 1  # seeds are int64 (torch generators, the server's parameters)
 
 
 def _check_seed(seed: object, name: str) -> int:
