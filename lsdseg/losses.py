@@ -1,7 +1,10 @@
-"""Training objectives of the two stages (DESIGN.md, "Training").
+"""Training objectives of the two stages (DESIGN.md, "Training"): every loss lives here.
 
 Stage 1 trains the autoencoders; stage 2 freezes the mask VAE and trains the denoiser, and the
-image encoder with it, on noised mask latents.
+image encoder with it, on noised mask latents. The dicts the stage losses return use the names
+that ``metrics.csv`` records as columns: ``loss`` (the total), ``mask_recon``, ``kl`` and
+``image_recon`` in stage 1; ``denoise`` and ``mask_bce`` + ``mask_dice`` or ``mask_structure``
+in stage 2.
 """
 
 from __future__ import annotations
@@ -9,7 +12,54 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lsdseg.config import MaskVAEConfig
 from lsdseg.model import LatentSegmenter
+
+
+def mask_reconstruction_loss(
+    logits: torch.Tensor, y: torch.Tensor, kind: str = "wce", foreground_weight: float = 4.0
+) -> torch.Tensor:
+    """Weighted binary cross-entropy (foreground pixels weigh ``foreground_weight``) or MSE.
+
+    Shapes:
+        logits, y: (B, 1, S, S); y in {0, 1}. Returns a scalar (mean over pixels).
+    """
+    if kind == "wce":
+        weight = 1.0 + (foreground_weight - 1.0) * y
+        return F.binary_cross_entropy_with_logits(logits, y, weight=weight)
+    if kind == "mse":
+        return F.mse_loss(torch.sigmoid(logits), y)
+    raise ValueError(f"kind={kind!r} must be 'wce' or 'mse'")
+
+
+def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, I)), summed over latent dims, averaged over the batch."""
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
+    return kl.flatten(1).sum(dim=1).mean()
+
+
+def mask_vae_losses(
+    cfg: MaskVAEConfig,
+    y: torch.Tensor,
+    logits: torch.Tensor,
+    mean: torch.Tensor,
+    logvar: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """The mask VAE's objective: reconstruction (``cfg.loss``) plus ``cfg.kl_weight`` x KL.
+
+    Args:
+        cfg: the mask VAE's settings (loss kind, foreground weight, KL weight).
+        y: the masks; logits, mean, logvar: :meth:`lsdseg.vae.MaskVAE.forward` of them.
+
+    Shapes:
+        y, logits: (B, 1, S, S); mean, logvar: (B, c_m, S/f, S/f).
+
+    Returns:
+        ``loss`` (the total to minimise), ``mask_recon`` and ``kl`` (scalars).
+    """
+    recon = mask_reconstruction_loss(logits, y, cfg.loss, cfg.foreground_weight)
+    kl = kl_divergence(mean, logvar)
+    return {"loss": recon + cfg.kl_weight * kl, "mask_recon": recon, "kl": kl}
 
 
 def soft_dice_loss(logits: torch.Tensor, y: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -50,8 +100,7 @@ def autoencoder_losses(
         VAE's reparameterisation draw (made inside when None).
     """
     logits, mean, logvar = model.mask_vae(y, eps)
-    out = model.mask_vae.loss(y, logits, mean, logvar)
-    out = {"loss": out["loss"], "mask_recon": out["recon"], "kl": out["kl"]}
+    out = mask_vae_losses(model.mask_vae.cfg, y, logits, mean, logvar)
     if image_weight > 0:
         recon = model.image_ae.decode(model.image_ae.encode(x))
         out["image_recon"] = F.l1_loss(recon, x)

@@ -315,7 +315,10 @@ class EdgeExtended(nn.Sequential):
 
 
 class MaskVAE(nn.Module):
-    """Gaussian VAE over binary masks; the decoder returns logits at the full mask size."""
+    """Gaussian VAE over binary masks; the decoder returns logits at the full mask size.
+
+    Its training objective is :func:`lsdseg.losses.mask_vae_losses`.
+    """
 
     def __init__(self, cfg: MaskVAEConfig) -> None:
         super().__init__()
@@ -365,37 +368,3 @@ class MaskVAE(nn.Module):
             eps = torch.randn_like(mean)
         z = mean + torch.exp(0.5 * logvar) * eps
         return self.decode(z), mean, logvar
-
-    def loss(
-        self, y: torch.Tensor, logits: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """Reconstruction (weighted cross-entropy or MSE on probabilities) plus weighted KL.
-
-        Returns:
-            dict with ``loss`` (the total to minimise), ``recon`` and ``kl`` (scalars).
-        """
-        recon = mask_reconstruction_loss(logits, y, self.cfg.loss, self.cfg.foreground_weight)
-        kl = kl_divergence(mean, logvar)
-        return {"loss": recon + self.cfg.kl_weight * kl, "recon": recon, "kl": kl}
-
-
-def mask_reconstruction_loss(
-    logits: torch.Tensor, y: torch.Tensor, kind: str = "wce", foreground_weight: float = 4.0
-) -> torch.Tensor:
-    """Weighted binary cross-entropy (foreground pixels weigh ``foreground_weight``) or MSE.
-
-    Shapes:
-        logits, y: (B, 1, S, S); y in {0, 1}. Returns a scalar (mean over pixels).
-    """
-    if kind == "wce":
-        weight = 1.0 + (foreground_weight - 1.0) * y
-        return F.binary_cross_entropy_with_logits(logits, y, weight=weight)
-    if kind == "mse":
-        return F.mse_loss(torch.sigmoid(logits), y)
-    raise ValueError(f"kind={kind!r} must be 'wce' or 'mse'")
-
-
-def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mean, exp(logvar)) || N(0, I)), summed over latent dims, averaged over the batch."""
-    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
-    return kl.flatten(1).sum(dim=1).mean()
