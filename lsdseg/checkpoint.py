@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -24,11 +25,52 @@ from safetensors.torch import load_file, save_file
 from lsdseg.config import ModelConfig, from_dict, json_kind, to_dict
 from lsdseg.files import sha256_file
 from lsdseg.model import LatentSegmenter
-from lsdseg.vae import rename_legacy_encoder_keys
 from lsdseg.version import __version__
 
 FORMAT_VERSION = 1
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "card.md"
+T = TypeVar("T")
+
+# Tensor names that older lsdseg versions saved -> today's: (old, new, why it changed). Each row
+# matches what follows an encoder's prefix (``image_ae.encoder.``, ``mask_vae.encoder.``); the
+# first row that matches renames, and a name no row matches is current. All four come from
+# lsdseg 0.1.0 up to the run-8 default weights, which kept the encoder in one ``body`` Sequential.
+KEY_MIGRATIONS: tuple[tuple[str, Callable[[re.Match[str]], str], str], ...] = (
+    (r"body\.0\.(.+)", lambda m: f"stem.{m[1]}", "body's first layer is now the encoder's stem"),
+    (
+        r"body\.\d+\.((?:down|up|merge)\..+)",
+        lambda m: f"context.{m[1]}",
+        "the context branch (the only part with down/up/merge) was body's last layer",
+    ),
+    (
+        r"body\.(\d+)\.(.+)",
+        lambda m: f"levels.{(int(m[1]) - 1) // 2}.{(int(m[1]) - 1) % 2}.{m[2]}",
+        "level i's Downsample and ResBlock were body.(1 + 2i) and body.(2 + 2i)",
+    ),
+    (
+        r"more\.(\d+)\.(\d+)\.(.+)",
+        lambda m: f"levels.{m[1]}.{2 + int(m[2])}.{m[3]}",
+        "encoder_depth's extra blocks of level I were more.I.J; they now follow it in levels.I",
+    ),
+)
+
+
+def migrate_keys(state: dict[str, T]) -> dict[str, T]:
+    """``state`` with every name of :data:`KEY_MIGRATIONS` renamed to today's.
+
+    Current names pass through unchanged, so this is safe on any state dict: a checkpoint's
+    weights, the EMA weights of a training state, the optimiser's parameter names.
+    """
+    return {_migrate_key(key): value for key, value in state.items()}
+
+
+def _migrate_key(key: str) -> str:
+    prefix, sep, rest = key.rpartition("encoder.")
+    for old, new, _ in KEY_MIGRATIONS if sep else ():
+        m = re.fullmatch(old, rest)
+        if m is not None:
+            return prefix + sep + new(m)
+    return key
 
 
 class CheckpointError(ValueError):
@@ -149,7 +191,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Lat
         state = load_file(str(file), device=str(device))
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"{file} cannot be read ({e}); re-download or re-export it") from None
-    state = rename_legacy_encoder_keys(state)  # checkpoints saved by older lsdseg 0.1.0
+    state = migrate_keys(state)  # tensor names of older lsdseg versions
     model = LatentSegmenter(cfg).to(device)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))

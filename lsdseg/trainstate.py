@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lsdseg.vae import rename_legacy_encoder_keys
+from lsdseg.checkpoint import migrate_keys
 
 OPTIMIZER, STATE_TENSORS, STATE_JSON = (
     "optimizer.safetensors",
@@ -124,7 +124,7 @@ def ema_weights(folder: str | Path) -> dict[str, torch.Tensor]:
 
 def _ema_state(more: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The ``ema.*`` tensors of a loaded training state as a model state dict (current names)."""
-    return rename_legacy_encoder_keys({k[4:]: v for k, v in more.items() if k.startswith("ema.")})
+    return migrate_keys({k[4:]: v for k, v in more.items() if k.startswith("ema.")})
 
 
 def _check_shapes(
@@ -156,7 +156,7 @@ def _by_name(
 ) -> tuple[dict[int, dict[str, Any]], list[dict[str, Any]]]:
     """Optimiser state and groups renumbered from the saved parameter order to the current one."""
     names = _param_names(opt, model)
-    saved = list(rename_legacy_encoder_keys(dict.fromkeys(saved_names)))  # older lsdseg names
+    saved = list(migrate_keys(dict.fromkeys(saved_names)))  # older lsdseg names
     if sorted(saved) != sorted(names):
         extra = sorted(set(saved) ^ set(names))
         raise ValueError(

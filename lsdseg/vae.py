@@ -9,8 +9,6 @@ that are upsampled bilinearly to the image size.
 from __future__ import annotations
 
 import itertools
-import re
-from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +18,6 @@ from lsdseg.backbone import BACKBONES
 from lsdseg.config import ImageAEConfig, MaskVAEConfig
 from lsdseg.efficientnet import EfficientNetLite
 from lsdseg.layers import Downsample, GroupNormAct, ResBlock, Upsample, zero_conv
-
-T = TypeVar("T")
 
 
 class _Encoder(nn.Module):
@@ -91,34 +87,6 @@ class _Encoder(nn.Module):
             else set()
         )
         return [p for p in self.parameters() if id(p) not in frozen]
-
-
-def rename_legacy_encoder_keys(state: dict[str, T]) -> dict[str, T]:
-    """Tensor names of encoders saved before ``stem`` / ``levels`` / ``context`` existed.
-
-    lsdseg 0.1.0 checkpoints up to the run-8 default weights kept the encoder in one
-    ``body`` Sequential (stem, then Downsample and ResBlock per level, then the context branch)
-    plus ``more.I.J`` for the blocks of ``encoder_depth``. Names already in the current layout
-    pass through unchanged, so this is safe on any state dict.
-    """
-    out: dict[str, T] = {}
-    for key, value in state.items():
-        m = re.fullmatch(r"(.*encoder\.)(body|more)\.(\d+)\.(.+)", key)
-        if m is None:
-            out[key] = value
-            continue
-        prefix, kind, n, rest = m[1], m[2], int(m[3]), m[4]
-        if kind == "more":  # more.I.J -> the (2 + J)-th block of level I
-            j, rest = rest.split(".", 1)
-            name = f"levels.{n}.{2 + int(j)}.{rest}"
-        elif n == 0:
-            name = f"stem.{rest}"
-        elif rest.startswith(("down.", "up.", "merge.")):  # only _Context has these
-            name = f"context.{rest}"
-        else:  # body.(1 + 2i) = Downsample, body.(2 + 2i) = ResBlock of level i
-            name = f"levels.{(n - 1) // 2}.{(n - 1) % 2}.{rest}"
-        out[prefix + name] = value
-    return out
 
 
 class _Context(nn.Module):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -329,6 +330,32 @@ def _legacy_name(key: str) -> str:
             return f"{prefix}encoder.more.{i}.{int(j) - 2}.{param}"
         return f"{prefix}encoder.body.{1 + 2 * int(i) + int(j)}.{param}"
     return key
+
+
+def test_each_key_migration_renames_its_old_names_and_current_names_pass() -> None:
+    old_new = {  # hand-checked against the 0.1.0 layout (stem, 2 levels, context, more)
+        "image_ae.encoder.body.0.weight": "image_ae.encoder.stem.weight",
+        "image_ae.encoder.body.5.down.0.1.conv1.weight": (
+            "image_ae.encoder.context.down.0.1.conv1.weight"
+        ),
+        "mask_vae.encoder.body.3.conv.bias": "mask_vae.encoder.levels.1.0.conv.bias",
+        "mask_vae.encoder.body.4.conv1.weight": "mask_vae.encoder.levels.1.1.conv1.weight",
+        "image_ae.encoder.more.1.0.conv2.weight": "image_ae.encoder.levels.1.2.conv2.weight",
+    }
+    assert ckpt.migrate_keys(dict.fromkeys(old_new)) == dict.fromkeys(old_new.values())
+    used = [
+        next(
+            i
+            for i, row in enumerate(ckpt.KEY_MIGRATIONS)
+            if re.fullmatch(row[0], k.split("encoder.")[1])
+        )
+        for k in old_new
+    ]
+    assert sorted(set(used)) == list(range(len(ckpt.KEY_MIGRATIONS)))  # no row untested
+    from lsdseg.segmenter import bundled_weights
+
+    current = load_file(str(bundled_weights() / "model.safetensors"))
+    assert list(ckpt.migrate_keys(current)) == list(current)
 
 
 def test_checkpoints_with_the_old_encoder_names_still_load(saved: Path, tmp_path: Path) -> None:
