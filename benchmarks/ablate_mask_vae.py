@@ -4,7 +4,7 @@ Trains the mask VAE alone (same architecture, data, seed and steps) with each lo
 reconstruction Dice on the validation masks, overall and on small polyps (mask < 2% of the
 image), where compression hurts most.
 
-    python scripts/ablate_mask_vae.py --data ../shared/data/kvasir-seg \
+    python benchmarks/ablate_mask_vae.py --data ../shared/data/kvasir-seg \
         --data ../shared/data/cvc-clinicdb --epochs 6
 """
 

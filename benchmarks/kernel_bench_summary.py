@@ -2,7 +2,7 @@
 
 Used by ``scripts/gpu_checks.py``; also on its own::
 
-    python3 scripts/kernel_bench_summary.py bench_kernels.json [env.json] > summary.md
+    python3 benchmarks/kernel_bench_summary.py bench_kernels.json [env.json] > summary.md
 """
 
 from __future__ import annotations

@@ -3,9 +3,11 @@
 Runs every frame of the chosen CVC-ClinicDB sequences in order, once sampled independently and
 once warm-started from the previous frame at each ``--timesteps`` value, and reports mean Dice
 (at the frame's resolution) and mean latency for each. Use sequences the weights never trained
-on (the default weights hold out 5 and 20).
+on (the default weights hold out 5 and 20). The study behind the ``--temporal`` table of
+``benchmarks/RESULTS.md`` (why warm starts are off by default); it needs a video dataset with
+sequences (``sequences.csv``), and times each frame once, so its latencies are indicative.
 
-    python scripts/measure_temporal.py --data ../shared/data/cvc-clinicdb --sequences 5,20
+    python benchmarks/measure_temporal.py --data ../shared/data/cvc-clinicdb --sequences 5,20
 """
 
 from __future__ import annotations
@@ -17,12 +19,8 @@ import time
 import numpy as np
 
 import lsdseg
+from lsdseg.compare import dice
 from lsdseg.data import find_pairs, load_sample
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = a.sum() + b.sum()
-    return 1.0 if s == 0 else 2.0 * float((a & b).sum()) / float(s)
 
 
 def run(seg, frames, steps: int, k: int, warm_t: int | None) -> dict[str, float]:

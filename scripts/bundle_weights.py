@@ -26,46 +26,15 @@ import numpy as np
 import torch
 
 from lsdseg.card import cpu_name
-from lsdseg.checkpoint import load_checkpoint, save_checkpoint, without_image_decoder
+from lsdseg.checkpoint import save_checkpoint, without_image_decoder
 from lsdseg.cli.records import json_ready
+from lsdseg.compare import THRESHOLDS, sweep  # the sweep the defaults are picked by
+from lsdseg.compare import load_model as load_weights
 from lsdseg.config import to_dict
 from lsdseg.data import load_pairs, load_sample
 from lsdseg.evaluate import evaluate
-from lsdseg.model import LatentSegmenter
 from lsdseg.segmenter import Segmenter
-from lsdseg.trainstate import ema_weights
 from lsdseg.version import __version__
-
-THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
-
-
-def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    s = pred.sum() + gt.sum()
-    return 1.0 if s == 0 else 2.0 * float((pred & gt).sum()) / float(s)
-
-
-def sweep(seg: Segmenter, samples, steps: int, k: int) -> dict[str, float]:
-    """Mean Dice per source and threshold for one (steps, K), one run per image."""
-    per: dict[str, list[list[float]]] = {}
-    for i, (pair, image, mask) in enumerate(samples):
-        r = seg(image, hypotheses=k, steps=steps, seed=i, order="rgb")
-        src = pair.group.split(":", 1)[0]
-        per.setdefault(src, []).append([_dice(r.mean > th, mask) for th in THRESHOLDS])
-    out: dict[str, float] = {"steps": steps, "hypotheses": k}
-    for src, rows in per.items():
-        for j, th in enumerate(THRESHOLDS):
-            out[f"dice/{src}@{th}"] = float(np.mean([r[j] for r in rows]))
-    return out
-
-
-def load_weights(spec: str | Path) -> LatentSegmenter:
-    """The model of a checkpoint folder; ``FOLDER:ema`` loads the EMA weights that a run's
-    ``last/`` keeps in its training state instead of the live ones."""
-    folder = str(spec).removesuffix(":ema")
-    model = load_checkpoint(folder)
-    if folder != str(spec):
-        model.load_state_dict(ema_weights(folder))
-    return model
 
 
 def _unsure_line(source: str, s: dict) -> str:

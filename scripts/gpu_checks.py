@@ -265,7 +265,7 @@ def train_result(run: Path, batch_size: int) -> dict:
 
 def write_summary_md(out: Path, summary: dict) -> Path:
     """summary.md: the step table, the benchmark tables and targets, the e2e and train rows."""
-    sys.path.insert(0, str(ROOT / "scripts"))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
     from kernel_bench_summary import summarize
 
     env = summary.get("environment", {})

@@ -70,7 +70,7 @@ def test_calls_per_round_fill_about_a_millisecond(monkeypatch):
 
 
 def test_the_summary_reports_per_call_times():
-    summary = load_script("scripts/kernel_bench_summary.py")
+    summary = load_script("benchmarks/kernel_bench_summary.py")
     row = {
         "op": "copy",
         "provider": "torch",
