@@ -4,6 +4,7 @@ names, and where it goes on (see :func:`lsdseg.trainstate.check_resume`)."""
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,24 @@ OPTIONS = {
     "data.val_data": "--val-data",
     "data.val_fraction": "--val-fraction",
 }
+
+
+def with_options(message: str) -> str:
+    """A core message with each setting it names written as the option that sets it.
+
+    ``stage='diffusion'`` becomes ``--stage diffusion`` and ``batch_size=16`` ``--batch-size 16``;
+    a bare name with an underscore (``lower batch_size``) becomes the option alone. Names of other
+    things, and one-word names without a value (``init``, ``grow`` in prose), are left as they are.
+    """
+    names = "|".join(re.escape(k) for k in sorted(OPTIONS, key=len, reverse=True))
+    valued = rf"(?<![\w.-])({names})=(?:'([^']*)'|\"([^\"]*)\"|([^\s,;:)]+))"
+    message = re.sub(
+        valued,
+        lambda m: f"{OPTIONS[m[1]]} {next(g for g in m.groups()[1:] if g is not None)}",
+        message,
+    )
+    bare = "|".join(re.escape(k) for k in OPTIONS if "_" in k and "." not in k)
+    return re.sub(rf"(?<![\w.-])({bare})(?![\w=])", lambda m: OPTIONS[m[1]], message)
 
 
 def data_settings(args: argparse.Namespace) -> dict:

@@ -204,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
     from lsdseg.card import training_card
     from lsdseg.cli.console import make_console
     from lsdseg.cli.options import device_option
-    from lsdseg.cli.resume import check_resume, data_settings
+    from lsdseg.cli.resume import check_resume, data_settings, with_options
     from lsdseg.config import ModelConfig, load_json
     from lsdseg.data import load_pairs
     from lsdseg.dataset import SegmentationDataset
@@ -310,18 +310,21 @@ def run(args: argparse.Namespace) -> int:
             )
 
     # built before the slow preload, so a checkpoint that cannot be loaded or grown fails at once
-    trainer = Trainer(
-        model_cfg,
-        cfg,
-        train_set,
-        val_set,
-        out,
-        device,
-        on_event=on_event,
-        card=lambda m, lp: training_card(m, lp, data_desc, str(device)),
-        data=data_settings(args),
-        extend=args.extend,
-    )
+    try:
+        trainer = Trainer(
+            model_cfg,
+            cfg,
+            train_set,
+            val_set,
+            out,
+            device,
+            on_event=on_event,
+            card=lambda m, lp: training_card(m, lp, data_desc, str(device)),
+            data=data_settings(args),
+            extend=args.extend,
+        )
+    except ValueError as e:  # the core names its settings; the user typed options
+        raise UserError(with_options(str(e))) from None
     with console.status("decoding and caching images"):
         train_set.preload()
         if val_set is not None:
@@ -350,7 +353,10 @@ def run(args: argparse.Namespace) -> int:
         )
     with progress:
         budget_s = args.time_limit * 60 - (time.monotonic() - started)
-        loop = trainer.run(time_limit_s=max(budget_s, 1e-6) if args.time_limit else 0.0)
+        try:
+            loop = trainer.run(time_limit_s=max(budget_s, 1e-6) if args.time_limit else 0.0)
+        except ValueError as e:  # a resume whose optimiser state does not fit, say
+            raise UserError(with_options(str(e))) from None
     if loop.phase != "done":
         console.print(
             f"stopped at --time-limit {args.time_limit:g} min with {loop.phase} at epoch "

@@ -276,7 +276,7 @@ class Trainer:
             raise ValueError(
                 f"{cfg.init or out} has no image decoder (an inference-only checkpoint, as "
                 "scripts/bundle_weights.py writes), so stage 1 cannot train its image "
-                "autoencoder: use --stage diffusion to fine-tune it, or start from a training "
+                "autoencoder: use stage='diffusion' to fine-tune it, or start from a training "
                 "run's checkpoint"
             )
         self.local_bs = cfg.batch_size // self.world

@@ -141,8 +141,8 @@ def _check_shapes(
                 raise ValueError(
                     f"the optimiser state in {folder} does not fit this model (parameter #{pid}"
                     f" {name}: saved {tuple(v.shape)}, model {have}); the run was saved by "
-                    "another lsdseg version or architecture: start a new run with --init "
-                    f"{folder}"
+                    "another lsdseg version or architecture: start a new run with "
+                    f"init={str(folder)!r}"
                 )
 
 
@@ -161,7 +161,7 @@ def _by_name(
         extra = sorted(set(saved) ^ set(names))
         raise ValueError(
             f"the optimiser state in {folder} is for other parameters ({', '.join(extra[:3])}"
-            f"{' ...' if len(extra) > 3 else ''}); start a new run with --init {folder}"
+            f"{' ...' if len(extra) > 3 else ''}); start a new run with init={str(folder)!r}"
         )
     now = {n: i for i, n in enumerate(names)}
     new_id = [now[n] for n in saved]  # saved position -> current position

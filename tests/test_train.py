@@ -245,7 +245,7 @@ def test_stage_one_from_decoder_less_weights_is_refused_and_stage_two_trains(dat
     dataset = SegmentationDataset(pairs, 64, AugmentConfig())
     cfg = TrainConfig(epochs=1, batch_size=4, max_steps_per_epoch=2, warmup_steps=1, init=str(init))
     model_cfg = from_dict(ModelConfig, TINY)
-    with pytest.raises(ValueError, match=r"has no image decoder.*--stage diffusion"):
+    with pytest.raises(ValueError, match=r"has no image decoder.*use stage='diffusion'"):
         train(model_cfg, cfg, dataset, None, tmp_path / "all", "cpu")
     assert not (tmp_path / "all" / "last").exists()
     loop = train(model_cfg, replace(cfg, stage="diffusion"), dataset, None, tmp_path / "ft", "cpu")

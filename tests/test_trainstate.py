@@ -35,7 +35,7 @@ def test_optimiser_state_of_other_parameters_is_refused(tmp_path: Path) -> None:
     # same tensors, other order: AdamW would only fail later, at its first step, on tensor sizes
     reordered = nn.Sequential(nn.Linear(3, 1), nn.Linear(2, 3))
     opt = torch.optim.AdamW(reordered.parameters(), lr=1e-3)
-    with pytest.raises(ValueError, match=r"does not fit this model.*--init"):
+    with pytest.raises(ValueError, match=r"does not fit this model.*start a new run with init="):
         restore_state(tmp_path, opt, None, "diffusion")
 
 
@@ -73,7 +73,7 @@ def test_optimiser_state_saved_with_names_follows_the_names(tmp_path: Path) -> N
     for name, p in model.named_parameters():
         torch.testing.assert_close(other.get_parameter(name), p)
 
-    with pytest.raises(ValueError, match=r"is for other parameters.*--init"):
+    with pytest.raises(ValueError, match=r"is for other parameters.*start a new run with init="):
         wider = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))  # names 0.*, 1.*
         restore_state(tmp_path, torch.optim.AdamW(wider.parameters()), None, "diffusion", wider)
 
