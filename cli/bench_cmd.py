@@ -11,7 +11,6 @@ graph of each shape is captured in the untimed warm-up calls. The pytest-benchma
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -24,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lsdseg import backends
+from lsdseg.cli import bench_compare
+from lsdseg.cli.bench_memory import PeakMemory
 from lsdseg.cli.errors import UserError
 from lsdseg.cli.options import (
     PRECISIONS,
@@ -75,13 +76,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default="default", help="'default', 'untrained' or a folder")
     p.add_argument(
         "--backend",
-        default="all",
         help=f"comma-separated backends ({', '.join(backends.names())}), 'all' (those usable "
-        "here) or "
-        "'none' (with --server: time only the server)",
+        "here; the default) or 'none' (with --server: time only the server)",
     )
-    p.add_argument("--hypotheses", default="1,8", help="comma-separated K values")
-    p.add_argument("--steps", default="2,4", help="comma-separated DDIM step counts")
+    p.add_argument("--hypotheses", help="comma-separated K values (default 1,8)")
+    p.add_argument("--steps", help="comma-separated DDIM step counts (default 2,4)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument(
         "--cuda-graph",
@@ -100,7 +99,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--half", action="store_true", help="shorthand for --precision fp16")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls per configuration")
-    p.add_argument("--repeats", type=int, default=20, help="timed calls per configuration")
+    p.add_argument("--repeats", type=int, help="timed calls per configuration (default 20)")
     p.add_argument(
         "--seed",
         type=seed_arg(),
@@ -127,6 +126,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="with --server: frames are N x N (default 256)",
     )
+    bench_compare.add_options(p)
     p.set_defaults(func=run)
 
 
@@ -245,42 +245,6 @@ def pick_backends(text: str, device: torch.device) -> tuple[list[str], dict[str,
     return names, {}
 
 
-class _PeakMemory:
-    """Peak memory over a block: CUDA allocator peak, or the process's peak RSS on Linux."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.kind = "CUDA allocated" if device.type == "cuda" else "process RSS"
-
-    def reset(self) -> None:
-        import torch
-
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return
-        # Linux: writing 5 resets VmHWM, the peak RSS, to the current RSS
-        with contextlib.suppress(OSError):
-            Path("/proc/self/clear_refs").write_text("5")
-
-    def peak_mb(self) -> float | None:
-        import torch
-
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB -> MB
-        except OSError:
-            pass
-        try:
-            import resource
-
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
-        except ImportError:  # Windows
-            return None
-
-
 def measure(
     seg: Segmenter,
     hypotheses: int,
@@ -295,7 +259,7 @@ def measure(
     """
     size = seg.config.image_size
     frame = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    memory = _PeakMemory(seg.device)
+    memory = PeakMemory(seg.device)
     for _ in range(warmup):
         seg(frame, hypotheses=hypotheses, steps=steps, seed=seed)
     memory.reset()
@@ -405,6 +369,11 @@ def run(args: argparse.Namespace) -> int:
     import lsdseg
     from lsdseg.cli.options import device_option
 
+    if args.compare is not None:
+        return bench_compare.run(args)
+    bench_compare.check_not_compare(args)
+    args.backend = args.backend or "all"
+    args.repeats = 20 if args.repeats is None else args.repeats
     for option, value in (("--warmup", args.warmup), ("--repeats", args.repeats)):
         if value < (0 if option == "--warmup" else 1):
             raise UserError(
@@ -412,8 +381,8 @@ def run(args: argparse.Namespace) -> int:
             )
     if args.json:  # before anything is timed
         check_writable(args.json, "--json", folder=False)
-    ks = parse_settings(args.hypotheses, "hypotheses")
-    steps = parse_settings(args.steps, "steps")
+    ks = parse_settings(args.hypotheses or "1,8", "hypotheses")
+    steps = parse_settings(args.steps or "2,4", "steps")
     clients = parse_ints(args.clients, "--clients", 1, 256)
     if args.server:
         from lsdseg.cli.remote import parse_server

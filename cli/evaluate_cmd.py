@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lsdseg.cli.compare_cmd import add_evaluate_options
 from lsdseg.cli.errors import UserError, output_error
 from lsdseg.cli.main import EXIT_INTERRUPTED, EXIT_TERMINATED
 from lsdseg.cli.options import (
@@ -53,7 +54,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Segment every image of a dataset and score it against its mask at the "
         "image's original resolution. Images without masks are segmented and counted as "
         "unlabelled; unreadable files are named, skipped and counted. A run that scored "
-        "nothing or skipped a file exits with status 1 once its results are written.",
+        "nothing or skipped a file exits with status 1 once its results are written. "
+        "--compare WEIGHTS compares two weights on the same images and seeds (the 95% bootstrap "
+        "interval of the Dice difference per dataset); --sweep scores steps x thresholds.",
     )
     p.add_argument(
         "--data",
@@ -89,6 +92,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="only evaluate these groups, comma-separated (e.g. CVC sequences 5,20)",
     )
     add_run_folder_options(p, "runs/evaluate")
+    add_evaluate_options(p)  # --val-fraction, --split-seed, --compare, --sweep
     p.add_argument(
         "--save-vis",
         action="store_true",
@@ -104,12 +108,16 @@ def run(args: argparse.Namespace) -> int:
 
     import lsdseg
     from lsdseg.backends import resolve_backend
+    from lsdseg.cli.compare_cmd import check_plain_evaluate, labelled_pairs, run_evaluate
     from lsdseg.cli.console import make_console
     from lsdseg.cli.options import device_option
     from lsdseg.cli.pipeline import StopFlag
     from lsdseg.data import find_pairs
     from lsdseg.evaluate import evaluate
 
+    if args.compare is not None or args.sweep is not None:
+        return run_evaluate(args)
+    check_plain_evaluate(args)
     check_writable(args.project, "--project")  # before the data and the model are loaded
     sampler_config(
         hypotheses=args.hypotheses, steps=args.steps, eta=args.eta, threshold=args.threshold
@@ -119,11 +127,13 @@ def run(args: argparse.Namespace) -> int:
     precision = check_speed_options(args, device, backend, args.eta)
     console = make_console()
     pairs = []
-    for d in args.data:
+    for d in args.data if args.val_fraction is None else []:
         layout, found = find_pairs(d)
         console.print(f"{d}: {len(found)} images ({layout} layout)")
         pairs += found
-    if args.groups:
+    if args.val_fraction is not None:  # the labelled pairs of the split, --groups applied
+        pairs = labelled_pairs(args, console)
+    elif args.groups:
         wanted = {g.strip() for g in args.groups.split(",") if g.strip()}
         have = {p.group for p in pairs}
         if not wanted <= have:
@@ -187,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
         "eta": s.eta,
         "threshold": s.threshold,
         "data": args.data,
+        "val_fraction": args.val_fraction,
         "skipped_files": ev.skipped,
         "stopped_by": stopped_by,  # None (every image done), SIGINT or SIGTERM
         "command": shlex.join(["lsdseg", *sys.argv[1:]]),

@@ -1,23 +1,56 @@
-"""scripts/paired_compare.py: the paired bootstrap that decides whether new weights are better."""
+"""``lsdseg evaluate --compare`` / ``--sweep`` and :mod:`lsdseg.compare`: the paired bootstrap
+that decides whether new weights are better, and the sweep the sampler defaults are picked by."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import csv
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
-from conftest import load_script
+import pytest
+import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "paired_compare.py"
+from lsdseg.cli.main import main
+from lsdseg.compare import (
+    THRESHOLDS,
+    bootstrap,
+    compare_datasets,
+    dice,
+    load_model,
+    per_image_dice,
+)
+from lsdseg.data import load_pairs, load_sample
+from lsdseg.metrics import dice as torch_dice
+from lsdseg.segmenter import Segmenter, load
 
 
-def _module():
-    return load_script("scripts/paired_compare.py")  # it imports bundle_weights beside it
+def make_dataset(root: Path, n: int = 6, size: int = 40) -> Path:
+    """A labelled folder of synthetic frames with a bright disc each (file-name groups)."""
+    from test_train import make_dataset as make
+
+    return make(root, n=n, size=size)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("cmp") / "toy", n=6)
+
+
+@pytest.fixture(scope="module")
+def twin(tiny, tmp_path_factory) -> str:
+    """A copy of ``tiny`` in another folder: other weights by path, the same by content."""
+    return str(shutil.copytree(tiny, tmp_path_factory.mktemp("twin") / "tiny"))
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["evaluate", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
 def test_bootstrap_interval_contains_zero_for_noise_and_not_for_a_shift() -> None:
-    bootstrap = _module().bootstrap
     rng = np.random.default_rng(0)
     noise = rng.normal(0.0, 0.05, 90)
     lo, hi = bootstrap(noise - noise.mean())
@@ -26,15 +59,156 @@ def test_bootstrap_interval_contains_zero_for_noise_and_not_for_a_shift() -> Non
     assert 0 < lo < 0.03 < hi
 
 
-def test_a_checkpoint_against_itself_differs_by_exactly_zero(tiny, tmp_path: Path) -> None:
-    from test_train import make_dataset
+def test_bootstrap_is_the_percentile_interval_of_resampled_means() -> None:
+    diff = np.array([0.1, -0.2, 0.3, 0.0, 0.05])
+    rng = np.random.default_rng(0)  # the same draws, written out by hand
+    means = [diff[rng.integers(0, 5, 5)].mean() for _ in range(2000)]
+    assert bootstrap(diff, n=2000) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])))
 
-    data = make_dataset(tmp_path / "kvasir", n=20)
-    out = subprocess.run(
-        [sys.executable, str(SCRIPT), tiny, tiny, "--data", str(data), "--seeds", "2"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr
-    assert "difference +0.0000, 95% interval [+0.0000, +0.0000]" in out.stdout, out.stdout
+
+def test_compare_datasets_per_dataset_means_and_counts() -> None:
+    a = np.array([0.9, 0.5, 0.7, 0.2, 0.8])
+    b = np.array([0.95, 0.65, 0.7, 0.1, 0.85])
+    rows = compare_datasets(a, b, ["kvasir", "cvc", "kvasir", "cvc", "kvasir"], resamples=500)
+    assert [r.dataset for r in rows] == ["cvc", "kvasir"]
+    cvc, kvasir = rows
+    assert (cvc.images, kvasir.images) == (2, 3)
+    assert cvc.mean_a == pytest.approx(0.35) and cvc.mean_b == pytest.approx(0.375)
+    assert kvasir.difference == pytest.approx((0.05 + 0.0 + 0.05) / 3)
+    assert (cvc.below_a, cvc.below_b, kvasir.below_a, kvasir.below_b) == (2, 1, 0, 0)
+    assert (cvc.low, cvc.high) == bootstrap(b[[1, 3]] - a[[1, 3]], 500)
+    assert "kvasir (3 images): 0.8000 -> 0.8333, difference +0.0333" in kvasir.line()
+    with pytest.raises(ValueError, match="one entry per image"):
+        compare_datasets(a, b[:4], ["x"] * 5)
+
+
+def test_numpy_dice_matches_the_metrics_module() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        p, g = rng.random((2, 17, 23)) > 0.6
+        ref = torch_dice(torch.from_numpy(p)[None], torch.from_numpy(g)[None])  # (1,)
+        assert dice(p, g) == pytest.approx(float(ref[0]))
+    empty = np.zeros((4, 4), bool)
+    assert dice(empty, empty) == 1.0
+
+
+def test_per_image_dice_seeds_each_image_apart(tiny) -> None:
+    seg = load(tiny, device="cpu")
+    seen = []
+
+    class Recording:
+        settings = seg.settings
+
+        def __call__(self, image, **kw):
+            seen.append(kw["seed"])
+            return seg(image, **kw)
+
+    image = np.zeros((20, 20, 3), np.uint8)
+    samples = [(None, image, np.zeros((20, 20), bool))] * 3
+    out = per_image_dice(Recording(), samples, seeds=2, seed=5)
+    assert seen == [5, 6, 1005, 1006, 2005, 2006]
+    assert out.shape == (3,) and ((out >= 0) & (out <= 1)).all()
+
+
+def test_a_checkpoint_against_a_copy_of_itself_differs_by_exactly_zero(
+    capsys, tiny, twin, data, tmp_path
+) -> None:
+    argv = ["--data", str(data), "--weights", tiny, "--compare", twin, "--seeds", "2"]
+    code, out, err = _run(capsys, *argv, "--device", "cpu", "--project", str(tmp_path))
+    assert code == 0, err
+    assert "toy (6 images):" in out
+    assert "difference +0.0000, 95% interval [+0.0000, +0.0000]" in out, out
+    record = json.loads((tmp_path / "exp" / "compare.json").read_text())
+    (row,) = record["datasets"]
+    assert row["images"] == 6 and row["difference"] == 0.0
+    assert record["seeds"] == 2 and record["a"]["hypotheses"] == 2  # the checkpoint's K
+    rows = list(csv.DictReader((tmp_path / "exp" / "per_image.csv").open()))
+    assert len(rows) == 6 and all(r["dice_a"] == r["dice_b"] for r in rows)
+
+
+def test_compare_on_the_validation_split_matches_a_direct_computation(
+    capsys, tiny, twin, data, tmp_path
+) -> None:
+    argv = ["--data", str(data), "--weights", tiny, "--compare", twin, "--compare-steps", "2"]
+    argv += ["--val-fraction", "0.4", "--split-seed", "3", "--seeds", "1", "--threshold", "0.45"]
+    code, _, err = _run(capsys, *argv, "--device", "cpu", "--project", str(tmp_path))
+    assert code == 0, err
+    _, val = load_pairs([str(data)], None, 0.4, 3)
+    samples = [(p, *load_sample(p)) for p in val]
+    seg = Segmenter(load_model(tiny))
+    a = per_image_dice(seg, samples, 1, 0.45, seeds=1)
+    b = per_image_dice(seg, samples, 2, 0.45, seeds=1)
+    record = json.loads((tmp_path / "exp" / "compare.json").read_text())
+    (row,) = record["datasets"]
+    assert row["images"] == len(val) == 3
+    assert row["mean_a"] == pytest.approx(a.mean()) and row["mean_b"] == pytest.approx(b.mean())
+    assert (record["a"]["steps"], record["b"]["steps"]) == (1, 2)
+    assert record["val_fraction"] == 0.4 and record["split_seed"] == 3
+
+
+def test_sweep_scores_every_step_count_and_threshold(capsys, tiny, twin, data, tmp_path) -> None:
+    argv = ["--data", str(data), "--weights", tiny, "--compare", twin, "--sweep", "1,2"]
+    code, out, err = _run(capsys, *argv, "--device", "cpu", "--project", str(tmp_path))
+    assert code == 0, err
+    rows = json.loads((tmp_path / "exp" / "sweep.json").read_text())["rows"]
+    assert [(r["weights"], r["steps"]) for r in rows] == [
+        (tiny, 1),
+        (tiny, 2),
+        (twin, 1),
+        (twin, 2),
+    ]
+    # an independent reference: torch Dice of each image's mean at the threshold, seed = index
+    seg = load(tiny, device="cpu")
+    _, pairs = load_pairs([], [str(data)], 0.0, 0)
+    for r in rows[:2]:
+        for th in THRESHOLDS:
+            ref = []
+            for i, p in enumerate(pairs):
+                image, mask = load_sample(p)
+                m = seg(image, steps=r["steps"], seed=i, order="rgb").mean > th
+                ref.append(
+                    float(torch_dice(torch.from_numpy(m)[None], torch.from_numpy(mask)[None]))
+                )
+            assert r[f"dice/toy@{th}"] == pytest.approx(np.mean(ref))
+        assert f"{tiny}, {r['steps']}, 2, toy: " in out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--compare", "{tmp}/missing"],  # no such weights folder
+        ["--compare", "{tiny}"],  # the same weights at the same settings
+        ["--compare", "{twin}", "--sweep", "--weights", "{twin}"],
+        ["--compare", "{twin}", "--data", "{tmp}/empty"],  # no images
+        ["--compare", "{twin}", "--data", "{tmp}/unlabelled"],  # no masks
+        ["--compare", "{twin}", "--val-fraction", "1.5"],
+        ["--compare", "{twin}", "--val-fraction", "0.5", "--data", "{tmp}/one"],  # empty split
+        ["--compare", "{twin}", "--seeds", "0"],
+        ["--compare", "{twin}", "--save-vis"],
+        ["--compare", "{twin}", "--steps", "0"],
+        ["--compare", "{twin}", "--compare-threshold", "2"],
+        ["--compare", "{twin}", "--weights", "{tmp}/one"],  # a data folder is no checkpoint
+        ["--sweep", "--steps", "2"],
+        ["--sweep", "0"],
+        ["--sweep", "--seeds", "2"],
+        ["--seeds", "2"],  # an option of --compare without it
+        ["--compare-steps", "2"],
+    ],
+)
+def test_bad_input_gives_one_line_and_nonzero_exit(capsys, tiny, twin, data, tmp_path, args):
+    (tmp_path / "empty").mkdir()
+    make_dataset(tmp_path / "one", n=1)
+    unlabelled = make_dataset(tmp_path / "unlabelled", n=2)
+    shutil.rmtree(unlabelled / "masks")
+    argv = ["evaluate", "--weights", tiny, "--device", "cpu", "--project", str(tmp_path / "runs")]
+    argv += [] if "--data" in args else ["--data", str(data)]
+    argv += [a.format(tmp=tmp_path, tiny=tiny, twin=twin) for a in args]
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1, err
+    assert not (tmp_path / "runs").exists()  # refused before a run folder is made
