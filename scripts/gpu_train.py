@@ -12,7 +12,7 @@ symlink tree of ``scripts/gpu_slot.py`` when it is not installed. Steps:
    branch), cut into ``model.NN.safetensors`` pieces under the slot's 16 MiB per file;
 3. their Dice on the copy's validation split (K = 8, one seed per image, thresholds 0.3-0.6,
    ``--probe-steps``), at the copy's reduced size: a guide only, since the numbers that pick
-   and describe bundled weights come from ``scripts/val_probe.py`` and
+   and describe bundled weights come from ``lsdseg evaluate --sweep`` and
    ``scripts/bundle_weights.py`` on the full data.
 
 Writes under ``--out`` (default ``$OUT``, else ``.benchmarks/gpu_train``) at most 7 files:

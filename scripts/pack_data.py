@@ -3,7 +3,7 @@
 A GPU machine that has no network gets the data as part of the working tree (64 MiB in all
 here). Training resizes every image to S x S anyway, so a copy whose shorter side is S loses
 nothing the training sees; validation on the copy is at that reduced size, a guide only: score
-the weights that come back on the full data (``scripts/val_probe.py``) before bundling them.
+the weights that come back on the full data (``lsdseg evaluate --sweep``) before bundling them.
 
 Each dataset keeps its folder name (the group prefixes of ``lsdseg train`` come from it) and its
 ``sequences.csv``, so the by-group validation split is the same images as on the full data; the

@@ -83,6 +83,21 @@ def test_evaluate_scores_at_original_resolution(capsys, tiny, tmp_path):
     assert "Dice" in capsys.readouterr().out
 
 
+def test_val_fraction_scores_the_validation_split_of_train(capsys, tiny, tmp_path):
+    from lsdseg.data import load_pairs
+
+    data = make_pairs(tmp_path / "d", [(40, 50)] * 8)
+    where = ["--project", str(tmp_path), "--name", "out"]
+    argv = ["evaluate", "--data", str(data), "--weights", tiny, "--device", "cpu", *where]
+    code = main([*argv, "--val-fraction", "0.3", "--split-seed", "2"])
+    assert code == 0, capsys.readouterr().err
+    _, val = load_pairs([str(data)], None, 0.3, 2)  # what lsdseg train --seed 2 holds out
+    rows = list(csv.DictReader((tmp_path / "out" / "per_image.csv").read_text().splitlines()))
+    assert [r["name"] for r in rows] == [p.name for p in val] and len(val) == 3
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["labelled"] == 3 and summary["val_fraction"] == 0.3
+
+
 def test_unlabelled_and_unreadable_images_are_counted_and_the_run_fails_at_the_end(
     capsys, tiny, tmp_path
 ):
