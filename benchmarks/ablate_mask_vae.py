@@ -21,6 +21,7 @@ from lsdseg.augment import AugmentConfig
 from lsdseg.config import MaskVAEConfig
 from lsdseg.data import load_pairs
 from lsdseg.dataset import SegmentationDataset
+from lsdseg.losses import mask_vae_losses
 from lsdseg.metrics import dice
 from lsdseg.vae import MaskVAE
 
@@ -47,7 +48,7 @@ def run(
         for i in range(0, len(order) - batch + 1, batch):
             y = torch.stack([train[int(j)]["mask"] for j in order[i : i + batch]])
             logits, mean, logvar = vae(y)
-            loss = vae.loss(y, logits, mean, logvar)["loss"]
+            loss = mask_vae_losses(cfg, y, logits, mean, logvar)["loss"]
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -19,6 +19,7 @@ class PeakMemory:
         self.kind = "CUDA allocated" if device.type == "cuda" else "process RSS"
 
     def reset(self) -> None:
+        """Start a new peak from now."""
         import torch
 
         if self.device.type == "cuda":
@@ -29,6 +30,7 @@ class PeakMemory:
             Path("/proc/self/clear_refs").write_text("5")
 
     def peak_mb(self) -> float | None:
+        """The peak since :meth:`reset` in MB (None where the platform cannot tell)."""
         import torch
 
         if self.device.type == "cuda":
