@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING
 from lsdseg.cli.errors import UserError
 
 if TYPE_CHECKING:
-    from lsdseg.config import ModelConfig
-    from lsdseg.train import TrainConfig
+    from lsdseg.config import ModelConfig, TrainConfig
 
 # TrainConfig fields and the run's data -> the option that sets them (for resume messages)
 OPTIONS = {
@@ -78,7 +77,7 @@ def check_resume(
     import dataclasses
 
     from lsdseg.checkpoint import read_config
-    from lsdseg.train import resume_loop
+    from lsdseg.trainstate import resume_loop
 
     if args.model_config and not cfg.init:  # the run's architecture wins on resume: say so
         saved = dataclasses.replace(read_config(out / "last")[0], latent_scale=1.0)

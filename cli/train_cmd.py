@@ -205,12 +205,12 @@ def run(args: argparse.Namespace) -> int:
     from lsdseg.cli.console import make_console
     from lsdseg.cli.options import device_option
     from lsdseg.cli.resume import check_resume, data_settings, with_options
-    from lsdseg.config import ModelConfig, load_json
+    from lsdseg.config import ModelConfig, TrainConfig, load_json
     from lsdseg.data import load_pairs
     from lsdseg.dataset import SegmentationDataset
     from lsdseg.segmenter import bundled_weights
     from lsdseg.splits import split_record, write_splits
-    from lsdseg.train import TrainConfig, Trainer
+    from lsdseg.train import Trainer
 
     started = time.monotonic()  # --time-limit counts from here, loading and caching included
     check_writable(args.out, "--out")  # before the data is read and the model built

@@ -1,4 +1,4 @@
-"""Frozen, validated configuration for every part of the model.
+"""Frozen, validated configuration for every part of the model, and for a training run.
 
 Each dataclass checks itself in ``__post_init__`` and raises ``ValueError`` naming the field, the
 value and what is allowed. JSON lives only at the edge: :func:`to_dict` / :func:`from_dict`
@@ -285,6 +285,63 @@ class ModelConfig:
     def latent_size(self) -> int:
         """Side of the latent grid, S / f."""
         return self.image_size // self.image_ae.factor
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run (saved in the run folder)."""
+
+    stage: Literal["all", "autoencoders", "diffusion"] = "all"  # which stage(s) to run
+    ae_epochs: int = 10  # stage 1 epochs
+    epochs: int = 60  # stage 2 epochs
+    batch_size: int = 16  # global batch (split across DDP ranks)
+    lr: float = 1e-3  # stage 1 learning rate
+    diffusion_lr: float = 5e-4  # stage 2 learning rate (cosine decay, warmup)
+    warmup_steps: int = 200  # linear warm-up of the learning rate
+    weight_decay: float = 1e-4  # AdamW weight decay
+    ema_decay: float = 0.999  # EMA of stage-2 weights (validated and saved)
+    image_recon_weight: float = 1.0  # stage 1 image reconstruction loss weight (0 = skip D_x)
+    train_image_encoder: bool = True  # fine-tune E_x jointly in stage 2
+    val_every: int = 1  # validate every N stage-2 epochs
+    val_hypotheses: int = 8  # K used for validation Dice
+    val_steps: int = 4  # DDIM steps used for validation Dice
+    seed: int = 0  # seeds data order, augmentation, noise
+    num_workers: int = 0  # DataLoader workers per rank
+    max_steps_per_epoch: int = 0  # cap for smoke tests (0 = full epochs)
+    init: str = ""  # checkpoint folder to start from (e.g. the bundled weights)
+    grow: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides applied to init
+    # replace init's image encoder by a pretrained one ("efficientnet_lite0" / "_lite2", ImageNet
+    # weights from the [train] extra), keeping its mask VAE and denoiser
+    image_encoder: str = ""
+    pyramid_width: int = 96  # width of that encoder's feature-pyramid decoder
+    feature_views: int = 0  # >0: cache the frozen backbone part's output for this many views
+    backbone_lr_scale: float = 1.0  # learning-rate multiplier of the pretrained backbone
+
+    def __post_init__(self) -> None:
+        checks = [
+            (
+                self.stage in ("all", "autoencoders", "diffusion"),
+                f"stage={self.stage!r} must be 'all', 'autoencoders' or 'diffusion'",
+            ),
+            (self.ae_epochs >= 0, f"ae_epochs={self.ae_epochs} must be >= 0"),
+            (self.epochs >= 0, f"epochs={self.epochs} must be >= 0"),
+            (self.batch_size >= 1, f"batch_size={self.batch_size} must be >= 1"),
+            (self.lr > 0 and self.diffusion_lr > 0, "learning rates must be > 0"),
+            (0 <= self.ema_decay < 1, f"ema_decay={self.ema_decay} must be in [0, 1)"),
+            (self.val_every >= 1, f"val_every={self.val_every} must be >= 1"),
+            (self.val_hypotheses >= 1, f"val_hypotheses={self.val_hypotheses} must be >= 1"),
+            (self.val_steps >= 1, f"val_steps={self.val_steps} must be >= 1"),
+            (not self.grow or bool(self.init), "grow needs init: the checkpoint to grow from"),
+            (
+                not self.image_encoder or bool(self.init),
+                "image_encoder needs init: the checkpoint whose mask VAE and denoiser to keep",
+            ),
+            (self.feature_views >= 0, f"feature_views={self.feature_views} must be >= 0"),
+            (self.backbone_lr_scale > 0, "backbone_lr_scale must be > 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

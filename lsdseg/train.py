@@ -25,9 +25,9 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,130 +37,21 @@ from torch.utils.data import DataLoader, Subset
 from lsdseg.checkpoint import (
     grow_checkpoint,
     load_checkpoint,
-    read_config,
     save_checkpoint,
     swap_image_encoder,
 )
-from lsdseg.config import ModelConfig, to_dict
-from lsdseg.data import dataset_of
+from lsdseg.config import ModelConfig, TrainConfig, to_dict
 from lsdseg.dataset import SegmentationDataset
 from lsdseg.featcache import FeatureCache
 from lsdseg.files import atomic_path
 from lsdseg.losses import autoencoder_losses, diffusion_losses
 from lsdseg.model import LatentSegmenter
-from lsdseg.trainstate import (
-    LoopState,
-    check_resume,
-    has_state,
-    read_loop,
-    restore_state,
-    resume_changes,
-    write_state,
-)
+from lsdseg.trainstate import LoopState, has_state, restore_state, resume_loop, write_state
+from lsdseg.validation import validate
 
 log = logging.getLogger(__name__)
 
 Event = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Settings of one training run (saved in the run folder)."""
-
-    stage: Literal["all", "autoencoders", "diffusion"] = "all"  # which stage(s) to run
-    ae_epochs: int = 10  # stage 1 epochs
-    epochs: int = 60  # stage 2 epochs
-    batch_size: int = 16  # global batch (split across DDP ranks)
-    lr: float = 1e-3  # stage 1 learning rate
-    diffusion_lr: float = 5e-4  # stage 2 learning rate (cosine decay, warmup)
-    warmup_steps: int = 200  # linear warm-up of the learning rate
-    weight_decay: float = 1e-4  # AdamW weight decay
-    ema_decay: float = 0.999  # EMA of stage-2 weights (validated and saved)
-    image_recon_weight: float = 1.0  # stage 1 image reconstruction loss weight (0 = skip D_x)
-    train_image_encoder: bool = True  # fine-tune E_x jointly in stage 2
-    val_every: int = 1  # validate every N stage-2 epochs
-    val_hypotheses: int = 8  # K used for validation Dice
-    val_steps: int = 4  # DDIM steps used for validation Dice
-    seed: int = 0  # seeds data order, augmentation, noise
-    num_workers: int = 0  # DataLoader workers per rank
-    max_steps_per_epoch: int = 0  # cap for smoke tests (0 = full epochs)
-    init: str = ""  # checkpoint folder to start from (e.g. the bundled weights)
-    grow: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides applied to init
-    # replace init's image encoder by a pretrained one ("efficientnet_lite0" / "_lite2", ImageNet
-    # weights from the [train] extra), keeping its mask VAE and denoiser
-    image_encoder: str = ""
-    pyramid_width: int = 96  # width of that encoder's feature-pyramid decoder
-    feature_views: int = 0  # >0: cache the frozen backbone part's output for this many views
-    backbone_lr_scale: float = 1.0  # learning-rate multiplier of the pretrained backbone
-
-    def __post_init__(self) -> None:
-        checks = [
-            (
-                self.stage in ("all", "autoencoders", "diffusion"),
-                f"stage={self.stage!r} must be 'all', 'autoencoders' or 'diffusion'",
-            ),
-            (self.ae_epochs >= 0, f"ae_epochs={self.ae_epochs} must be >= 0"),
-            (self.epochs >= 0, f"epochs={self.epochs} must be >= 0"),
-            (self.batch_size >= 1, f"batch_size={self.batch_size} must be >= 1"),
-            (self.lr > 0 and self.diffusion_lr > 0, "learning rates must be > 0"),
-            (0 <= self.ema_decay < 1, f"ema_decay={self.ema_decay} must be in [0, 1)"),
-            (self.val_every >= 1, f"val_every={self.val_every} must be >= 1"),
-            (self.val_hypotheses >= 1, f"val_hypotheses={self.val_hypotheses} must be >= 1"),
-            (self.val_steps >= 1, f"val_steps={self.val_steps} must be >= 1"),
-            (not self.grow or bool(self.init), "grow needs init: the checkpoint to grow from"),
-            (
-                not self.image_encoder or bool(self.init),
-                "image_encoder needs init: the checkpoint whose mask VAE and denoiser to keep",
-            ),
-            (self.feature_views >= 0, f"feature_views={self.feature_views} must be >= 0"),
-            (self.backbone_lr_scale > 0, "backbone_lr_scale must be > 0"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(msg)
-
-
-# ----------------------------------------------------------------------------- validation
-
-
-@torch.inference_mode()
-def validate(
-    model: LatentSegmenter,
-    dataset: SegmentationDataset,
-    hypotheses: int,
-    steps: int,
-    seed: int = 0,
-    batch: int = 8,
-) -> dict[str, float]:
-    """Dice and IoU of the full sampler (mean mask > 0.5) at S x S, per dataset group prefix.
-
-    Returns:
-        ``dice``, ``iou`` over all images, plus ``dice/<source>`` for each source prefix of the
-        pairs' groups (``kvasir``, ``cvc``, ...).
-    """
-    from lsdseg.metrics import dice as dice_fn
-    from lsdseg.metrics import iou as iou_fn
-
-    model.eval()
-    gen = torch.Generator().manual_seed(seed)
-    device = next(model.parameters()).device
-    dices, ious = [], []
-    for start in range(0, len(dataset), batch):
-        items = [dataset[i] for i in range(start, min(start + batch, len(dataset)))]
-        x = model.normalize(torch.stack([it["image"] for it in items]).to(device))
-        y = torch.stack([it["mask"] for it in items])[:, 0] > 0.5  # (B, S, S)
-        noise = torch.randn((len(items), hypotheses, *model.latent_shape), generator=gen)
-        p = model.hypotheses(x, noise.to(device), steps, 0.0)  # (B, K, S, S)
-        pred = (p.mean(dim=1) > 0.5).cpu()
-        dices.append(dice_fn(pred, y))
-        ious.append(iou_fn(pred, y))
-    d, j = torch.cat(dices), torch.cat(ious)
-    out = {"dice": float(d.mean()), "iou": float(j.mean())}
-    sources = [dataset_of(p.group) for p in dataset.pairs]
-    for src in sorted(set(sources) - {""}):
-        idx = torch.tensor([s == src for s in sources])
-        out[f"dice/{src}"] = float(d[idx].mean())
-    return out
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -512,28 +403,6 @@ class Trainer:
             _write_metrics(out / "metrics.csv", loop.history)
         if self.world > 1:
             dist.barrier()
-
-
-def resume_loop(
-    out: Path,
-    cfg: TrainConfig,
-    data: dict[str, Any] | None = None,
-    extend: bool = False,
-    name: Callable[[str], str] = str,
-) -> LoopState:
-    """The loop state a resume of the run in ``out`` starts from, once its settings are
-    checked against those ``out/last`` was saved with (:func:`lsdseg.trainstate.check_resume`;
-    ``name`` gives a setting's name in the messages).
-
-    Raises:
-        ValueError: a setting differs from the run's (each named), or ``extend`` cannot apply.
-    """
-    extra = read_config(out / "last")[1].get("extra", {})
-    saved = {**to_dict(TrainConfig()), **extra.get("train", {})}  # older runs: the defaults
-    changes = resume_changes(saved, to_dict(cfg))
-    if data is not None and "data" in extra:
-        changes += resume_changes(extra["data"], data, "data.")
-    return check_resume(out, changes, read_loop(out / "last"), cfg.stage, extend, name)
 
 
 def train(*args: Any, **kwargs: Any) -> LoopState:

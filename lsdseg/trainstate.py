@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lsdseg.checkpoint import migrate_keys
+from lsdseg.checkpoint import migrate_keys, read_config
+from lsdseg.config import TrainConfig, to_dict
 
 OPTIMIZER, STATE_TENSORS, STATE_JSON = (
     "optimizer.safetensors",
@@ -283,3 +284,25 @@ def check_resume(
             loop = LoopState(**{**loop.__dict__, "phase": last})
             loop.epoch, loop.step = int(row["epoch"]), int(row["step"])
     return loop
+
+
+def resume_loop(
+    out: Path,
+    cfg: TrainConfig,
+    data: dict[str, Any] | None = None,
+    extend: bool = False,
+    name: Callable[[str], str] = str,
+) -> LoopState:
+    """The loop state a resume of the run in ``out`` starts from, once its settings are
+    checked against those ``out/last`` was saved with (:func:`check_resume`;
+    ``name`` gives a setting's name in the messages).
+
+    Raises:
+        ValueError: a setting differs from the run's (each named), or ``extend`` cannot apply.
+    """
+    extra = read_config(out / "last")[1].get("extra", {})
+    saved = {**to_dict(TrainConfig()), **extra.get("train", {})}  # older runs: the defaults
+    changes = resume_changes(saved, to_dict(cfg))
+    if data is not None and "data" in extra:
+        changes += resume_changes(extra["data"], data, "data.")
+    return check_resume(out, changes, read_loop(out / "last"), cfg.stage, extend, name)

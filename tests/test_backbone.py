@@ -74,9 +74,10 @@ def test_the_early_blocks_stay_frozen_and_the_rest_trains(make_config) -> None:
 def test_a_training_step_leaves_the_frozen_blocks_unchanged(make_config, tmp_path: Path) -> None:
     from test_train import make_dataset  # synthetic Kvasir-style frames with a disc
 
+    from lsdseg.config import TrainConfig
     from lsdseg.data import find_pairs
     from lsdseg.dataset import SegmentationDataset
-    from lsdseg.train import TrainConfig, Trainer
+    from lsdseg.train import Trainer
 
     cfg = _two_level_config(make_config, backbone="mobilenet_v2")
     _, pairs = find_pairs(make_dataset(tmp_path / "data", n=4))

@@ -182,9 +182,10 @@ def _ddp_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
 
 def _train_tiny(data: Path, out: Path) -> None:
     from lsdseg.augment import AugmentConfig
+    from lsdseg.config import TrainConfig
     from lsdseg.data import find_pairs
     from lsdseg.dataset import SegmentationDataset
-    from lsdseg.train import TrainConfig, train
+    from lsdseg.train import train
 
     _, pairs = find_pairs(data)
     cfg = TrainConfig(ae_epochs=1, epochs=1, batch_size=4, max_steps_per_epoch=2, warmup_steps=1)
@@ -233,10 +234,11 @@ def _weights_of_init() -> dict[str, torch.Tensor]:
 def test_stage_one_from_decoder_less_weights_is_refused_and_stage_two_trains(data, tmp_path):
     from lsdseg.augment import AugmentConfig
     from lsdseg.checkpoint import save_checkpoint, without_image_decoder
+    from lsdseg.config import TrainConfig
     from lsdseg.data import find_pairs
     from lsdseg.dataset import SegmentationDataset
     from lsdseg.model import LatentSegmenter
-    from lsdseg.train import TrainConfig, train
+    from lsdseg.train import train
 
     init = save_checkpoint(
         without_image_decoder(LatentSegmenter(from_dict(ModelConfig, TINY))), tmp_path / "init"
@@ -268,10 +270,11 @@ def test_stage_one_from_decoder_less_weights_is_refused_and_stage_two_trains(dat
 
 def test_datasets_at_another_size_than_the_model_are_refused(data, tmp_path):
     from lsdseg.checkpoint import save_checkpoint
+    from lsdseg.config import TrainConfig
     from lsdseg.data import find_pairs
     from lsdseg.dataset import SegmentationDataset
     from lsdseg.model import LatentSegmenter
-    from lsdseg.train import TrainConfig, train
+    from lsdseg.train import train
 
     init = save_checkpoint(LatentSegmenter(from_dict(ModelConfig, TINY)), tmp_path / "init")
     _, pairs = find_pairs(data)
