@@ -249,7 +249,27 @@ class SamplerConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The whole segmenter: sizes of every part plus input normalisation."""
+    """The whole segmenter: sizes of every part plus input normalisation.
+
+    The defaults are the architecture trained from scratch (``lsdseg train`` without ``--init``,
+    and ``lsdseg.load("untrained")``): the from-scratch ``lsdseg`` image encoder with its decoder
+    D_x, which stage 1 trains, inputs normalised to [-1, 1], latent scale 1 (stage 1 measures
+    it), BCE + soft Dice as the auxiliary mask loss, and 4 sampling steps at threshold 0.5.
+    The bundled weights (:meth:`bundled`) were fine-tuned from such a model, so their config
+    differs in exactly these fields:
+
+    - ``image_ae.encoder='efficientnet_lite2'``, ``image_ae.decoder=False`` and the backbone's
+      ``image_mean`` / ``image_std`` (127/255, 128/255): the pretrained encoder that
+      ``--image-encoder`` swaps in has no D_x, and from scratch it would need ImageNet weights;
+    - ``image_ae.context_depth=2``: grown before that swap (a pretrained encoder does not use it);
+    - ``latent_scale`` (3.347): measured on the training masks at the end of stage 1;
+    - ``diffusion.mask_loss='structure'``: the loss of the fine-tuning runs;
+    - ``sampler.steps=2``, ``sampler.threshold=0.6``: picked on the validation split when the
+      weights were bundled.
+
+    Defaults equal to the bundled model would make from-scratch training start from an encoder
+    whose stage 1 cannot run and whose weights need an extra, so they stay the from-scratch ones.
+    """
 
     image_size: int = 256  # S, the square input size
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # RGB mean of [0, 1] pixels
@@ -285,6 +305,14 @@ class ModelConfig:
     def latent_size(self) -> int:
         """Side of the latent grid, S / f."""
         return self.image_size // self.image_ae.factor
+
+    @classmethod
+    def bundled(cls) -> ModelConfig:
+        """The config of the bundled weights (``lsdseg/weights/default/config.json``)."""
+        from importlib import resources
+
+        file = resources.files("lsdseg") / "weights" / "default" / "config.json"
+        return from_dict(cls, json.loads(file.read_text())["model"], where=f"{file}:model")
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,38 @@ def test_default_model_matches_the_design() -> None:
     assert cfg.diffusion.timesteps == 1000
 
 
+def _leaves(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out |= _leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v}
+    return out
+
+
+def test_the_bundled_config_differs_from_the_defaults_where_the_docstring_says() -> None:
+    from lsdseg.checkpoint import read_config
+    from lsdseg.segmenter import bundled_weights
+
+    bundled = ModelConfig.bundled()
+    assert bundled == read_config(bundled_weights())[0]
+    default, shipped = _leaves(to_dict(ModelConfig())), _leaves(to_dict(bundled))
+    differ = {k for k in default if default[k] != shipped[k]}
+    documented = {  # each named in ModelConfig's docstring
+        "image_ae.encoder",
+        "image_ae.decoder",
+        "image_mean",
+        "image_std",
+        "image_ae.context_depth",
+        "latent_scale",
+        "diffusion.mask_loss",
+        "sampler.steps",
+        "sampler.threshold",
+    }
+    assert differ == documented
+    doc = ModelConfig.__doc__
+    assert all(k.rsplit(".", 1)[-1] in doc for k in documented)
+    assert f"{bundled.latent_scale:.3f}" in doc and f"{bundled.sampler.threshold}" in doc
+
+
 # (class, keyword arguments, a fragment the message must contain)
 INVALID: list[tuple[type, dict[str, Any], str]] = [
     (SamplerConfig, {"steps": 0}, "steps=0"),
