@@ -9,7 +9,7 @@ Ho 2022: ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) z_0``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +19,7 @@ from lsdseg.config import DiffusionConfig, SamplerConfig
 
 def draw_noise(
     shape: tuple[int, ...] | torch.Size,
-    generator: torch.Generator | None,
+    generator: torch.Generator | Sequence[torch.Generator] | None,
     device: torch.device | str,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
@@ -31,11 +31,26 @@ def draw_noise(
     and never meets a tensor on another device (``torch.randn`` refuses a CPU generator for a
     CUDA tensor).
 
+    A sequence of generators (one per index of ``shape[0]``, all on one device) draws row
+    ``i`` from generator ``i``: the numbers ``draw_noise(shape[1:], generator[i], ...)``
+    gives, so each row is independent of the others (per-frame seeds of a batch).
+
     Shapes:
         ``shape`` -> a tensor of that shape on ``device``, of ``dtype``.
+
+    Raises:
+        ValueError: a sequence of generators whose length is not ``shape[0]``.
     """
-    source = generator.device if generator is not None else torch.device("cpu")
-    eps = torch.randn(shape, generator=generator, device=source, dtype=torch.float32)
+    if isinstance(generator, Sequence):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for {shape[0]} rows of noise")
+        source = generator[0].device if generator else torch.device("cpu")
+        eps = torch.empty(shape, device=source, dtype=torch.float32)
+        for row, g in zip(eps, generator, strict=True):
+            row.normal_(generator=g)  # in place: what torch.randn(shape[1:], generator=g) draws
+    else:
+        source = generator.device if generator is not None else torch.device("cpu")
+        eps = torch.randn(shape, generator=generator, device=source, dtype=torch.float32)
     return eps.to(device=device, dtype=dtype)
 
 
