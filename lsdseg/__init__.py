@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from lsdseg.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from lsdseg.config import ModelConfig
     from lsdseg.model import LatentSegmenter
-    from lsdseg.segmenter import Result, Segmenter, load, register_runner, runner_names
+    from lsdseg.runners import register_runner, runner_names
+    from lsdseg.segmenter import Result, Segmenter, load
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -31,8 +32,8 @@ _EXPORTS = {
     "Result": "lsdseg.segmenter",
     "Segmenter": "lsdseg.segmenter",
     "load": "lsdseg.segmenter",
-    "register_runner": "lsdseg.segmenter",
-    "runner_names": "lsdseg.segmenter",
+    "register_runner": "lsdseg.runners",
+    "runner_names": "lsdseg.runners",
 }
 
 __all__ = [

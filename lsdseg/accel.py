@@ -205,7 +205,7 @@ class _Captured:
 
 
 class FrameRunner(backends.Runner, Protocol):
-    """The runner a graph wraps (:class:`lsdseg.segmenter.TorchRunner`): a
+    """The runner a graph wraps (:class:`lsdseg.runners.TorchRunner`): a
     :class:`~lsdseg.backends.Runner` that also names its ops backend and precision."""
 
     ops_backend: str

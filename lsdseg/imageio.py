@@ -1,15 +1,25 @@
-"""Reading images and masks from disk, whatever their channels, bit depth or container.
+"""Reading images and masks, whatever their channels, bit depth or container, and resizing them.
 
 Every reader returns the same thing: ``(H, W, 3)`` uint8 RGB images and ``(H, W)`` bool masks,
 binarised by one documented rule. Errors are :class:`DataError` with the path and a fix.
+The segmenter's frames come through here too: :func:`as_frames` checks what a call was given,
+:func:`frame_to_model` resizes a frame to the model's ``S x S`` input and :func:`resize_maps`
+the model's ``S x S`` maps back to the frame's size (torch is imported only there).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+from lsdseg.augment import resize_pair
+
+if TYPE_CHECKING:
+    import torch
 
 
 class DataError(ValueError):
@@ -163,3 +173,93 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     hi = float(arr.max()) if arr.size else 0.0
     scale = 255.0 if is_jpeg or 1.0 < hi <= 255.0 else 1.0 if hi <= 1.0 else 65535.0
     return np.ascontiguousarray(arr > scale / 2.0)
+
+
+# ----------------------------------------------------------------------------- frames
+
+
+_FRAME = "a numpy array (H, W, 3) uint8 BGR or (H, W) grey"
+_EXPECTED = f"{_FRAME}, or a batch of them (a list, or (B, H, W, 3))"
+
+
+def _not_a_frame(value: object, what: str, expected: str) -> TypeError:
+    """The error for a ``value`` that is no image array, saying what it was and what to do."""
+    if value is None:
+        got, fix = "None", "; cv2.imread returns None for a missing or unreadable file"
+    elif isinstance(value, (str, Path)):
+        got = f"the {type(value).__name__} {str(value)!r}"
+        fix = "; read the file first (cv2.imread)"
+    else:
+        got, fix = f"a {type(value).__name__}", ""
+    return TypeError(f"{what} is {got}; expected {expected}{fix}")
+
+
+def as_frames(image: object) -> tuple[list[np.ndarray], bool]:
+    """The frames of a segmenter call (a list of arrays) and whether one frame was passed.
+
+    One frame is (H, W) or (H, W, 1-4); a batch is a list of them or a (B, H, W, C) array.
+
+    Raises:
+        TypeError: ``image`` (or a frame of a batch) is not a numpy array.
+        ValueError: an empty batch, or an array with no frame layout.
+    """
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (1, 2, 3, 4)):
+            return [image], True
+        if image.ndim == 3:  # (64, 64, 5): 5 channels, or 64 grey frames? neither is guessed
+            raise ValueError(
+                f"image has shape {image.shape}: {image.shape[-1]} channels is not an image "
+                f"(1-4 channels: grey, grey + alpha, BGR, BGRA); pass grey frames as a list "
+                f"of (H, W) arrays; expected {_EXPECTED}"
+            )
+        if image.ndim != 4:
+            raise ValueError(f"image has shape {image.shape}; expected {_EXPECTED}")
+        frames = list(image)
+    elif isinstance(image, Sequence) and not isinstance(image, (str, bytes)):
+        frames = list(image)
+    else:
+        raise _not_a_frame(image, "image", _EXPECTED)
+    if not frames:
+        raise ValueError("image is an empty batch; pass at least one frame")
+    for i, f in enumerate(frames):
+        if not isinstance(f, np.ndarray):
+            raise _not_a_frame(f, f"frame {i} of the batch", _FRAME)
+    return frames, False
+
+
+# ----------------------------------------------------------------------------- resizing
+
+
+def frame_to_model(frame: np.ndarray, size: int, order: Literal["bgr", "rgb"]) -> np.ndarray:
+    """A frame as the model's input: uint8 RGB at ``size x size`` (aspect ratio not kept).
+
+    Pixels are converted by :func:`to_rgb8`'s rules, BGR frames (OpenCV's order) reordered to
+    RGB, and the image resized as training resizes it (:func:`lsdseg.augment.resize_pair`:
+    ``INTER_AREA`` when both sides shrink, else ``INTER_LINEAR``). A frame already RGB uint8
+    at that size is returned as is, uncopied.
+
+    Shapes:
+        (H, W) or (H, W, 1|2|3|4) -> (size, size, 3) uint8 RGB.
+
+    Raises:
+        DataError: an unsupported layout or pixel type.
+    """
+    rgb = to_rgb8(frame, "frame")
+    if order == "bgr":
+        rgb = np.ascontiguousarray(rgb[..., ::-1])  # OpenCV resizes contiguous arrays only
+    image, _ = resize_pair(rgb, None, size)
+    return image
+
+
+def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Maps at the model's size back to a frame's: bilinear, half-pixel centres
+    (``align_corners=False``); the same tensor, uncopied, when it is that size already.
+
+    Shapes:
+        (C, S, S) -> (C, H, W), ``size`` = (H, W).
+    """
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    import torch.nn.functional as F
+
+    return F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)[0]

@@ -1,20 +1,21 @@
 """The user-facing segmenter: frames in, K hypotheses and uncertainty maps out.
 
-``lsdseg.load(...)`` returns a :class:`Segmenter`. It preprocesses frames (colour order, resize,
-normalise), hands them to a *backend runner* that produces per-hypothesis probabilities, and
-aggregates and resizes the result back to each frame's size.
+``lsdseg.load(...)`` returns a :class:`Segmenter`. A call runs three steps: :meth:`preprocess`
+(colour order, resize, normalise; :mod:`lsdseg.imageio`), :meth:`~Segmenter.run` (the initial
+noise, drawn by :func:`lsdseg.diffusion.draw_noise`, and the backend's runner, which produces
+per-hypothesis probabilities) and :meth:`~Segmenter.postprocess` (aggregate, and resize back to
+each frame's size).
 
-Whole-model backends follow the same registry pattern as :mod:`lsdseg.ops`: ``torch`` and
-``triton`` live here; ``onnx`` and ``trt`` are registered by ``lsdseg.export``, which is imported
-by name on first request so the core never imports it.
+The backends are described by :mod:`lsdseg.backends` and their runners built by
+:mod:`lsdseg.runners`; ``register_runner``, ``runner_names`` and ``TorchRunner`` are re-exported
+here for the imports that name this module.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -22,76 +23,32 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from lsdseg import backends, ops
-from lsdseg.accel import GraphRunner, Precision, autocast, check_supported
-from lsdseg.augment import resize_pair
+from lsdseg import backends, runners
+from lsdseg.accel import GraphRunner, Precision, check_supported
 from lsdseg.backends import Runner
 from lsdseg.checkpoint import CheckpointError, load_checkpoint
 from lsdseg.config import MAX_SEED, ModelConfig, SamplerConfig
-from lsdseg.imageio import to_rgb8
+from lsdseg.diffusion import draw_noise
+from lsdseg.imageio import as_frames, frame_to_model, resize_maps
 from lsdseg.model import LatentSegmenter
-from lsdseg.plugins import lookup
+from lsdseg.runners import RunnerFactory, TorchRunner, register_runner, runner_names
 from lsdseg.uncertainty import aggregate, agreement, unsure_score
 
+__all__ = [
+    "Order",
+    "Result",
+    "RunnerFactory",
+    "Segmenter",
+    "TorchRunner",
+    "bundled_weights",
+    "load",
+    "register_runner",
+    "resolve_device",
+    "runner_names",
+]
+
 log = logging.getLogger(__name__)
-
-
-# A factory builds a runner for a loaded model; ``checkpoint`` is its folder (None if in memory).
-RunnerFactory = Callable[[LatentSegmenter, Path | None, torch.device], Runner]
-_BACKENDS: dict[str, RunnerFactory] = {}
-
-
-def register_runner(name: str, factory: RunnerFactory) -> None:
-    """Register a whole-model backend under ``name``."""
-    _BACKENDS[name] = factory
-
-
-def runner_names() -> list[str]:
-    """Every backend name that can be requested."""
-    return sorted(set(_BACKENDS) | set(backends.plugins()))
-
-
-@dataclass
-class TorchRunner:
-    """Runs the PyTorch model with the ops of ``ops_backend`` (``torch`` or ``triton``), in
-    float32 or, on CUDA, under autocast to ``precision`` (see :mod:`lsdseg.accel`)."""
-
-    model: LatentSegmenter
-    ops_backend: str = "torch"
-    name: str = "torch"
-    precision: Precision = "fp32"  # fp32: no autocast context at all
-
-    @torch.inference_mode()
-    def __call__(
-        self,
-        x: torch.Tensor,
-        noise: torch.Tensor,
-        steps: int,
-        eta: float,
-        generator: torch.Generator | None,
-        start: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        with ops.use_backend(self.ops_backend), autocast(self.precision):
-            return self.model.hypotheses_and_latents(x, noise, steps, eta, generator, start)
-
-
-register_runner("torch", lambda model, ckpt, device: TorchRunner(model, "torch", "torch"))
-
-
-def _triton_runner(model: LatentSegmenter, ckpt: Path | None, device: torch.device) -> Runner:
-    ops.get_backend("triton")  # fail now, with the fix in the message, not on the first frame
-    return TorchRunner(model, "triton", "triton")
-
-
-register_runner("triton", _triton_runner)
-
-
-def _make_runner(
-    name: str, model: LatentSegmenter, ckpt: Path | None, device: torch.device
-) -> Runner:
-    return lookup(name, _BACKENDS, backends.plugins(), "backend")(model, ckpt, device)
 
 
 @dataclass
@@ -124,8 +81,8 @@ class Segmenter:
     Args:
         model: the network (in eval mode, on ``device``).
         device: where it runs.
-        backend: a whole-model backend name (see :func:`runner_names`), or ``auto``
-            (:func:`lsdseg.backends.resolve_backend`).
+        backend: a whole-model backend name (:func:`lsdseg.runners.runner_names`), or
+            ``auto`` (:func:`lsdseg.backends.resolve_backend`).
         checkpoint: the folder the model came from, if any (export backends need it).
         cuda_graph: replay one CUDA graph per frame shape (torch and triton backends on CUDA,
             eta = 0; see :mod:`lsdseg.accel`).
@@ -151,9 +108,7 @@ class Segmenter:
         backend = backends.resolve_backend(backend, self.device)
         # before the runner is made: an export backend would export first
         check_supported(self.device, backend, cuda_graph, precision)
-        runner = _make_runner(backend, self.model, self.checkpoint, self.device)
-        if precision != "fp32":
-            runner = dataclasses.replace(runner, precision=precision)  # a TorchRunner
+        runner = runners.build_runner(backend, self.model, self.checkpoint, self.device, precision)
         self.runner: Runner = GraphRunner(runner) if cuda_graph else runner
         self.backend = backend
         self.cuda_graph, self.precision = cuda_graph, precision
@@ -194,13 +149,8 @@ class Segmenter:
     def preprocess(self, frames: Sequence[np.ndarray], order: Order) -> torch.Tensor:
         """uint8 frames (any size; grey or RGBA converted) -> normalised (B, 3, S, S)."""
         size = self.config.image_size
-        batch = []
-        for frame in frames:
-            rgb = to_rgb8(frame, "frame")
-            if order == "bgr":
-                rgb = rgb[..., ::-1]
-            rgb, _ = resize_pair(np.ascontiguousarray(rgb), None, size)
-            batch.append(torch.from_numpy(rgb).permute(2, 0, 1))  # (3, S, S) uint8
+        # (3, S, S) uint8 views of each frame at the model's size, then one (B, 3, S, S) copy
+        batch = [torch.from_numpy(frame_to_model(f, size, order)).permute(2, 0, 1) for f in frames]
         x = torch.stack(batch).to(self.device, torch.float32) / 255.0
         return self.model.normalize(x)
 
@@ -241,48 +191,67 @@ class Segmenter:
         Raises:
             ValueError / TypeError: an invalid setting or frame.
         """
-        if order not in ("bgr", "rgb"):
-            raise ValueError(f"order={order!r} must be 'bgr' or 'rgb'")
-        if hypotheses_size not in ("frame", "model"):
-            raise ValueError(f"hypotheses_size={hypotheses_size!r} must be 'frame' or 'model'")
+        _check_choice("order", order, ("bgr", "rgb"))
+        _check_choice("hypotheses_size", hypotheses_size, ("frame", "model"))
         s = self.settings(hypotheses, steps, eta, threshold)
-        frames, single = _frames(image)
+        frames, single = as_frames(image)
         seeds = self._seeds(seed, len(frames), s, warm_start is not None)
         t0 = time.perf_counter()
         x = self.preprocess(frames, order)
         t1 = time.perf_counter()
-        latent = (s.hypotheses, *self.model.latent_shape)
-        if isinstance(seed, Sequence):  # one generator per frame, used for its noise only
-            gen = None
-            gens = [torch.Generator().manual_seed(v) for v in seeds]
-            noise = torch.cat([torch.randn((1, *latent), generator=g) for g in gens])  # (B, K, ...)
-        else:
-            gen = torch.Generator().manual_seed(seeds[0])
-            noise = torch.randn((len(frames), *latent), generator=gen)
-        start = None
-        if warm_start is not None:
-            noise, start = self._warm(warm_start, len(frames), s, warm_timestep, gen), warm_timestep
-        p, z0 = self.runner(x, noise.to(self.device), s.steps, s.eta, gen, start)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        per_frame = isinstance(seed, Sequence)
+        p, z0 = self.run(x, s, seeds, per_frame, warm_start, warm_timestep)
         t2 = time.perf_counter()
         results = [
-            self._postprocess(
-                p[i].float(), frames[i].shape[:2], s.threshold, seeds[i], hypotheses_size
-            )
-            for i in range(len(frames))
+            self.postprocess(p[i].float(), f.shape[:2], s.threshold, seeds[i], hypotheses_size)
+            for i, f in enumerate(frames)
         ]
-        t3 = time.perf_counter()
-        per_frame = {
-            "preprocess": (t1 - t0) * 1e3 / len(frames),
-            "inference": (t2 - t1) * 1e3 / len(frames),
-            "postprocess": (t3 - t2) * 1e3 / len(frames),
-            "total": (t3 - t0) * 1e3 / len(frames),
-        }
+        timings = _timings((t0, t1, t2, time.perf_counter()), len(frames))
         for i, r in enumerate(results):
-            r.timings = dict(per_frame)
+            r.timings = dict(timings)
             r.latents = None if z0 is None else z0[i].detach()
         return results[0] if single else results
+
+    def run(
+        self,
+        x: torch.Tensor,
+        s: SamplerConfig,
+        seeds: Sequence[int],
+        per_frame: bool = False,
+        warm_start: Result | Sequence[Result] | None = None,
+        warm_timestep: int = 499,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Draw the initial noise and run the backend on a batch from :meth:`preprocess`.
+
+        Args:
+            s: the sampler settings (:meth:`settings`).
+            seeds: one per frame. With ``per_frame`` each frame's generator draws its noise;
+                else one generator, seeded ``seeds[0]``, draws the batch's noise and every
+                later draw of the call (warm-start and eta > 0 noise).
+            warm_start, warm_timestep: as :meth:`__call__`'s.
+
+        Shapes:
+            x: (B, 3, S, S) -> probabilities (B, K, S, S) and clean latents
+            (B, K, c_m, S/f, S/f), or None when the backend returns none.
+
+        Raises:
+            ValueError: a warm start that does not fit.
+        """
+        shape = (len(seeds), s.hypotheses, *self.model.latent_shape)  # (B, K, c_m, S/f, S/f)
+        if per_frame:
+            gen = None
+            noise = draw_noise(shape, [torch.Generator().manual_seed(v) for v in seeds], "cpu")
+        else:
+            gen = torch.Generator().manual_seed(seeds[0])
+            noise = draw_noise(shape, gen, "cpu")
+        start = None
+        if warm_start is not None:  # its noise is the generator's next draw after ``noise``
+            noise = self._warm(warm_start, len(seeds), s, warm_timestep, gen)
+            start = warm_timestep
+        p, z0 = self.runner(x, noise.to(self.device), s.steps, s.eta, gen, start)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # so the caller's timings hold the work
+        return p, z0
 
     @staticmethod
     def _seeds(seed: int | Sequence[int] | None, n: int, s: SamplerConfig, warm: bool) -> list[int]:
@@ -306,7 +275,7 @@ class Segmenter:
         n: int,
         s: SamplerConfig,
         t: int,
-        gen: torch.Generator,
+        gen: torch.Generator | None,
     ) -> torch.Tensor:
         """The previous results' latents noised to timestep t: (B, K, c_m, S/f, S/f)."""
         prev = [prev] if isinstance(prev, Result) else list(prev)
@@ -329,24 +298,26 @@ class Segmenter:
         return self.model.warm_latents(z0, t, gen)
 
     @staticmethod
-    def _postprocess(
+    def postprocess(
         p: torch.Tensor,
         size: tuple[int, int],
         threshold: float,
         seed: int,
         hypotheses_size: Literal["frame", "model"] = "frame",
     ) -> Result:
-        """(K, S, S) probabilities -> a Result at ``size`` (H, W); the K maps stay at S x S
-        with ``hypotheses_size="model"``."""
+        """One frame's (K, S, S) probabilities -> its Result at ``size`` (H, W); the K maps
+        stay at S x S with ``hypotheses_size="model"``.
+
+        The mean, std, entropy and mutual information (and the K maps) are resized together,
+        as one (4 + K, S, S) stack, and clamped in place: no second frame-sized copy.
+        """
         agg = aggregate(p)
         agree = float(agreement(p > 0.5))
         unsure = float(unsure_score(agg.mean, agg.entropy))
         maps = torch.stack([agg.mean, agg.std, agg.entropy, agg.mutual_info])  # (4, S, S)
         if hypotheses_size == "frame":
             maps = torch.cat([maps, p])  # (4 + K, S, S)
-        if tuple(maps.shape[-2:]) != tuple(size):
-            maps = F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)[0]
-        maps = maps.clamp_(0.0, 1.0).cpu().numpy()  # in place: no second frame-sized copy
+        maps = resize_maps(maps, size).clamp_(0.0, 1.0).cpu().numpy()
         hyps = maps[4:] if hypotheses_size == "frame" else p.clamp(0.0, 1.0).cpu().numpy()
         mean = maps[0]
         return Result(
@@ -360,6 +331,24 @@ class Segmenter:
             unsure=unsure,
             seed=seed,
         )
+
+
+def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    """Raises ValueError unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} must be {' or '.join(repr(a) for a in allowed)}")
+
+
+def _timings(t: tuple[float, float, float, float], n: int) -> dict[str, float]:
+    """Milliseconds per frame of each stage of a call on ``n`` frames, from the clock read
+    before preprocessing and after preprocessing, inference and postprocessing (``t``)."""
+    ms = 1e3 / n
+    return {
+        "preprocess": (t[1] - t[0]) * ms,
+        "inference": (t[2] - t[1]) * ms,
+        "postprocess": (t[3] - t[2]) * ms,
+        "total": (t[3] - t[0]) * ms,
+    }
 
 
 def _check_seed(seed: object, name: str) -> int:
@@ -376,53 +365,6 @@ def _check_seed(seed: object, name: str) -> int:
             f"{name}={seed} must be between 0 and 2**63 - 1; seed=None draws a new one each call"
         )
     return int(seed)
-
-
-_FRAME = "a numpy array (H, W, 3) uint8 BGR or (H, W) grey"
-_EXPECTED = f"{_FRAME}, or a batch of them (a list, or (B, H, W, 3))"
-
-
-def _not_a_frame(value: object, what: str, expected: str) -> TypeError:
-    """The error for a ``value`` that is no image array, saying what it was and what to do."""
-    if value is None:
-        got, fix = "None", "; cv2.imread returns None for a missing or unreadable file"
-    elif isinstance(value, (str, Path)):
-        got = f"the {type(value).__name__} {str(value)!r}"
-        fix = "; read the file first (cv2.imread)"
-    else:
-        got, fix = f"a {type(value).__name__}", ""
-    return TypeError(f"{what} is {got}; expected {expected}{fix}")
-
-
-def _frames(image: object) -> tuple[list[np.ndarray], bool]:
-    """The frames of a call (a list of arrays) and whether a single frame was passed.
-
-    Raises:
-        TypeError: ``image`` (or a frame of a batch) is not a numpy array.
-        ValueError: an empty batch, or an array with no frame layout.
-    """
-    if isinstance(image, np.ndarray):
-        if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (1, 2, 3, 4)):
-            return [image], True
-        if image.ndim == 3:  # (64, 64, 5): 5 channels, or 64 grey frames? neither is guessed
-            raise ValueError(
-                f"image has shape {image.shape}: {image.shape[-1]} channels is not an image "
-                f"(1-4 channels: grey, grey + alpha, BGR, BGRA); pass grey frames as a list "
-                f"of (H, W) arrays; expected {_EXPECTED}"
-            )
-        if image.ndim != 4:
-            raise ValueError(f"image has shape {image.shape}; expected {_EXPECTED}")
-        frames = list(image)
-    elif isinstance(image, Sequence) and not isinstance(image, (str, bytes)):
-        frames = list(image)
-    else:
-        raise _not_a_frame(image, "image", _EXPECTED)
-    if not frames:
-        raise ValueError("image is an empty batch; pass at least one frame")
-    for i, f in enumerate(frames):
-        if not isinstance(f, np.ndarray):
-            raise _not_a_frame(f, f"frame {i} of the batch", _FRAME)
-    return frames, False
 
 
 def bundled_weights() -> Path:

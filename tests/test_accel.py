@@ -20,7 +20,8 @@ import torch
 from lsdseg import accel
 from lsdseg.accel import GraphRunner, capture_cuda_graph, check_supported
 from lsdseg.model import LatentSegmenter
-from lsdseg.segmenter import Result, Segmenter, TorchRunner
+from lsdseg.runners import TorchRunner
+from lsdseg.segmenter import Result, Segmenter
 
 H, W = 41, 29
 
@@ -80,7 +81,7 @@ def test_with_the_options_off_results_are_the_models_own_bit_for_bit(tiny_model)
     )
     with torch.inference_mode():
         p, z0 = tiny_model.hypotheses_and_latents(x, noise, 2)
-    expected = Segmenter._postprocess(p[0], (H, W), seg.config.sampler.threshold, 5)
+    expected = Segmenter.postprocess(p[0], (H, W), seg.config.sampler.threshold, 5)
     _same(r, expected)
     assert torch.equal(r.latents, z0[0])
 
@@ -106,7 +107,7 @@ def test_the_torch_runner_runs_under_its_precision(tiny_model, monkeypatch) -> N
         entered.append(precision)
         yield
 
-    monkeypatch.setattr("lsdseg.segmenter.autocast", recording)
+    monkeypatch.setattr("lsdseg.runners.autocast", recording)
     x = torch.zeros(1, 3, tiny_model.cfg.image_size, tiny_model.cfg.image_size)
     noise = torch.zeros(1, 2, *tiny_model.latent_shape)
     TorchRunner(tiny_model, precision="bf16")(x, noise, 1, 0.0, None)
@@ -250,7 +251,7 @@ def test_refusals_come_before_an_export_backend_exports(tiny_model, monkeypatch)
     def no_runner(*args):
         raise AssertionError("the runner was made before the refusal")
 
-    monkeypatch.setattr("lsdseg.segmenter._make_runner", no_runner)
+    monkeypatch.setattr("lsdseg.runners.build_runner", no_runner)
     with pytest.raises(ValueError, match="not onnx"):
         Segmenter(tiny_model, "cpu", "onnx", cuda_graph=True)
 

@@ -12,7 +12,8 @@ import torch
 
 import lsdseg
 from lsdseg.model import LatentSegmenter
-from lsdseg.segmenter import Result, Segmenter, runner_names
+from lsdseg.runners import runner_names
+from lsdseg.segmenter import Result, Segmenter
 from lsdseg.uncertainty import aggregate
 from lsdseg.unet import repeat_condition
 
@@ -366,3 +367,31 @@ def test_hypotheses_at_the_model_size_leave_the_other_maps_as_they_were(seg: Seg
     np.testing.assert_allclose(full.hypotheses, resized.numpy(), atol=1e-6)
     with pytest.raises(ValueError, match="hypotheses_size='full' must be 'frame' or 'model'"):
         seg(_frame(), hypotheses_size="full")
+
+
+def test_per_frame_noise_rows_are_each_generators_own_draw() -> None:
+    from lsdseg.diffusion import draw_noise
+
+    gens = [torch.Generator().manual_seed(s) for s in (3, 4, 3)]
+    noise = draw_noise((3, 2, 4, 5, 5), gens, "cpu")
+    for row, s in zip(noise, (3, 4, 3), strict=True):  # independent: torch.randn per seed
+        expected = torch.randn((2, 4, 5, 5), generator=torch.Generator().manual_seed(s))
+        assert torch.equal(row, expected)
+    with pytest.raises(ValueError, match="2 generators for 3 rows"):
+        draw_noise((3, 2), gens[:2], "cpu")
+
+
+def test_frames_are_resized_to_the_model_and_maps_back_by_imageio() -> None:
+    from lsdseg.augment import resize_pair
+    from lsdseg.imageio import frame_to_model, resize_maps
+
+    bgr = _frame(0, 37, 53)
+    rgb = np.ascontiguousarray(bgr[..., ::-1])
+    np.testing.assert_array_equal(frame_to_model(bgr, 16, "bgr"), resize_pair(rgb, None, 16)[0])
+    assert frame_to_model(rgb, 16, "rgb").shape == (16, 16, 3)
+    maps = torch.rand(5, 16, 16)
+    assert resize_maps(maps, (16, 16)) is maps  # the model's size: no copy
+    back = resize_maps(maps, (37, 53))
+    assert back.shape == (5, 37, 53)
+    ref = torch.nn.functional.interpolate(maps[None], (37, 53), mode="bilinear")[0]
+    assert torch.equal(back, ref)
