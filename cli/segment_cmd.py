@@ -414,6 +414,10 @@ def run(args: argparse.Namespace) -> int:
                     "backend does not return (its graph starts from pure noise); use "
                     f"--backend {backends.spoken(backends.able('warm_start'), 'or')}"
                 )
+            try:  # before the load, at which an export backend exports
+                backends.refuse_call(backend, args.eta or 0.0, False)
+            except ValueError as e:
+                raise UserError(flag_message(e, "eta")) from None
             precision = check_speed_options(args, device, backend, args.eta)
             segmenter = load(
                 args.weights, device, backend, cuda_graph=args.cuda_graph, precision=precision

@@ -7,8 +7,8 @@ and how to install it, whether it needs CUDA, and what it supports. The CLI's ``
 choices and help, ``bench --backend all``, ``auto`` and every "backend X cannot do Y" refusal
 come from it; adding a backend is one new row (and its runner's registration).
 
-How a runner is built stays in :mod:`lsdseg.segmenter`'s registry (``register_runner``); what
-a runner is called with is :class:`Runner`, here.
+How a runner is built is :mod:`lsdseg.runners`' registry (``register_runner``); what a runner
+is called with is :class:`Runner`, here.
 """
 
 from __future__ import annotations
@@ -195,10 +195,10 @@ def refuse_call(name: str, eta: float, warm: bool) -> None:
     if eta != 0 and not b.eta:
         raise ValueError(
             f"eta={eta}: the {name} backend runs the exported deterministic DDIM graph "
-            f"(eta = 0); use eta=0, or backend={able('eta')[0]!r} for eta > 0"
+            f"(eta = 0); use eta 0, or the {spoken(able('eta'), 'or')} backend for eta > 0"
         )
     if warm and not b.warm_start:
         raise ValueError(
-            f"warm starts (temporal) need the {spoken(able('warm_start'), 'or')} backend: the "
-            f"{name} backend's graph always starts from pure noise"
+            f"warm starts need the {spoken(able('warm_start'), 'or')} backend: the {name} "
+            "backend's graph always starts from pure noise"
         )

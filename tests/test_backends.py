@@ -14,7 +14,7 @@ from lsdseg.accel import check_supported
 from lsdseg.cli import bench_cmd
 from lsdseg.cli.errors import UserError
 from lsdseg.cli.main import build_parser
-from lsdseg.segmenter import runner_names
+from lsdseg.runners import runner_names
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)  # a device object needs no GPU
 
@@ -98,7 +98,8 @@ def test_problems_for_timing(monkeypatch) -> None:
 
 
 def test_refusals_read_the_table(monkeypatch) -> None:
-    with pytest.raises(ValueError, match=r"eta=0.5: the onnx backend .* backend='torch'"):
+    eta = r"eta=0.5: the onnx backend .* the torch or triton backend for eta > 0"
+    with pytest.raises(ValueError, match=eta):
         backends.refuse_call("onnx", 0.5, False)
     with pytest.raises(ValueError, match="need the torch or triton backend: the trt backend"):
         backends.refuse_call("trt", 0.0, True)
@@ -112,3 +113,19 @@ def test_refusals_read_the_table(monkeypatch) -> None:
     monkeypatch.setitem(backends.BACKENDS, "triton", no_graph)
     with pytest.raises(ValueError, match="is for the torch backends, not triton"):
         check_supported(CUDA, "triton", True, "fp32", "--cuda-graph")
+
+
+def test_segment_names_the_flags_where_the_core_names_the_argument(capsys, tiny, tmp_path) -> None:
+    import cv2
+    import numpy as np
+
+    from lsdseg.cli.main import main
+
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), np.zeros((16, 16, 3), np.uint8))
+    argv = ["segment", str(image), "--weights", tiny, "--device", "cpu", "--backend", "onnx"]
+    assert main([*argv, "--eta", "0.5", "--project", str(tmp_path / "runs")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lsdseg segment: error: --eta 0.5: the onnx backend runs"), err
+    assert "the torch or triton backend for eta > 0" in err and "\n" not in err
+    assert not (tmp_path / "runs").exists()  # refused before the model loads or exports
