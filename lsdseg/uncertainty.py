@@ -31,17 +31,37 @@ class Aggregate:
     mutual_info: torch.Tensor  # entropy of mean - mean of entropies (disagreement), bits
 
 
+def mean_std(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and population std over the hypothesis axis, in the dtype of ``p``.
+
+    The one definition of both: :func:`aggregate` and the exported graph
+    (:meth:`lsdseg.model.LatentSegmenter.forward`) use it.
+
+    Shapes:
+        p: (..., K, H, W) -> mean, std, each (..., H, W).
+
+    Raises:
+        ValueError: ``p`` has fewer than 3 dimensions.
+    """
+    if p.dim() < 3:
+        raise ValueError(f"p has shape {tuple(p.shape)}; expected (..., K, H, W)")
+    k = p.dim() - 3  # the K axis counted from the front, as the exported graph's ReduceMean has it
+    mean = p.mean(dim=k)
+    std = (p - mean.unsqueeze(k)).square_().mean(dim=k).sqrt_()  # in place: fresh tensors
+    return mean, std
+
+
 def aggregate(p: torch.Tensor) -> Aggregate:
     """Mean, std, predictive entropy and mutual information over the hypothesis axis.
 
     Shapes:
         p: (..., K, H, W) probabilities in [0, 1] -> each field (..., H, W).
+
+    Raises:
+        ValueError: ``p`` has fewer than 3 dimensions.
     """
-    if p.dim() < 3:
-        raise ValueError(f"p has shape {tuple(p.shape)}; expected (..., K, H, W)")
     p = p.float()
-    mean = p.mean(dim=-3)
-    std = (p - mean.unsqueeze(-3)).square_().mean(dim=-3).sqrt_()  # population std
+    mean, std = mean_std(p)
     entropy = binary_entropy(mean)
     expected = binary_entropy(p).mean(dim=-3)
     mutual_info = (entropy - expected).clamp_min(0.0)  # >= 0 by Jensen, up to rounding
