@@ -1,8 +1,9 @@
 """Checks an exported graph must pass before it is written.
 
 - ``onnx.checker`` with ``full_check=True`` and strict shape inference with type checks;
-- the interface of DESIGN.md: input and output names, float32 types, ranks, the static sizes
-  and B, K as named dynamic dimensions;
+- the interface of DESIGN.md: input and output names (:data:`INPUT_NAMES`,
+  :data:`OUTPUT_NAMES`, defined here), float32 types, ranks, the static sizes and B, K as named
+  dynamic dimensions;
 - TensorRT's ONNX parser: the opset in TensorRT 10's range, the default domain only, every
   operator in :data:`TRT_OPS`, and the documented restrictions of the ones we use.
 
@@ -16,6 +17,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+# The graph's interface (DESIGN.md): the inputs and outputs of LatentSegmenter.forward, by name.
+INPUT_NAMES = ("image", "noise")
+OUTPUT_NAMES = ("mean", "std", "hypotheses")
 
 TRT_OPSETS = (9, 20)
 TRT_OPS = frozenset(
@@ -69,8 +74,6 @@ def _dims(value_info: Any) -> list[int | str]:
 def interface_problems(proto: Any) -> list[str]:
     """Differences between the graph's inputs/outputs and the interface of DESIGN.md."""
     import onnx
-
-    from .onnx import INPUT_NAMES, OUTPUT_NAMES
 
     meta = {p.key: p.value for p in proto.metadata_props}
     problems = []

@@ -2,8 +2,10 @@
 
 The graph is the interface of DESIGN.md: inputs ``image`` (B, 3, S, S), normalised, and
 ``noise`` (B, K, c_m, S/f, S/f); outputs ``mean`` (B, S, S), ``std`` (B, S, S) and
-``hypotheses`` (B, K, S, S); B and K dynamic. DDIM with eta = 0 is deterministic, so the
-timesteps are constants and each step is plain arithmetic around one UNet call. The sampler
+``hypotheses`` (B, K, S, S); B and K dynamic. It is :meth:`LatentSegmenter.forward
+<lsdseg.model.LatentSegmenter.forward>` traced with ``steps`` fixed (the model's docstring says
+why its layouts suit the exported graph). DDIM with eta = 0 is deterministic, so the timesteps
+are constants and each step is plain arithmetic around one UNet call. The sampler
 settings, the normalisation, the threshold, the lsdseg version and the checkpoint's hash go into
 the model's ``metadata_props`` (see :func:`read_metadata`).
 
@@ -23,77 +25,27 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from lsdseg import ops
 from lsdseg.checkpoint import checkpoint_hash, load_checkpoint
 from lsdseg.files import write_bytes_atomic
 from lsdseg.model import LatentSegmenter
-from lsdseg.unet import repeat_condition
 from lsdseg.version import __version__
 
-INPUT_NAMES = ("image", "noise")
-OUTPUT_NAMES = ("mean", "std", "hypotheses")
+from .check import INPUT_NAMES, OUTPUT_NAMES, check_graph
+
 OPSET = 18
 # Bumped when the graph's interface or metadata change; loaders refuse other formats.
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "fp16")
 
 log = logging.getLogger(__name__)
-
-
-class ExportGraph(nn.Module):
-    """The eta = 0 forward pass of :class:`~lsdseg.model.LatentSegmenter`, laid out for export.
-
-    The same maths as ``LatentSegmenter.forward`` (the parity tests hold the two to 1e-4), with
-    two layout choices for the exported graph, both measured on onnxruntime (CPU, K = 8):
-
-    - each step's timestep is a (1,) constant, so the time MLP and every ResBlock's
-      scale/shift depend on constants only (ONNX Runtime and TensorRT fold them when they load
-      the graph) and broadcast over the B*K hypotheses;
-    - the final bilinear upsampling of the logits runs on (1, B*K, h, w). As (B*K, 1, h, w),
-      ONNX Runtime's NCHWc layout pads the single channel to 16 and upsamples, and applies the
-      sigmoid to, 16 times the data: one thread, K = 8, 4 steps, 256x256, best of 20 went
-      from 77 to 64 ms with this layout.
-
-    Shapes:
-        image: (B, 3, S, S) normalised; noise: (B, K, c_m, S/f, S/f) ->
-        mean (B, S, S), std (B, S, S), hypotheses (B, K, S, S).
-    """
-
-    def __init__(self, model: LatentSegmenter, steps: int) -> None:
-        super().__init__()
-        self.model = model
-        self.sampler = model.sampler(steps, 0.0)
-
-    def forward(
-        self, image: torch.Tensor, noise: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        m = self.model
-        b, k = noise.shape[0], noise.shape[1]
-        cond = m.unet.condition(m.encode_image(image))  # ((B, ch0, h, w), ...), once per image
-        cond = repeat_condition(cond, k)  # ((B*K, ch0, h, w), ...)
-        z = noise.reshape(b * k, *noise.shape[2:])  # (B*K, c_m, h, w)
-        for i, step in enumerate(self.sampler.steps):
-            t = torch.full((1,), step.t, dtype=torch.long, device=z.device)  # broadcasts
-            z, _ = self.sampler.step(m.unet.denoise(z, t, cond), i, z)
-        vae = m.mask_vae
-        logits = vae.decoder(z / m.cfg.latent_scale)  # (B*K, 1, h', w')
-        logits = logits.reshape(1, b * k, *logits.shape[2:])  # (1, B*K, h', w')
-        if vae.logit_factor > 1:
-            logits = F.interpolate(
-                logits, scale_factor=float(vae.logit_factor), mode="bilinear", align_corners=False
-            )  # (1, B*K, S, S)
-        p = torch.sigmoid(logits).reshape(b, k, *logits.shape[2:])  # (B, K, S, S)
-        mean = p.mean(dim=1)
-        std = (p - mean[:, None]).square().mean(dim=1).sqrt()  # population std, as forward()
-        return mean, std, p
 
 
 def weights_hash(model: LatentSegmenter) -> str:
@@ -174,27 +126,33 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 def trace(model: LatentSegmenter, steps: int) -> object:
-    """Export ``model`` (float32, CPU) with ``steps`` unrolled: an ``onnx.ModelProto``."""
-    graph = ExportGraph(model, steps).eval()
+    """Export ``model.forward`` (float32, CPU) with ``steps`` unrolled: an ``onnx.ModelProto``.
+
+    ``model`` is put in eval mode.
+    """
+    model.eval()
     c_m, h, w = model.latent_shape
     size = model.cfg.image_size
     # B = 2, K = 3: distinct sizes above 1, so the exporter specialises neither
     example = (torch.zeros(2, 3, size, size), torch.zeros(2, 3, c_m, h, w))
     batch, hyps = torch.export.Dim("B", min=1), torch.export.Dim("K", min=1)
+    # the torch ops: the reference code, and one timestep row per step (see LatentSegmenter)
     with _quiet_exporter(), ops.use_backend("torch"), torch.inference_mode(False):
         program = torch.onnx.export(
-            graph,
+            model,
             example,
+            kwargs={"steps": steps},  # a Python int: the exporter unrolls that many steps
             input_names=list(INPUT_NAMES),
             output_names=[f"{_TRACED}{name}" for name in OUTPUT_NAMES],
             opset_version=OPSET,
             dynamo=True,
             external_data=False,
-            dynamic_shapes={"image": {0: batch}, "noise": {0: batch, 1: hyps}},
+            dynamic_shapes={"x": {0: batch}, "noise": {0: batch, 1: hyps}, "steps": None},
             verbose=False,
         )
     proto = program.model_proto
     _name_outputs(proto.graph)
+    _name_dims(proto.graph)
     return proto
 
 
@@ -215,6 +173,24 @@ def _name_outputs(graph: object) -> None:
             _rename(graph, name, f"{name}_{k}")
             names.add(f"{name}_{k}")
         _rename(graph, f"{_TRACED}{name}", name)
+
+
+def _name_dims(graph: object) -> None:
+    """Call the dynamic dimensions B and K, after the ``noise`` input's first two.
+
+    The exporter names them after ``dynamic_shapes`` only when that has one entry per graph
+    input; ``steps`` has an entry but, an int, is no graph input, so they come out as the
+    exporter's symbols (``s30``, and ``s11*s30`` for B*K): each is replaced, in expressions too.
+    """
+    noise = graph.input[INPUT_NAMES.index("noise")].type.tensor_type.shape.dim
+    names = {noise[0].dim_param: "B", noise[1].dim_param: "K"}
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        for d in value.type.tensor_type.shape.dim:
+            if d.dim_param:
+                d.dim_param = _SYMBOL.sub(lambda m: names.get(m[0], m[0]), d.dim_param)
+
+
+_SYMBOL = re.compile(r"[A-Za-z_]\w*")
 
 
 def _rename(graph: object, old: str, new: str) -> None:
@@ -254,8 +230,6 @@ def convert_fp16(src: str | Path, dst: str | Path) -> Path:
         GraphError: the FP16 graph fails the checks.
     """
     import onnx
-
-    from .check import check_graph
 
     meta = read_metadata(src)
     if meta.get("precision") != "fp32":
@@ -317,8 +291,6 @@ def export_onnx(
         GraphError: the exported graph fails the checks of :mod:`lsdseg.export.check`.
     """
     from lsdseg.config import SamplerConfig
-
-    from .check import check_graph
 
     path = Path(path)
     if path.is_dir():

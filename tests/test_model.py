@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 import torch
 
+from lsdseg import ops
 from lsdseg.config import ModelConfig
+from lsdseg.diffusion import DDIMSampler
 from lsdseg.model import LatentSegmenter
+from lsdseg.unet import repeat_condition
 
 
 def _inputs(model: LatentSegmenter, b: int, k: int, seed: int = 0):
@@ -158,3 +162,50 @@ def test_warm_latents_draw_from_the_cpu_generator_for_any_device(
     meta = tiny_model.warm_latents(z0.to("meta"), 300, gen)
     assert meta.device.type == "meta"
     assert not torch.equal(gen.get_state(), torch.Generator().manual_seed(2).get_state())
+
+
+def _reference_hypotheses(
+    model: LatentSegmenter, x: torch.Tensor, noise: torch.Tensor, steps: int, eta: float, seed: int
+) -> torch.Tensor:
+    """The sampling graph without its layout choices: DDIMSampler.sample (one timestep row per
+    hypothesis) and MaskVAE.decode ((B*K, 1, h, w) logits upsampled as they are)."""
+    b, k = noise.shape[:2]
+    cond = repeat_condition(model.unet.condition(model.encode_image(x)), k)
+    z = noise.reshape(b * k, *noise.shape[2:])  # (B*K, c_m, h, w)
+    sampler = DDIMSampler(model.schedule, steps, eta, model.cfg.sampler.spacing)
+    gen = torch.Generator().manual_seed(seed)
+    z0 = sampler.sample(lambda z_t, t: model.unet.denoise(z_t, t, cond), z, gen)
+    logits = model.mask_vae.decode(z0 / model.cfg.latent_scale)  # (B*K, 1, S, S)
+    return torch.sigmoid(logits).reshape(b, k, *logits.shape[2:])  # (B, K, S, S)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_layout_choices_change_no_result(tiny_model: LatentSegmenter, eta: float) -> None:
+    """The broadcast timestep and the (1, B*K, h, w) upsampling are layouts, not maths; with
+    eta > 0 the per-step noise is drawn from the generator in DDIMSampler.sample's order."""
+    x, noise = _inputs(tiny_model, 2, 3)
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        got = tiny_model.hypotheses(x, noise, 3, eta=eta, generator=gen)
+        want = _reference_hypotheses(tiny_model, x, noise, 3, eta, seed=4)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert float(got.std(dim=1).max()) > 0.01  # the hypotheses differ: the check means something
+
+
+def test_the_timestep_broadcasts_only_under_the_torch_ops(
+    tiny_model: LatentSegmenter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One time-MLP row per step under the torch ops; B*K rows under any other ops backend
+    (the Triton GroupNorm kernel takes one scale/shift row per sample)."""
+    rows: list[int] = []
+    tiny_model.unet.time_mlp.register_forward_hook(lambda m, i, o: rows.append(o.shape[0]))
+    x, noise = _inputs(tiny_model, 2, 3)
+    monkeypatch.setitem(ops._REGISTRY, "per-row", replace(ops.get_backend("torch"), name="per-row"))
+    with torch.no_grad():
+        by_torch = tiny_model.hypotheses(x, noise, 2)
+        assert rows == [1, 1]
+        rows.clear()
+        with ops.use_backend("per-row"):
+            per_row = tiny_model.hypotheses(x, noise, 2)
+        assert rows == [6, 6]
+    torch.testing.assert_close(by_torch, per_row, rtol=0, atol=1e-6)

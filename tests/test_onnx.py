@@ -149,6 +149,9 @@ def test_graph_interface_metadata_and_checks(onnx_seg, ckpt):
         ["B", "K", 64, 64],
     ]
     assert {o.domain for o in proto.opset_import} <= {"", "ai.onnx"}
+    # inner shapes name B and K too (the exporter's own symbols, s11*s30 and so on, are renamed)
+    symbols = {d.dim_param for v in proto.graph.value_info for d in v.type.tensor_type.shape.dim}
+    assert {"B", "K"} < symbols <= {"", "B", "K", "K*B", "B*K"}, symbols
     meta = read_metadata(path)
     assert meta["lsdseg_version"] == __version__
     assert meta["checkpoint_hash"] == checkpoint_hash(ckpt)
@@ -253,12 +256,12 @@ def test_export_refuses_eta_and_bad_settings_before_tracing(ckpt, tmp_path):
 
 
 def test_a_failed_export_leaves_no_file(ckpt, tmp_path, monkeypatch):
-    import lsdseg.export.check as check
+    import lsdseg.export.onnx as exporter
 
     def broken(proto):
         raise GraphError("broken on purpose")
 
-    monkeypatch.setattr(check, "check_graph", broken)
+    monkeypatch.setattr(exporter, "check_graph", broken)  # the name export_onnx calls
     with pytest.raises(GraphError, match="on purpose"):
         export_onnx(ckpt, tmp_path / "a.onnx", steps=1)
     assert list(tmp_path.iterdir()) == []  # no graph, no temporary file
@@ -320,6 +323,16 @@ def _tiny_graph(op: str = "Relu", **attrs) -> object:
         model, {"image_size": "16", "latent_channels": "4", "latent_factor": "8"}
     )
     return model
+
+
+def test_the_checks_import_nothing_of_the_exporter():
+    """export.onnx imports export.check, never the other way round (no import cycle)."""
+    import ast
+
+    nodes = list(ast.walk(ast.parse((ROOT / "export" / "check.py").read_text())))
+    assert any(isinstance(n, ast.Import) for n in nodes)  # the walk sees function bodies too
+    froms = [n for n in nodes if isinstance(n, ast.ImportFrom)]
+    assert [n.module for n in froms if n.level or (n.module or "").startswith("lsdseg")] == []
 
 
 def test_checks_catch_what_tensorrt_rejects():
