@@ -1,6 +1,6 @@
 """Registries filled by optional packages that are imported by name on first request.
 
-Both :mod:`lsdseg.ops` (fused-op backends) and :mod:`lsdseg.segmenter` (whole-model backends)
+Both :mod:`lsdseg.ops` (fused-op backends) and :mod:`lsdseg.runners` (whole-model backends)
 keep a registry; some entries live in plugin packages (``lsdseg.kernels``, ``lsdseg.export``)
 that register themselves when imported, so the core never imports them up front.
 """
