@@ -233,15 +233,20 @@ class DDIMSampler:
         model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         z_T: torch.Tensor,
         generator: torch.Generator | None = None,
+        timestep_rows: int | None = None,
     ) -> torch.Tensor:
         """Run every step from ``z_T``. ``model(z_t, t)`` gets t as an (N,) int64 tensor.
+
+        ``timestep_rows = 1`` gives the model one (1,) timestep that broadcasts over the N
+        latents instead (see :class:`lsdseg.model.LatentSegmenter` for why the export wants it).
 
         Shapes:
             z_T: (N, c, h, w) -> z0 (N, c, h, w).
         """
         z = z_T
+        rows = z.shape[0] if timestep_rows is None else timestep_rows
         for i, s in enumerate(self.steps):
-            t = torch.full((z.shape[0],), s.t, dtype=torch.long, device=z.device)
+            t = torch.full((rows,), s.t, dtype=torch.long, device=z.device)
             noise = draw_noise(z.shape, generator, z.device, z.dtype) if s.sigma > 0 else None
             z, _ = self.step(model(z, t), i, z, noise)
         return z

@@ -129,13 +129,7 @@ class LatentSegmenter(nn.Module):
         z = noise.reshape(b * k, *noise.shape[2:])  # (B*K, c_m, h, w)
         rows = 1 if ops.active_backend() == "torch" else b * k  # see the class docstring
         sampler = self.sampler(steps, eta, start)
-        # DDIMSampler.sample's loop; its timestep has z.shape[0] rows, a size known only at run
-        # time in the exported graph, where the time MLP would then not fold
-        for i, s in enumerate(sampler.steps):
-            t = torch.full((rows,), s.t, dtype=torch.long, device=z.device)
-            eps = draw_noise(z.shape, generator, z.device, z.dtype) if s.sigma > 0 else None
-            z, _ = sampler.step(self.unet.denoise(z, t, cond), i, z, eps)
-        return z
+        return sampler.sample(lambda z_t, t: self.unet.denoise(z_t, t, cond), z, generator, rows)
 
     def hypotheses(
         self,
