@@ -31,6 +31,7 @@ OPTIONS = {
     "pyramid_width": "--pyramid-width",
     "feature_views": "--feature-views",
     "backbone_lr_scale": "--backbone-lr-scale",
+    "train_early_stages": "--train-early-stages",
     "data.data": "--data",
     "data.val_data": "--val-data",
     "data.val_fraction": "--val-fraction",

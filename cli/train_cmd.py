@@ -95,6 +95,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=1.0,
         help="learning-rate multiplier of the pretrained backbone's trained blocks (default 1)",
     )
+    p.add_argument(
+        "--train-early-stages",
+        action="store_true",
+        help="pretrained encoders: fine-tune the stem and blocks up to S/8 too, which otherwise "
+        "stay as imported (every step runs the whole backbone; needs --feature-views 0)",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.add_argument(
@@ -223,24 +229,28 @@ def run(args: argparse.Namespace) -> int:
         args.imgsz, model_cfg.image_size, init, _parse_grow(args.grow, init), out
     )
     model_cfg = dataclasses.replace(model_cfg, image_size=size)
-    cfg = TrainConfig(
-        stage=args.stage,
-        ae_epochs=args.ae_epochs,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        diffusion_lr=args.lr,
-        seed=args.seed,
-        val_every=args.val_every,
-        val_steps=args.val_steps,
-        num_workers=args.workers,
-        max_steps_per_epoch=args.max_steps_per_epoch,
-        init=init,
-        grow=grow,
-        image_encoder=args.image_encoder or "",
-        pyramid_width=args.pyramid_width,
-        feature_views=args.feature_views,
-        backbone_lr_scale=args.backbone_lr_scale,
-    )
+    try:
+        cfg = TrainConfig(
+            stage=args.stage,
+            ae_epochs=args.ae_epochs,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            diffusion_lr=args.lr,
+            seed=args.seed,
+            val_every=args.val_every,
+            val_steps=args.val_steps,
+            num_workers=args.workers,
+            max_steps_per_epoch=args.max_steps_per_epoch,
+            init=init,
+            grow=grow,
+            image_encoder=args.image_encoder or "",
+            pyramid_width=args.pyramid_width,
+            feature_views=args.feature_views,
+            backbone_lr_scale=args.backbone_lr_scale,
+            train_early_stages=args.train_early_stages,
+        )
+    except ValueError as e:  # the core names its settings; the user typed options
+        raise UserError(with_options(str(e))) from None
     if args.time_limit < 0:
         raise UserError(f"--time-limit {args.time_limit} must be >= 0 minutes (0: no limit)")
     if not 0 < args.val_fraction < 1:

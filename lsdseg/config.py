@@ -344,6 +344,9 @@ class TrainConfig:
     pyramid_width: int = 96  # width of that encoder's feature-pyramid decoder
     feature_views: int = 0  # >0: cache the frozen backbone part's output for this many views
     backbone_lr_scale: float = 1.0  # learning-rate multiplier of the pretrained backbone
+    # also fine-tune the backbone's early part (stem and blocks up to S/8) that stays as imported
+    # otherwise; every step then runs the whole backbone, so it excludes feature_views
+    train_early_stages: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -366,6 +369,15 @@ class TrainConfig:
             ),
             (self.feature_views >= 0, f"feature_views={self.feature_views} must be >= 0"),
             (self.backbone_lr_scale > 0, "backbone_lr_scale must be > 0"),
+            (
+                not (self.train_early_stages and self.feature_views),
+                "train_early_stages recomputes the early stages every step: it cannot use "
+                f"feature_views={self.feature_views} (set it to 0)",
+            ),
+            (
+                not self.train_early_stages or self.train_image_encoder,
+                "train_early_stages needs train_image_encoder",
+            ),
         ]
         for ok, msg in checks:
             if not ok:

@@ -230,7 +230,10 @@ class Trainer:
         else:
             params = list(m.unet.parameters())
             if cfg.train_image_encoder:
-                params += m.image_ae.encoder.trainable_parameters()
+                enc = m.image_ae.encoder
+                params += (
+                    list(enc.parameters()) if cfg.train_early_stages else enc.trainable_parameters()
+                )
             self.epochs, self.base_lr = cfg.epochs, cfg.diffusion_lr
         m.requires_grad_(False)
         for p in params:
