@@ -252,3 +252,51 @@ def test_folding_a_batch_norm_matches_conv_then_batch_norm() -> None:
         folded = nn.functional.conv2d(x, weight, bias, padding=1, groups=conv.groups)
         with torch.no_grad():
             torch.testing.assert_close(folded, bn(conv(x)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("early", [False, True])
+def test_train_early_stages_fine_tunes_the_stem_and_blocks_up_to_s8(
+    make_config, tmp_path: Path, early: bool
+) -> None:
+    from lsdseg.augment import AugmentConfig
+    from lsdseg.config import TrainConfig
+    from lsdseg.data import find_pairs
+    from lsdseg.dataset import SegmentationDataset
+    from lsdseg.train import train
+
+    torch.manual_seed(0)
+    model = LatentSegmenter(_pyramid_config(make_config))
+    init = save_checkpoint(model, tmp_path / "init")
+    _, pairs = find_pairs(make_dataset(tmp_path / "data", n=4))
+    cfg = TrainConfig(
+        stage="diffusion",
+        epochs=1,
+        batch_size=2,
+        max_steps_per_epoch=2,
+        warmup_steps=1,
+        init=str(init),
+        train_early_stages=early,
+    )
+    train(
+        model.cfg, cfg, SegmentationDataset(pairs, 64, AugmentConfig()), None, tmp_path / "r", "cpu"
+    )
+    before, after = load_checkpoint(init), load_checkpoint(tmp_path / "r" / "last")
+    frozen = [
+        n
+        for n, p in before.image_ae.encoder.backbone.named_parameters()
+        if any(p is q for q in before.image_ae.encoder.backbone.frozen_parameters())
+    ]
+    assert frozen
+    old, new = (
+        before.image_ae.encoder.backbone.state_dict(),
+        after.image_ae.encoder.backbone.state_dict(),
+    )
+    changed = [n for n in frozen if not torch.equal(old[n], new[n])]
+    assert bool(changed) == early
+
+
+def test_train_early_stages_refuses_a_feature_cache() -> None:
+    from lsdseg.config import TrainConfig
+
+    with pytest.raises(ValueError, match="cannot use feature_views=4"):
+        TrainConfig(train_early_stages=True, feature_views=4)
