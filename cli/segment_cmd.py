@@ -259,27 +259,38 @@ def speed_label(segmenter: Segmenter | RemoteSegmenter) -> str:
     return label + (", CUDA graph" if getattr(segmenter, "cuda_graph", False) else "")
 
 
-def set_image_size(segmenter: Segmenter, imgsz: int | None) -> None:
-    """Run the model at ``imgsz`` instead of its training size (fully convolutional)."""
-    import dataclasses
+def load_local(
+    args: argparse.Namespace, device: torch.device, backend: str, precision: str
+) -> Segmenter:
+    """The local segmenter, at ``--imgsz`` when given (an argument of the segmenter; the
+    model's config keeps its training size).
+
+    Raises:
+        UserError: an --imgsz the model or the backend cannot run at, in one line naming it.
+    """
     import logging
 
-    size = segmenter.config.image_size
-    if imgsz is None or imgsz == size:
-        return
-    if not backends.get(segmenter.backend).imgsz:
-        raise UserError(
-            f"--imgsz {imgsz}: the {segmenter.backend} backend runs at the size it "
-            f"was exported at ({size}); drop --imgsz or re-export"
-        )
+    from lsdseg.segmenter import load
+
     try:
-        cfg = dataclasses.replace(segmenter.model.cfg, image_size=imgsz)
+        segmenter = load(
+            args.weights,
+            device,
+            backend,
+            cuda_graph=args.cuda_graph,
+            precision=precision,
+            image_size=args.imgsz,
+        )
     except ValueError as e:
-        raise UserError(f"--imgsz {imgsz}: {e}") from None
-    segmenter.model.cfg = cfg
-    logging.getLogger(__name__).warning(
-        "running at --imgsz %d; the model was trained at %d", imgsz, size
-    )
+        if str(e).startswith("image_size="):  # the core's check of the size (check_image_size)
+            raise UserError(flag_message(e, "image_size", "--imgsz")) from None
+        raise
+    trained = segmenter.config.image_size
+    if segmenter.image_size != trained:
+        logging.getLogger(__name__).warning(
+            "running at --imgsz %d; the model was trained at %d", segmenter.image_size, trained
+        )
+    return segmenter
 
 
 def open_outputs(
@@ -345,7 +356,7 @@ def describe(
         **sampler,
         "seed": sample.seed,
         "temporal_t": sample.temporal_t,
-        "imgsz": None if isinstance(segmenter, RemoteSegmenter) else segmenter.config.image_size,
+        "imgsz": None if isinstance(segmenter, RemoteSegmenter) else segmenter.image_size,
         "server": str(segmenter.address) if isinstance(segmenter, RemoteSegmenter) else None,
         "vid_stride": args.vid_stride,
         "realtime": realtime,
@@ -374,7 +385,6 @@ def run(args: argparse.Namespace) -> int:
     from lsdseg.cli.overlay import OverlayOptions
     from lsdseg.cli.pipeline import SampleOptions, StopFlag, run_pipeline
     from lsdseg.cli.sources import open_source
-    from lsdseg.segmenter import load
 
     check_options(args)
     overlay = OverlayOptions(
@@ -419,11 +429,8 @@ def run(args: argparse.Namespace) -> int:
             except ValueError as e:
                 raise UserError(flag_message(e, "eta")) from None
             precision = check_speed_options(args, device, backend, args.eta)
-            segmenter = load(
-                args.weights, device, backend, cuda_graph=args.cuda_graph, precision=precision
-            )
+            segmenter = load_local(args, device, backend, precision)
             check_graph_eta(args.cuda_graph, segmenter.settings(eta=args.eta).eta)
-            set_image_size(segmenter, args.imgsz)
             try:  # the range is the checkpoint's schedule (diffusion.timesteps)
                 segmenter.check_warm_timestep(args.temporal_t)
             except ValueError as e:

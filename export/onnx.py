@@ -35,6 +35,7 @@ import torch
 from lsdseg import ops
 from lsdseg.checkpoint import checkpoint_hash, load_checkpoint
 from lsdseg.files import write_bytes_atomic
+from lsdseg.imagesize import check_image_size, latent_shape
 from lsdseg.model import LatentSegmenter
 from lsdseg.version import __version__
 
@@ -77,9 +78,15 @@ def resolve_weights(weights: str | Path | LatentSegmenter) -> tuple[LatentSegmen
 
 
 def graph_metadata(
-    model: LatentSegmenter, steps: int, precision: str, name: str, digest: str
+    model: LatentSegmenter,
+    steps: int,
+    precision: str,
+    name: str,
+    digest: str,
+    image_size: int | None = None,
 ) -> dict[str, str]:
-    """The ``metadata_props`` of an exported graph (all values are strings; lists are JSON)."""
+    """The ``metadata_props`` of an exported graph (all values are strings; lists are JSON);
+    ``image_size`` is the graph's S (default: the checkpoint's)."""
     cfg = model.cfg
     sampler = model.sampler(steps, 0.0)
     return {
@@ -97,7 +104,7 @@ def graph_metadata(
         "train_timesteps": str(cfg.diffusion.timesteps),
         "hypotheses": str(cfg.sampler.hypotheses),
         "threshold": repr(cfg.sampler.threshold),
-        "image_size": str(cfg.image_size),
+        "image_size": str(cfg.image_size if image_size is None else image_size),
         "latent_factor": str(cfg.image_ae.factor),
         "latent_channels": str(cfg.mask_vae.latent_channels),
         "image_mean": json.dumps(list(cfg.image_mean)),
@@ -125,16 +132,22 @@ def _quiet_exporter() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def trace(model: LatentSegmenter, steps: int) -> object:
+def trace(model: LatentSegmenter, steps: int, image_size: int | None = None) -> object:
     """Export ``model.forward`` (float32, CPU) with ``steps`` unrolled: an ``onnx.ModelProto``.
 
-    ``model`` is put in eval mode.
+    The graph's inputs are fixed at S = ``image_size`` (default: the checkpoint's), a size
+    checked by :func:`lsdseg.imagesize.check_image_size`; ``model`` is put in eval mode, its
+    ``cfg`` unchanged (the model is fully convolutional: the example input's size is the
+    graph's).
+
+    Raises:
+        ValueError: a size the model cannot run at.
     """
     model.eval()
-    c_m, h, w = model.latent_shape
-    size = model.cfg.image_size
+    size = model.cfg.image_size if image_size is None else check_image_size(model.cfg, image_size)
     # B = 2, K = 3: distinct sizes above 1, so the exporter specialises neither
-    example = (torch.zeros(2, 3, size, size), torch.zeros(2, 3, c_m, h, w))
+    # image (2, 3, S, S); noise (2, 3, c_m, S/f, S/f)
+    example = (torch.zeros(2, 3, size, size), torch.zeros(2, 3, *latent_shape(model.cfg, size)))
     batch, hyps = torch.export.Dim("B", min=1), torch.export.Dim("K", min=1)
     # the torch ops: the reference code, and one timestep row per step (see LatentSegmenter)
     with _quiet_exporter(), ops.use_backend("torch"), torch.inference_mode(False):
@@ -313,12 +326,11 @@ def export_onnx(
             "sample with eta > 0 on the torch backend"
         )
     steps = cfg.sampler.steps if steps is None else steps
-    model = copy.deepcopy(model).to("cpu", torch.float32).eval()
-    if image_size is not None and image_size != cfg.image_size:
-        model.cfg = dataclasses.replace(cfg, image_size=image_size)  # validates the size
+    size = cfg.image_size if image_size is None else check_image_size(cfg, image_size)
+    model = copy.deepcopy(model).to("cpu", torch.float32).eval()  # the caller's stays as it is
     precision = "fp16" if half else "fp32"
-    proto = trace(model, steps)
-    for key, value in graph_metadata(model, steps, precision, name, digest).items():
+    proto = trace(model, steps, size)
+    for key, value in graph_metadata(model, steps, precision, name, digest, size).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.producer_name, proto.producer_version = "lsdseg", __version__
@@ -327,7 +339,7 @@ def export_onnx(
         proto = to_fp16(proto)
     check_graph(proto)
     write_bytes_atomic(path, proto.SerializeToString())
-    log.info("wrote %s (%s, %d steps, S=%d)", path, precision, steps, model.cfg.image_size)
+    log.info("wrote %s (%s, %d steps, S=%d)", path, precision, steps, size)
     return path
 
 

@@ -1,10 +1,13 @@
 """The user-facing segmenter: frames in, K hypotheses and uncertainty maps out.
 
 ``lsdseg.load(...)`` returns a :class:`Segmenter`. A call runs three steps: :meth:`preprocess`
-(colour order, resize, normalise; :mod:`lsdseg.imageio`), :meth:`~Segmenter.run` (the initial
-noise, drawn by :func:`lsdseg.diffusion.draw_noise`, and the backend's runner, which produces
-per-hypothesis probabilities) and :meth:`~Segmenter.postprocess` (aggregate, and resize back to
-each frame's size).
+(colour order, resize to the segmenter's ``image_size``, normalise; :mod:`lsdseg.imageio`),
+:meth:`~Segmenter.run` (the initial noise, drawn by :func:`lsdseg.diffusion.draw_noise`, and the
+backend's runner, which produces per-hypothesis probabilities) and
+:meth:`~Segmenter.postprocess` (aggregate, and resize back to each frame's size).
+
+The input size S is the segmenter's ``image_size`` (default: the checkpoint's), never written
+into ``model.cfg``; the latent grid follows from the input (:mod:`lsdseg.imagesize`).
 
 The backends are described by :mod:`lsdseg.backends` and their runners built by
 :mod:`lsdseg.runners`; ``register_runner``, ``runner_names`` and ``TorchRunner`` are re-exported
@@ -31,6 +34,7 @@ from lsdseg.checkpoint import CheckpointError, load_checkpoint
 from lsdseg.config import MAX_SEED, ModelConfig, SamplerConfig
 from lsdseg.diffusion import draw_noise
 from lsdseg.imageio import as_frames, frame_to_model, resize_maps
+from lsdseg.imagesize import latent_shape, resolve_image_size
 from lsdseg.model import LatentSegmenter
 from lsdseg.runners import RunnerFactory, TorchRunner, register_runner, runner_names
 from lsdseg.uncertainty import aggregate, agreement, unsure_score
@@ -87,10 +91,15 @@ class Segmenter:
         cuda_graph: replay one CUDA graph per frame shape (torch and triton backends on CUDA,
             eta = 0; see :mod:`lsdseg.accel`).
         precision: ``"fp32"``, or ``"fp16"`` / ``"bf16"`` autocast (torch and triton on CUDA).
+        image_size: the input size S frames are resized to (default: the checkpoint's
+            ``model.cfg.image_size``); another size runs the same weights at that size
+            (:func:`lsdseg.imagesize.check_image_size`), on the backends that can (``imgsz`` in
+            :data:`lsdseg.backends.BACKENDS`). ``model.cfg`` is left as it is.
 
     Raises:
         ValueError / RuntimeError: a backend, device or option that cannot run here (the
             message names the fix); nothing falls back to another precision or to no graph.
+            A bad ``image_size`` is a ValueError whose message starts ``image_size=``.
     """
 
     def __init__(
@@ -101,12 +110,14 @@ class Segmenter:
         checkpoint: str | Path | None = None,
         cuda_graph: bool = False,
         precision: Precision = "fp32",
+        image_size: int | None = None,
     ) -> None:
         self.model = model.eval()
         self.device = torch.device(device)
         self.checkpoint = Path(checkpoint) if checkpoint else None
         backend = backends.resolve_backend(backend, self.device)
         # before the runner is made: an export backend would export first
+        self.image_size = resolve_image_size(model.cfg, image_size, backend)
         check_supported(self.device, backend, cuda_graph, precision)
         runner = runners.build_runner(backend, self.model, self.checkpoint, self.device, precision)
         self.runner: Runner = GraphRunner(runner) if cuda_graph else runner
@@ -147,8 +158,9 @@ class Segmenter:
             raise ValueError(f"warm_timestep={t} must be between 0 and {T - 1}")
 
     def preprocess(self, frames: Sequence[np.ndarray], order: Order) -> torch.Tensor:
-        """uint8 frames (any size; grey or RGBA converted) -> normalised (B, 3, S, S)."""
-        size = self.config.image_size
+        """uint8 frames (any size; grey or RGBA converted) -> normalised (B, 3, S, S), at
+        S = ``image_size``."""
+        size = self.image_size
         # (3, S, S) uint8 views of each frame at the model's size, then one (B, 3, S, S) copy
         batch = [torch.from_numpy(frame_to_model(f, size, order)).permute(2, 0, 1) for f in frames]
         x = torch.stack(batch).to(self.device, torch.float32) / 255.0
@@ -237,7 +249,8 @@ class Segmenter:
         Raises:
             ValueError: a warm start that does not fit.
         """
-        shape = (len(seeds), s.hypotheses, *self.model.latent_shape)  # (B, K, c_m, S/f, S/f)
+        latent = latent_shape(self.config, x.shape[-1])  # (c_m, S/f, S/f), from x's S
+        shape = (len(seeds), s.hypotheses, *latent)  # (B, K, c_m, S/f, S/f)
         if per_frame:
             gen = None
             noise = draw_noise(shape, [torch.Generator().manual_seed(v) for v in seeds], "cpu")
@@ -246,7 +259,7 @@ class Segmenter:
             noise = draw_noise(shape, gen, "cpu")
         start = None
         if warm_start is not None:  # its noise is the generator's next draw after ``noise``
-            noise = self._warm(warm_start, len(seeds), s, warm_timestep, gen)
+            noise = self._warm(warm_start, shape, warm_timestep, gen)
             start = warm_timestep
         p, z0 = self.runner(x, noise.to(self.device), s.steps, s.eta, gen, start)
         if self.device.type == "cuda":
@@ -272,14 +285,15 @@ class Segmenter:
     def _warm(
         self,
         prev: Result | Sequence[Result],
-        n: int,
-        s: SamplerConfig,
+        shape: tuple[int, ...],
         t: int,
         gen: torch.Generator | None,
     ) -> torch.Tensor:
-        """The previous results' latents noised to timestep t: (B, K, c_m, S/f, S/f)."""
+        """The previous results' latents noised to timestep t: ``shape``, the call's
+        (B, K, c_m, S/f, S/f)."""
         prev = [prev] if isinstance(prev, Result) else list(prev)
         self.check_warm_timestep(t)
+        n, k, latent = shape[0], shape[1], tuple(shape[2:])
         if len(prev) != n:
             raise ValueError(f"warm_start has {len(prev)} results for {n} frames; pass one each")
         for r in prev:
@@ -289,10 +303,10 @@ class Segmenter:
                     f"warm_start needs latents, which the {self.backend} backend "
                     f"does not return; use backend={able}"
                 )
-            if r.latents.shape != (s.hypotheses, *self.model.latent_shape):
+            if r.latents.shape != (k, *latent):
                 raise ValueError(
                     f"warm_start latents {tuple(r.latents.shape)} do not match hypotheses="
-                    f"{s.hypotheses} and this model's latent {self.model.latent_shape}"
+                    f"{k} and this model's latent {latent} at image_size={self.image_size}"
                 )
         z0 = torch.stack([r.latents for r in prev]).to(self.device)
         return self.model.warm_latents(z0, t, gen)
@@ -396,6 +410,7 @@ def load(
     backend: str = "torch",
     cuda_graph: bool = False,
     precision: Precision = "fp32",
+    image_size: int | None = None,
 ) -> Segmenter:
     """Load a segmenter.
 
@@ -409,21 +424,25 @@ def load(
         cuda_graph: replay one CUDA graph per frame shape (torch and triton on CUDA, eta = 0).
         precision: ``"fp32"`` (default), or ``"fp16"`` / ``"bf16"`` autocast on CUDA (torch
             and triton).
+        image_size: the input size S (default: the checkpoint's; see :class:`Segmenter`).
 
     Raises:
         CheckpointError: the checkpoint is missing or does not match its config.
-        ValueError / RuntimeError: an unknown backend or device, or one that cannot run here.
+        ValueError / RuntimeError: an unknown backend or device, or one that cannot run here;
+            an input size the model or backend cannot run at (the message starts
+            ``image_size=``).
     """
     dev = resolve_device(device)
     if str(name_or_path) == "untrained":
         log.warning("lsdseg: using an UNTRAINED model (random weights): its masks mean nothing")
         torch.manual_seed(0)
         model = LatentSegmenter(ModelConfig()).to(dev)
-        return Segmenter(model, dev, backend, None, cuda_graph, precision)
+        return Segmenter(model, dev, backend, None, cuda_graph, precision, image_size)
     path = bundled_weights() if str(name_or_path) == "default" else Path(name_or_path)
     if str(name_or_path) == "default" and not (path / "model.safetensors").is_file():
         raise CheckpointError(
             "this lsdseg has no bundled default weights; pass a checkpoint folder, or "
             "'untrained' to try the pipeline with random weights"
         )
-    return Segmenter(load_checkpoint(path, dev), dev, backend, path, cuda_graph, precision)
+    model = load_checkpoint(path, dev)
+    return Segmenter(model, dev, backend, path, cuda_graph, precision, image_size)

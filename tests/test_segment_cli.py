@@ -168,9 +168,38 @@ def test_odd_sized_frames_are_padded_to_even(tmp_path):
 
 
 def test_imgsz_overrides_model_size(capsys, tiny, tmp_path, video):
-    rc, err = segment(capsys, tiny, tmp_path, str(video), "--imgsz", "64", "--max-frames", "1")
+    from lsdseg.segmenter import load
+
+    rc, err = segment(capsys, tiny, tmp_path, str(video), "--imgsz", "64", "--max-frames", "2")
     assert rc == 0, err
     assert json.loads((tmp_path / "exp" / "summary.json").read_text())["settings"]["imgsz"] == 64
+    # each frame ran as the Python API's segmenter at image_size=64 runs it (tiny is S = 32)
+    cap = cv2.VideoCapture(str(video))
+    frames = [cap.read()[1] for _ in range(2)]
+    cap.release()
+    seg = load(tiny, "cpu", image_size=64)
+    for row, frame in zip(read_rows(tmp_path / "exp"), frames, strict=True):
+        r = seg(frame, hypotheses=3, seed=0)
+        assert float(row["agreement"]) == pytest.approx(r.agreement, abs=1e-3)
+        assert float(row["unsure"]) == pytest.approx(r.unsure, abs=1e-3)
+    assert seg.config.image_size == 32  # the checkpoint's config keeps its size
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--imgsz", "40"], "--imgsz 40 must be a multiple of 16"),
+        (["--backend", "onnx", "--imgsz", "64"], "--imgsz 64: the onnx backend runs at the"),
+    ],
+)
+def test_an_imgsz_the_model_or_backend_cannot_run_is_one_line(
+    capsys, tiny, tmp_path, video, args, message
+):
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(video), *args)
+    lines = err.strip().splitlines()
+    assert rc != 0 and len(lines) == 1, err
+    assert lines[0].startswith(f"lsdseg segment: error: {message}"), err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_image_folder_glob_and_odd_pixel_formats(capsys, tiny, tmp_path):
