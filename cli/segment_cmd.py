@@ -4,15 +4,15 @@ Outputs go to ``runs/segment/exp``, ``exp2``... (``--project``, ``--name``, ``--
 the overlay video ``<source>.mp4`` (mp4v; same frame count as the input, fps = input fps /
 --vid-stride) or one ``<image>.png`` per input image, ``records.csv`` and ``records.jsonl`` (one
 record per frame, see :mod:`lsdseg.cli.records`), ``summary.json``, and with ``--save-masks``
-the mask, confidence and uncertainty PNGs in ``masks/``.
+the mask, confidence and uncertainty PNGs in ``masks/`` (opened and described by
+:mod:`lsdseg.cli.segment_outputs`).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lsdseg import backends
 from lsdseg.cli.errors import UserError
@@ -32,10 +32,7 @@ if TYPE_CHECKING:
     import torch
 
     from lsdseg.cli.overlay import OverlayOptions
-    from lsdseg.cli.pipeline import SampleOptions
     from lsdseg.cli.remote import RemoteSegmenter
-    from lsdseg.cli.sources import Source
-    from lsdseg.cli.writer import WriterThread
     from lsdseg.segmenter import Segmenter
 
 
@@ -293,89 +290,6 @@ def load_local(
     return segmenter
 
 
-def open_outputs(
-    args: argparse.Namespace, source: Source, overlay: OverlayOptions, out_dir: Path
-) -> WriterThread:
-    """The writer thread with its outputs: a video (or images), records, optional masks."""
-    from lsdseg.cli.display import make_show
-    from lsdseg.cli.overlay import MEASURE_RANGE, output_size, render
-    from lsdseg.cli.records import RecordWriter
-    from lsdseg.cli.writer import ImagesOut, MasksOut, VideoOut, WriterThread
-
-    video = images = masks = None
-    if source.kind == "images":
-        images = ImagesOut(out_dir)
-    else:
-        size = output_size(*source.first_shape, overlay.style, args.hypotheses)
-        video = VideoOut(out_dir / f"{source.name}.mp4", source.fps / args.vid_stride, size)
-    if args.save_masks:
-        masks = MasksOut(out_dir / "masks", MEASURE_RANGE[overlay.measure])
-    return WriterThread(
-        lambda frame, view: render(frame, view, overlay),
-        RecordWriter(out_dir),
-        video=video,
-        images=images,
-        masks=masks,
-        show=make_show() if args.show else None,
-    )
-
-
-def describe(
-    args: argparse.Namespace,
-    segmenter: Segmenter | RemoteSegmenter,
-    device: torch.device | str,
-    overlay: OverlayOptions,
-    sample: SampleOptions,
-    realtime: bool,
-    writer: WriterThread,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The settings and outputs recorded in summary.json."""
-    from lsdseg.cli.overlay import MEASURE_LABEL, MEASURE_RANGE
-    from lsdseg.cli.remote import RemoteSegmenter
-    from lsdseg.cli.writer import FOURCC
-
-    video = writer.video
-    # the settings each frame ran with: unset options resolve to the checkpoint's sampler
-    # defaults; a server resolves them itself, so there only what was asked is known
-    sampler: dict[str, Any] = {
-        "hypotheses": sample.hypotheses,
-        "steps": sample.steps,
-        "eta": sample.eta,
-        "threshold": sample.threshold,
-    }
-    if not isinstance(segmenter, RemoteSegmenter):
-        resolved = segmenter.settings(**sampler)
-        sampler = {k: getattr(resolved, k) for k in sampler}
-    settings = {
-        "weights": None if args.server else str(args.weights),
-        "backend": segmenter.backend,
-        "device": str(device),
-        # None: a server's model, which runs with the options `lsdseg serve` was given
-        "precision": None if isinstance(segmenter, RemoteSegmenter) else segmenter.precision,
-        "cuda_graph": None if isinstance(segmenter, RemoteSegmenter) else segmenter.cuda_graph,
-        **sampler,
-        "seed": sample.seed,
-        "temporal_t": sample.temporal_t,
-        "imgsz": None if isinstance(segmenter, RemoteSegmenter) else segmenter.image_size,
-        "server": str(segmenter.address) if isinstance(segmenter, RemoteSegmenter) else None,
-        "vid_stride": args.vid_stride,
-        "realtime": realtime,
-        "overlay": overlay.style,
-        "unsure_threshold": args.unsure_threshold,
-        "uncertainty": f"{overlay.measure}: {MEASURE_LABEL[overlay.measure]} "
-        f"(range 0-{MEASURE_RANGE[overlay.measure]:g})",
-    }
-    outputs = {
-        "records_csv": "records.csv",
-        "records_jsonl": "records.jsonl",
-        "video": video.path.name if video else None,
-        "codec": FOURCC if video else None,
-        "video_fps": video.fps if video else None,
-        "masks": "masks" if writer.masks else None,
-    }
-    return settings, outputs
-
-
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -384,6 +298,7 @@ def run(args: argparse.Namespace) -> int:
     from lsdseg.cli.options import device_option
     from lsdseg.cli.overlay import OverlayOptions
     from lsdseg.cli.pipeline import SampleOptions, StopFlag, run_pipeline
+    from lsdseg.cli.segment_outputs import describe, open_outputs
     from lsdseg.cli.sources import open_source
 
     check_options(args)
