@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lsdseg.config import ModelConfig, from_dict, json_kind, to_dict
+from lsdseg.diffusion import draw_noise
 from lsdseg.files import sha256_file
 from lsdseg.model import LatentSegmenter
 from lsdseg.version import __version__
@@ -290,8 +291,8 @@ def grow_checkpoint(
     new.eval()
     gen = torch.Generator().manual_seed(0)
     s, n = cfg.image_size, 2
-    x = torch.randn((n, 3, s, s), generator=gen).to(device)
-    z_t = torch.randn((n, *new.latent_shape), generator=gen).to(device)
+    x = draw_noise((n, 3, s, s), gen, device)  # (n, 3, S, S), then z_t: one generator
+    z_t = draw_noise((n, *new.latent_shape), gen, device)  # (n, c_m, S/f, S/f)
     t = torch.tensor([cfg.diffusion.timesteps - 1, 0], device=device)
     outs = []
     with torch.no_grad():

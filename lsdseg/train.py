@@ -42,6 +42,7 @@ from lsdseg.checkpoint import (
 )
 from lsdseg.config import ModelConfig, TrainConfig, to_dict
 from lsdseg.dataset import SegmentationDataset
+from lsdseg.diffusion import draw_noise
 from lsdseg.featcache import FeatureCache
 from lsdseg.files import atomic_path
 from lsdseg.losses import autoencoder_losses, diffusion_losses
@@ -293,7 +294,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + loop.step)
         shape = (cfg.batch_size, *m.latent_shape)
         t = m.schedule.sample_timesteps(cfg.batch_size, gen)
-        noise = torch.randn(shape, generator=gen)
+        noise = draw_noise(shape, gen, "cpu")  # (B, c_m, S/f, S/f), after t's draws
         mine = slice(self.rank * self.local_bs, (self.rank + 1) * self.local_bs)
         t, noise = t[mine].to(dev), noise[mine].to(dev)
         with torch.autocast(dev.type, torch.bfloat16, enabled=dev.type == "cuda"):
