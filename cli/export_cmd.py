@@ -15,7 +15,6 @@ repository for the stock Triton server (:mod:`lsdseg.export.triton_repo`).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -284,8 +283,10 @@ def run(args: argparse.Namespace) -> int:
     model, name, digest = resolve_weights(args.weights)
     steps = model.cfg.sampler.steps if args.steps is None else args.steps
     size = model.cfg.image_size if args.imgsz is None else args.imgsz
+    from lsdseg.imagesize import check_image_size
+
     try:
-        dataclasses.replace(model.cfg, image_size=size)  # validates the size
+        check_image_size(model.cfg, size)
     except ValueError as e:
         raise UserError(f"--imgsz {size}: {e}") from None
     out = Path(args.out)

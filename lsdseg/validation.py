@@ -12,6 +12,7 @@ import torch
 
 from lsdseg.data import dataset_of
 from lsdseg.dataset import SegmentationDataset
+from lsdseg.diffusion import draw_noise
 from lsdseg.metrics import dice as dice_fn
 from lsdseg.metrics import iou as iou_fn
 from lsdseg.model import LatentSegmenter
@@ -52,8 +53,8 @@ def validate(
         items = [dataset[i] for i in range(start, min(start + batch, len(dataset)))]
         x = model.normalize(torch.stack([it["image"] for it in items]).to(device))
         y = torch.stack([it["mask"] for it in items])[:, 0] > 0.5  # (B, S, S)
-        noise = torch.randn((len(items), hypotheses, *model.latent_shape), generator=gen)
-        p = model.hypotheses(x, noise.to(device), steps, 0.0)  # (B, K, S, S)
+        noise = draw_noise((len(items), hypotheses, *model.latent_shape), gen, device)
+        p = model.hypotheses(x, noise, steps, 0.0)  # (B, K, S, S)
         pred = (p.mean(dim=1) > threshold).cpu()
         dices.append(dice_fn(pred, y))
         ious.append(iou_fn(pred, y))
