@@ -10,8 +10,8 @@ import triton.language as tl
 def _affine_and_modulation(
     Weight,  # affine weight (C,)
     Bias,  # affine bias (C,)
-    Scale,  # timestep scale (B, C); a dummy pointer when HAS_SCALE is False
-    Shift,  # timestep shift (B, C); a dummy pointer when HAS_SHIFT is False
+    Scale,  # timestep scale (B, C), stride_sb 0 for one row; a dummy when HAS_SCALE is False
+    Shift,  # timestep shift (B, C), stride_tb 0 for one row; a dummy when HAS_SHIFT is False
     b,  # the sample
     c,  # channel indices (BLOCK_C,)
     mask_c,  # which of them exist (BLOCK_C,)

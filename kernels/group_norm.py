@@ -45,8 +45,8 @@ def _group_norm_silu_kernel(
     Y,  # output, same shape; may have other strides than X
     Weight,  # affine weight (C,)
     Bias,  # affine bias (C,)
-    Scale,  # timestep scale (B, C); a dummy pointer when HAS_SCALE is False
-    Shift,  # timestep shift (B, C); a dummy pointer when HAS_SHIFT is False
+    Scale,  # timestep scale (B, C), stride_sb 0 for one row; a dummy when HAS_SCALE is False
+    Shift,  # timestep shift (B, C), stride_tb 0 for one row; a dummy when HAS_SHIFT is False
     stride_xb,  # X: elements between samples
     stride_xc,  # X: between channels
     stride_xs,  # X: between spatial positions (H and W flattened)
@@ -135,6 +135,16 @@ def _check_vector(name: str, t: torch.Tensor, shape: tuple[int, ...], what: str)
     check_dtype(OP, name, t)
 
 
+def _modulation_rows(name: str, t: torch.Tensor, bsz: int, c: int) -> torch.Tensor:
+    """Check a scale or shift of (B, C) or (1, C) and return it as (B, C): one row is expanded,
+    a view whose stride between samples is 0, so every sample reads the same row."""
+    if isinstance(t, torch.Tensor) and tuple(t.shape) == (1, c):
+        check_dtype(OP, name, t)
+        return t.expand(bsz, c)  # (B, C), stride 0 between samples: no copy
+    _check_vector(name, t, (bsz, c), "one per sample and channel, or one row (1, C) for all")
+    return t
+
+
 def group_norm_silu(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -159,7 +169,8 @@ def group_norm_silu(
         weight, bias: the affine parameters.
         groups: number of groups; must divide C.
         eps: added to the variance.
-        scale, shift: per-sample, per-channel modulation (the timestep embedding), or None.
+        scale, shift: per-sample, per-channel modulation (the timestep embedding), or None;
+            one row (1, C) applies to every sample (read with stride 0, not copied).
         silu: apply SiLU last.
         out: write here instead of a new tensor (same shape and dtype as ``x``; may be ``x``).
         variant: ``fused`` (the group in registers: one read, one write), ``split`` (tiles,
@@ -169,8 +180,8 @@ def group_norm_silu(
             ``group_norm_split.SPLIT_TILE``); giving it makes ``auto`` pick the split variant.
 
     Shapes:
-        x: (B, C, H, W); weight, bias: (C,); scale, shift: (B, C). Returns (B, C, H, W) in the
-        dtype and memory format of ``x`` (or ``out``).
+        x: (B, C, H, W); weight, bias: (C,); scale, shift: (B, C) or (1, C). Returns
+        (B, C, H, W) in the dtype and memory format of ``x`` (or ``out``).
 
     Raises:
         TypeError: a tensor is not float32, float16 or bfloat16, or dtypes of x and out differ.
@@ -192,9 +203,9 @@ def group_norm_silu(
     _check_vector("weight", weight, (c,), "one per channel")
     _check_vector("bias", bias, (c,), "one per channel")
     if scale is not None:
-        _check_vector("scale", scale, (bsz, c), "one per sample and channel")
+        scale = _modulation_rows("scale", scale, bsz, c)  # (B, C)
     if shift is not None:
-        _check_vector("shift", shift, (bsz, c), "one per sample and channel")
+        shift = _modulation_rows("shift", shift, bsz, c)  # (B, C)
     check_device(
         OP,
         _group_norm_silu_kernel,

@@ -107,8 +107,8 @@ def _group_norm_apply_kernel(
     Stats,  # (2, B * G) fp32: mean and 1 / std per group, from the finalize kernel
     Weight,  # affine weight (C,)
     Bias,  # affine bias (C,)
-    Scale,  # timestep scale (B, C); a dummy pointer when HAS_SCALE is False
-    Shift,  # timestep shift (B, C); a dummy pointer when HAS_SHIFT is False
+    Scale,  # timestep scale (B, C), stride_sb 0 for one row; a dummy when HAS_SCALE is False
+    Shift,  # timestep shift (B, C), stride_tb 0 for one row; a dummy when HAS_SHIFT is False
     stride_xb,  # X: elements between samples
     stride_xc,  # X: between channels
     stride_xs,  # X: between spatial positions

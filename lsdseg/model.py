@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lsdseg import ops
 from lsdseg.config import ModelConfig
 from lsdseg.diffusion import DDIMSampler, NoiseSchedule, draw_noise
 from lsdseg.uncertainty import mean_std
@@ -30,8 +29,8 @@ class LatentSegmenter(nn.Module):
     - every DDIM step gives the denoiser its timestep as one (1,) row that broadcasts over the
       B*K hypotheses, so the time MLP and every ResBlock's scale/shift depend on constants only:
       the runtimes fold them when they load the graph, and torch computes them once instead of
-      B*K times. The Triton GroupNorm kernel takes one scale/shift row per sample, so under
-      any ops backend but ``"torch"`` the timestep has B*K rows;
+      B*K times. Every ops backend takes that one row (the Triton GroupNorm kernel reads its
+      (1, C) scale/shift with stride 0 between samples);
     - the mask decoder's final bilinear upsampling and the sigmoid run on (1, B*K, h, w), a
       view of its (B*K, 1, h, w) logits. As (B*K, 1, h, w), ONNX Runtime's NCHWc layout pads
       the single channel to 16 and upsamples, and applies the sigmoid to, 16 times the data:
@@ -127,9 +126,9 @@ class LatentSegmenter(nn.Module):
         b, k = noise.shape[:2]
         cond = repeat_condition(self.unet.condition(z_x), k)  # once per image, then (B*K, ...)
         z = noise.reshape(b * k, *noise.shape[2:])  # (B*K, c_m, h, w)
-        rows = 1 if ops.active_backend() == "torch" else b * k  # see the class docstring
         sampler = self.sampler(steps, eta, start)
-        return sampler.sample(lambda z_t, t: self.unet.denoise(z_t, t, cond), z, generator, rows)
+        # one (1,) timestep row for the B*K hypotheses: see the class docstring
+        return sampler.sample(lambda z_t, t: self.unet.denoise(z_t, t, cond), z, generator, 1)
 
     def hypotheses(
         self,

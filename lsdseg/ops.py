@@ -56,8 +56,8 @@ def group_norm_silu_reference(
     """GroupNorm with affine, then ``x * (1 + scale) + shift``, then SiLU; statistics in fp32.
 
     Shapes:
-        x: (B, C, H, W); weight, bias: (C,); scale, shift: (B, C) or None. Returns (B, C, H, W)
-        in the dtype of ``x``.
+        x: (B, C, H, W); weight, bias: (C,); scale, shift: (B, C), (1, C) (one row for every
+        sample) or None. Returns (B, C, H, W) in the dtype of ``x``.
     """
     y = F.group_norm(x.float(), groups, weight.float(), bias.float(), eps)
     if scale is not None:

@@ -103,6 +103,36 @@ def test_segmenter_with_triton_equals_torch(make_model, counted_triton, no_tf32)
 
 
 @needs_kernels
+def test_the_kernels_get_one_timestep_row(make_model, no_tf32, monkeypatch) -> None:
+    """Under backend triton the B*K hypotheses share one (1, C) scale/shift per ResBlock norm
+    (broadcast in the kernel), and the model's outputs match the torch ops."""
+    model = make_model().to(DEVICE)
+    real = ops._REGISTRY["triton"]
+    rows: Counter[tuple[int, ...]] = Counter()
+
+    def recording(*args, scale=None, shift=None, **kwargs):
+        for t in (scale, shift):
+            if t is not None:
+                rows[tuple(t.shape[:1])] += 1
+        return real.group_norm_silu(*args, scale=scale, shift=shift, **kwargs)
+
+    monkeypatch.setitem(
+        ops._REGISTRY, "triton", dataclasses.replace(real, group_norm_silu=recording)
+    )
+    gen = torch.Generator().manual_seed(0)
+    s = model.cfg.image_size
+    x = torch.randn(2, 3, s, s, generator=gen).to(DEVICE)  # B = 2
+    noise = torch.randn(2, 3, *model.latent_shape, generator=gen).to(DEVICE)  # K = 3
+    with torch.no_grad():
+        with ops.use_backend("triton"):
+            by_triton = model(x, noise)  # mean, std, hypotheses
+        by_torch = model(x, noise)
+    assert set(rows) == {(1,)} and rows[(1,)] > 4  # scale and shift of every modulated norm
+    for got, want in zip(by_triton, by_torch, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernels
 def test_load_with_the_triton_backend(tiny, no_tf32) -> None:
     seg = lsdseg.load(tiny, device=DEVICE, backend="triton")
     assert seg.backend == "triton"

@@ -111,6 +111,21 @@ def test_every_epilogue(modulation, silu, variant, tile) -> None:
         assert out.min() < -0.3
 
 
+@pytest.mark.parametrize(("variant", "tile"), VARIANTS, ids=["fused", "split"])
+def test_one_modulation_row_serves_every_sample(variant, tile) -> None:
+    """A (1, C) scale/shift (the model's one timestep row) gives what its (B, C) copy gives."""
+    x, w, b, scale, shift = _inputs((3, 6, 5, 3), 2, torch.float32)
+    scale, shift = scale[:1], shift[:1]  # (1, C) views with the strides of the chunks
+    run = lambda sc, sh: kernels.group_norm_silu(  # noqa: E731
+        x, w, b, 2, 1e-5, sc, sh, variant=variant, tile=tile
+    )
+    one = run(scale, shift)
+    copied = run(scale.expand(3, -1).contiguous(), shift.expand(3, -1).contiguous())  # (B, C)
+    assert torch.equal(one, copied)
+    assert torch.equal(run(scale.expand(3, -1), shift.expand(3, -1)), one)  # stride-0 (B, C)
+    _check(one, _expected(x, w, b, 2, scale, shift, True), torch.float32)
+
+
 def test_default_output_keeps_the_memory_format() -> None:
     for channels_last in (False, True):
         x, w, b, scale, shift = _inputs((2, 12, 5, 7), 4, torch.float32, "both", channels_last)
@@ -188,6 +203,12 @@ def _args(**change):
             r"shift has shape \(2, 23\); expected \(2, 24\)",
         ),
         ({"scale": torch.ones(2, 24, dtype=torch.int32)}, TypeError, "scale has dtype torch.int32"),
+        ({"scale": torch.ones(1, 24, dtype=torch.int32)}, TypeError, "scale has dtype torch.int32"),
+        (
+            {"scale": torch.ones(1, 23)},
+            ValueError,
+            r"scale has shape \(1, 23\); expected \(2, 24\)",
+        ),
         ({"x": torch.zeros(2, 24, 7, 9).transpose(2, 3)}, ValueError, "H and W do not collapse"),
         ({"out": torch.zeros(2, 24, 7, 7, dtype=torch.float16)}, TypeError, "out has dtype"),
         ({"out": torch.zeros(2, 24, 7, 8)}, ValueError, r"out has shape \(2, 24, 7, 8\)"),
