@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -150,3 +151,30 @@ def tiny(tmp_path_factory) -> str:
         sampler=SamplerConfig(steps=1, hypotheses=2),
     )
     return str(save_checkpoint(LatentSegmenter(cfg), tmp_path_factory.mktemp("ckpt") / "tiny"))
+
+
+@pytest.fixture(scope="session")
+def twin(tiny, tmp_path_factory) -> str:
+    """A copy of ``tiny`` in another folder: other weights by path, the same by content."""
+    return str(shutil.copytree(tiny, tmp_path_factory.mktemp("twin") / "tiny"))
+
+
+@pytest.fixture
+def cli_error(capsys: pytest.CaptureFixture[str]) -> Callable[[list[str]], str]:
+    """``cli_error(argv)`` runs ``lsdseg`` with ``argv`` and checks that it fails as a user
+    error: a nonzero status (argparse's SystemExit included), no traceback and exactly one
+    stderr line that says ``error``. Returns the captured stderr."""
+    from lsdseg.cli.main import main
+
+    def run(argv: list[str]) -> str:
+        try:
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code
+        assert code != 0
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        assert len([line for line in err.splitlines() if "error" in line]) == 1, err
+        return err
+
+    return run

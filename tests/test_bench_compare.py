@@ -5,18 +5,12 @@ only the structure of the output is checked."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
 from lsdseg.cli.bench_compare import ENCODER, _steps
 from lsdseg.cli.main import main
 from lsdseg.compare import interleaved_ms
-
-
-@pytest.fixture(scope="module")
-def twin(tiny, tmp_path_factory) -> str:
-    return str(shutil.copytree(tiny, tmp_path_factory.mktemp("twin") / "tiny"))
 
 
 def test_interleaved_ms_alternates_the_models_and_takes_medians() -> None:
@@ -92,15 +86,7 @@ def test_bench_compare_times_both_weights_and_writes_json(capsys, tiny, twin, tm
         ["--rounds", "3"],  # an option of --compare without it
     ],
 )
-def test_bad_input_gives_one_line_and_nonzero_exit(capsys, tiny, twin, tmp_path, args) -> None:
+def test_bad_input_gives_one_line_and_nonzero_exit(cli_error, tiny, twin, tmp_path, args) -> None:
     argv = ["bench", "--weights", tiny, "--device", "cpu", "--rounds", "1", "--repeats", "1"]
     argv = argv[:-4] if "--rounds" in args or "--repeats" in args else argv
-    argv += [a.format(tmp=tmp_path, tiny=tiny, twin=twin) for a in args]
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    assert code != 0
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    assert len([line for line in err.splitlines() if "error" in line]) == 1, err
+    cli_error(argv + [a.format(tmp=tmp_path, tiny=tiny, twin=twin) for a in args])

@@ -38,12 +38,6 @@ def data(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("cmp") / "toy", n=6)
 
 
-@pytest.fixture(scope="module")
-def twin(tiny, tmp_path_factory) -> str:
-    """A copy of ``tiny`` in another folder: other weights by path, the same by content."""
-    return str(shutil.copytree(tiny, tmp_path_factory.mktemp("twin") / "tiny"))
-
-
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(["evaluate", *argv])
     out = capsys.readouterr()
@@ -195,20 +189,12 @@ def test_sweep_scores_every_step_count_and_threshold(capsys, tiny, twin, data, t
         ["--compare-steps", "2"],
     ],
 )
-def test_bad_input_gives_one_line_and_nonzero_exit(capsys, tiny, twin, data, tmp_path, args):
+def test_bad_input_gives_one_line_and_nonzero_exit(cli_error, tiny, twin, data, tmp_path, args):
     (tmp_path / "empty").mkdir()
     make_dataset(tmp_path / "one", n=1)
     unlabelled = make_dataset(tmp_path / "unlabelled", n=2)
     shutil.rmtree(unlabelled / "masks")
     argv = ["evaluate", "--weights", tiny, "--device", "cpu", "--project", str(tmp_path / "runs")]
     argv += [] if "--data" in args else ["--data", str(data)]
-    argv += [a.format(tmp=tmp_path, tiny=tiny, twin=twin) for a in args]
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    assert code != 0
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    assert len([line for line in err.splitlines() if "error" in line]) == 1, err
+    cli_error(argv + [a.format(tmp=tmp_path, tiny=tiny, twin=twin) for a in args])
     assert not (tmp_path / "runs").exists()  # refused before a run folder is made
