@@ -198,3 +198,22 @@ def test_bad_input_gives_one_line_and_nonzero_exit(cli_error, tiny, twin, data, 
     argv += [] if "--data" in args else ["--data", str(data)]
     cli_error(argv + [a.format(tmp=tmp_path, tiny=tiny, twin=twin) for a in args])
     assert not (tmp_path / "runs").exists()  # refused before a run folder is made
+
+
+def test_every_file_and_field_written_is_documented(capsys, tiny, twin, data, tmp_path) -> None:
+    """docs/outputs.md names each key of compare.json and sweep.json and each column of the
+    comparison's per_image.csv, as `key`."""
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "outputs.md").read_text()
+    argv = ["--data", str(data), "--weights", tiny, "--compare", twin, "--device", "cpu"]
+    assert _run(capsys, *argv, "--seeds", "1", "--project", str(tmp_path), "--name", "c")[0] == 0
+    assert _run(capsys, *argv, "--sweep", "1", "--project", str(tmp_path), "--name", "s")[0] == 0
+    compare = json.loads((tmp_path / "c" / "compare.json").read_text())
+    sweep = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    with (tmp_path / "c" / "per_image.csv").open() as f:
+        columns = next(csv.reader(f))
+    names = [*compare, *compare["a"], *compare["datasets"][0], *sweep, *columns]
+    names += [
+        "dice/<dataset>@<threshold>" if k.startswith("dice/") else k for k in sweep["rows"][0]
+    ]
+    for name in ("compare.json", "sweep.json", "per_image.csv", *names):
+        assert f"`{name}`" in docs, name
