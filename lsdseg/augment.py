@@ -4,7 +4,9 @@ Every geometric transform is applied identically to the image and its mask with 
 ``cv2.warpAffine`` per array, so pixels stay aligned. Colour jitter touches the image only.
 
 Conventions: images are ``(H, W, 3)`` uint8 RGB, masks are ``(H, W)`` bool (any numeric
-``{0, 1}`` array is accepted). ``cv2`` is imported inside the functions that use it.
+``{0, 1}`` array is accepted). ``cv2`` is imported inside the functions that use it. The
+resizing rule is :mod:`lsdseg.imageio`'s (:func:`~lsdseg.imageio.resize_square`), which
+inference uses too.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import dataclasses
 import math
 
 import numpy as np
+
+from lsdseg.imageio import check_size, resize_square
 
 __all__ = ["AugmentConfig", "augment", "resize_pair"]
 
@@ -95,10 +99,10 @@ def resize_pair(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Resize an image and its mask to ``size x size`` (aspect ratio is not kept).
 
-    The image uses ``INTER_AREA`` when both sides shrink (anti-aliased) and ``INTER_LINEAR``
-    otherwise. The mask is interpolated the same way as float ``{0, 1}`` and thresholded at
-    0.5, which keeps boundaries smoother and better aligned with the image than
-    ``INTER_NEAREST``.
+    Both follow :func:`lsdseg.imageio.resize_square`: ``INTER_AREA`` when both sides shrink
+    (anti-aliased), ``INTER_LINEAR`` otherwise. The mask is interpolated as float ``{0, 1}``
+    and thresholded at 0.5, which keeps boundaries smoother and better aligned with the image
+    than ``INTER_NEAREST``.
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB image.
@@ -111,20 +115,14 @@ def resize_pair(
     Raises:
         ValueError: If ``size`` is not a positive int or the arrays are malformed.
     """
-    import cv2
-
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"size={size!r}: use a positive int such as 256")
+    size = check_size(size)
     _check_pair(image, mask)
-    h, w = image.shape[:2]
-    if (h, w) == (size, size):
+    if image.shape[:2] == (size, size):
         return image, None if mask is None else mask.astype(bool, copy=False)
-    interp = cv2.INTER_AREA if size <= h and size <= w else cv2.INTER_LINEAR
-    out = cv2.resize(image, (int(size), int(size)), interpolation=interp)
+    out = resize_square(image, size)
     if mask is None:
         return out, None
-    m = cv2.resize(mask.astype(np.float32), (int(size), int(size)), interpolation=interp)
-    return out, m > 0.5
+    return out, resize_square(mask.astype(np.float32), size) > 0.5
 
 
 def _affine_matrix(

@@ -5,6 +5,8 @@ binarised by one documented rule. Errors are :class:`DataError` with the path an
 The segmenter's frames come through here too: :func:`as_frames` checks what a call was given,
 :func:`frame_to_model` resizes a frame to the model's ``S x S`` input and :func:`resize_maps`
 the model's ``S x S`` maps back to the frame's size (torch is imported only there).
+:func:`resize_square` is the one rule by which images (and masks) become ``S x S``, in
+training (:func:`lsdseg.augment.resize_pair`) as at inference.
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-
-from lsdseg.augment import resize_pair
 
 if TYPE_CHECKING:
     import torch
@@ -230,13 +230,48 @@ def as_frames(image: object) -> tuple[list[np.ndarray], bool]:
 # ----------------------------------------------------------------------------- resizing
 
 
+def check_size(size: int) -> int:
+    """``size`` as an int, for a ``size x size`` output.
+
+    Raises:
+        ValueError: ``size`` is not a positive int (a bool is not one).
+    """
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size={size!r}: use a positive int such as 256")
+    return int(size)
+
+
+def resize_square(array: np.ndarray, size: int) -> np.ndarray:
+    """``array`` resized to ``size x size`` (aspect ratio not kept), ``array`` itself, uncopied,
+    when it is that size already.
+
+    ``INTER_AREA`` when both sides shrink (anti-aliased), else ``INTER_LINEAR``: the rule of
+    every model input, training's images and masks (:func:`lsdseg.augment.resize_pair`) and
+    inference's frames (:func:`frame_to_model`).
+
+    Shapes:
+        (H, W) or (H, W, C) -> (size, size) or (size, size, C), in the dtype of ``array``.
+
+    Raises:
+        ValueError: ``size`` is not a positive int.
+    """
+    import cv2
+
+    size = check_size(size)
+    h, w = array.shape[:2]
+    if (h, w) == (size, size):
+        return array
+    interp = cv2.INTER_AREA if size <= h and size <= w else cv2.INTER_LINEAR
+    return cv2.resize(array, (size, size), interpolation=interp)
+
+
 def frame_to_model(frame: np.ndarray, size: int, order: Literal["bgr", "rgb"]) -> np.ndarray:
     """A frame as the model's input: uint8 RGB at ``size x size`` (aspect ratio not kept).
 
     Pixels are converted by :func:`to_rgb8`'s rules, BGR frames (OpenCV's order) reordered to
-    RGB, and the image resized as training resizes it (:func:`lsdseg.augment.resize_pair`:
-    ``INTER_AREA`` when both sides shrink, else ``INTER_LINEAR``). A frame already RGB uint8
-    at that size is returned as is, uncopied.
+    RGB, and the image resized as training resizes it (:func:`resize_square`: ``INTER_AREA``
+    when both sides shrink, else ``INTER_LINEAR``). A frame already RGB uint8 at that size is
+    returned as is, uncopied.
 
     Shapes:
         (H, W) or (H, W, 1|2|3|4) -> (size, size, 3) uint8 RGB.
@@ -247,8 +282,7 @@ def frame_to_model(frame: np.ndarray, size: int, order: Literal["bgr", "rgb"]) -
     rgb = to_rgb8(frame, "frame")
     if order == "bgr":
         rgb = np.ascontiguousarray(rgb[..., ::-1])  # OpenCV resizes contiguous arrays only
-    image, _ = resize_pair(rgb, None, size)
-    return image
+    return resize_square(rgb, size)
 
 
 def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

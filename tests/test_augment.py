@@ -121,3 +121,40 @@ def test_resize_pair() -> None:
         resize_pair(image, mask, 0)
     with pytest.raises(ValueError, match="mask shape"):
         resize_pair(image, mask[:5], 32)
+
+
+def test_resizing_is_imageio_s_rule_for_training_and_inference() -> None:
+    """resize_pair and frame_to_model both resize by imageio.resize_square: INTER_AREA when
+    both sides shrink, else INTER_LINEAR; and the import points from augment to imageio."""
+    import ast
+    import inspect
+
+    import cv2
+
+    from lsdseg import augment as augment_module
+    from lsdseg import imageio
+    from lsdseg.imageio import frame_to_model, resize_square
+
+    image, mask = square_pair(64, 80)
+    for size, interp in ((32, cv2.INTER_AREA), (70, cv2.INTER_LINEAR), (128, cv2.INTER_LINEAR)):
+        want = cv2.resize(image, (size, size), interpolation=interp)
+        np.testing.assert_array_equal(resize_square(image, size), want)
+        np.testing.assert_array_equal(resize_pair(image, mask, size)[0], want)
+        np.testing.assert_array_equal(frame_to_model(image, size, "rgb"), want)
+        soft = cv2.resize(mask.astype(np.float32), (size, size), interpolation=interp)
+        np.testing.assert_array_equal(resize_pair(image, mask, size)[1], soft > 0.5)
+    square = image[:64, :64]
+    assert resize_square(square, 64) is square  # that size already: uncopied
+    with pytest.raises(ValueError, match="size=True"):
+        resize_square(image, True)
+
+    def lsdseg_imports(module) -> set[str]:
+        tree = ast.parse(inspect.getsource(module))
+        return {
+            n.module
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("lsdseg")
+        }
+
+    assert "lsdseg.imageio" in lsdseg_imports(augment_module)
+    assert "lsdseg.augment" not in lsdseg_imports(imageio)
