@@ -10,7 +10,6 @@ GPU; what only a GPU can show (the speed, Triton inside a capture) is scripts/gp
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 
 import numpy as np
@@ -156,17 +155,17 @@ def test_a_graph_per_batch_k_steps_start_and_size(tiny_model) -> None:
     prev = seg(frame, hypotheses=3, steps=2, seed=0)
     seg(frame, hypotheses=3, steps=2, seed=0, warm_start=prev, warm_timestep=400)  # start
     assert len(capture.devices) == 5
-    seg.model.cfg = dataclasses.replace(seg.model.cfg, image_size=2 * seg.config.image_size)
+    s = seg.image_size
+    seg.image_size = 2 * s  # the input size is the segmenter's, not the checkpoint's
     seg(frame, hypotheses=3, steps=2, seed=0)  # size
-    s = seg.config.image_size
     assert set(seg.runner.graphs) == set(
         [
-            (1, 3, 2, None, (s // 2, s // 2), torch.float32, "torch"),
-            (1, 2, 2, None, (s // 2, s // 2), torch.float32, "torch"),
-            (1, 3, 1, None, (s // 2, s // 2), torch.float32, "torch"),
-            (2, 3, 2, None, (s // 2, s // 2), torch.float32, "torch"),
-            (1, 3, 2, 400, (s // 2, s // 2), torch.float32, "torch"),
             (1, 3, 2, None, (s, s), torch.float32, "torch"),
+            (1, 2, 2, None, (s, s), torch.float32, "torch"),
+            (1, 3, 1, None, (s, s), torch.float32, "torch"),
+            (2, 3, 2, None, (s, s), torch.float32, "torch"),
+            (1, 3, 2, 400, (s, s), torch.float32, "torch"),
+            (1, 3, 2, None, (2 * s, 2 * s), torch.float32, "torch"),
         ]
     )
 
