@@ -4,8 +4,10 @@
   with the DDIM steps unrolled (FP32 or FP16), checked by :mod:`lsdseg.export.check`.
 - :mod:`lsdseg.export.ort`: the ``"onnx"`` backend, which runs that graph with ONNX Runtime,
   exporting it on first use into a cache (:mod:`lsdseg.export.cache`).
-- :mod:`lsdseg.export.trt`: TensorRT engines built from that graph (and the ``trtexec``
-  equivalent); :mod:`lsdseg.export.trt_runtime`: the ``"trt"`` backend that runs them.
+- :mod:`lsdseg.export.trt`: TensorRT engines built from that graph through the Python API;
+  :mod:`lsdseg.export.trtexec`: the same build as a ``trtexec`` command line (Jetson);
+  :mod:`lsdseg.export.trt_spec`: what an engine is built from and for, and its sidecar;
+  :mod:`lsdseg.export.trt_runtime`: the ``"trt"`` backend that runs them.
 
 Importing this package registers the ``"onnx"`` and ``"trt"`` whole-model backends of
 :mod:`lsdseg.segmenter` (``lsdseg.load(..., backend="onnx")`` imports it by name). onnx,

@@ -149,7 +149,8 @@ def trace(model: LatentSegmenter, steps: int, image_size: int | None = None) -> 
     # image (2, 3, S, S); noise (2, 3, c_m, S/f, S/f)
     example = (torch.zeros(2, 3, size, size), torch.zeros(2, 3, *latent_shape(model.cfg, size)))
     batch, hyps = torch.export.Dim("B", min=1), torch.export.Dim("K", min=1)
-    # the torch ops: the reference code, and one timestep row per step (see LatentSegmenter)
+    # the torch ops (the reference code); every step's timestep is one (1,) row, broadcast over
+    # the B*K latents inside the graph (see LatentSegmenter)
     with _quiet_exporter(), ops.use_backend("torch"), torch.inference_mode(False):
         program = torch.onnx.export(
             model,

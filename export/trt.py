@@ -31,6 +31,7 @@ from .trt_spec import (
     EngineMismatch,
     Profile,
     check_sidecar,
+    engine_graph,
     fp16_graph,
     gpu_info,
     graph_precision,
@@ -53,6 +54,7 @@ __all__ = [
     "Profile",
     "build_engine",
     "check_sidecar",
+    "engine_graph",
     "format_command",
     "fp16_graph",
     "gpu_info",
@@ -175,13 +177,8 @@ def build_engine(
     profile = profile or Profile()
     if workspace_gb <= 0:
         raise ValueError(f"workspace_gb={workspace_gb} must be > 0")
-    if not half and graph_precision(onnx_path) == "fp16":
-        raise ValueError(
-            f"{onnx_path} is an FP16 graph and the network is strongly typed: pass half=True "
-            "(--half) for an FP16 engine, or the FP32 graph for an FP32 one"
-        )
+    graph = engine_graph(onnx_path, half)
     gpu = gpu_info(device)
-    graph = fp16_graph(onnx_path) if half else onnx_path
     meta = read_metadata(graph)
     torch.cuda.set_device(device)
     logger = trt.Logger(trt.Logger.WARNING)

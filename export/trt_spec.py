@@ -232,6 +232,20 @@ def graph_precision(onnx_path: str | Path) -> str:
     return precision
 
 
+def engine_graph(onnx_path: str | Path, half: bool) -> Path:
+    """The graph an engine is built from: :func:`fp16_graph` with ``half``, else ``onnx_path``.
+
+    Engines are strongly typed (the graph's types are the engine's), so ``half=False`` with an
+    FP16 graph is a ValueError that says what to pass instead.
+    """
+    if not half and graph_precision(onnx_path) == "fp16":
+        raise ValueError(
+            f"{onnx_path} is an FP16 graph and engines are strongly typed: pass half=True "
+            "(--half) for an FP16 engine, or the FP32 graph for an FP32 one"
+        )
+    return fp16_graph(onnx_path) if half else Path(onnx_path)
+
+
 def fp16_graph(onnx_path: str | Path) -> Path:
     """The FP16 graph an FP16 engine is built from: ``onnx_path`` itself if it is FP16, else
     an FP16 copy written beside it (``x-fp32.onnx`` -> ``x-fp16.onnx``, else ``x-fp16.onnx``),

@@ -16,7 +16,7 @@ from pathlib import Path
 from lsdseg.files import atomic_path
 
 from .onnx import read_metadata
-from .trt_spec import Profile, fp16_graph, graph_precision, make_sidecar, write_sidecar
+from .trt_spec import Profile, engine_graph, make_sidecar, write_sidecar
 
 
 def trtexec_command(
@@ -38,11 +38,7 @@ def trtexec_command(
         ValueError: ``half=False`` with an FP16 graph.
     """
     profile = profile or Profile()
-    if not half and graph_precision(onnx_path) == "fp16":
-        raise ValueError(
-            f"{onnx_path} is an FP16 graph: pass half=True (--half), or the FP32 graph"
-        )
-    graph = fp16_graph(onnx_path) if half else Path(onnx_path)
+    graph = engine_graph(onnx_path, half)
     shapes = profile.shapes(read_metadata(graph))
 
     def spec(i: int) -> str:

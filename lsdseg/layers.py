@@ -47,7 +47,8 @@ class ResBlock(nn.Module):
     scale and shift inside the second norm (FiLM, as in improved DDPM).
 
     Shapes:
-        x: (B, C_in, H, W), emb: (B, embed_dim) -> (B, C_out, H, W).
+        x: (B, C_in, H, W), emb: (B, embed_dim) or (1, embed_dim), one row broadcast over the
+        batch (the sampler's one timestep row, see LatentSegmenter) -> (B, C_out, H, W).
     """
 
     def __init__(self, c_in: int, c_out: int, groups: int, embed_dim: int | None = None) -> None:
@@ -65,7 +66,7 @@ class ResBlock(nn.Module):
         if self.embed is not None:
             if emb is None:
                 raise ValueError("this ResBlock was built with embed_dim and needs emb")
-            scale, shift = self.embed(F.silu(emb)).chunk(2, dim=1)  # (B, C_out) each
+            scale, shift = self.embed(F.silu(emb)).chunk(2, dim=1)  # (B or 1, C_out) each
         h = self.conv2(self.norm2(h, scale=scale, shift=shift))
         return self.skip(x) + h
 

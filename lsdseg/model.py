@@ -48,7 +48,8 @@ class LatentSegmenter(nn.Module):
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        """(c_m, S/f, S/f), the shape of one hypothesis' latent."""
+        """(c_m, S/f, S/f), one hypothesis' latent at the size the checkpoint was trained at
+        (training, validation); at another input size, :func:`lsdseg.imagesize.latent_shape`."""
         n = self.cfg.latent_size
         return (self.cfg.mask_vae.latent_channels, n, n)
 

@@ -154,8 +154,11 @@ class UNet(nn.Module):
         return (first + feats[0], *feats[1:])
 
     def denoise(self, z_t: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
-        """Predict from z_t (N, c_m, h, w), t (N,) and ``condition(z_x)``, repeated to N."""
-        emb = self.time_mlp(timestep_embedding(t, self.cfg.channels[0]))  # (N, emb)
+        """Predict from z_t (N, c_m, h, w), t (N,) or (1,) and ``condition(z_x)``, repeated to N.
+
+        A (1,) t is one timestep row for all N latents (every ResBlock broadcasts it).
+        """
+        emb = self.time_mlp(timestep_embedding(t, self.cfg.channels[0]))  # (N or 1, emb)
         h = self.conv_in(z_t) + cond[0]  # (N, ch[0], h, w)
         skips = []
         for i, blocks in enumerate(self.down):
