@@ -791,7 +791,16 @@ def test_an_early_ctrl_c_ends_quietly(tiny, tmp_path, delay):
     cmd = [sys.executable, "-c", entry, "segment", str(src), "--weights", tiny]
     cmd += ["--project", str(tmp_path / "runs"), "-k", "16"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    # as from a terminal: a shell without job control starts background jobs (``cmd &``, as CI
+    # may run this suite) with SIGINT ignored, and a child inherits that until it sets a handler
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
