@@ -63,16 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import lsdseg
+    from lsdseg.checkpoint import CheckpointError
     from lsdseg.compare import SEED_STRIDE, bootstrap, dice
     from lsdseg.data import dataset_of, load_pairs, load_sample
     from lsdseg.imageio import DataError
 
     try:
         _, pairs = load_pairs(args.data, None, args.val_fraction, 0)
-    except (DataError, FileNotFoundError) as e:
+        seg = lsdseg.load(args.weights, device="cpu")
+    except (DataError, CheckpointError, FileNotFoundError) as e:
         print(f"postprocess_ablation: error: {e}", file=sys.stderr)
         return 2
-    seg = lsdseg.load(args.weights, device="cpu")
     scores = {name: np.zeros(len(pairs)) for name in RULES}  # (images,) per rule
     for i, pair in enumerate(pairs):
         image, mask = load_sample(pair)
