@@ -32,6 +32,7 @@ OPTIONS = {
     "feature_views": "--feature-views",
     "backbone_lr_scale": "--backbone-lr-scale",
     "train_early_stages": "--train-early-stages",
+    "train_sizes": "--train-sizes",
     "data.data": "--data",
     "data.val_data": "--val-data",
     "data.val_fraction": "--val-fraction",

@@ -101,6 +101,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="pretrained encoders: fine-tune the stem and blocks up to S/8 too, which otherwise "
         "stay as imported (every step runs the whole backbone; needs --feature-views 0)",
     )
+    p.add_argument(
+        "--train-sizes",
+        type=_sizes,
+        default=(),
+        metavar="S,S,...",
+        help="multi-scale training: each step resizes its batch to one of these sizes, e.g. "
+        "224,256,288,320 (validation stays at --imgsz; needs --feature-views 0)",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.add_argument(
@@ -136,6 +144,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps-per-epoch", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--model-config", default="", help="JSON file overriding the architecture")
     p.set_defaults(func=run)
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    """``--train-sizes``: comma-separated positive integers (argparse's type)."""
+    try:
+        sizes = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: pass comma-separated sizes in pixels, such as 224,256,288,320"
+        )
+    return sizes
 
 
 def frame_split_warnings(datasets: dict[str, dict]) -> list[str]:
@@ -248,6 +269,7 @@ def run(args: argparse.Namespace) -> int:
             feature_views=args.feature_views,
             backbone_lr_scale=args.backbone_lr_scale,
             train_early_stages=args.train_early_stages,
+            train_sizes=args.train_sizes,
         )
     except ValueError as e:  # the core names its settings; the user typed options
         raise UserError(with_options(str(e))) from None

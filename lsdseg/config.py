@@ -347,6 +347,10 @@ class TrainConfig:
     # also fine-tune the backbone's early part (stem and blocks up to S/8) that stays as imported
     # otherwise; every step then runs the whole backbone, so it excludes feature_views
     train_early_stages: bool = False
+    # multi-scale training: each step resizes its batch to one of these sizes S, drawn uniformly
+    # (validation stays at the model's size); () trains at the model's size only. The images
+    # are resized after loading, so it excludes feature_views (cached at the model's size)
+    train_sizes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         checks = [
@@ -377,6 +381,19 @@ class TrainConfig:
             (
                 not self.train_early_stages or self.train_image_encoder,
                 "train_early_stages needs train_image_encoder",
+            ),
+            (
+                all(
+                    not isinstance(s, bool) and isinstance(s, int) and s > 0
+                    for s in self.train_sizes
+                ),
+                f"train_sizes={list(self.train_sizes)} must be positive integers",
+            ),
+            (
+                not (self.train_sizes and self.feature_views),
+                "train_sizes resizes every batch after loading: it cannot use "
+                f"feature_views={self.feature_views}, which caches features at one size (set it "
+                "to 0)",
             ),
         ]
         for ok, msg in checks:

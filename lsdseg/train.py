@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from lsdseg.checkpoint import (
@@ -45,6 +46,7 @@ from lsdseg.dataset import SegmentationDataset
 from lsdseg.diffusion import draw_noise
 from lsdseg.featcache import FeatureCache
 from lsdseg.files import atomic_path
+from lsdseg.imagesize import check_image_size, latent_shape
 from lsdseg.losses import autoencoder_losses, diffusion_losses
 from lsdseg.model import LatentSegmenter
 from lsdseg.trainstate import LoopState, has_state, restore_state, resume_loop, write_state
@@ -73,6 +75,23 @@ def _ema_update(ema: LatentSegmenter, model: LatentSegmenter, decay: float, step
 
 
 @torch.no_grad()
+def rescale_batch(x: torch.Tensor, y: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch resized to ``size`` x ``size`` (multi-scale training).
+
+    Images are resized bilinearly (antialiased when shrinking), masks bilinearly and then
+    thresholded at 0.5, so they stay in {0, 1} with boundaries where the resized image has them.
+
+    Shapes:
+        x: (B, 3, S, S); y: (B, 1, S, S) in {0, 1} -> (B, 3, size, size), (B, 1, size, size).
+    """
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x, y
+    shrink = size < x.shape[-1]
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+    y = F.interpolate(y, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+    return x, (y > 0.5).to(x.dtype)
+
+
 def estimate_latent_scale(model: LatentSegmenter, dataset: SegmentationDataset) -> float:
     """1 / std of the mask VAE's posterior means over (up to 256) training masks."""
     n = min(len(dataset), 256)
@@ -171,6 +190,11 @@ class Trainer:
                 "autoencoder: use stage='diffusion' to fine-tune it, or start from a training "
                 "run's checkpoint"
             )
+        for s in cfg.train_sizes:
+            try:
+                check_image_size(self.model.cfg, s)
+            except ValueError as e:
+                raise ValueError(f"train_sizes: {e}") from None
         self.local_bs = cfg.batch_size // self.world
         self.steps_per_epoch = len(train_set) // cfg.batch_size
         if cfg.max_steps_per_epoch:
@@ -292,7 +316,11 @@ class Trainer:
         x = m.normalize(batch["image"].to(dev)) if feats is None else None
         # draws for the whole global batch, sliced per rank: DDP == one process
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + loop.step)
-        shape = (cfg.batch_size, *m.latent_shape)
+        size = m.cfg.image_size
+        if cfg.train_sizes:  # multi-scale: this step's S, the first draw (none without it)
+            size = cfg.train_sizes[int(torch.randint(len(cfg.train_sizes), (1,), generator=gen))]
+            x, y = rescale_batch(x, y, size)  # (B, 3, S', S'), (B, 1, S', S')
+        shape = (cfg.batch_size, *latent_shape(m.cfg, size))
         t = m.schedule.sample_timesteps(cfg.batch_size, gen)
         noise = draw_noise(shape, gen, "cpu")  # (B, c_m, S/f, S/f), after t's draws
         mine = slice(self.rank * self.local_bs, (self.rank + 1) * self.local_bs)
