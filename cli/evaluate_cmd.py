@@ -42,6 +42,8 @@ _METRICS = [
     ("ece_pooled", "ECE pooled"),
     ("ece_image_mean", "ECE image mean"),
     ("uncertainty_auroc", "Uncertainty AUROC"),
+    ("mi_auroc", "MI AUROC"),
+    ("std_auroc", "Std AUROC"),
     ("unsure_auroc", "Unsure AUROC"),
     ("mean_latency_ms", "Latency ms"),
 ]

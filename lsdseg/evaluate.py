@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from lsdseg.data import DataError, Pair, load_sample
-from lsdseg.metrics import SegmentationMetrics, detection_auroc
+from lsdseg.metrics import SegmentationMetrics, detection_auroc, uncertainty_auroc
 from lsdseg.segmenter import Result, Segmenter
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,11 @@ COLUMNS = (
     "hd95",
     "ece",
     "uncertainty_auroc",
+    "mi_auroc",
+    "std_auroc",
 )
+# the other uncertainty maps scored as the entropy is (uncertainty_auroc): column -> Result field
+OTHER_MAPS = {"mi_auroc": "mutual_info", "std_auroc": "std"}
 
 
 @dataclass
@@ -66,7 +70,9 @@ def evaluate(
 ) -> Evaluation:
     """Segment every pair and score it against its mask (if it has one).
 
-    Uncertainty for the error-detection AUROC is the entropy of the mean (bits). Pairs whose
+    Uncertainty for the error-detection AUROC is the entropy of the mean (bits,
+    ``uncertainty_auroc``); the mutual information and the std of the K hypotheses are scored
+    the same way (``mi_auroc``, ``std_auroc``). Pairs whose
     files cannot be read are skipped with a warning and listed in ``Evaluation.skipped``;
     pairs without a mask are segmented and reported as unlabelled.
 
@@ -138,6 +144,10 @@ def evaluate(
                 ids=[pair.name],
             )
             row.update({k: float(v[0]) for k, v in values.items()})
+            error = torch.from_numpy(r.mask != mask)[None]  # (1, H, W)
+            for key, name in OTHER_MAPS.items():
+                u = torch.from_numpy(getattr(r, name))[None]
+                row[key] = float(uncertainty_auroc(u, error)[0])
         ev.rows.append(row)
         if on_row is not None:
             on_row(row)
@@ -157,6 +167,9 @@ def evaluate(
         # of bins, the figure reported) and the mean of the per-image ECEs of per_image.csv
         means["ece_image_mean"] = means.pop("ece")
         ev.summary.update(means)
+        for key in OTHER_MAPS:  # the mean over the images that have an AUROC, as means has it
+            values = [r[key] for r in labelled if not math.isnan(r[key])]
+            ev.summary[key] = float(np.mean(values)) if values else math.nan
         ev.summary.update(unsure_summary(labelled))
     return ev
 

@@ -262,20 +262,22 @@ def render_card(
         "",
         "## Validation metrics (original resolution, K = 8, defaults above)",
         "",
-        "| data | images | Dice | IoU | precision | recall | HD95 px | ECE | uncertainty AUROC |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| data | images | Dice | IoU | precision | recall | HD95 px | ECE | uncertainty AUROC "
+        "| MI AUROC |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for src in sources:
         s = final[src]
         lines.append(
             f"| {src} | {s['labelled']} | {s['dice']:.4f} | {s['iou']:.4f} | "
             f"{s['precision']:.4f} | {s['recall']:.4f} | {s['hd95']:.1f} | "
-            f"{s['ece_pooled']:.4f} | {s['uncertainty_auroc']:.4f} |"
+            f"{s['ece_pooled']:.4f} | {s['uncertainty_auroc']:.4f} | {s['mi_auroc']:.4f} |"
         )
     lines += [
         "",
         "Uncertainty AUROC: per-image AUROC of the entropy of the mean for detecting wrong pixels,",
-        "averaged over images. ECE: pooled over all pixels, 15 bins.",
+        "averaged over images; MI AUROC: the same for the mutual information of the K",
+        "hypotheses (`segment --uncertainty mi`). ECE: pooled over all pixels, 15 bins.",
         "",
         "Per-frame unsure score (`Result.unsure`: mean entropy over the region some hypotheses",
         "call polyp): " + "; ".join(_unsure_line(src, final[src]) for src in sources) + ".",

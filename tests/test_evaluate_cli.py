@@ -20,7 +20,7 @@ import torch
 from lsdseg.cli.main import main
 from lsdseg.data import find_pairs
 from lsdseg.evaluate import COLUMNS, evaluate
-from lsdseg.metrics import dice
+from lsdseg.metrics import dice, uncertainty_auroc
 from lsdseg.segmenter import Segmenter
 
 
@@ -59,6 +59,8 @@ def test_evaluate_scores_at_original_resolution(capsys, tiny, tmp_path):
         "hd95",
         "ece_pooled",
         "uncertainty_auroc",
+        "mi_auroc",
+        "std_auroc",
         "unsure_auroc",
         "low_dice_images",
         "mean_latency_ms",
@@ -80,6 +82,15 @@ def test_evaluate_scores_at_original_resolution(capsys, tiny, tmp_path):
     expected = dice(torch.from_numpy(r.mask), torch.from_numpy(mask)).item()
     assert ev.rows[1]["dice"] == pytest.approx(expected)
     assert float(rows[1]["dice"]) == pytest.approx(expected, rel=1e-5)  # 6 digits
+    # the other uncertainty maps are scored as the entropy is, each on its own map
+    error = torch.from_numpy(r.mask != mask)[None]
+    assert 0 < error.float().mean() < 1  # some pixels wrong, some right: an AUROC exists
+    for key, field in (("mi_auroc", r.mutual_info), ("std_auroc", r.std)):
+        got = ev.rows[1][key]
+        want = uncertainty_auroc(torch.from_numpy(field)[None], error).item()
+        assert 0 <= got <= 1 and got == pytest.approx(want), key
+        values = [row[key] for row in ev.rows if not np.isnan(row[key])]
+        assert ev.summary[key] == pytest.approx(np.mean(values) if values else np.nan, nan_ok=True)
     assert "Dice" in capsys.readouterr().out
 
 
