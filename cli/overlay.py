@@ -53,7 +53,9 @@ class OverlayOptions:
     style: Style = "mask"  # which view
     cmap: str = "turbo"  # colour map of the uncertainty heat map: turbo or viridis
     alpha: float = 0.4  # opacity of the mask fill, and of the heat map where uncertainty is high
-    measure: Measure = "entropy"  # the uncertainty map shown and measured
+    # the uncertainty map shown and measured; mutual information finds the wrong pixels best
+    # (benchmarks/RESULTS.md, "Which uncertainty map finds the errors")
+    measure: Measure = "mi"
     hud: bool = True  # draw the heads-up line
 
     def __post_init__(self) -> None:

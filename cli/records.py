@@ -12,8 +12,8 @@ latency_ms         wall time of the Segmenter call for this frame
 area_fraction      fraction of the frame's pixels inside the mask (mean > threshold)
 components         number of connected regions of the mask (8-connectivity)
 unc_mean, unc_max  mean and max of the uncertainty map inside the mask (empty if the mask
-                   is empty); the map is ``--uncertainty`` (default: entropy of the mean,
-                   bits), named in summary.json
+                   is empty); the map is ``--uncertainty`` (default: mutual information
+                   of the K hypotheses, bits), named in summary.json
 unc_frame_mean     mean of the uncertainty map over the whole frame
 agreement          mean pairwise Dice of the K hypothesis masks (Result.agreement)
 unsure             per-frame unsure score in [0, 1] (Result.unsure): mean entropy of the

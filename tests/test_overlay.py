@@ -310,13 +310,14 @@ def test_heads_up_text_names_the_frame_mean_and_stills_get_no_timing():
 
     res = fake_result()
     frame = Frame(0, np.zeros((H, W, 3), np.uint8), None, "a.png")
-    mean = float(res.entropy.mean())
+    mean = float(res.mutual_info.mean())  # the default map: mutual information
     video = _work(frame, res, 123.4, 5.0, OverlayOptions(), False).view.hud
-    assert video == f"5.0 fps | 123 ms | K={K} | entropy mean {mean:.3f} | unsure 0.20"
+    assert video == f"5.0 fps | 123 ms | K={K} | mutual info mean {mean:.3f} | unsure 0.20"
     still = _work(frame, res, 123.4, 5.0, OverlayOptions(), False, still=True).view.hud
-    assert still == f"K={K} | entropy mean {mean:.3f} | unsure 0.20"
-    mi = _work(frame, res, 1.0, 1.0, OverlayOptions(measure="mi"), False, still=True).view.hud
-    assert mi.startswith(f"K={K} | mutual info mean {mean:.3f}")
+    assert still == f"K={K} | mutual info mean {mean:.3f} | unsure 0.20"
+    opts = OverlayOptions(measure="entropy")
+    ent = _work(frame, res, 1.0, 1.0, opts, False, still=True).view.hud
+    assert ent.startswith(f"K={K} | entropy mean {float(res.entropy.mean()):.3f}")
 
 
 def test_grid_tiles_from_model_size_hypotheses_match_the_frame_size_ones():

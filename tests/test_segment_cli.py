@@ -111,7 +111,7 @@ def test_video_run_writes_video_records_and_summary(capsys, tiny, tmp_path, vide
     assert summary["frames"] == N_FRAMES and summary["dropped"] == 0
     assert summary["p95_latency_ms"] >= summary["mean_latency_ms"] * 0.5 > 0
     assert summary["fps"] > 0 and summary["stopped_by"] is None
-    assert summary["settings"]["uncertainty"].startswith("entropy")
+    assert summary["settings"]["uncertainty"].startswith("mi")
     assert summary["outputs"]["codec"] == "mp4v"
     assert f"{N_FRAMES} frames, 0 dropped" in err
 
@@ -756,7 +756,7 @@ def test_a_run_of_nan_results_writes_null_not_nan(capsys, tiny, tmp_path, video,
     def nan_results(self, *args, **kwargs):
         r = call(self, *args, **kwargs)
         r.agreement, r.unsure = float("nan"), float("nan")
-        r.entropy = np.full_like(r.entropy, np.nan)
+        r.mutual_info = np.full_like(r.mutual_info, np.nan)  # the map --uncertainty shows
         return r
 
     monkeypatch.setattr(Segmenter, "__call__", nan_results)
