@@ -9,7 +9,8 @@ information of the K hypotheses, the entropy measured from the decision threshol
 from 0.5, and the entropy smoothed over a neighbourhood (errors sit in a band along the
 predicted edge, wider than the band where the mean is near 0.5). Per frame, it scores the
 unsure score (``Result.unsure``: the mean entropy over the candidate region, at the model's
-size) and the same rule on the mutual information, by the AUROC for the images below Dice 0.5
+size S), the same recomputed from the hypotheses at S (a check) and the same rule on the
+mutual information, by the AUROC for the images below Dice 0.5
 (Dice and score averaged over the seeds; no interval: a handful of images fail).
 
     python scripts/uncertainty_ablation.py --weights default \
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from lsdseg.data import dataset_of, load_pairs, load_sample
     from lsdseg.imageio import DataError
     from lsdseg.metrics.calibration import detection_auroc, uncertainty_auroc
-    from lsdseg.uncertainty import unsure_score
+    from lsdseg.uncertainty import aggregate, unsure_score
 
     try:
         _, pairs = load_pairs(args.data, None, args.val_fraction, 0)
@@ -94,13 +95,20 @@ def main(argv: list[str] | None = None) -> int:
     for i, pair in enumerate(pairs):
         image, mask = load_sample(pair)
         for j in range(args.seeds):
-            r = seg(image, hypotheses=8, steps=2, seed=i * SEED_STRIDE + j, order="rgb")
-            mean = torch.from_numpy(r.mean)
+            r = seg(
+                image,
+                hypotheses=8,
+                steps=2,
+                seed=i * SEED_STRIDE + j,
+                order="rgb",
+                hypotheses_size="model",
+            )
+            at_s = aggregate(torch.from_numpy(r.hypotheses))  # maps at the model's S x S
             frames[i] += [
                 dice(r.mask, mask),
                 r.unsure,
-                float(unsure_score(mean, torch.from_numpy(r.entropy))),
-                float(unsure_score(mean, torch.from_numpy(r.mutual_info))),
+                float(unsure_score(at_s.mean, at_s.entropy)),
+                float(unsure_score(at_s.mean, at_s.mutual_info)),
             ]
             error = torch.from_numpy(r.mask != mask)[None]
             if error.all() or not error.any():
@@ -128,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         failed = torch.from_numpy(frames[sel, 0] < 0.5)
         cells = [
             f"{what} {float(detection_auroc(torch.from_numpy(frames[sel, c]), failed)):.3f}"
-            for c, what in ((1, "unsure"), (2, "entropy at frame size"), (3, "MI at frame size"))
+            for c, what in ((1, "unsure"), (2, "entropy at S"), (3, "mutual information at S"))
         ]
         print(
             f"{d}: {int(failed.sum())} of {int(sel.sum())} images below Dice 0.5; AUROC "

@@ -48,7 +48,11 @@ def test_uncertainty_ablation_scores_every_candidate(tiny, data, capsys) -> None
         dataset, auroc, _, lo, hi = LINE.search(line).groups()
         assert dataset == "discs" and 0 <= float(auroc) <= 1 and float(lo) <= float(hi)
     assert LINE.search(lines[0]).groups()[2:] == ("+0.0000", "+0.0000", "+0.0000")
-    assert len(frames) == 1 and frames[0].startswith("discs: ") and "MI at frame size" in frames[0]
+    assert (
+        len(frames) == 1
+        and frames[0].startswith("discs: ")
+        and "mutual information at S" in frames[0]
+    )
 
 
 def test_resolution_ablation_pairs_each_size_with_the_first(tiny, data, capsys) -> None:
