@@ -157,9 +157,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--uncertainty",
         choices=MEASURES,
         default="mi",
-        help="map shown and measured: mutual information of the K hypotheses (bits; the "
-        "default: where they disagree, the map that finds wrong pixels best on validation), "
-        "entropy of the mean (bits) or std of the K probabilities",
+        help="map shown and measured: mi, the mutual information of the K hypotheses (bits: "
+        "where they disagree, the map that finds wrong pixels best on validation), entropy of "
+        "the mean (bits) or std of the K probabilities (default: %(default)s)",
     )
     o.add_argument("--cmap", choices=CMAPS, default="turbo", help="heat map colours")
     o.add_argument(
