@@ -14,10 +14,10 @@ and dropping small components.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 
+import ablation
 import cv2
 import numpy as np
 from scipy import ndimage
@@ -55,25 +55,15 @@ RULES: dict[str, Rule] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--weights", default="default")
-    p.add_argument("--data", action="append", required=True, help="a dataset folder (repeat)")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--seeds", type=int, default=3)
-    args = p.parse_args(argv)
-
-    import lsdseg
-    from lsdseg.checkpoint import CheckpointError
-    from lsdseg.compare import SEED_STRIDE, bootstrap, dice
-    from lsdseg.data import dataset_of, load_pairs, load_sample
-    from lsdseg.imageio import DataError
-
-    try:
-        _, pairs = load_pairs(args.data, None, args.val_fraction, 0)
-        seg = lsdseg.load(args.weights, device="cpu")
-    except (DataError, CheckpointError, FileNotFoundError) as e:
-        print(f"postprocess_ablation: error: {e}", file=sys.stderr)
+    args = ablation.parser(__doc__).parse_args(argv)
+    loaded = ablation.load(args, "postprocess_ablation")
+    if loaded is None:
         return 2
+    pairs, seg = loaded
+
+    from lsdseg.compare import SEED_STRIDE, dice
+    from lsdseg.data import dataset_of, load_sample
+
     scores = {name: np.zeros(len(pairs)) for name in RULES}  # (images,) per rule
     for i, pair in enumerate(pairs):
         image, mask = load_sample(pair)
@@ -84,13 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     datasets = np.array([dataset_of(pair.group) for pair in pairs])
     base = scores[next(iter(RULES))]
     for name, s in scores.items():
-        cells = []
-        for d in sorted(set(datasets)):
-            sel = datasets == d
-            diff = s[sel] - base[sel]
-            lo, hi = bootstrap(diff)
-            cells.append(f"{d} {s[sel].mean():.4f} ({diff.mean():+.4f} [{lo:+.4f}, {hi:+.4f}])")
-        print(f"{name:40s}  " + "  ".join(cells))
+        print(f"{name:40s}  " + ablation.paired_cells(s, base, datasets))
     return 0
 
 

@@ -13,33 +13,30 @@ first size and its 95% bootstrap interval over images.
 
 from __future__ import annotations
 
-import argparse
 import sys
+
+import ablation
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--weights", default="default")
+    p = ablation.parser(__doc__)
     p.add_argument("--sizes", default="256,288,320", help="input sizes, the first the reference")
-    p.add_argument("--data", action="append", required=True, help="a dataset folder (repeat)")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--seeds", type=int, default=3)
     args = p.parse_args(argv)
+    loaded = ablation.load(args, "resolution_ablation")
+    if loaded is None:
+        return 2
+    pairs, base = loaded
 
-    from lsdseg.checkpoint import CheckpointError
-    from lsdseg.compare import compare_datasets, load_segmenter, per_image_dice
-    from lsdseg.data import dataset_of, load_pairs, load_sample
-    from lsdseg.imageio import DataError
+    from lsdseg.compare import compare_datasets, per_image_dice
+    from lsdseg.data import dataset_of, load_sample
     from lsdseg.segmenter import Segmenter
 
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s.strip().isdigit()]
         if len(sizes) != len(args.sizes.split(",")):
             raise ValueError(f"--sizes {args.sizes!r}: give whole numbers, e.g. 256,288,320")
-        _, pairs = load_pairs(args.data, None, args.val_fraction, 0)
-        base = load_segmenter(args.weights, "cpu")
         segs = [Segmenter(base.model, base.device, image_size=size) for size in sizes]
-    except (DataError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except ValueError as e:
         print(f"resolution_ablation: error: {e}", file=sys.stderr)
         return 2
     samples = [(pair, *load_sample(pair)) for pair in pairs]

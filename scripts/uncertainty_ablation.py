@@ -19,21 +19,22 @@ mutual information, by the AUROC for the images below Dice 0.5
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 
+import ablation
 import cv2
 import numpy as np
 import torch
+
+from lsdseg.uncertainty import binary_entropy
 
 Candidate = Callable[..., np.ndarray]  # (result, threshold) -> (H, W) float uncertainty
 
 
 def entropy_bits(p: np.ndarray) -> np.ndarray:
-    """Binary entropy in bits, elementwise."""
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    """Binary entropy in bits, elementwise (:func:`lsdseg.uncertainty.binary_entropy`)."""
+    return binary_entropy(torch.from_numpy(np.asarray(p, np.float32))).numpy()
 
 
 def centred(mean: np.ndarray, threshold: float) -> np.ndarray:
@@ -67,27 +68,17 @@ CANDIDATES: dict[str, Candidate] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--weights", default="default")
-    p.add_argument("--data", action="append", required=True, help="a dataset folder (repeat)")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--seeds", type=int, default=3)
-    args = p.parse_args(argv)
+    args = ablation.parser(__doc__).parse_args(argv)
+    loaded = ablation.load(args, "uncertainty_ablation")
+    if loaded is None:
+        return 2
+    pairs, seg = loaded
 
-    import lsdseg
-    from lsdseg.checkpoint import CheckpointError
-    from lsdseg.compare import SEED_STRIDE, bootstrap, dice
-    from lsdseg.data import dataset_of, load_pairs, load_sample
-    from lsdseg.imageio import DataError
+    from lsdseg.compare import SEED_STRIDE, dice
+    from lsdseg.data import dataset_of, load_sample
     from lsdseg.metrics.calibration import detection_auroc, uncertainty_auroc
     from lsdseg.uncertainty import aggregate, unsure_score
 
-    try:
-        _, pairs = load_pairs(args.data, None, args.val_fraction, 0)
-        seg = lsdseg.load(args.weights, device="cpu")
-    except (DataError, CheckpointError, FileNotFoundError) as e:
-        print(f"uncertainty_ablation: error: {e}", file=sys.stderr)
-        return 2
     threshold = seg.settings().threshold
     scores = {name: np.zeros(len(pairs)) for name in CANDIDATES}  # (images,) per candidate
     counts = np.zeros(len(pairs))  # seeds with both error and correct pixels, per image
@@ -122,14 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     base = scores[next(iter(CANDIDATES))][keep] / counts[keep]
     print(f"threshold {threshold}; {int(keep.sum())} of {len(pairs)} images with an AUROC")
     for name, s in scores.items():
-        s = s[keep] / counts[keep]
-        cells = []
-        for d in sorted(set(datasets)):
-            sel = datasets[keep] == d
-            diff = s[sel] - base[sel]
-            lo, hi = bootstrap(diff)
-            cells.append(f"{d} {s[sel].mean():.4f} ({diff.mean():+.4f} [{lo:+.4f}, {hi:+.4f}])")
-        print(f"{name:40s}  " + "  ".join(cells))
+        print(f"{name:40s}  " + ablation.paired_cells(s[keep] / counts[keep], base, datasets[keep]))
     frames /= args.seeds
     for d in sorted(set(datasets)):
         sel = datasets == d
