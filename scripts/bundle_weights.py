@@ -176,25 +176,39 @@ BACKBONE_TERMS = {
         for v in ("efficientnet_lite0", "efficientnet_lite2")
     },
 }
-BACKBONE_ARCH = {
-    "mobilenet_v2": [
-        "- image encoder: a from-scratch conv encoder with a U-shaped context branch, plus a",
-        "  pretrained MobileNetV2 branch (blocks up to S/32, 1.80 M parameters; blocks up to S/8",
-        "  frozen) whose features at S/8, S/16 and S/32 are added through 1x1 convolutions",
-    ],
-    **{
-        v: [
-            f"- image encoder: EfficientNet-Lite{v[-1]} (ImageNet-pretrained, batch norms folded;",
-            "  stem and blocks up to S/8 frozen) with a feature-pyramid decoder from its S/32,",
-            "  S/16 and S/8 features to the image latent",
+
+
+def _backbone_arch(key: str, train_cfg: dict) -> list[str]:
+    """What the card says about the image encoder's pretrained part, and how the last run
+    trained it: its early stages frozen or fine-tuned, at one size or several."""
+    early = (
+        "stem and blocks up to S/8 fine-tuned too"
+        if train_cfg.get("train_early_stages")
+        else "stem and blocks up to S/8 frozen"
+    )
+    sizes = train_cfg.get("train_sizes") or []
+    if sizes:
+        early += f"; last trained at {', '.join(map(str, sizes))} px"
+    if key == "mobilenet_v2":
+        return [
+            "- image encoder: a from-scratch conv encoder with a U-shaped context branch, plus",
+            "  a pretrained MobileNetV2 branch (blocks up to S/32, 1.80 M parameters; blocks up",
+            "  to S/8 frozen) whose features at S/8, S/16 and S/32 are added through 1x1",
+            "  convolutions",
         ]
-        for v in ("efficientnet_lite0", "efficientnet_lite2")
-    },
-}
+    if key in ("efficientnet_lite0", "efficientnet_lite2"):
+        return [
+            f"- image encoder: EfficientNet-Lite{key[-1]} (ImageNet-pretrained, "
+            "batch norms folded;",
+            f"  {early})",
+            "  with a feature-pyramid decoder from its S/32, S/16 and S/8 features "
+            "to the image latent",
+        ]
+    return []
 
 
 def _encoder_key(model) -> str:
-    """The key of the image encoder's pretrained part in BACKBONE_TERMS / BACKBONE_ARCH."""
+    """The key of the image encoder's pretrained part in BACKBONE_TERMS / _backbone_arch."""
     ae = model.cfg.image_ae
     return ae.encoder if ae.encoder != "lsdseg" else ae.backbone
 
@@ -251,7 +265,7 @@ def render_card(
             else "BCE + Dice"
         )
         + " on the decoded x0 estimate",
-        *BACKBONE_ARCH.get(_encoder_key(model), []),
+        *_backbone_arch(_encoder_key(model), train_cfg),
         "- stored in float16 (the model runs in float32), without the image decoder, which only",
         "  stage 1 trains (fine-tuning with `--stage diffusion` works from these weights)",
         "",
