@@ -264,8 +264,8 @@ class ModelConfig:
     - ``image_ae.context_depth=2``: grown before that swap (a pretrained encoder does not use it);
     - ``latent_scale`` (3.347): measured on the training masks at the end of stage 1;
     - ``diffusion.mask_loss='structure'``: the loss of the fine-tuning runs;
-    - ``sampler.steps=2``, ``sampler.threshold=0.6``: picked on the validation split when the
-      weights were bundled.
+    - ``sampler.steps=2``: picked on the validation split when the weights were bundled (the
+      threshold picked there, 0.5, is the default's).
 
     Defaults equal to the bundled model would make from-scratch training start from an encoder
     whose stage 1 cannot run and whose weights need an extra, so they stay the from-scratch ones.

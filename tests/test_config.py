@@ -66,7 +66,6 @@ def test_the_bundled_config_differs_from_the_defaults_where_the_docstring_says()
         "latent_scale",
         "diffusion.mask_loss",
         "sampler.steps",
-        "sampler.threshold",
     }
     assert differ == documented
     doc = ModelConfig.__doc__
