@@ -181,14 +181,6 @@ BACKBONE_TERMS = {
 def _backbone_arch(key: str, train_cfg: dict) -> list[str]:
     """What the card says about the image encoder's pretrained part, and how the last run
     trained it: its early stages frozen or fine-tuned, at one size or several."""
-    early = (
-        "stem and blocks up to S/8 fine-tuned too"
-        if train_cfg.get("train_early_stages")
-        else "stem and blocks up to S/8 frozen"
-    )
-    sizes = train_cfg.get("train_sizes") or []
-    if sizes:
-        early += f"; last trained at {', '.join(map(str, sizes))} px"
     if key == "mobilenet_v2":
         return [
             "- image encoder: a from-scratch conv encoder with a U-shaped context branch, plus",
@@ -197,10 +189,14 @@ def _backbone_arch(key: str, train_cfg: dict) -> list[str]:
             "  convolutions",
         ]
     if key in ("efficientnet_lite0", "efficientnet_lite2"):
+        early = "fine-tuned too" if train_cfg.get("train_early_stages") else "frozen"
+        sizes = train_cfg.get("train_sizes") or []
+        if sizes:
+            early += f"; last trained at {', '.join(map(str, sizes))} px"
         return [
             f"- image encoder: EfficientNet-Lite{key[-1]} (ImageNet-pretrained, "
             "batch norms folded;",
-            f"  {early})",
+            f"  stem and blocks up to S/8 {early})",
             "  with a feature-pyramid decoder from its S/32, S/16 and S/8 features "
             "to the image latent",
         ]
