@@ -3,10 +3,12 @@
 
 ``evaluate --compare B`` segments every labelled image with ``--weights`` (A) and B, with the
 same ``--seeds`` seeds per image, and prints per dataset both mean Dice values and the 95%
-bootstrap interval of the difference B - A (:mod:`lsdseg.compare`). ``evaluate --sweep STEPS``
-scores mean Dice per dataset at each threshold of :data:`lsdseg.compare.THRESHOLDS` for each
-step count, for A (and B): the sweep ``scripts/bundle_weights.py`` picks the bundled defaults
-by. ``--val-fraction`` restricts either to the validation split ``lsdseg train`` draws.
+bootstrap interval of the difference B - A (:mod:`lsdseg.compare`), and the same for the
+per-image entropy AUROC of the error pixels (the images where both sides have one).
+``evaluate --sweep STEPS`` scores mean Dice per dataset at each threshold of
+:data:`lsdseg.compare.THRESHOLDS` for each step count, for A (and B): the sweep
+``scripts/bundle_weights.py`` picks the bundled defaults by. ``--val-fraction`` restricts
+either to the validation split ``lsdseg train`` draws.
 
 ``bench --compare B`` times A and B alternated round by round in one process, since benchmarks
 run one after the other drift on a shared machine.
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from lsdseg.compare import Sample
+    from lsdseg.config import SamplerConfig
     from lsdseg.segmenter import Segmenter
 
 SWEEP_STEPS = "1,2,4"  # --sweep alone
@@ -295,6 +298,12 @@ def _sweep(
     return rows
 
 
+def _settings_text(s: SamplerConfig) -> str:
+    """``K = 8, 2 step(s) @0.5`` (``, shift 2.0`` when the timesteps are shifted)."""
+    shift = "" if s.shift == 1.0 else f", shift {s.shift}"
+    return f"K = {s.hypotheses}, {s.steps} step(s) @{s.threshold}{shift}"
+
+
 def _compare(
     console: Console,
     args: argparse.Namespace,
@@ -305,7 +314,7 @@ def _compare(
     """Print the paired comparison, write per_image.csv; returns what compare.json adds."""
     from dataclasses import asdict
 
-    from lsdseg.compare import compare_datasets, per_image_dice
+    from lsdseg.compare import compare_datasets, per_image_scores
     from lsdseg.data import dataset_of
 
     seeds = SEEDS if args.seeds is None else args.seeds
@@ -316,33 +325,39 @@ def _compare(
     b = segs[1].settings(args.hypotheses, b_steps, args.eta, b_threshold)
     sides = (a, b)
     console.print(
-        f"A {args.weights}: K = {a.hypotheses}, {a.steps} step(s) @{a.threshold}; "
-        f"B {args.compare}: K = {b.hypotheses}, {b.steps} step(s) @{b.threshold}; "
+        f"A {args.weights}: {_settings_text(a)}; B {args.compare}: {_settings_text(b)}; "
         f"{seeds} seeds per image"
     )
-    dice = [
-        per_image_dice(seg, samples, s.steps, s.threshold, seeds, s.hypotheses, args.seed, s.eta)
+    scores = [
+        per_image_scores(seg, samples, s.steps, s.threshold, seeds, s.hypotheses, args.seed, s.eta)
         for seg, s in zip(segs, sides, strict=True)
     ]
     datasets = [dataset_of(p.group) for p, _, _ in samples]
     resamples = RESAMPLES if args.resamples is None else args.resamples
-    results = compare_datasets(dice[0], dice[1], datasets, resamples)
-    for r in results:
+    results = compare_datasets(scores[0].dice, scores[1].dice, datasets, resamples)
+    aurocs = compare_datasets(
+        scores[0].entropy_auroc, scores[1].entropy_auroc, datasets, resamples, "entropy AUROC"
+    )
+    for r in results + aurocs:
         console.print(r.line())
     path = out / "per_image.csv"
+    columns = ["dice_a", "dice_b", "entropy_auroc_a", "entropy_auroc_b"]
+    a_s, b_s = scores
+    values = zip(a_s.dice, b_s.dice, a_s.entropy_auroc, b_s.entropy_auroc, strict=True)
     try:
         with open(path, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(["name", "dataset", "group", "dice_a", "dice_b"])
-            for (p, _, _), name, da, db in zip(samples, datasets, *dice, strict=True):
-                w.writerow([p.name, name, p.group, f"{da:.6g}", f"{db:.6g}"])
+            w.writerow(["name", "dataset", "group", *columns])
+            for (p, _, _), name, row in zip(samples, datasets, values, strict=True):
+                w.writerow([p.name, name, p.group, *(f"{v:.6g}" for v in row)])
     except OSError as e:
         raise output_error(path, e) from None
-    settings = ("hypotheses", "steps", "eta", "threshold")
+    settings = ("hypotheses", "steps", "eta", "threshold", "shift")
     return {
         "a": {"weights": args.weights, **{k: getattr(a, k) for k in settings}},
         "b": {"weights": args.compare, **{k: getattr(b, k) for k in settings}},
         "seeds": seeds,
         "resamples": resamples,
         "datasets": [asdict(r) for r in results],
+        "entropy_auroc": [asdict(r) for r in aurocs],
     }

@@ -198,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
         "steps": s.steps,
         "eta": s.eta,
         "threshold": s.threshold,
+        "shift": s.shift,  # the checkpoint's timestep shift (SamplerConfig.shift)
         "data": args.data,
         "val_fraction": args.val_fraction,
         "skipped_files": ev.skipped,

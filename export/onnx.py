@@ -100,6 +100,7 @@ def graph_metadata(
         "timesteps": json.dumps(sampler.timesteps),
         "eta": "0.0",
         "spacing": cfg.sampler.spacing,
+        "shift": repr(cfg.sampler.shift),
         "prediction": cfg.diffusion.prediction,
         "train_timesteps": str(cfg.diffusion.timesteps),
         "hypotheses": str(cfg.sampler.hypotheses),

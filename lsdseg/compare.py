@@ -2,11 +2,12 @@
 
 Three measurements that decide between two checkpoints, each on identical inputs for both:
 
-- :func:`per_image_dice` + :func:`compare_datasets`: both segment every image with the same
-  seeds (several per image), so the per-image Dice difference cancels what the image itself
-  contributes; resampling images with replacement (:func:`bootstrap`) gives a 95% interval for
-  the mean difference per dataset. An interval that contains 0 means the images cannot tell the
-  two apart. ``lsdseg evaluate --compare`` runs it.
+- :func:`per_image_scores` + :func:`compare_datasets`: both segment every image with the same
+  seeds (several per image), so the per-image difference (of Dice, and of the entropy AUROC
+  for the error pixels) cancels what the image itself contributes; resampling images with
+  replacement (:func:`bootstrap`) gives a 95% interval for the mean difference per dataset. An
+  interval that contains 0 means the images cannot tell the two apart. ``lsdseg evaluate
+  --compare`` runs it.
 - :func:`sweep`: mean Dice per dataset at each threshold of :data:`THRESHOLDS` for one (steps,
   K), what ``scripts/bundle_weights.py`` picks the bundled sampler defaults from
   (``lsdseg evaluate --sweep``).
@@ -107,7 +108,18 @@ def load_segmenter(
     return Segmenter(load_model(spec, dev), dev, name, None, cuda_graph, precision)  # type: ignore[arg-type]
 
 
-def per_image_dice(
+@dataclass(frozen=True)
+class ImageScores:
+    """Per-image scores of one weights and sampler setting, each averaged over the seeds."""
+
+    dice: np.ndarray  # (images,) float64 in [0, 1]
+    # (images,) float64: the per-image AUROC of the entropy of the mean for the error pixels
+    # (``mean > threshold`` against the mask), as ``lsdseg evaluate``'s ``uncertainty_auroc``,
+    # over the seeds that have both error and correct pixels; NaN where none has
+    entropy_auroc: np.ndarray
+
+
+def per_image_scores(
     seg: Segmenter,
     samples: Sequence[Sample],
     steps: int | None = None,
@@ -116,18 +128,22 @@ def per_image_dice(
     hypotheses: int | None = None,
     seed: int = 0,
     eta: float | None = None,
-) -> np.ndarray:
-    """Dice of every image, averaged over ``seeds`` seeds per image.
+    auroc: bool = True,
+) -> ImageScores:
+    """Dice (and, with ``auroc``, the entropy AUROC) of every image, averaged over ``seeds``
+    seeds per image.
 
     Image ``i`` is sampled with seeds ``seed + i * 1000 + s`` for ``s < seeds``, so two
     checkpoints given the same arguments see the same initial noise wherever their latents have
-    the same shape. Each None is the checkpoint's default.
-
-    Returns:
-        (images,) float64 Dice in [0, 1].
+    the same shape. Each None is the checkpoint's default. Without ``auroc`` the AUROCs are NaN.
     """
+    import torch
+
+    from lsdseg.metrics.calibration import uncertainty_auroc
+
     s = seg.settings(hypotheses, steps, eta, threshold)
     out = np.zeros(len(samples))
+    aurocs = np.full((len(samples), seeds), np.nan)  # (images, seeds)
     for i, (_, image, mask) in enumerate(samples):
         for j in range(seeds):
             r = seg(
@@ -138,8 +154,16 @@ def per_image_dice(
                 seed=seed + i * SEED_STRIDE + j,
                 order="rgb",
             )
-            out[i] += dice(r.mean > s.threshold, mask) / seeds
-    return out
+            pred = r.mean > s.threshold
+            out[i] += dice(pred, mask) / seeds
+            error = pred != mask
+            if auroc and error.any() and not error.all():
+                u = torch.from_numpy(r.entropy)[None]  # (1, H, W)
+                aurocs[i, j] = float(uncertainty_auroc(u, torch.from_numpy(error)[None])[0])
+    counted = np.isfinite(aurocs).sum(axis=1)  # (images,)
+    sums = np.where(np.isfinite(aurocs), aurocs, 0.0).sum(axis=1)
+    mean_auroc = np.divide(sums, counted, out=np.full(len(samples), np.nan), where=counted > 0)
+    return ImageScores(out, mean_auroc)
 
 
 def bootstrap(diff: np.ndarray, n: int = 10_000, seed: int = 0) -> tuple[float, float]:
@@ -161,25 +185,30 @@ def bootstrap(diff: np.ndarray, n: int = 10_000, seed: int = 0) -> tuple[float, 
 
 @dataclass(frozen=True)
 class DatasetComparison:
-    """A against B on the images of one dataset."""
+    """A against B on the images of one dataset, for one per-image score (``metric``)."""
 
     dataset: str  # the group prefix (the dataset folder's name)
     images: int
-    mean_a: float  # mean per-image Dice of A
+    mean_a: float  # mean per-image score of A
     mean_b: float
     difference: float  # mean_b - mean_a
     low: float  # 95% bootstrap interval of the difference
     high: float
-    below_a: int  # images where A's Dice < LOW_DICE
-    below_b: int
+    below_a: int | None  # images where A's Dice < LOW_DICE (None for another metric)
+    below_b: int | None
+    metric: str = "Dice"
 
     def line(self) -> str:
-        """``kvasir-seg (90 images): 0.8546 -> 0.8956, difference +0.0411, 95% interval ...``."""
-        return (
-            f"{self.dataset} ({self.images} images): {self.mean_a:.4f} -> {self.mean_b:.4f}, "
-            f"difference {self.difference:+.4f}, 95% interval [{self.low:+.4f}, {self.high:+.4f}]; "
-            f"images below {LOW_DICE}: {self.below_a} -> {self.below_b}"
+        """``kvasir-seg (90 images): Dice 0.8546 -> 0.8956, difference +0.0411, 95% interval
+        ...``."""
+        text = (
+            f"{self.dataset} ({self.images} images): {self.metric} {self.mean_a:.4f} -> "
+            f"{self.mean_b:.4f}, difference {self.difference:+.4f}, 95% interval "
+            f"[{self.low:+.4f}, {self.high:+.4f}]"
         )
+        if self.below_a is None:
+            return text
+        return text + f"; images below {LOW_DICE}: {self.below_a} -> {self.below_b}"
 
 
 def compare_datasets(
@@ -187,13 +216,20 @@ def compare_datasets(
     dice_b: np.ndarray,
     datasets: Sequence[str],
     resamples: int = 10_000,
+    metric: str = "Dice",
 ) -> list[DatasetComparison]:
     """Per dataset (in sorted order): both means, the difference and its bootstrap interval.
 
+    Images where either score is NaN (an image without an AUROC) are left out of both means;
+    a dataset left with none is left out. Only for ``metric="Dice"`` are the images below
+    :data:`LOW_DICE` counted.
+
     Args:
-        dice_a, dice_b: (images,) per-image Dice of A and B on the same images.
+        dice_a, dice_b: (images,) per-image scores (Dice, or ``metric``) of A and B on the
+            same images.
         datasets: (images,) the dataset of each image.
         resamples: bootstrap resamples per dataset.
+        metric: the score's name, as ``DatasetComparison.line`` prints it.
 
     Raises:
         ValueError: the three do not have one entry per image each.
@@ -204,11 +240,15 @@ def compare_datasets(
             "must have one entry per image each"
         )
     names = np.asarray(datasets)
+    scored = np.isfinite(dice_a) & np.isfinite(dice_b)  # (images,)
     out = []
     for name in sorted(set(datasets)):
-        idx = names == name
+        idx = (names == name) & scored
+        if not idx.any():
+            continue
         a, b = dice_a[idx], dice_b[idx]
         lo, hi = bootstrap(b - a, resamples)
+        counts = metric == "Dice"
         out.append(
             DatasetComparison(
                 dataset=name,
@@ -218,8 +258,9 @@ def compare_datasets(
                 difference=float(b.mean() - a.mean()),
                 low=lo,
                 high=hi,
-                below_a=int((a < LOW_DICE).sum()),
-                below_b=int((b < LOW_DICE).sum()),
+                below_a=int((a < LOW_DICE).sum()) if counts else None,
+                below_b=int((b < LOW_DICE).sum()) if counts else None,
+                metric=metric,
             )
         )
     return out

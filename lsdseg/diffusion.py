@@ -146,11 +146,15 @@ class DDIMStep:
     sigma: float  # DDIM eq. 16 times eta
 
 
-def ddim_timesteps(T: int, steps: int, spacing: str = "trailing") -> list[int]:
+def ddim_timesteps(T: int, steps: int, spacing: str = "trailing", shift: float = 1.0) -> list[int]:
     """Descending timesteps for ``steps`` DDIM iterations, as diffusers' DDIMScheduler picks them.
 
     ``trailing`` starts at T - 1 (pure noise), which matters for 1-4 step sampling (Lin et al.
-    2024, "Common diffusion noise schedules and sample steps are flawed", table 2).
+    2024, "Common diffusion noise schedules and sample steps are flawed", table 2). With
+    ``shift`` != 1 each timestep t is then moved along the schedule: its share u = (t + 1) / T
+    becomes ``shift u / (1 + (shift - 1) u)`` (Esser et al. 2024, eq. 23), so T - 1 stays and,
+    for ``shift`` > 1, the later steps start from noisier latents (2 trailing steps, shift 2:
+    999, 666 instead of 999, 499).
     """
     if not 1 <= steps <= T:
         raise ValueError(f"steps={steps} must be between 1 and {T}")
@@ -162,6 +166,11 @@ def ddim_timesteps(T: int, steps: int, spacing: str = "trailing") -> list[int]:
         ts = [round(i * (T - 1) / max(steps - 1, 1)) for i in range(steps)]
     else:
         raise ValueError(f"spacing={spacing!r} must be 'leading', 'trailing' or 'linspace'")
+    if not shift > 0:
+        raise ValueError(f"shift={shift} must be positive")
+    if shift != 1.0:
+        shares = [(t + 1) / T for t in ts]
+        ts = [min(T - 1, max(0, round(T * shift * u / (1 + (shift - 1) * u)) - 1)) for u in shares]
     return sorted(set(ts), reverse=True)
 
 
@@ -181,11 +190,13 @@ class DDIMSampler:
         eta: float = 0.0,
         spacing: str = "trailing",
         start_timestep: int | None = None,
+        shift: float = 1.0,
     ) -> None:
-        SamplerConfig(steps=min(steps, 1000), eta=eta, spacing=spacing)  # validates the values
+        # validates the values
+        SamplerConfig(steps=min(steps, 1000), eta=eta, spacing=spacing, shift=shift)
         self.schedule, self.eta = schedule, eta
         T = schedule.timesteps
-        ts = ddim_timesteps(T, steps, spacing)
+        ts = ddim_timesteps(T, steps, spacing, shift)
         if start_timestep is not None:
             if not 0 <= start_timestep < T:
                 raise ValueError(f"start_timestep={start_timestep} must be in 0..{T - 1}")

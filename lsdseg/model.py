@@ -44,7 +44,7 @@ class LatentSegmenter(nn.Module):
         self.mask_vae = MaskVAE(cfg.mask_vae)
         self.unet = UNet(cfg.unet, cfg.mask_vae.latent_channels, cfg.image_ae.latent_channels)
         self.schedule = NoiseSchedule(cfg.diffusion)
-        self._samplers: dict[tuple[int, float, int | None], DDIMSampler] = {}
+        self._samplers: dict[tuple[int, float, int | None, str, float], DDIMSampler] = {}
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -60,11 +60,12 @@ class LatentSegmenter(nn.Module):
         return (x - mean[:, None, None]) / std[:, None, None]
 
     def sampler(self, steps: int, eta: float = 0.0, start: int | None = None) -> DDIMSampler:
-        """The (cached) DDIM sampler for these settings."""
-        key = (steps, eta, start)
+        """The (cached) DDIM sampler for these settings and the config's spacing and shift."""
+        d = self.cfg.sampler
+        key = (steps, eta, start, d.spacing, d.shift)  # cfg may be replaced after a first call
         if key not in self._samplers:
             self._samplers[key] = DDIMSampler(
-                self.schedule, steps, eta, self.cfg.sampler.spacing, start_timestep=start
+                self.schedule, steps, eta, d.spacing, start_timestep=start, shift=d.shift
             )
         return self._samplers[key]
 

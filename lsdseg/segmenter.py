@@ -148,6 +148,7 @@ class Segmenter:
             hypotheses=d.hypotheses if hypotheses is None else hypotheses,
             threshold=d.threshold if threshold is None else threshold,
             spacing=d.spacing,
+            shift=d.shift,
         )
 
     def check_warm_timestep(self, t: int) -> None:

@@ -11,7 +11,12 @@ and writes ``lsdseg/weights/default`` (fp16 safetensors + config.json + card.md)
 
 ``--checkpoint`` picks what is bundled: ``best`` (the EMA with the best validation Dice at the
 training resolution), ``last`` (the live weights of the final epoch) or ``last-ema`` (the EMA of
-the final epoch, from ``last/``'s training state).
+the final epoch, from ``last/``'s training state). ``--shift`` sets the sampler's timestep shift
+(``SamplerConfig.shift``) the sweep runs and the bundle keeps; ``--max-steps`` caps the steps
+the defaults may take (a latency budget); ``--threshold`` bundles a threshold decided by a
+paired comparison (``lsdseg evaluate --compare``, several seeds per image) instead of the
+one-seed sweep's pick, which cannot tell thresholds apart whose Dice differ by less than its
+noise.
 """
 
 from __future__ import annotations
@@ -56,11 +61,36 @@ def main() -> None:
     p.add_argument("--ablations", default="benchmarks/ablations.json")
     p.add_argument("--limit", type=int, default=0, help="use every N-th validation pair (smoke)")
     p.add_argument("--history", default="", help="Markdown file: how the run chain was trained")
+    p.add_argument(
+        "--shift",
+        type=float,
+        help="timestep shift (SamplerConfig.shift) to sweep and bundle with (default: the run's)",
+    )
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=4,
+        help="the most DDIM steps the defaults may take (a latency budget; default 4)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        choices=THRESHOLDS,
+        help="bundle this threshold instead of the sweep's pick (the sweep is still recorded)",
+    )
     args = p.parse_args()
+    if not 1 <= args.max_steps <= 4:
+        p.error(f"--max-steps {args.max_steps} must be between 1 and 4")
     run = Path(args.run)
     folder = run / args.checkpoint.removesuffix("-ema")
     ema = ":ema" if args.checkpoint.endswith("-ema") else ""
     model = without_image_decoder(load_weights(f"{folder}{ema}"))  # D_x only trains stage 1
+    if args.shift is not None:
+        try:
+            shifted = replace(model.cfg.sampler, shift=args.shift)
+        except ValueError as e:
+            p.error(f"--shift {args.shift}: {e}")
+        model.cfg = replace(model.cfg, sampler=shifted)
     seg = Segmenter(model)
     _, val = load_pairs(args.data, None, args.val_fraction, args.seed)
     if args.limit:
@@ -81,9 +111,11 @@ def main() -> None:
         (score(r, th), r["steps"], th)
         for r in rows
         if r["hypotheses"] == 8
-        if r["steps"] <= 4
+        if r["steps"] <= args.max_steps
         for th in THRESHOLDS
     ]
+    if args.threshold is not None:  # the steps are still picked, at this threshold
+        candidates = [c for c in candidates if c[2] == args.threshold]
     best_score, steps, threshold = max(candidates)
     sampler = replace(model.cfg.sampler, steps=steps, threshold=threshold, hypotheses=8, eta=0.0)
     model.cfg = replace(model.cfg, sampler=sampler)
@@ -111,6 +143,8 @@ def main() -> None:
         loop,
         run,
         args.checkpoint,
+        args.max_steps,
+        args.threshold is not None,
     )
     if args.history:  # the run chain (stages, restarts) told by whoever ran it
         history = Path(args.history).read_text().strip()
@@ -121,7 +155,14 @@ def main() -> None:
         json.dumps(
             {
                 "grid": rows,
-                "chosen": {"steps": steps, "threshold": threshold, "hypotheses": 8},
+                "chosen": {
+                    "steps": steps,
+                    "threshold": threshold,
+                    "hypotheses": 8,
+                    "shift": model.cfg.sampler.shift,
+                    "max_steps": args.max_steps,
+                    "threshold_given": args.threshold is not None,
+                },
                 "final": final,
             },
             indent=2,
@@ -221,8 +262,12 @@ def render_card(
     loop,
     run: Path,
     checkpoint: str = "best",
+    max_steps: int = 4,
+    threshold_given: bool = False,
 ) -> str:
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
+    shift = model.cfg.sampler.shift
+    timesteps = "t = " + ", ".join(map(str, model.sampler(steps).timesteps))
     command = (run / "command.txt").read_text().strip() if (run / "command.txt").exists() else ""
     lines = [
         "# lsdseg default weights",
@@ -267,8 +312,13 @@ def render_card(
         "",
         "## Sampler defaults (picked on validation only)",
         "",
-        f"K = 8 hypotheses, {steps} DDIM step{'s' if steps > 1 else ''} (trailing), eta = 0, "
-        f"threshold {threshold} (mean validation Dice over datasets {best_score:.4f}).",
+        f"K = 8 hypotheses, {steps} DDIM step{'s' if steps > 1 else ''} (trailing"
+        + ("" if shift == 1.0 else f", timestep shift {shift}: {timesteps}")
+        + f"), eta = 0, threshold {threshold} (mean validation Dice over datasets "
+        f"{best_score:.4f}"
+        + ("" if max_steps == 4 else f"; at most {max_steps} steps, a latency budget")
+        + ("; the threshold set for the bundle, `--threshold`" if threshold_given else "")
+        + ").",
         "",
         "## Validation metrics (original resolution, K = 8, defaults above)",
         "",

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     pairs, base = loaded
 
-    from lsdseg.compare import compare_datasets, per_image_dice
+    from lsdseg.compare import compare_datasets, per_image_scores
     from lsdseg.data import dataset_of, load_sample
     from lsdseg.segmenter import Segmenter
 
@@ -42,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     samples = [(pair, *load_sample(pair)) for pair in pairs]
     datasets = [dataset_of(pair.group) for pair in pairs]
     kw = {"hypotheses": 8, "steps": 2, "seeds": args.seeds}
-    ref = per_image_dice(segs[0], samples, **kw)  # (images,)
+    ref = per_image_scores(segs[0], samples, **kw, auroc=False).dice  # (images,)
     print(f"{args.weights}: K = 8, 2 steps, {args.seeds} seeds per image; against S = {sizes[0]}")
     for size, seg in zip(sizes, segs, strict=True):
-        dice = ref if seg is segs[0] else per_image_dice(seg, samples, **kw)
+        dice = ref if seg is segs[0] else per_image_scores(seg, samples, **kw, auroc=False).dice
         for c in compare_datasets(ref, dice, datasets):
             print(
                 f"S = {size}: {c.dataset} {c.mean_b:.4f} ({c.difference:+.4f} "

@@ -6,6 +6,7 @@ diffusers (in the [dev] extra) is the peer reference; the tests skip without it.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -72,6 +73,38 @@ def test_ddim_timesteps_match_diffusers(spacing: str, steps: int) -> None:
 def test_trailing_starts_at_pure_noise() -> None:
     assert ddim_timesteps(1000, 4, "trailing") == [999, 749, 499, 249]
     assert ddim_timesteps(1000, 1, "trailing") == [999]
+
+
+def test_shift_moves_the_later_steps_towards_noise_and_keeps_the_first() -> None:
+    assert ddim_timesteps(1000, 2, "trailing", 2.0) == [999, 666]
+    assert ddim_timesteps(1000, 4, "trailing", 2.0) == [999, 856, 666, 399]
+    assert ddim_timesteps(1000, 1, "trailing", 3.0) == [999]
+    for steps in (2, 3, 4, 10):
+        plain = ddim_timesteps(1000, steps)
+        assert ddim_timesteps(1000, steps, "trailing", 1.0) == plain
+        more, fewer = ddim_timesteps(1000, steps, shift=2.0), ddim_timesteps(1000, steps, shift=0.5)
+        assert more[0] == fewer[0] == 999 and len(more) == len(fewer) == steps
+        assert all(m >= p >= f for m, p, f in zip(more, plain, fewer, strict=True))
+        assert more == sorted(more, reverse=True) and len(set(more)) == steps
+    with pytest.raises(ValueError, match="shift=0"):
+        ddim_timesteps(1000, 2, "trailing", 0.0)
+
+
+def test_the_sampler_and_the_model_follow_the_config_shift() -> None:
+    from lsdseg.config import ModelConfig, SamplerConfig
+    from lsdseg.model import LatentSegmenter
+
+    schedule = NoiseSchedule(DiffusionConfig())
+    assert DDIMSampler(schedule, 2, shift=2.0).timesteps == [999, 666]
+    cfg = ModelConfig()
+    shifted = replace(cfg, sampler=SamplerConfig(shift=2.0))
+    model = LatentSegmenter(cfg)
+    assert model.sampler(2).timesteps == [999, 499]
+    assert LatentSegmenter(shifted).sampler(2).timesteps == [999, 666]
+    model.cfg = shifted  # as scripts/bundle_weights.py --shift does: no stale cached sampler
+    assert model.sampler(2).timesteps == [999, 666]
+    with pytest.raises(ValueError, match="shift=20"):
+        SamplerConfig(shift=20.0)
 
 
 @pytest.mark.parametrize(

@@ -152,7 +152,7 @@ def test_graph_interface_metadata_and_checks(onnx_seg, ckpt):
     assert meta["lsdseg_version"] == __version__
     assert meta["checkpoint_hash"] == checkpoint_hash(ckpt)
     assert meta["steps"] == "2" and meta["timesteps"] == "[999, 499]" and meta["eta"] == "0.0"
-    assert meta["spacing"] == "trailing" and meta["prediction"] == "v"
+    assert meta["spacing"] == "trailing" and meta["shift"] == "1.0" and meta["prediction"] == "v"
     assert meta["image_mean"] == "[0.4, 0.5, 0.6]" and meta["image_std"] == "[0.2, 0.25, 0.3]"
     assert meta["threshold"] == "0.5" and meta["precision"] == "fp32"
 

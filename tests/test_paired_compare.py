@@ -19,7 +19,7 @@ from lsdseg.compare import (
     compare_datasets,
     dice,
     load_model,
-    per_image_dice,
+    per_image_scores,
 )
 from lsdseg.data import load_pairs, load_sample
 from lsdseg.metrics import dice as torch_dice
@@ -71,9 +71,66 @@ def test_compare_datasets_per_dataset_means_and_counts() -> None:
     assert kvasir.difference == pytest.approx((0.05 + 0.0 + 0.05) / 3)
     assert (cvc.below_a, cvc.below_b, kvasir.below_a, kvasir.below_b) == (2, 1, 0, 0)
     assert (cvc.low, cvc.high) == bootstrap(b[[1, 3]] - a[[1, 3]], 500)
-    assert "kvasir (3 images): 0.8000 -> 0.8333, difference +0.0333" in kvasir.line()
+    assert "kvasir (3 images): Dice 0.8000 -> 0.8333, difference +0.0333" in kvasir.line()
+    assert kvasir.line().endswith("images below 0.6: 0 -> 0")
     with pytest.raises(ValueError, match="one entry per image"):
         compare_datasets(a, b[:4], ["x"] * 5)
+
+
+def test_compare_datasets_of_aurocs_leaves_out_images_without_one_and_counts_nothing() -> None:
+    a = np.array([0.9, np.nan, 0.7, 0.6, 0.8])
+    b = np.array([0.95, 0.9, np.nan, 0.7, 0.85])
+    names = ["kvasir", "kvasir", "cvc", "cvc", "kvasir"]
+    cvc, kvasir = compare_datasets(a, b, names, resamples=200, metric="entropy AUROC")
+    assert (cvc.images, kvasir.images) == (1, 2)  # only images where both have an AUROC
+    assert kvasir.mean_a == pytest.approx(0.85) and kvasir.mean_b == pytest.approx(0.9)
+    assert cvc.difference == pytest.approx(0.1)
+    assert (kvasir.below_a, kvasir.below_b, kvasir.metric) == (None, None, "entropy AUROC")
+    line = kvasir.line()
+    assert (
+        line.startswith("kvasir (2 images): entropy AUROC 0.8500 -> 0.9000") and "below" not in line
+    )
+    (only,) = compare_datasets(a[:2], b[:2], names[:2], resamples=10, metric="entropy AUROC")
+    assert only.images == 1
+    assert compare_datasets(a[1:3], b[1:3], names[1:3], metric="entropy AUROC") == []
+
+
+def test_per_image_scores_average_the_entropy_auroc_over_the_seeds_that_have_one() -> None:
+    from types import SimpleNamespace
+
+    from lsdseg.config import SamplerConfig
+    from lsdseg.metrics.calibration import uncertainty_auroc
+
+    mask = np.zeros((8, 8), bool)
+    mask[2:6, 2:6] = True
+    rng = np.random.default_rng(0)
+    means = [rng.random((8, 8)).astype(np.float32) for _ in range(2)]
+    means.append(np.where(mask, 0.9, 0.1).astype(np.float32))  # seed 2: no error pixel
+
+    class Fixed:  # a segmenter whose seed s returns means[s % 3]
+        def settings(self, *args):
+            return SamplerConfig(hypotheses=2, steps=1, threshold=0.5)
+
+        def __call__(self, image, **kw):
+            mean = means[kw["seed"] % 1000]
+            entropy = (-mean * np.log2(mean) - (1 - mean) * np.log2(1 - mean)).astype(np.float32)
+            return SimpleNamespace(mean=mean, entropy=entropy)
+
+    samples = [(None, np.zeros((8, 8, 3), np.uint8), mask)]
+
+    def auroc(mean: np.ndarray) -> float:
+        entropy = -mean * np.log2(mean) - (1 - mean) * np.log2(1 - mean)
+        error = torch.from_numpy((mean > 0.5) != mask)[None]
+        return float(uncertainty_auroc(torch.from_numpy(entropy)[None], error)[0])
+
+    two = per_image_scores(Fixed(), samples, seeds=2)
+    assert two.entropy_auroc[0] == pytest.approx((auroc(means[0]) + auroc(means[1])) / 2)
+    three = per_image_scores(Fixed(), samples, seeds=3)  # seed 2 has no AUROC: left out
+    assert three.entropy_auroc[0] == pytest.approx(two.entropy_auroc[0])
+    assert three.dice[0] == pytest.approx((two.dice[0] * 2 + 1.0) / 3)
+    assert np.isnan(per_image_scores(Fixed(), samples, seeds=3, auroc=False).entropy_auroc[0])
+    means[0] = means[2]  # seed 0 now has no error pixel either
+    assert np.isnan(per_image_scores(Fixed(), samples, seeds=1).entropy_auroc[0])
 
 
 def test_numpy_dice_matches_the_metrics_module() -> None:
@@ -86,7 +143,7 @@ def test_numpy_dice_matches_the_metrics_module() -> None:
     assert dice(empty, empty) == 1.0
 
 
-def test_per_image_dice_seeds_each_image_apart(tiny) -> None:
+def test_per_image_scores_seed_each_image_apart(tiny) -> None:
     seg = load(tiny, device="cpu")
     seen = []
 
@@ -99,7 +156,7 @@ def test_per_image_dice_seeds_each_image_apart(tiny) -> None:
 
     image = np.zeros((20, 20, 3), np.uint8)
     samples = [(None, image, np.zeros((20, 20), bool))] * 3
-    out = per_image_dice(Recording(), samples, seeds=2, seed=5)
+    out = per_image_scores(Recording(), samples, seeds=2, seed=5).dice
     assert seen == [5, 6, 1005, 1006, 2005, 2006]
     assert out.shape == (3,) and ((out >= 0) & (out <= 1)).all()
 
@@ -111,13 +168,17 @@ def test_a_checkpoint_against_a_copy_of_itself_differs_by_exactly_zero(
     code, out, err = _run(capsys, *argv, "--device", "cpu", "--project", str(tmp_path))
     assert code == 0, err
     assert "toy (6 images):" in out
-    assert "difference +0.0000, 95% interval [+0.0000, +0.0000]" in out, out
+    assert "Dice" in out and "difference +0.0000, 95% interval [+0.0000, +0.0000]" in out, out
     record = json.loads((tmp_path / "exp" / "compare.json").read_text())
     (row,) = record["datasets"]
     assert row["images"] == 6 and row["difference"] == 0.0
+    for auroc in record["entropy_auroc"]:  # the images with error and correct pixels, if any
+        assert auroc["difference"] == 0.0 and auroc["metric"] == "entropy AUROC"
+        assert f"toy ({auroc['images']} images): entropy AUROC" in out
     assert record["seeds"] == 2 and record["a"]["hypotheses"] == 2  # the checkpoint's K
     rows = list(csv.DictReader((tmp_path / "exp" / "per_image.csv").open()))
     assert len(rows) == 6 and all(r["dice_a"] == r["dice_b"] for r in rows)
+    assert all(r["entropy_auroc_a"] == r["entropy_auroc_b"] for r in rows)
 
 
 def test_compare_on_the_validation_split_matches_a_direct_computation(
@@ -130,8 +191,8 @@ def test_compare_on_the_validation_split_matches_a_direct_computation(
     _, val = load_pairs([str(data)], None, 0.4, 3)
     samples = [(p, *load_sample(p)) for p in val]
     seg = Segmenter(load_model(tiny))
-    a = per_image_dice(seg, samples, 1, 0.45, seeds=1)
-    b = per_image_dice(seg, samples, 2, 0.45, seeds=1)
+    a = per_image_scores(seg, samples, 1, 0.45, seeds=1).dice
+    b = per_image_scores(seg, samples, 2, 0.45, seeds=1).dice
     record = json.loads((tmp_path / "exp" / "compare.json").read_text())
     (row,) = record["datasets"]
     assert row["images"] == len(val) == 3
