@@ -66,6 +66,7 @@ def test_the_bundled_config_differs_from_the_defaults_where_the_docstring_says()
         "latent_scale",
         "diffusion.mask_loss",
         "sampler.steps",
+        "sampler.shift",
     }
     assert differ == documented
     doc = ModelConfig.__doc__
