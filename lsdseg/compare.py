@@ -156,10 +156,10 @@ def per_image_scores(
             )
             pred = r.mean > s.threshold
             out[i] += dice(pred, mask) / seeds
-            error = pred != mask
-            if auroc and error.any() and not error.all():
+            if auroc:  # NaN when every pixel, or none, is wrong
                 u = torch.from_numpy(r.entropy)[None]  # (1, H, W)
-                aurocs[i, j] = float(uncertainty_auroc(u, torch.from_numpy(error)[None])[0])
+                error = torch.from_numpy(pred != mask)[None]
+                aurocs[i, j] = float(uncertainty_auroc(u, error)[0])
     counted = np.isfinite(aurocs).sum(axis=1)  # (images,)
     sums = np.where(np.isfinite(aurocs), aurocs, 0.0).sum(axis=1)
     mean_auroc = np.divide(sums, counted, out=np.full(len(samples), np.nan), where=counted > 0)
@@ -241,6 +241,7 @@ def compare_datasets(
         )
     names = np.asarray(datasets)
     scored = np.isfinite(dice_a) & np.isfinite(dice_b)  # (images,)
+    counts = metric == "Dice"  # images below LOW_DICE
     out = []
     for name in sorted(set(datasets)):
         idx = (names == name) & scored
@@ -248,7 +249,6 @@ def compare_datasets(
             continue
         a, b = dice_a[idx], dice_b[idx]
         lo, hi = bootstrap(b - a, resamples)
-        counts = metric == "Dice"
         out.append(
             DatasetComparison(
                 dataset=name,
