@@ -195,6 +195,7 @@ class RemoteSegmenter:
         seed: int | None = None,
         threshold: float | None = None,
         order: Order = "bgr",
+        presence_threshold: float | None = None,
     ) -> Result:
         """Segment one frame (H, W, 3) on the server; settings as :class:`lsdseg.Segmenter`.
 
@@ -224,6 +225,7 @@ class RemoteSegmenter:
         frame = np.ascontiguousarray(frame)[None]  # (1, H, W, 3) BGR
         given = {"hypotheses": hypotheses, "steps": steps, "seed": seed, "eta": eta}
         given["threshold"] = threshold
+        given["presence_threshold"] = presence_threshold
         params = {k: v for k, v in given.items() if v is not None}
 
         t0 = time.perf_counter()
@@ -268,6 +270,9 @@ class RemoteSegmenter:
             hypotheses=hyp,
             agreement=float(maps["agreement"][0]) if "agreement" in maps else float("nan"),
             unsure=float(maps["unsure"][0]) if "unsure" in maps else float("nan"),
+            score=float(maps["score"][0]) if "score" in maps else float("nan"),
+            present=bool(maps["present"][0]) if "present" in maps else True,
+            threshold=float(maps["threshold"][0]) if "threshold" in maps else float("nan"),
             seed=int(maps["seed"][0]) if "seed" in maps else (-1 if seed is None else seed),
             timings=timings,
         )

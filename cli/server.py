@@ -3,15 +3,16 @@
 The protocol (shared with the client in :mod:`lsdseg.cli.remote`):
 
 - input ``frame``: uint8 (1, H, W, 3), one BGR frame of any size per request;
-- request parameters, all optional: ``hypotheses``, ``steps``, ``seed`` (integers), ``eta``
-  and ``threshold`` (numbers, or strings holding numbers); unset ones take the checkpoint's
-  defaults, and a missing seed is drawn and returned;
+- request parameters, all optional: ``hypotheses``, ``steps``, ``seed`` (integers), ``eta``,
+  ``threshold`` and ``presence_threshold`` (numbers, or strings holding numbers); unset ones
+  take the checkpoint's defaults, and a missing seed is drawn and returned;
 - outputs at the frame's size: ``mask`` bool (1, H, W), ``mean``, ``std``, ``entropy``,
-  ``mutual_info`` float32 (1, H, W), ``hypotheses`` float32 (1, K, H, W), ``agreement`` and
-  ``unsure`` float32 (1, 1), ``seed`` int64 (1, 1) and ``compute_ms`` float32 (1, 1), the time
-  of the Segmenter call that served the request (shared by the frames batched into it; a
-  client's latency minus it is the serving overhead). Only the outputs a request asks for are
-  sent.
+  ``mutual_info`` float32 (1, H, W), ``hypotheses`` float32 (1, K, H, W), ``agreement``,
+  ``unsure``, ``score`` (the presence score) and ``threshold`` (the mask's) float32 (1, 1),
+  ``present`` bool (1, 1) (the frame-level decision), ``seed`` int64 (1, 1) and
+  ``compute_ms`` float32 (1, 1), the time of the Segmenter call that served the request
+  (shared by the frames batched into it; a client's latency minus it is the serving
+  overhead). Only the outputs a request asks for are sent.
 
 Triton's dynamic batcher hands several requests to one :class:`SegmentModel` call (it only
 groups frames of the same size). Requests with the same sampler settings run as one Segmenter
@@ -52,11 +53,14 @@ OUTPUTS: dict[str, tuple[type, tuple[int, ...]]] = {
     "hypotheses": (np.float32, (-1, -1, -1)),
     "agreement": (np.float32, (1,)),
     "unsure": (np.float32, (1,)),
+    "score": (np.float32, (1,)),
+    "present": (np.bool_, (1,)),
+    "threshold": (np.float32, (1,)),
     "seed": (np.int64, (1,)),
     "compute_ms": (np.float32, (1,)),
 }
 INT_PARAMETERS = ("hypotheses", "steps", "seed")
-FLOAT_PARAMETERS = ("eta", "threshold")
+FLOAT_PARAMETERS = ("eta", "threshold", "presence_threshold")
 
 
 class RequestLike(Protocol):
@@ -149,6 +153,9 @@ def response(result: Result, outputs: Sequence[str], compute_ms: float) -> dict[
         "hypotheses": result.hypotheses,
         "agreement": np.array([result.agreement]),
         "unsure": np.array([result.unsure]),
+        "score": np.array([result.score]),
+        "present": np.array([result.present]),
+        "threshold": np.array([result.threshold]),
         "seed": np.array([result.seed]),
         "compute_ms": np.array([compute_ms]),
     }
@@ -189,6 +196,7 @@ class SegmentModel:
                 steps=s.steps,
                 eta=s.eta,
                 threshold=s.threshold,
+                presence_threshold=s.presence_threshold,
                 seed=seeds if len(group) > 1 else seeds[0],
             )
             ms = (time.perf_counter() - t0) * 1e3

@@ -20,7 +20,7 @@ from typing import Any
 
 # The graph's interface (DESIGN.md): the inputs and outputs of LatentSegmenter.forward, by name.
 INPUT_NAMES = ("image", "noise")
-OUTPUT_NAMES = ("mean", "std", "hypotheses")
+OUTPUT_NAMES = ("mean", "std", "hypotheses", "score")
 
 TRT_OPSETS = (9, 20)
 TRT_OPS = frozenset(
@@ -97,6 +97,7 @@ def interface_problems(proto: Any) -> list[str]:
         "mean": ["B", s, s],
         "std": ["B", s, s],
         "hypotheses": ["B", "K", s, s],
+        "score": ["B"],
     }
     for v in inputs + outputs:
         if v.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:

@@ -43,7 +43,7 @@ from .check import INPUT_NAMES, OUTPUT_NAMES, check_graph
 
 OPSET = 18
 # Bumped when the graph's interface or metadata change; loaders refuse other formats.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the presence score output
 PRECISIONS = ("fp32", "fp16")
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,8 @@ def graph_metadata(
         "train_timesteps": str(cfg.diffusion.timesteps),
         "hypotheses": str(cfg.sampler.hypotheses),
         "threshold": repr(cfg.sampler.threshold),
+        "presence_threshold": repr(cfg.sampler.presence_threshold),
+        "presence_head": str(cfg.presence > 0).lower(),
         "image_size": str(cfg.image_size if image_size is None else image_size),
         "latent_factor": str(cfg.image_ae.factor),
         "latent_channels": str(cfg.mask_vae.latent_channels),
@@ -113,7 +115,9 @@ def graph_metadata(
         "input": "image: RGB in [0, 1], (x - image_mean) / image_std, (B, 3, S, S) float32; "
         "noise: N(0, 1), (B, K, latent_channels, S / latent_factor, S / latent_factor) float32",
         "output": "mean, std: (B, S, S) over the K hypotheses; hypotheses: (B, K, S, S) "
-        "foreground probabilities; mask = mean > threshold",
+        "foreground probabilities; score: (B,) probability that the frame holds a polyp (1 "
+        "without a presence head); mask = (mean > threshold) if score >= presence_threshold, "
+        "else empty",
     }
 
 

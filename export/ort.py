@@ -152,15 +152,17 @@ def providers(
     return [*chosen, "CPUExecutionProvider"]  # for the few nodes a GPU provider leaves
 
 
-def run_bound(session: Any, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """Run the graph on tensors where they are (IOBinding), into a new output tensor there.
+def run_bound(
+    session: Any, x: torch.Tensor, noise: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the graph on tensors where they are (IOBinding), into new output tensors there.
 
     ``x`` and ``noise`` must be contiguous float32 on one device; ONNX Runtime reads them in
-    place and writes ``hypotheses`` straight into a torch tensor on the same device, so a CUDA
-    frame never passes through host memory.
+    place and writes ``hypotheses`` and ``score`` straight into torch tensors on the same
+    device, so a CUDA frame never passes through host memory.
 
     Shapes:
-        x: (B, 3, S, S); noise: (B, K, c_m, S/f, S/f) -> (B, K, S, S) float32.
+        x: (B, 3, S, S); noise: (B, K, c_m, S/f, S/f) -> (B, K, S, S) and (B,) float32.
     """
     import numpy as np
 
@@ -168,15 +170,17 @@ def run_bound(session: Any, x: torch.Tensor, noise: torch.Tensor) -> torch.Tenso
     kind, index = device.type, device.index or 0
     b, k, s = noise.shape[0], noise.shape[1], x.shape[-1]
     out = torch.empty((b, k, s, s), dtype=torch.float32, device=device)
+    score = torch.empty((b,), dtype=torch.float32, device=device)
     binding = session.io_binding()
     for name, tensor in (("image", x), ("noise", noise)):
         binding.bind_input(name, kind, index, np.float32, tuple(tensor.shape), tensor.data_ptr())
-    binding.bind_output("hypotheses", kind, index, np.float32, tuple(out.shape), out.data_ptr())
+    for name, tensor in (("hypotheses", out), ("score", score)):
+        binding.bind_output(name, kind, index, np.float32, tuple(tensor.shape), tensor.data_ptr())
     if kind == "cuda":  # ONNX Runtime reads on its own stream: torch's work must be done
         torch.cuda.current_stream(device).synchronize()
     session.run_with_iobinding(binding)
     binding.synchronize_outputs()
-    return out
+    return out, score
 
 
 class OrtRunner:
@@ -255,8 +259,9 @@ class OrtRunner:
         eta: float,
         generator: torch.Generator | None,
         start: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Normalised images (B, 3, S, S) and noise (B, K, c_m, S/f, S/f) -> (B, K, S, S)."""
+    ) -> tuple[torch.Tensor, None, torch.Tensor]:
+        """Normalised images (B, 3, S, S) and noise (B, K, c_m, S/f, S/f) -> (B, K, S, S),
+        no latents, and the presence score (B,)."""
         refuse_call(self.name, eta, start is not None)
         b, k = noise.shape[:2]
         if self.uses_tensorrt and not self.profile.admits(b, k):
@@ -268,10 +273,11 @@ class OrtRunner:
         if self.device.type == "cuda":
             x = x.detach().to(self.device, torch.float32).contiguous()
             noise = noise.detach().to(self.device, torch.float32).contiguous()
-            return run_bound(self.session(steps), x, noise), None
+            p, score = run_bound(self.session(steps), x, noise)
+            return p, None, score
         feeds = {
             "image": x.detach().to("cpu", torch.float32).contiguous().numpy(),
             "noise": noise.detach().to("cpu", torch.float32).contiguous().numpy(),
         }
-        (p,) = self.session(steps).run(["hypotheses"], feeds)
-        return torch.from_numpy(p).to(self.device), None
+        p, score = self.session(steps).run(["hypotheses", "score"], feeds)
+        return torch.from_numpy(p).to(self.device), None, torch.from_numpy(score).to(self.device)

@@ -103,9 +103,13 @@ def _quote(text: str) -> str:
 
 def _tensor(spec: TensorSpec, batched: bool) -> str:
     dims = spec.shape[1:] if batched else spec.shape
+    # a (B,) tensor of a batched model (the presence score): Triton wants dims [ 1 ] and a
+    # reshape to the empty shape (its model configuration docs, "Reshape")
+    reshape = "" if dims else "\n    reshape: { shape: [ ] }"
+    dims = dims or (1,)
     return (
         f"  {{\n    name: {_quote(spec.name)}\n    data_type: {spec.dtype}\n"
-        f"    dims: [ {', '.join(str(d) for d in dims)} ]\n  }}"
+        f"    dims: [ {', '.join(str(d) for d in dims)} ]{reshape}\n  }}"
     )
 
 

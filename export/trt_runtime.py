@@ -89,6 +89,7 @@ class Engine:
             "mean": (b, s, s),
             "std": (b, s, s),
             "hypotheses": (b, k, s, s),
+            "score": (b,),
         }
         buffers = {
             name: torch.empty(shape, dtype=self.dtypes[name], device=self.device)
@@ -111,8 +112,9 @@ class Engine:
         if not shape.context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError("TensorRT failed to run the engine (see its log)")
 
-    def __call__(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S), (B, K, c, h, w) on the device -> hypotheses (B, K, S, S) float32."""
+    def __call__(self, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, S, S), (B, K, c, h, w) on the device -> hypotheses (B, K, S, S) and the
+        presence score (B,), float32."""
         key = (noise.shape[0], noise.shape[1])
         with torch.cuda.device(self.device):
             if key not in self.shapes:
@@ -140,8 +142,12 @@ class Engine:
                 else:
                     shape.graph.replay()
             caller.wait_stream(self.stream)
-            # a copy, on the caller's stream: the next call of this shape overwrites the buffer
-            return shape.buffers["hypotheses"].to(torch.float32, copy=True)
+            # copies, on the caller's stream: the next call of this shape overwrites the buffers
+            out = shape.buffers
+            return (
+                out["hypotheses"].to(torch.float32, copy=True),
+                out["score"].to(torch.float32, copy=True),
+            )
 
 
 class TrtRunner:
@@ -218,8 +224,9 @@ class TrtRunner:
         eta: float,
         generator: torch.Generator | None,
         start: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Normalised images (B, 3, S, S) and noise (B, K, c_m, S/f, S/f) -> (B, K, S, S)."""
+    ) -> tuple[torch.Tensor, None, torch.Tensor]:
+        """Normalised images (B, 3, S, S) and noise (B, K, c_m, S/f, S/f) -> (B, K, S, S),
+        no latents, and the presence score (B,)."""
         refuse_call("trt", eta, start is not None)
         b, k = noise.shape[:2]
         if not self.profile.admits(b, k):
@@ -229,5 +236,5 @@ class TrtRunner:
                 "wider --batch-range / --hypotheses-range"
             )
         engine = self.engine(steps)
-        p = engine(x.to(self.device, torch.float32), noise.to(self.device, torch.float32))
-        return p, None
+        p, score = engine(x.to(self.device, torch.float32), noise.to(self.device, torch.float32))
+        return p, None, score

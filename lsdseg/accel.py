@@ -57,7 +57,7 @@ DTYPES: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16,
 }
 
-Outputs = tuple[torch.Tensor, torch.Tensor]  # probabilities (B, K, S, S), latents z0
+Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # probabilities, latents z0, score
 
 
 class Replayable(Protocol):
@@ -202,6 +202,7 @@ class _Captured:
     noise: torch.Tensor  # (B, K, c_m, S/f, S/f) static input
     p: torch.Tensor  # (B, K, S, S) static output
     z0: torch.Tensor  # (B, K, c_m, S/f, S/f) static output
+    score: torch.Tensor  # (B,) static output
 
 
 class FrameRunner(backends.Runner, Protocol):
@@ -249,7 +250,7 @@ class GraphRunner:
         eta: float,
         generator: torch.Generator | None,
         start: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if eta > 0:
             raise ValueError(graph_eta_refusal(eta))
         key = self.key(x, noise, steps, start)
@@ -261,7 +262,7 @@ class GraphRunner:
         frame.noise.copy_(noise)
         frame.graph.replay()
         # the next replay of this shape overwrites the static outputs: hand out copies
-        return frame.p.clone(), frame.z0.clone()
+        return frame.p.clone(), frame.z0.clone(), frame.score.clone()
 
     def _capture(
         self,
@@ -274,15 +275,15 @@ class GraphRunner:
         static_x, static_noise = x.clone(), noise.clone()  # the warm-up runs on real data
 
         def frame() -> Outputs:
-            p, z0 = self.inner(static_x, static_noise, steps, 0.0, None, start)
+            p, z0, score = self.inner(static_x, static_noise, steps, 0.0, None, start)
             if z0 is None:
                 raise TypeError(f"runner {self.inner.name!r} returns no latents to capture")
-            return p, z0
+            return p, z0, score
 
         log.info("capturing a CUDA graph for (B, K, steps, start, size, dtype, ops) = %s", key)
-        graph, (p, z0) = self.capture(frame, x.device)
+        graph, (p, z0, score) = self.capture(frame, x.device)
         self.captures += 1
-        captured = _Captured(graph, static_x, static_noise, p, z0)
+        captured = _Captured(graph, static_x, static_noise, p, z0, score)
         self.graphs[key] = captured
         while len(self.graphs) > self.max_graphs:
             dropped, _ = self.graphs.popitem(last=False)

@@ -29,8 +29,9 @@ PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
 class Runner(Protocol):
     """What a backend must provide: normalised images + initial noise -> probabilities.
 
-    It returns the per-hypothesis probabilities (B, K, S, S) and, if it can, the clean latents
-    (B, K, c_m, S/f, S/f) that the next frame of a video can warm-start from (else None).
+    It returns the per-hypothesis probabilities (B, K, S, S), if it can the clean latents
+    (B, K, c_m, S/f, S/f) that the next frame of a video can warm-start from (else None), and
+    the presence score (B,), the probability that each frame holds a polyp.
     ``start`` (a timestep) asks for a warm start: ``noise`` is then a latent noised to it.
     """
 
@@ -44,7 +45,7 @@ class Runner(Protocol):
         eta: float,
         generator: torch.Generator | None,
         start: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]: ...
 
 
 @dataclass(frozen=True)

@@ -335,13 +335,16 @@ def swap_image_encoder(
     image_ae |= {"backbone": "", "groups": old.cfg.image_ae.groups}
     merged = _merge(to_dict(old.cfg), {"image_ae": image_ae})
     merged["image_mean"], merged["image_std"] = [127 / 255] * 3, [128 / 255] * 3
+    merged["presence"] = 0  # a presence head reads the old encoder's features: train it again
     merged = _merge(merged, overrides or {})
     try:
         cfg = from_dict(ModelConfig, merged, where="model config")
     except (TypeError, ValueError) as e:
         raise CheckpointError(str(e)) from None
     new = LatentSegmenter(cfg).to(device)
-    kept = {k: v for k, v in old.state_dict().items() if not k.startswith("image_ae.")}
+    kept = {
+        k: v for k, v in old.state_dict().items() if not k.startswith(("image_ae.", "presence."))
+    }
     missing, unexpected = new.load_state_dict(kept, strict=False)
     assert not unexpected and all(k.startswith("image_ae.") for k in missing)
     load_imagenet_weights(new.image_ae.encoder.backbone)

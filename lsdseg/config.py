@@ -236,6 +236,9 @@ class SamplerConfig:
     # timestep's share u = (t + 1) / T of the schedule becomes shift u / (1 + (shift - 1) u), so
     # > 1 moves the steps after the first towards the noisy end; 1 keeps ``spacing``'s timesteps
     shift: float = 1.0
+    # a frame is judged to hold a polyp when the presence score (Result.score) reaches this;
+    # below it Result.mask is empty. 0 judges every frame a polyp frame (no presence head)
+    presence_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         _check(1 <= self.steps <= 1000, f"steps={self.steps} must be between 1 and 1000")
@@ -250,6 +253,10 @@ class SamplerConfig:
             f"spacing={self.spacing!r} must be 'leading', 'trailing' or 'linspace'",
         )
         _check(0.1 <= self.shift <= 10.0, f"shift={self.shift} must be between 0.1 and 10")
+        _check(
+            0.0 <= self.presence_threshold <= 1.0,
+            f"presence_threshold={self.presence_threshold} must be between 0 and 1",
+        )
 
 
 @dataclass(frozen=True)
@@ -287,6 +294,9 @@ class ModelConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    # hidden width of the presence head on the image features (lsdseg.presence); 0 = no head,
+    # every frame then scores 1 (a polyp frame)
+    presence: int = 0
 
     def __post_init__(self) -> None:
         f = self.image_ae.factor
@@ -307,6 +317,7 @@ class ModelConfig:
             f"image_std={self.image_std} needs 3 positive values",
         )
         _check(self.latent_scale > 0, f"latent_scale={self.latent_scale} must be > 0")
+        _check(0 <= self.presence <= 4096, f"presence={self.presence} must be in 0..4096")
 
     @property
     def latent_size(self) -> int:

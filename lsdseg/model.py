@@ -14,6 +14,7 @@ from torch import nn
 
 from lsdseg.config import ModelConfig
 from lsdseg.diffusion import DDIMSampler, NoiseSchedule, draw_noise
+from lsdseg.presence import PresenceHead
 from lsdseg.uncertainty import mean_std
 from lsdseg.unet import UNet, repeat_condition
 from lsdseg.vae import ImageAutoencoder, MaskVAE
@@ -43,6 +44,9 @@ class LatentSegmenter(nn.Module):
         self.image_ae = ImageAutoencoder(cfg.image_ae)
         self.mask_vae = MaskVAE(cfg.mask_vae)
         self.unet = UNet(cfg.unet, cfg.mask_vae.latent_channels, cfg.image_ae.latent_channels)
+        self.presence = (
+            PresenceHead(self.image_ae.presence_channels, cfg.presence) if cfg.presence else None
+        )
         self.schedule = NoiseSchedule(cfg.diffusion)
         self._samplers: dict[tuple[int, float, int | None, str, float], DDIMSampler] = {}
 
@@ -72,6 +76,15 @@ class LatentSegmenter(nn.Module):
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised image (B, 3, S, S) -> z_x (B, c_x, S/f, S/f)."""
         return self.image_ae.encode(x)
+
+    def encode_image_and_score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised image (B, 3, S, S) -> z_x (B, c_x, S/f, S/f) and the presence score
+        (B,): the probability that the frame holds a polyp, 1 without a presence head."""
+        if self.presence is None:
+            z_x = self.encode_image(x)
+            return z_x, torch.ones(x.shape[0], device=x.device, dtype=z_x.dtype)
+        z_x, maps = self.image_ae.encode_with_presence_features(x)
+        return z_x, torch.sigmoid(self.presence(maps))
 
     def encode_mask(self, y: torch.Tensor) -> torch.Tensor:
         """Mask (B, 1, S, S) in {0, 1} -> scaled latent mean (B, c_m, S/f, S/f)."""
@@ -146,9 +159,9 @@ class LatentSegmenter(nn.Module):
         Shapes:
             x: (B, 3, S, S); noise: (B, K, c_m, S/f, S/f) -> (B, K, S, S) in [0, 1].
         """
-        return self.hypotheses_and_latents(x, noise, steps, eta, generator, start)[0]
+        return self.run(x, noise, steps, eta, generator, start)[0]
 
-    def hypotheses_and_latents(
+    def run(
         self,
         x: torch.Tensor,
         noise: torch.Tensor,
@@ -156,17 +169,19 @@ class LatentSegmenter(nn.Module):
         eta: float = 0.0,
         generator: torch.Generator | None = None,
         start: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """As :meth:`hypotheses`, also returning the clean latents z0 (B, K, c_m, S/f, S/f).
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`hypotheses`, also returning the clean latents z0 (B, K, c_m, S/f, S/f)
+        and the presence score (B,) (:meth:`encode_image_and_score`).
 
         With ``start`` the trajectory begins at that timestep from ``noise``, which must be a
         latent already noised to it (see :meth:`warm_latents`).
         """
         b, k = noise.shape[:2]
-        z0 = self._sample(self.encode_image(x), noise, steps, eta, generator, start)
+        z_x, score = self.encode_image_and_score(x)
+        z0 = self._sample(z_x, noise, steps, eta, generator, start)
         logits = self._decode_logits(z0)  # (1, B*K, S, S)
         p = torch.sigmoid(logits).reshape(b, k, *logits.shape[2:])  # (B, K, S, S)
-        return p, z0.reshape(b, k, *z0.shape[1:])  # z0: (B, K, c_m, S/f, S/f)
+        return p, z0.reshape(b, k, *z0.shape[1:]), score  # z0: (B, K, c_m, S/f, S/f)
 
     def warm_latents(
         self, z0: torch.Tensor, start: int, generator: torch.Generator | None = None
@@ -182,15 +197,15 @@ class LatentSegmenter(nn.Module):
 
     def forward(
         self, x: torch.Tensor, noise: torch.Tensor, steps: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Deterministic (eta = 0) end-to-end pass: the graph that is exported.
 
         :func:`lsdseg.export.onnx.export_onnx` traces this method with ``steps`` fixed.
 
         Shapes:
             x: (B, 3, S, S) normalised; noise: (B, K, c_m, S/f, S/f) ->
-            mean (B, S, S), std (B, S, S), hypotheses (B, K, S, S).
+            mean (B, S, S), std (B, S, S), hypotheses (B, K, S, S), score (B,).
         """
-        p = self.hypotheses(x, noise, steps or self.cfg.sampler.steps)
+        p, _, score = self.run(x, noise, steps or self.cfg.sampler.steps)
         mean, std = mean_std(p)
-        return mean, std, p
+        return mean, std, p, score

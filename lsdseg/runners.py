@@ -56,9 +56,9 @@ class TorchRunner:
         eta: float,
         generator: torch.Generator | None,
         start: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         with ops.use_backend(self.ops_backend), autocast(self.precision):
-            return self.model.hypotheses_and_latents(x, noise, steps, eta, generator, start)
+            return self.model.run(x, noise, steps, eta, generator, start)
 
 
 register_runner("torch", lambda model, ckpt, device: TorchRunner(model, "torch", "torch"))

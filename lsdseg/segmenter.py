@@ -59,7 +59,8 @@ log = logging.getLogger(__name__)
 class Result:
     """Everything lsdseg says about one frame, at the frame's own size (H, W)."""
 
-    mask: np.ndarray  # (H, W) bool: mean > threshold
+    # (H, W) bool: mean > threshold on a frame judged to hold a polyp (``present``), else empty
+    mask: np.ndarray
     mean: np.ndarray  # (H, W) float32: mean foreground probability (confidence map)
     std: np.ndarray  # (H, W) float32: std of the K probabilities
     entropy: np.ndarray  # (H, W) float32: entropy of the mean, bits
@@ -72,6 +73,11 @@ class Result:
     # a max(3, S // 16) px square (at S x S); 0 when the region is empty (see unsure_score)
     unsure: float
     seed: int  # the seed that reproduces this result
+    # the probability that the frame holds a polyp, from the presence head (lsdseg.presence);
+    # 1.0 for a checkpoint without one
+    score: float = 1.0
+    present: bool = True  # score >= the presence threshold: the frame is judged a polyp frame
+    threshold: float = 0.5  # the mask's threshold on the mean: mask = mean > threshold if present
     timings: dict[str, float] = field(default_factory=dict)  # milliseconds per stage
     latents: torch.Tensor | None = None  # (K, c_m, S/f, S/f) clean latents, for warm starts
 
@@ -134,6 +140,7 @@ class Segmenter:
         steps: int | None = None,
         eta: float | None = None,
         threshold: float | None = None,
+        presence_threshold: float | None = None,
     ) -> SamplerConfig:
         """The sampler settings a call with these arguments uses: each None is the
         checkpoint's default (``config.sampler``).
@@ -149,6 +156,9 @@ class Segmenter:
             threshold=d.threshold if threshold is None else threshold,
             spacing=d.spacing,
             shift=d.shift,
+            presence_threshold=(
+                d.presence_threshold if presence_threshold is None else presence_threshold
+            ),
         )
 
     def check_warm_timestep(self, t: int) -> None:
@@ -179,6 +189,7 @@ class Segmenter:
         warm_start: Result | Sequence[Result] | None = None,
         warm_timestep: int = 499,
         hypotheses_size: Literal["frame", "model"] = "frame",
+        presence_threshold: float | None = None,
     ) -> Result | list[Result]:
         """Segment one frame (H, W, 3) or a batch (a list, or an array (B, H, W, 3)).
 
@@ -201,22 +212,34 @@ class Segmenter:
         memory on a large frame (an 8000 x 6000 frame at K = 8: 1.5 GB at the frame's size,
         2 MB at S = 256), and a caller that only shows them as thumbnails needs no more.
 
+        ``presence_threshold`` (default: the checkpoint's) decides whether a frame holds a
+        polyp: a frame whose ``Result.score`` is below it gets an empty ``Result.mask``, while
+        its mean, std and uncertainty maps stay as sampled, so a weak suspicion stays visible.
+
         Raises:
             ValueError / TypeError: an invalid setting or frame.
         """
         _check_choice("order", order, ("bgr", "rgb"))
         _check_choice("hypotheses_size", hypotheses_size, ("frame", "model"))
-        s = self.settings(hypotheses, steps, eta, threshold)
+        s = self.settings(hypotheses, steps, eta, threshold, presence_threshold)
         frames, single = as_frames(image)
         seeds = self._seeds(seed, len(frames), s, warm_start is not None)
         t0 = time.perf_counter()
         x = self.preprocess(frames, order)
         t1 = time.perf_counter()
         per_frame = isinstance(seed, Sequence)
-        p, z0 = self.run(x, s, seeds, per_frame, warm_start, warm_timestep)
+        p, z0, score = self.run(x, s, seeds, per_frame, warm_start, warm_timestep)
         t2 = time.perf_counter()
         results = [
-            self.postprocess(p[i].float(), f.shape[:2], s.threshold, seeds[i], hypotheses_size)
+            self.postprocess(
+                p[i].float(),
+                f.shape[:2],
+                s.threshold,
+                seeds[i],
+                hypotheses_size,
+                float(score[i]),
+                s.presence_threshold,
+            )
             for i, f in enumerate(frames)
         ]
         timings = _timings((t0, t1, t2, time.perf_counter()), len(frames))
@@ -233,7 +256,7 @@ class Segmenter:
         per_frame: bool = False,
         warm_start: Result | Sequence[Result] | None = None,
         warm_timestep: int = 499,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Draw the initial noise and run the backend on a batch from :meth:`preprocess`.
 
         Args:
@@ -244,8 +267,9 @@ class Segmenter:
             warm_start, warm_timestep: as :meth:`__call__`'s.
 
         Shapes:
-            x: (B, 3, S, S) -> probabilities (B, K, S, S) and clean latents
-            (B, K, c_m, S/f, S/f), or None when the backend returns none.
+            x: (B, 3, S, S) -> probabilities (B, K, S, S), clean latents
+            (B, K, c_m, S/f, S/f) or None when the backend returns none, and the presence
+            score (B,).
 
         Raises:
             ValueError: a warm start that does not fit.
@@ -262,10 +286,10 @@ class Segmenter:
         if warm_start is not None:  # its noise is the generator's next draw after ``noise``
             noise = self._warm(warm_start, shape, warm_timestep, gen)
             start = warm_timestep
-        p, z0 = self.runner(x, noise.to(self.device), s.steps, s.eta, gen, start)
+        p, z0, score = self.runner(x, noise.to(self.device), s.steps, s.eta, gen, start)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # so the caller's timings hold the work
-        return p, z0
+        return p, z0, score.float().cpu()
 
     @staticmethod
     def _seeds(seed: int | Sequence[int] | None, n: int, s: SamplerConfig, warm: bool) -> list[int]:
@@ -319,9 +343,12 @@ class Segmenter:
         threshold: float,
         seed: int,
         hypotheses_size: Literal["frame", "model"] = "frame",
+        score: float = 1.0,
+        presence_threshold: float = 0.0,
     ) -> Result:
-        """One frame's (K, S, S) probabilities -> its Result at ``size`` (H, W); the K maps
-        stay at S x S with ``hypotheses_size="model"``.
+        """One frame's (K, S, S) probabilities and presence score -> its Result at ``size``
+        (H, W); the K maps stay at S x S with ``hypotheses_size="model"``. The mask is empty
+        when ``score`` is below ``presence_threshold``.
 
         The mean, std, entropy and mutual information (and the K maps) are resized together,
         as one (4 + K, S, S) stack, and clamped in place: no second frame-sized copy.
@@ -335,8 +362,9 @@ class Segmenter:
         maps = resize_maps(maps, size).clamp_(0.0, 1.0).cpu().numpy()
         hyps = maps[4:] if hypotheses_size == "frame" else p.clamp(0.0, 1.0).cpu().numpy()
         mean = maps[0]
+        present = score >= presence_threshold
         return Result(
-            mask=mean > threshold,
+            mask=(mean > threshold) if present else np.zeros(mean.shape, bool),
             mean=mean,
             std=maps[1],
             entropy=maps[2],
@@ -345,6 +373,9 @@ class Segmenter:
             agreement=agree,
             unsure=unsure,
             seed=seed,
+            score=score,
+            present=present,
+            threshold=threshold,
         )
 
 

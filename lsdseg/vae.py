@@ -67,6 +67,22 @@ class _Encoder(nn.Module):
         self.head = nn.Conv2d(channels[-1], c_out, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self._deepest(x)))
+
+    @property
+    def presence_channels(self) -> tuple[int, ...]:
+        """Channels of the maps :meth:`with_presence_features` returns."""
+        return (self.head.in_channels, self.head.out_channels)
+
+    def with_presence_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """As :meth:`forward`, also returning the maps the presence head pools: the deepest
+        level's features before the head, and the latent."""
+        h = self._deepest(x)
+        z = self.head(self.norm(h))
+        return z, [h, z]
+
+    def _deepest(self, x: torch.Tensor) -> torch.Tensor:
+        """The deepest level's features, before the head: (B, channels[-1], h, w)."""
         h = self.stem(x)  # (B, channels[0], S/2, S/2)
         for level in self.levels:
             h = level(h)
@@ -77,7 +93,7 @@ class _Encoder(nn.Module):
             h = h + extra.pop(0)
         if self.context is not None:
             h = self.context(h, extra)
-        return self.head(self.norm(h))
+        return h
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Every parameter except the frozen early layers of a pretrained backbone."""
@@ -160,6 +176,11 @@ class _PyramidEncoder(nn.Module):
 
     def from_frozen(self, h: torch.Tensor) -> torch.Tensor:
         """:meth:`encode_frozen`'s output -> the latent (B, c_out, S/8, S/8)."""
+        return self.head(self.norm(self._pyramid(h)[0]))
+
+    def _pyramid(self, h: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """:meth:`encode_frozen`'s output -> the merged pyramid (B, width, S/8, S/8) and the
+        backbone's features at S/8, S/16 and S/32."""
         feats = self.backbone.forward_rest(h)  # S/8, S/16, S/32
         p = None
         for i in reversed(range(len(feats))):
@@ -167,10 +188,24 @@ class _PyramidEncoder(nn.Module):
             if p is not None:
                 lat = lat + F.interpolate(p, scale_factor=2.0, mode="nearest")
             p = self.merge[i](lat)
-        return self.head(self.norm(p))
+        return p, feats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.from_frozen(self.encode_frozen(x))
+
+    @property
+    def presence_channels(self) -> tuple[int, ...]:
+        """Channels of the maps :meth:`with_presence_features` returns."""
+        c = self.backbone.channels  # at S/8, S/16, S/32
+        return (c[2], c[1], self.head.in_channels, self.head.out_channels)
+
+    def with_presence_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """As :meth:`forward`, also returning the maps the presence head pools: the backbone's
+        features at S/32 and S/16 (what the frame is), the merged pyramid (what the
+        segmentation sees) and the latent."""
+        p, feats = self._pyramid(self.encode_frozen(x))
+        z = self.head(self.norm(p))
+        return z, [feats[2], feats[1], p, z]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Every parameter except the backbone's frozen stem and blocks up to S/8."""
@@ -223,6 +258,18 @@ class ImageAutoencoder(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised image -> (B, c_x, S/f, S/f)."""
         return self.encoder(x)
+
+    def encode_with_presence_features(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(B, 3, S, S) -> z_x (B, c_x, S/f, S/f) and the feature maps the presence head pools
+        (:attr:`presence_channels`; :mod:`lsdseg.presence`)."""
+        return self.encoder.with_presence_features(x)
+
+    @property
+    def presence_channels(self) -> tuple[int, ...]:
+        """Channels of each map :meth:`encode_with_presence_features` returns."""
+        return self.encoder.presence_channels
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(B, c_x, S/f, S/f) -> (B, 3, S, S) reconstruction in normalised units."""

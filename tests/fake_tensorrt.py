@@ -179,7 +179,8 @@ class FakeCuda:
 
 
 class ExecutionContext:
-    """Runs the stand-in network: hypotheses[b, k] = mean(image[b]) + mean(noise[b, k])."""
+    """Runs the stand-in network: hypotheses[b, k] = mean(image[b]) + mean(noise[b, k]),
+    score[b] = mean(image[b])."""
 
     def __init__(self, engine: CudaEngine) -> None:
         self.engine = engine
@@ -206,6 +207,7 @@ class ExecutionContext:
         mean_z = t["noise"].float().mean(dim=(2, 3, 4))  # (B, K)
         value = (mean_x[:, None] + mean_z).to(t["hypotheses"].dtype)
         t["hypotheses"].copy_(value[:, :, None, None].expand_as(t["hypotheses"]))
+        t["score"].copy_(mean_x.to(t["score"].dtype))
 
     def execute_async_v3(self, handle: int) -> bool:
         cuda = self.engine.cuda
@@ -226,7 +228,7 @@ class ExecutionContext:
 
 
 class CudaEngine:
-    NAMES = ("image", "noise", "mean", "std", "hypotheses")
+    NAMES = ("image", "noise", "mean", "std", "hypotheses", "score")
 
     def __init__(self, module: FakeTensorRT, cuda: FakeCuda) -> None:
         self.module, self.cuda = module, cuda

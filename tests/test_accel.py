@@ -79,8 +79,11 @@ def test_with_the_options_off_results_are_the_models_own_bit_for_bit(tiny_model)
         (1, 3, *tiny_model.latent_shape), generator=torch.Generator().manual_seed(5)
     )
     with torch.inference_mode():
-        p, z0 = tiny_model.hypotheses_and_latents(x, noise, 2)
-    expected = Segmenter.postprocess(p[0], (H, W), seg.config.sampler.threshold, 5)
+        p, z0, score = tiny_model.run(x, noise, 2)
+    s = seg.config.sampler
+    expected = Segmenter.postprocess(
+        p[0], (H, W), s.threshold, 5, score=float(score[0]), presence_threshold=s.presence_threshold
+    )
     _same(r, expected)
     assert torch.equal(r.latents, z0[0])
 
@@ -135,12 +138,14 @@ def test_each_call_gets_copies_not_the_static_outputs(tiny_model) -> None:
     gen = torch.Generator().manual_seed(0)
     x1, x2 = torch.randn(2, 1, 3, s, s, generator=gen)
     noise = torch.randn(1, 2, *tiny_model.latent_shape, generator=gen)
-    p1, z1 = runner(x1, noise, 2, 0.0, None)
-    expected_p1, expected_z1 = TorchRunner(tiny_model)(x1, noise, 2, 0.0, None)
+    p1, z1, s1 = runner(x1, noise, 2, 0.0, None)
+    expected = TorchRunner(tiny_model)(x1, noise, 2, 0.0, None)
     runner(x2, noise, 2, 0.0, None)  # the same graph, other inputs
-    assert torch.equal(p1, expected_p1) and torch.equal(z1, expected_z1)
+    for got, want in zip((p1, z1, s1), expected, strict=True):
+        assert torch.equal(got, want)
     frame = runner.graphs[runner.key(x1, noise, 2, None)]
     assert p1.data_ptr() != frame.p.data_ptr() and z1.data_ptr() != frame.z0.data_ptr()
+    assert s1.data_ptr() != frame.score.data_ptr()
 
 
 def test_a_graph_per_batch_k_steps_start_and_size(tiny_model) -> None:

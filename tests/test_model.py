@@ -37,8 +37,9 @@ def test_forward_shapes_and_ranges(
     assert model.latent_shape == (2, s // factor, s // factor)
     x, noise = _inputs(model, b, k)
     with torch.no_grad():
-        mean, std, p = model(x, noise)
+        mean, std, p, score = model(x, noise)
     assert mean.shape == std.shape == (b, s, s)
+    assert score.shape == (b,) and bool(((score > 0) & (score < 1)).all())  # a probability
     assert p.shape == (b, k, s, s)
     assert float(p.min()) >= 0.0 and float(p.max()) <= 1.0
     torch.testing.assert_close(mean, p.mean(dim=1))
@@ -48,14 +49,21 @@ def test_forward_shapes_and_ranges(
 
 
 def test_image_side_runs_once_per_image_whatever_k(tiny_model: LatentSegmenter) -> None:
-    calls: dict[str, list[int]] = {"encoder": [], "cond_in": [], "conv_in": [], "decoder": []}
+    calls: dict[str, list[int]] = {
+        "encoder": [],
+        "presence": [],
+        "cond_in": [],
+        "conv_in": [],
+        "decoder": [],
+    }
 
     def hook(name: str):
         return lambda module, args, out: calls[name].append(args[0].shape[0])
 
     m = tiny_model
     handles = [
-        m.image_ae.encoder.register_forward_hook(hook("encoder")),
+        m.image_ae.encoder.norm.register_forward_hook(hook("encoder")),  # before its head
+        m.presence.register_forward_hook(lambda mod, a, out: calls["presence"].append(len(out))),
         m.unet.cond_in.register_forward_hook(hook("cond_in")),
         m.unet.conv_in.register_forward_hook(hook("conv_in")),
         m.mask_vae.decoder.register_forward_hook(hook("decoder")),
@@ -69,6 +77,7 @@ def test_image_side_runs_once_per_image_whatever_k(tiny_model: LatentSegmenter) 
         for h in handles:
             h.remove()
     assert calls["encoder"] == [b]  # once, on B images, not B * K
+    assert calls["presence"] == [b]  # the presence head reads the encoder's features once
     assert calls["cond_in"] == [b]
     assert calls["conv_in"] == [b * k] * steps  # the hypotheses run batched, once per step
     assert calls["decoder"] == [b * k]

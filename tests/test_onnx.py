@@ -143,6 +143,7 @@ def test_graph_interface_metadata_and_checks(onnx_seg, ckpt):
         ["B", 64, 64],
         ["B", 64, 64],
         ["B", "K", 64, 64],
+        ["B"],
     ]
     assert {o.domain for o in proto.opset_import} <= {"", "ai.onnx"}
     # inner shapes name B and K too (the exporter's own symbols, s11*s30 and so on, are renamed)
@@ -287,7 +288,8 @@ def test_fp16_graph_has_float32_io(onnx_seg, torch_seg, tmp_path):
     )
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     noise = torch.randn(2, 3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
-    mean, _, p = session.run(None, {"image": x.numpy(), "noise": noise.numpy()})
+    mean, _, p, score = session.run(None, {"image": x.numpy(), "noise": noise.numpy()})
+    assert score.dtype == np.float32 and score.shape == (2,)
     assert mean.dtype == np.float32 and p.shape == (2, 3, 64, 64)
     with torch.inference_mode():
         ref = torch_seg.model(x, noise, 2)[0].numpy()

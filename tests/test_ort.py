@@ -77,10 +77,15 @@ def test_the_bound_run_matches_the_numpy_run(tiny, cache_root):
     session = runner.session(1)
     gen = torch.Generator().manual_seed(0)
     x, noise = torch.randn(2, 3, 32, 32, generator=gen), torch.randn(2, 3, 4, 4, 4, generator=gen)
-    (want,) = session.run(["hypotheses"], {"image": x.numpy(), "noise": noise.numpy()})
-    got = run_bound(session, x, noise)
+    want, want_score = session.run(
+        ["hypotheses", "score"], {"image": x.numpy(), "noise": noise.numpy()}
+    )
+    got, score = run_bound(session, x, noise)
     assert got.shape == (2, 3, 32, 32) and got.dtype == torch.float32
+    assert score.shape == (2,) and score.dtype == torch.float32
     torch.testing.assert_close(got, torch.from_numpy(want), rtol=0, atol=0)
-    got_runner, latents = runner(x, noise, 1, 0.0, None)
+    torch.testing.assert_close(score, torch.from_numpy(want_score), rtol=0, atol=0)
+    got_runner, latents, score_runner = runner(x, noise, 1, 0.0, None)
     assert latents is None
     torch.testing.assert_close(got_runner, got, rtol=0, atol=0)
+    torch.testing.assert_close(score_runner, score, rtol=0, atol=0)

@@ -66,10 +66,17 @@ def test_export_writes_a_repository_that_matches_the_graph(exported, graph):
     assert group.count == 2 and group.kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
     inputs, outputs = ort_io(model_file)
     for declared, expected in ((cfg.input, inputs), (cfg.output, outputs)):
-        got = [
-            (t.name, model_config_pb2.DataType.Name(t.data_type), [-1, *t.dims]) for t in declared
+        got = [  # a (B,) tensor is declared [1] reshaped to [] (Triton's rule for batched models)
+            (
+                t.name,
+                model_config_pb2.DataType.Name(t.data_type),
+                [-1, *(t.reshape.shape if t.HasField("reshape") else t.dims)],
+            )
+            for t in declared
         ]
         assert got == expected  # Triton's dims: the graph's without the batch axis
+    score = cfg.output[OUTPUT_NAMES.index("score")]
+    assert list(score.dims) == [1] and list(score.reshape.shape) == []
     assert tuple(t.name for t in cfg.input) == INPUT_NAMES
     assert tuple(t.name for t in cfg.output) == OUTPUT_NAMES
     assert list(cfg.input[1].dims) == [-1, 4, 4, 4]  # noise: K dynamic, c_m, S/f, S/f
@@ -83,8 +90,9 @@ def test_repository_graph_runs_at_any_batch_and_k(exported):
     session = ort.InferenceSession(str(exported / "repo" / "lsdseg" / "1" / "model.onnx"))
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32), dtype=np.float32)
     noise = np.random.default_rng(1).standard_normal((3, 5, 4, 4, 4), dtype=np.float32)
-    mean, std, hyp = session.run(None, {"image": x, "noise": noise})
+    mean, std, hyp, score = session.run(None, {"image": x, "noise": noise})
     assert mean.shape == std.shape == (3, 32, 32) and hyp.shape == (3, 5, 32, 32)
+    assert score.shape == (3,)
 
 
 def test_metadata_strings_survive_the_text_format(graph, tmp_path):

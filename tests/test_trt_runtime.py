@@ -49,9 +49,10 @@ def test_each_shape_has_its_own_context_and_graph_and_switching_only_replays(tmp
     shapes = [(1, 8), (2, 3), (1, 8), (2, 3), (1, 1), (1, 8)]
     for i, (b, k) in enumerate(shapes):
         x, noise = _inputs(b, k, seed=i)
-        got = engine(x, noise)
+        got, score = engine(x, noise)
         assert got.dtype == torch.float32 and got.shape == (b, k, 16, 16)
         torch.testing.assert_close(got, _expected(x, noise))
+        torch.testing.assert_close(score, x.mean(dim=(1, 2, 3)))  # the stand-in's score
     contexts = module.engines[0].contexts
     assert len(contexts) == 3  # one per distinct (B, K)
     assert [c.set_shape_calls for c in contexts] == [2, 2, 2]  # image and noise, once each
@@ -76,10 +77,10 @@ def test_every_enqueue_capture_and_replay_is_on_the_engines_own_stream(tmp_path,
 
 def test_results_are_copies_not_the_reused_buffer(tmp_path, fakes):
     engine = _engine(tmp_path, fakes)
-    first = engine(*_inputs(1, 2, seed=0))
-    kept = first.clone()
+    first, score = engine(*_inputs(1, 2, seed=0))
+    kept, kept_score = first.clone(), score.clone()
     engine(*_inputs(1, 2, seed=1))
-    assert torch.equal(first, kept)
+    assert torch.equal(first, kept) and torch.equal(score, kept_score)
 
 
 def test_a_context_tensorrt_cannot_create_is_an_error_with_the_shape(tmp_path, fakes):
