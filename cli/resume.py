@@ -36,6 +36,7 @@ OPTIONS = {
     "data.data": "--data",
     "data.val_data": "--val-data",
     "data.val_fraction": "--val-fraction",
+    "data.negatives": "--negatives",
 }
 
 
@@ -64,6 +65,7 @@ def data_settings(args: argparse.Namespace) -> dict:
         "data": [str(Path(d).resolve()) for d in args.data],
         "val_data": [str(Path(d).resolve()) for d in args.val_data] if args.val_data else None,
         "val_fraction": None if args.val_data else args.val_fraction,
+        "negatives": [str(Path(d).resolve()) for d in args.negatives or []],
     }
 
 

@@ -43,10 +43,38 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/train/exp", help="run folder (default runs/train/exp)")
     p.add_argument(
         "--stage",
-        choices=["all", "autoencoders", "diffusion"],
+        choices=["all", "autoencoders", "diffusion", "presence"],
         default="all",
         help="stages to run: autoencoders (stage 1: the image and mask autoencoders), "
-        "diffusion (stage 2: the denoiser, usually with --init) or all (both in turn)",
+        "diffusion (stage 2: the denoiser, usually with --init), all (both in turn), or "
+        "presence (the head that decides whether a frame holds a polyp, on an --init "
+        "checkpoint, everything else frozen)",
+    )
+    p.add_argument(
+        "--negatives",
+        action="append",
+        metavar="DIR",
+        help="a folder of polyp-free images (repeatable; any layout, masks ignored). Images "
+        "of a --data folder without a mask, or with an empty one, are polyp-free too",
+    )
+    p.add_argument(
+        "--presence-hidden",
+        type=int,
+        default=64,
+        help="--stage presence: hidden width of the head (default 64)",
+    )
+    p.add_argument(
+        "--presence-views",
+        type=int,
+        default=4,
+        help="--stage presence: augmented views of each training image (default 4)",
+    )
+    p.add_argument(
+        "--min-sensitivity",
+        type=float,
+        default=0.99,
+        help="--stage presence: the threshold is the highest that keeps this share of the "
+        "validation polyp frames (default 0.99)",
     )
     p.add_argument("--epochs", type=int, default=60, help="diffusion-stage epochs")
     p.add_argument("--ae-epochs", type=int, default=10, help="autoencoder-stage epochs")
@@ -245,6 +273,12 @@ def run(args: argparse.Namespace) -> int:
     device = device_option(args.device)
     model_cfg = load_json(ModelConfig, args.model_config) if args.model_config else ModelConfig()
     init = str(bundled_weights()) if args.init == "default" else args.init
+    if args.stage == "presence":
+        from lsdseg.cli.train_presence import run_presence
+
+        if not 0 < args.val_fraction < 1:
+            raise UserError(f"--val-fraction {args.val_fraction} must be between 0 and 1")
+        return run_presence(args, console, init)
     out = Path(args.out)
     size, grow = _image_size(
         args.imgsz, model_cfg.image_size, init, _parse_grow(args.grow, init), out
@@ -291,7 +325,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(line)
     datasets: dict[str, dict] = {}
     train_pairs, val_pairs = load_pairs(
-        args.data, args.val_data, args.val_fraction, args.seed, datasets
+        args.data, args.val_data, args.val_fraction, args.seed, datasets, args.negatives or ()
     )
     for warning in frame_split_warnings(datasets):
         console.print(f"lsdseg train: warning: {warning}")
@@ -300,9 +334,11 @@ def run(args: argparse.Namespace) -> int:
             f"{len(train_pairs)} training pairs are fewer than --batch-size {args.batch_size}: "
             "lower --batch-size or add data"
         )
+    negatives = sum(info.get("negatives", 0) for info in datasets.values())
     console.print(
-        f"train: {len(train_pairs)} pairs, validation: {len(val_pairs)} pairs, "
-        f"device {device}, {torch.get_num_threads()} threads"
+        f"train: {len(train_pairs)} pairs, validation: {len(val_pairs)} pairs "
+        f"({negatives} polyp-free images without a mask among them), device {device}, "
+        f"{torch.get_num_threads()} threads"
     )
     train_set = SegmentationDataset(train_pairs, size, AugmentConfig(), seed=args.seed)
     val_set = SegmentationDataset(val_pairs, size) if val_pairs else None

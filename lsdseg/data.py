@@ -27,6 +27,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -325,19 +326,30 @@ def dataset_of(group: str) -> str:
     return group.split(":", 1)[0] if ":" in group else ""
 
 
+NEGATIVE_BLOCK = 50  # a negatives folder without sequences.csv is split in runs of this many
+
+
 def load_pairs(
     dirs: Sequence[str],
     val_dirs: Sequence[str] | None,
     val_fraction: float,
     seed: int,
     datasets: dict[str, dict] | None = None,
+    negatives: Sequence[str] = (),
 ) -> tuple[list[Pair], list[Pair]]:
-    """The labelled pairs of every dataset and their train/validation split, as training uses.
+    """The pairs of every dataset and their train/validation split, as training uses.
 
     Each group is prefixed by its dataset's folder name (``dataset:group``, see
     :func:`dataset_of`), so groups of two datasets never merge. Without ``val_dirs`` each
     dataset is split on its own by :func:`split_pairs` (``val_fraction``, ``seed``); with them,
     ``dirs`` all train and ``val_dirs`` all validate.
+
+    Background images, as Ultralytics takes them: an image of a labelled dataset without a
+    mask is a polyp-free frame (``mask=None``; an empty mask means the same), and every image
+    of a ``negatives`` folder is one (any layout; masks there are ignored). A negatives folder
+    is split like the others; without a ``sequences.csv`` its images are grouped in runs of
+    :data:`NEGATIVE_BLOCK` neighbours in name order, since neighbouring video frames are
+    near-duplicates. A dataset needs at least one mask unless it is a negatives folder.
 
     ``datasets``, when given, is filled with each dataset's ``root``, ``layout``, how its
     groups were set (``grouped_by``: sequences.csv or file names) and, for a folder split here
@@ -347,27 +359,45 @@ def load_pairs(
         DataError: a folder without image/mask pairs.
     """
 
-    def prefixed(root: str, split: bool) -> list[Pair]:
+    def prefixed(root: str, split: bool, negative: bool = False) -> list[Pair]:
         layout, pairs = find_pairs(root)
         name = Path(root).resolve().name
+        if negative:
+            pairs = [dataclasses.replace(p, mask=None) for p in pairs]
         labelled = [p for p in pairs if p.mask is not None]
-        if not labelled:
+        if not labelled and not negative:
             raise DataError(
-                f"{root}: no image/mask pairs found (layout {layout}); training needs masks"
+                f"{root}: no image/mask pairs found (layout {layout}); training needs masks "
+                "(pass a folder of polyp-free images with --negatives)"
             )
+        grouped = any(p.group != p.name for p in pairs)
+        if negative and not grouped:
+            pairs = [
+                dataclasses.replace(p, group=f"run{i // NEGATIVE_BLOCK}")
+                for i, p in enumerate(pairs)
+            ]
         if datasets is not None:
-            grouped = any(p.group != p.name for p in labelled)
-            info = {"root": str(Path(root).resolve()), "layout": layout}
-            info["grouped_by"] = "sequences.csv" if grouped else "file names (one image a group)"
-            if split and not grouped:
+            info: dict[str, Any] = {"root": str(Path(root).resolve()), "layout": layout}
+            info["grouped_by"] = (
+                "sequences.csv"
+                if grouped
+                else f"runs of {NEGATIVE_BLOCK} neighbours"
+                if negative
+                else "file names (one image a group)"
+            )
+            info["negatives"] = len(pairs) - len(labelled)
+            if split and not grouped and not negative:
                 from lsdseg.splits import video_frame_share  # splits imports this module
 
                 info["video_frame_share"] = round(video_frame_share(labelled), 3)
             datasets[name] = info
-        return [dataclasses.replace(p, group=f"{name}:{p.group}") for p in labelled]
+        return [dataclasses.replace(p, group=f"{name}:{p.group}") for p in pairs]
 
     train: list[Pair] = []
     val: list[Pair] = []
+    for d in negatives:
+        t, v = split_pairs(prefixed(d, split=True, negative=True), val_fraction, seed)
+        train, val = train + t, val + v
     for d in dirs:
         pairs = prefixed(d, split=not val_dirs)
         if val_dirs:

@@ -31,14 +31,14 @@ class SegmentationDataset(Dataset):
     share one cache instead of each decoding every file.
 
     Args:
-        pairs: Pairs with masks.
+        pairs: Pairs; one without a mask is a polyp-free image (an empty mask).
         size: Output side length S (>= 8).
         augment: Augmentation settings, or ``None`` for none.
         seed: Base seed for per-item randomness.
         cache: Keep resized arrays in memory.
 
     Raises:
-        DataError: If ``pairs`` is empty or a pair has no mask.
+        DataError: If ``pairs`` is empty.
         ValueError: If ``size`` is invalid.
     """
 
@@ -53,12 +53,6 @@ class SegmentationDataset(Dataset):
         self.pairs = list(pairs)
         if not self.pairs:
             raise DataError("SegmentationDataset got no pairs: check find_pairs/split_pairs")
-        unlabelled = [p for p in self.pairs if p.mask is None]
-        if unlabelled:
-            raise DataError(
-                f"{len(unlabelled)} pair(s) have no mask (first: {unlabelled[0].image}): "
-                "training needs masks; add them or drop those pairs"
-            )
         if isinstance(size, bool) or not isinstance(size, int) or size < 8:
             raise ValueError(f"size={size!r}: use an int >= 8, e.g. 256")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -87,6 +81,8 @@ class SegmentationDataset(Dataset):
         item = self._cache.get(index)
         if item is None:
             image, mask = load_sample(self.pairs[index])
+            if mask is None:  # a polyp-free image: an empty mask
+                mask = np.zeros(image.shape[:2], bool)
             item = resize_pair(image, mask, self.size)
             if self.cache:
                 self._cache[index] = item

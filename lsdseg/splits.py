@@ -96,7 +96,10 @@ def split_record(
         name = p.group.split(":", 1)[0]
         root = datasets.get(name, {}).get("root")
         image = os.path.relpath(p.image, root) if root else str(p.image)
-        return {"image": f"{name}/{Path(image).as_posix()}", "group": p.group}
+        row = {"image": f"{name}/{Path(image).as_posix()}", "group": p.group}
+        if p.mask is None:
+            row["negative"] = True  # a polyp-free image (no mask)
+        return row
 
     record: dict[str, Any] = {"seed": seed, "val_fraction": val_fraction, "datasets": {}}
     for name, info in datasets.items():

@@ -1,0 +1,264 @@
+"""Training the presence head: polyp frames against polyp-free ones, the rest frozen.
+
+The head (:mod:`lsdseg.presence`) reads pooled image-encoder features, so training it never
+runs the denoiser: each image is encoded once per augmented view, its pooled features are
+kept in memory, and the head is fitted on them in seconds. The segmentation weights stay
+exactly as they were, so the masks of polyp frames the head lets through do not change.
+
+The frames:
+
+- positives: polyp frames (a non-empty mask), augmented; every other view is a random square
+  crop that holds the whole polyp, so "no scope border" or "zoomed in" never means "no polyp";
+- negatives: polyp-free images (no mask, an empty mask, or a ``--negatives`` folder), augmented,
+  and polyp-free crops of the training polyp frames (:func:`lsdseg.negatives.polyp_free_crop`),
+  which are the same cameras' mucosa, folds, stool and border.
+
+Validation scores the validation polyp frames, the validation negatives and the largest
+polyp-free crop of each validation polyp frame, unaugmented; the threshold is the highest that
+keeps the validation sensitivity at ``min_sensitivity`` (:func:`choose_threshold`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lsdseg.augment import AugmentConfig, augment
+from lsdseg.data import Pair, load_sample
+from lsdseg.imageio import resize_square
+from lsdseg.metrics.calibration import detection_auroc
+from lsdseg.model import LatentSegmenter
+from lsdseg.negatives import polyp_free_crop
+from lsdseg.presence import PresenceHead, pool
+
+__all__ = [
+    "PresenceTrainConfig",
+    "choose_threshold",
+    "fit_head",
+    "frame_views",
+    "pooled_features",
+    "positive_crop",
+    "score_sets",
+]
+
+
+@dataclass(frozen=True)
+class PresenceTrainConfig:
+    """Settings of ``lsdseg train --stage presence``."""
+
+    hidden: int = 64  # hidden width of the head (ModelConfig.presence)
+    views: int = 4  # augmented views of each training image (the first is unaugmented)
+    steps: int = 2000  # optimiser steps on the cached features
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    min_sensitivity: float = 0.99  # the threshold keeps at least this validation sensitivity
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (1 <= self.hidden <= 4096, f"hidden={self.hidden} must be in 1..4096"),
+            (1 <= self.views <= 64, f"views={self.views} must be in 1..64"),
+            (1 <= self.steps <= 1_000_000, f"steps={self.steps} must be in 1..1000000"),
+            (self.batch_size >= 2, f"batch_size={self.batch_size} must be >= 2"),
+            (math.isfinite(self.lr) and self.lr > 0, f"lr={self.lr} must be > 0"),
+            (self.weight_decay >= 0, f"weight_decay={self.weight_decay} must be >= 0"),
+            (
+                0.5 <= self.min_sensitivity <= 1.0,
+                f"min_sensitivity={self.min_sensitivity} must be between 0.5 and 1",
+            ),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+
+def positive_crop(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random square crop of a polyp frame that holds the whole polyp (1.2 to 2 times its
+    larger side, at most the frame's shorter side).
+
+    Shapes:
+        image (H, W, 3), mask (H, W) non-empty -> (s, s, 3).
+    """
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    side = int(min(h, w, max(y1 - y0, x1 - x0) * rng.uniform(1.2, 2.0)))
+    top = int(rng.integers(max(0, y1 - side), min(y0, h - side) + 1)) if side >= y1 - y0 else y0
+    left = int(rng.integers(max(0, x1 - side), min(x0, w - side) + 1)) if side >= x1 - x0 else x0
+    return image[top : top + side, left : left + side]
+
+
+def frame_views(pair: Pair, views: int, seed: int, kind: str) -> Iterable[tuple[np.ndarray, bool]]:
+    """The training views of one image: ``(RGB image, holds a polyp)`` each.
+
+    ``kind`` is ``"frame"`` (the image itself, augmented after the first view) or ``"crop"``
+    (polyp-free crops of a polyp frame, a new random one per view; none if the polyp leaves no
+    room).
+    """
+    image, mask = load_sample(pair)
+    positive = mask is not None and bool(mask.any())
+    aug = AugmentConfig()
+    for v in range(views):
+        rng = np.random.default_rng([seed, v, _name_seed(pair)])
+        if kind == "crop":
+            if not positive:
+                return
+            crop = polyp_free_crop(image, mask, rng=None if v == 0 else rng)
+            if crop is None:
+                return
+            out = crop if v == 0 else augment(crop, None, rng, aug)[0]
+            yield out, False
+            continue
+        out = image
+        if positive and v % 2 == 1:
+            out = positive_crop(image, mask, rng)
+        if v > 0:
+            out = augment(np.ascontiguousarray(out), None, rng, aug)[0]
+        yield out, positive
+
+
+def _name_seed(pair: Pair) -> int:
+    """A stable integer for a pair (its path), so views do not depend on the list's order."""
+    return int.from_bytes(str(pair.image).encode()[-16:].rjust(16, b"\0")[:8], "little")
+
+
+@torch.inference_mode()
+def pooled_features(
+    model: LatentSegmenter, images: Iterable[np.ndarray], batch: int = 16
+) -> torch.Tensor:
+    """RGB images (any size) -> the head's pooled input (N, 2C), at the model's size S.
+
+    Every image is resized as inference resizes frames (:func:`lsdseg.imageio.resize_square`)
+    and encoded by the frozen image encoder.
+    """
+    cfg = model.cfg
+    device = next(model.parameters()).device
+    out: list[torch.Tensor] = []
+    chunk: list[np.ndarray] = []
+
+    def flush() -> None:
+        x = torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2).to(device, torch.float32)
+        x = model.normalize(x / 255.0)
+        _, maps = model.image_ae.encode_with_presence_features(x)
+        out.append(pool(maps).float().cpu())
+        chunk.clear()
+
+    for image in images:
+        chunk.append(resize_square(image, cfg.image_size))
+        if len(chunk) == batch:
+            flush()
+    if chunk:
+        flush()
+    if not out:
+        return torch.zeros(0, 2 * sum(model.image_ae.presence_channels))
+    return torch.cat(out)
+
+
+def fit_head(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    channels: Sequence[int],
+    cfg: PresenceTrainConfig,
+    on_step: Callable[[int, float], None] | None = None,
+) -> PresenceHead:
+    """Fit a :class:`PresenceHead` on pooled features (N, 2C) and 0/1 labels (N,).
+
+    The features are standardised for the fit and the standardisation is folded into the
+    first layer afterwards, so the head takes raw pooled features. Positives and negatives are
+    weighted to count equally (class-balanced BCE).
+    """
+    if labels.min() == labels.max():
+        raise ValueError("the presence head needs both polyp frames and polyp-free frames")
+    g = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    mu, sd = features.mean(0), features.std(0).clamp_min(1e-4)
+    z = (features - mu) / sd
+    head = PresenceHead(channels, cfg.hidden)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    pos = labels.float().mean()
+    weight = torch.where(labels > 0.5, 0.5 / pos, 0.5 / (1 - pos))
+    for step in range(cfg.steps):
+        idx = torch.randint(0, len(z), (cfg.batch_size,), generator=g)
+        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))  # cosine decay
+        for group in opt.param_groups:
+            group["lr"] = lr
+        logits = head.forward_pooled(z[idx])
+        loss = F.binary_cross_entropy_with_logits(logits, labels[idx].float(), weight[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if on_step is not None:
+            on_step(step, loss.item())
+    with torch.no_grad():  # fold the standardisation: W (x - mu) / sd + b
+        w = head.hidden.weight / sd
+        head.hidden.bias -= w @ mu
+        head.hidden.weight.copy_(w)
+    return head.eval()
+
+
+@torch.inference_mode()
+def score_sets(head: PresenceHead, sets: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The presence score (a probability) of every row of each set of pooled features."""
+    return {k: torch.sigmoid(head.forward_pooled(v)).numpy() for k, v in sets.items()}
+
+
+def choose_threshold(positive: np.ndarray, min_sensitivity: float) -> float:
+    """The highest threshold (score >= threshold is a polyp) that keeps at least
+    ``min_sensitivity`` of the ``positive`` scores, lowered to the midpoint of the gap below
+    it so that it sits between scores rather than on one."""
+    if len(positive) == 0:
+        raise ValueError("choosing a threshold needs validation polyp frames")
+    s = np.sort(positive)
+    allowed = math.floor((1.0 - min_sensitivity) * len(s) + 1e-9)  # misses allowed
+    keep = s[allowed]  # the lowest score still kept
+    below = s[allowed - 1] if allowed > 0 else 0.0
+    return float(max(0.0, (keep + below) / 2 if allowed > 0 else keep * 0.5))
+
+
+def summary(
+    scores: dict[str, np.ndarray], threshold: float, positive: str = "polyp"
+) -> dict[str, dict[str, float]]:
+    """Per set: frames, the share judged to hold a polyp (sensitivity for ``positive``, the
+    false-alarm rate for the others) and, for the others, the AUROC against ``positive``."""
+    out: dict[str, dict[str, float]] = {}
+    pos = scores[positive]
+    for name, s in scores.items():
+        row = {"frames": float(len(s)), "judged_polyp": float(np.mean(s >= threshold))}
+        if name != positive and len(s) and len(pos):
+            y = torch.cat([torch.ones(len(pos)), torch.zeros(len(s))]).bool()
+            score = torch.from_numpy(np.concatenate([pos, s]).astype(np.float64))
+            row["auroc"] = float(detection_auroc(score, y))
+        out[name] = row
+    return out
+
+
+def with_head(model: LatentSegmenter, head: PresenceHead, threshold: float) -> LatentSegmenter:
+    """A copy of ``model`` with ``head`` as its presence head and ``threshold`` in its sampler
+    settings."""
+    cfg = model.cfg
+    cfg = dataclasses.replace(
+        cfg,
+        presence=head.hidden.out_features,
+        sampler=dataclasses.replace(cfg.sampler, presence_threshold=round(threshold, 6)),
+    )
+    new = LatentSegmenter(cfg)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("presence.")}
+    state.update({f"presence.{k}": v for k, v in head.state_dict().items()})
+    new.load_state_dict(state)
+    return new.to(next(model.parameters()).device).eval()
+
+
+def split_by_blocks(pairs: Sequence[Pair], block: int) -> list[Pair]:
+    """Group images of a folder without sequences into runs of ``block`` neighbours in name
+    order (near-duplicate video frames share a run), so a by-group split holds out whole runs."""
+    return [
+        dataclasses.replace(p, group=f"block{i // block}") if p.group == p.name else p
+        for i, p in enumerate(pairs)
+    ]
