@@ -56,6 +56,14 @@ def add_evaluate_options(p: argparse.ArgumentParser) -> None:
         "these folders (labelled images; by group, each dataset on its own); default: every image",
     )
     p.add_argument(
+        "--negatives",
+        action="append",
+        metavar="DIR",
+        help="with --val-fraction: also score the validation runs of this folder of polyp-free "
+        "images, split as lsdseg train --negatives splits it (repeatable; plain evaluate scores "
+        "a polyp-free folder given as --data whole)",
+    )
+    p.add_argument(
         "--split-seed",
         type=int,
         default=0,
@@ -118,8 +126,11 @@ def labelled_pairs(args: argparse.Namespace, console: Console) -> list:
     else:
         if not 0 < args.val_fraction < 1:
             raise UserError(f"--val-fraction {args.val_fraction} must be between 0 and 1")
-        _, pairs = load_pairs(args.data, None, args.val_fraction, args.split_seed)
+        negatives = [] if args.compare or args.sweep else args.negatives or []
+        _, pairs = load_pairs(args.data, None, args.val_fraction, args.split_seed, None, negatives)
         what = f"validation images (--val-fraction {args.val_fraction}, seed {args.split_seed})"
+    if args.compare or args.sweep:  # Dice is paired: the images with a mask only
+        pairs = [p for p in pairs if p.mask is not None]
     if args.groups:
         wanted = {g.strip() for g in args.groups.split(",") if g.strip()}
         have = {p.group.split(":", 1)[1] for p in pairs} | {p.group for p in pairs}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import math
 import shlex
 import sys
@@ -80,6 +81,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="mask = mean > threshold (default: checkpoint's)",
     )
     p.add_argument(
+        "--presence-threshold",
+        type=float,
+        default=None,
+        metavar="P",
+        help="a frame holds a polyp when its presence score reaches P (default: checkpoint's; "
+        "0 draws a mask on every frame)",
+    )
+    p.add_argument(
         "--seed",
         type=seed_arg(),
         default=0,
@@ -122,7 +131,11 @@ def run(args: argparse.Namespace) -> int:
     check_plain_evaluate(args)
     check_writable(args.project, "--project")  # before the data and the model are loaded
     sampler_config(
-        hypotheses=args.hypotheses, steps=args.steps, eta=args.eta, threshold=args.threshold
+        hypotheses=args.hypotheses,
+        steps=args.steps,
+        eta=args.eta,
+        threshold=args.threshold,
+        presence_threshold=args.presence_threshold,
     )
     device = device_option(args.device)
     backend = resolve_backend(args.backend, device)
@@ -133,6 +146,10 @@ def run(args: argparse.Namespace) -> int:
         layout, found = find_pairs(d)
         console.print(f"{d}: {len(found)} images ({layout} layout)")
         pairs += found
+    for d in (args.negatives or []) if args.val_fraction is None else []:
+        layout, found = find_pairs(d)  # polyp-free: any mask there is ignored
+        console.print(f"{d}: {len(found)} polyp-free images ({layout} layout)")
+        pairs += [dataclasses.replace(p, mask=None) for p in found]
     if args.val_fraction is not None:  # the labelled pairs of the split, --groups applied
         pairs = labelled_pairs(args, console)
     elif args.groups:
@@ -184,9 +201,12 @@ def run(args: argparse.Namespace) -> int:
             on_skip,
             on_row=on_row,
             stop=stop.event,
+            presence_threshold=args.presence_threshold,
         )
     stopped_by = stop.reason if ev.stopped else None
-    s = seg.settings(args.hypotheses, args.steps, args.eta, args.threshold)  # as run
+    s = seg.settings(  # as run
+        args.hypotheses, args.steps, args.eta, args.threshold, args.presence_threshold
+    )
     summary = {
         **ev.summary,
         "weights": args.weights,
@@ -198,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
         "steps": s.steps,
         "eta": s.eta,
         "threshold": s.threshold,
+        "presence_threshold": s.presence_threshold,
         "shift": s.shift,  # the checkpoint's timestep shift (SamplerConfig.shift)
         "data": args.data,
         "val_fraction": args.val_fraction,
@@ -206,27 +227,26 @@ def run(args: argparse.Namespace) -> int:
         "command": shlex.join(["lsdseg", *sys.argv[1:]]),
     }
     write_json(out / "summary.json", summary)  # a metric without a value (NaN) as null
-    if vis is not None and ev.summary["labelled"]:
+    polyp, free = ev.summary["polyp_frames"], ev.summary["polyp_free_frames"]
+    if vis is not None and polyp:
         groups = f", groups {args.groups}" if args.groups else ""
         vis.write_summary(
             f"lsdseg evaluate: {', '.join(args.data)}{groups}, weights {args.weights}, "
-            f"{ev.summary['labelled']} labelled images"
+            f"{polyp} polyp frames"
         )
 
-    labelled, skipped = ev.summary["labelled"], ev.summary["skipped"]
-    if ev.rows and not labelled:
-        console.print(
-            f"no image has a mask: predictions of {len(ev.rows)} images written (per_image.csv"
-            f"{', vis/' if vis else ''}), nothing scored"
-        )
-    elif labelled:
+    skipped = ev.summary["skipped"]
+    if polyp:
         _print_metrics(console, ev.summary, args.data)
-    if vis is not None and labelled:
-        console.print(f"pictures in {out / 'vis'}, the run's figure in {out / 'summary.png'}")
+    if ev.rows:
+        console.print(frame_line(ev.summary))
+    if vis is not None and ev.rows:
+        figure = f", the run's figure in {out / 'summary.png'}" if polyp else ""
+        console.print(f"pictures in {out / 'vis'}{figure}")
     stopped = f", stopped by {stopped_by} after {len(ev.rows) + skipped} of {len(pairs)}"
     console.print(
-        f"{labelled} labelled, {ev.summary['unlabelled']} unlabelled, {skipped} skipped"
-        f"{stopped if stopped_by else ''}; results in {out}"
+        f"{polyp} polyp frames, {free} polyp-free frames (no mask or an empty one), "
+        f"{skipped} skipped{stopped if stopped_by else ''}; results in {out}"
     )
     if stopped_by:
         return {"SIGINT": EXIT_INTERRUPTED, "SIGTERM": EXIT_TERMINATED}[stopped_by]
@@ -237,12 +257,31 @@ def run(args: argparse.Namespace) -> int:
             f"{skipped} of {len(pairs)} images could not be read and were skipped (named above); "
             f"the results of the other {len(ev.rows)} are in {out}"
         )
-    if not labelled:
-        raise UserError(
-            "nothing was scored: no image has a mask; give a labelled dataset (images/ + "
-            "masks/), or use lsdseg segment for predictions"
-        )
     return 0
+
+
+def frame_line(summary: dict[str, Any]) -> str:
+    """The frame-level line: sensitivity on polyp frames, false alarms on polyp-free ones."""
+
+    def pct(x: float) -> str:
+        return "-" if math.isnan(x) else f"{x:.1%}"
+
+    parts = []
+    if summary["polyp_frames"]:
+        parts.append(
+            f"sensitivity {pct(summary['sensitivity'])} of {summary['polyp_frames']} polyp "
+            "frames (a mask drawn)"
+        )
+    if summary["polyp_free_frames"]:
+        parts.append(
+            f"false alarms {pct(summary['false_alarm_rate'])} of "
+            f"{summary['polyp_free_frames']} polyp-free frames "
+            f"({pct(summary['false_alarm_rate_05'])} over 0.5% of the frame)"
+        )
+    auroc = summary["score_auroc"]
+    if auroc == auroc:  # not NaN
+        parts.append(f"presence score AUROC {auroc:.3f}")
+    return "frames: " + "; ".join(parts)
 
 
 def _cell(value: object) -> object:
@@ -278,7 +317,7 @@ class Pictures:
 
         panel = image_panel(image, mask, result.mask, result.entropy, name, row)
         write_png(self.folder / f"{name}.png", panel)
-        if mask is not None:
+        if mask is not None and mask.any():  # polyp frames only, as the metrics
             self.reliability.update(result.mean, mask)
             self.dices.append(float(row["dice"]))
             self.sizes.append(float(mask.mean()))
@@ -333,7 +372,7 @@ def _print_metrics(console: Console, summary: dict[str, Any], data: list[str]) -
         table.add_row(name, "-" if math.isnan(value) else f"{value:.4g}", key)
     console.print(table)
     console.print(
-        f"means over the {summary['labelled']} labelled images (latency: all "
+        f"means over the {summary['polyp_frames']} polyp frames (latency: all "
         f"{summary['images']}); ECE pooled bins all their pixels together (15 bins), ECE "
         "image mean averages per_image.csv's ece"
     )
@@ -343,5 +382,5 @@ def _print_metrics(console: Console, summary: dict[str, Any], data: list[str]) -
         "below Dice 0.5"
         if auroc == auroc  # not NaN
         else f"unsure score: no AUROC ({summary['low_dice_images']} of "
-        f"{summary['labelled']} images below Dice 0.5: it needs both kinds)"
+        f"{summary['polyp_frames']} images below Dice 0.5: it needs both kinds)"
     )

@@ -1,4 +1,12 @@
-"""Evaluate a segmenter on image/mask pairs at each image's original resolution."""
+"""Evaluate a segmenter on image/mask pairs at each image's original resolution.
+
+Two kinds of frame are scored. A polyp frame (a mask with foreground) gets the mask metrics
+(Dice, IoU, ..., averaged over polyp frames only, the convention of the polyp literature) and
+counts for the per-frame sensitivity: the share of polyp frames on which a mask is drawn. A
+polyp-free frame (no mask file, or an empty mask) counts for the false-alarm rate: the share
+on which a mask is drawn anyway (1 - specificity). A folder of polyp-free frames alone is a
+valid evaluation.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +32,9 @@ COLUMNS = (
     "name",
     "group",
     "labelled",
+    "polyp",
+    "score",
+    "present",
     "height",
     "width",
     "area_fraction",
@@ -67,6 +78,7 @@ def evaluate(
     on_skip: Callable[[Pair, str], None] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     stop: threading.Event | None = None,
+    presence_threshold: float | None = None,
 ) -> Evaluation:
     """Segment every pair and score it against its mask (if it has one).
 
@@ -79,7 +91,8 @@ def evaluate(
     Args:
         segmenter: the model to evaluate.
         pairs: images with optional masks.
-        hypotheses, steps, eta, threshold: sampler settings (None = checkpoint defaults).
+        hypotheses, steps, eta, threshold, presence_threshold: sampler settings (None =
+            checkpoint defaults).
         seed: base seed; image i uses ``seed + i`` so results do not depend on batching.
         on_image: called with (pair, image RGB, mask or None, result) after each image.
         on_skip: called with (pair, reason) for each pair that cannot be read, instead of
@@ -121,12 +134,17 @@ def evaluate(
             seed=seed + i,
             threshold=threshold,
             order="rgb",
+            presence_threshold=presence_threshold,
         )
         latencies.append(r.timings["total"])
+        polyp = mask is not None and bool(mask.any())
         row: dict[str, Any] = {
             "name": pair.name,
             "group": pair.group,
             "labelled": mask is not None,
+            "polyp": polyp,  # the ground truth: the frame holds a polyp
+            "score": r.score,  # the presence score
+            "present": r.present,  # the model's frame-level decision
             "height": image.shape[0],
             "width": image.shape[1],
             "area_fraction": float(r.mask.mean()),
@@ -135,7 +153,7 @@ def evaluate(
             "unsure": r.unsure,
             "latency_ms": r.timings["total"],
         }
-        if mask is not None:
+        if polyp:
             values = metrics.update(
                 torch.from_numpy(r.mask)[None],
                 torch.from_numpy(mask)[None],
@@ -153,13 +171,14 @@ def evaluate(
             on_row(row)
         if on_image is not None:
             on_image(pair, image, mask, r)
-    labelled = [r for r in ev.rows if r["labelled"]]
+    labelled = [r for r in ev.rows if r["polyp"]]
     ev.summary = {
         "images": len(ev.rows),
-        "labelled": len(labelled),
-        "unlabelled": len(ev.rows) - len(labelled),
+        "labelled": sum(r["labelled"] for r in ev.rows),
+        "unlabelled": sum(not r["labelled"] for r in ev.rows),
         "skipped": len(ev.skipped),
         "mean_latency_ms": float(np.mean(latencies)) if latencies else math.nan,
+        **frame_summary(ev.rows),
     }
     if labelled:
         means = metrics.compute()
@@ -172,6 +191,38 @@ def evaluate(
             ev.summary[key] = float(np.mean(values)) if values else math.nan
         ev.summary.update(unsure_summary(labelled))
     return ev
+
+
+def frame_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Frame-level figures: ``polyp_frames`` and ``polyp_free_frames`` (no mask, or an empty
+    one), ``sensitivity`` (polyp frames with a mask drawn), ``false_alarm_rate`` (polyp-free
+    frames with a mask drawn) and ``false_alarm_rate_05`` (drawn over more than 0.5% of the
+    frame), and ``score_auroc``, how well the presence score separates the two kinds (NaN
+    unless both are there). Rates are NaN when their frames are missing."""
+    polyp = [r for r in rows if r["polyp"]]
+    free = [r for r in rows if not r["polyp"]]
+
+    def share(items: Sequence[dict[str, Any]], min_area: float = 0.0) -> float:
+        if not items:
+            return math.nan
+        return float(np.mean([r["area_fraction"] > min_area for r in items]))
+
+    auroc = math.nan
+    if polyp and free:
+        auroc = float(
+            detection_auroc(
+                torch.tensor([r["score"] for r in rows], dtype=torch.float64),
+                torch.tensor([r["polyp"] for r in rows], dtype=torch.bool),
+            )
+        )
+    return {
+        "polyp_frames": len(polyp),
+        "polyp_free_frames": len(free),
+        "sensitivity": share(polyp),
+        "false_alarm_rate": share(free),
+        "false_alarm_rate_05": share(free, 0.005),
+        "score_auroc": auroc,
+    }
 
 
 def unsure_summary(rows: Sequence[dict[str, Any]], below: float = LOW_DICE) -> dict[str, Any]:

@@ -129,19 +129,17 @@ def test_unlabelled_and_unreadable_images_are_counted_and_the_run_fails_at_the_e
     )
 
 
-def test_unlabelled_folder_is_predicted_not_scored(capsys, tiny, tmp_path):
+def test_a_folder_without_masks_is_scored_as_polyp_free_frames(capsys, tiny, tmp_path):
     data = make_pairs(tmp_path / "d", [(40, 50), (30, 20)], masks=False)
     where = ["--project", str(tmp_path), "--name", "out"]
-    assert main(["evaluate", "--data", str(data), "--weights", tiny, *where]) == 1
+    assert main(["evaluate", "--data", str(data), "--weights", tiny, *where]) == 0
     captured = capsys.readouterr()
     assert "nan" not in captured.out.lower() and "Dice" not in captured.out
-    assert "no image has a mask: predictions of 2 images written" in captured.out
-    assert captured.err.strip().splitlines() == [
-        "lsdseg evaluate: error: nothing was scored: no image has a mask; give a labelled "
-        "dataset (images/ + masks/), or use lsdseg segment for predictions"
-    ]
+    assert "false alarms" in captured.out and "0 polyp frames, 2 polyp-free" in captured.out
+    assert captured.err == ""
     rows = list(csv.DictReader((tmp_path / "out" / "per_image.csv").read_text().splitlines()))
     assert [r["labelled"] for r in rows] == ["False", "False"]
+    assert [r["polyp"] for r in rows] == ["False", "False"]
     assert all(r["dice"] == r["hd95"] == "" for r in rows)  # the metric columns stay empty
     assert float(rows[1]["area_fraction"]) >= 0
 
