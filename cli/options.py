@@ -133,6 +133,7 @@ SAMPLER_FLAGS = {
     "steps": "--steps",
     "eta": "--eta",
     "threshold": "--threshold",
+    "presence_threshold": "--presence-threshold",
     "warm_timestep": "--temporal-t",
 }
 

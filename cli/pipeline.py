@@ -9,12 +9,15 @@ signal interrupts at once (the outputs are still closed on the way out).
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from lsdseg.cli.errors import OutputError
 from lsdseg.cli.overlay import MEASURE_LABEL, OverlayOptions, make_view, uncertainty_map
@@ -23,6 +26,7 @@ from lsdseg.cli.records import Summary, frame_record
 from lsdseg.cli.remote import RemoteSegmenter, ServerError
 from lsdseg.cli.sources import Frame, Source
 from lsdseg.cli.writer import Work, WriterThread
+from lsdseg.decision import PresenceFilter
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -40,6 +44,9 @@ class SampleOptions:
     threshold: float | None = None  # mask = mean > threshold
     seed: int | None = 0  # the same seed for every frame (steady video); None: a new one each
     temporal_t: int | None = None  # warm-start from the previous frame at this timestep
+    presence_threshold: float | None = None  # a frame holds a polyp when its score reaches it
+    # filter the frame-level decision over time (lsdseg.decision.PresenceFilter); None: off
+    presence_filter: PresenceFilter | None = None
 
 
 class StopFlag:
@@ -77,6 +84,28 @@ class StopFlag:
         self._old.clear()
 
 
+def decide(result: Result, presence_filter: PresenceFilter | None) -> bool:
+    """Whether a polyp is shown on this frame: its own decision (``result.present``), filtered
+    over time when a filter is given. ``result.mask`` is made to agree: emptied when nothing is
+    shown, and drawn from the mean (``mean > result.threshold``) on a frame the filter holds
+    although its own score fell short."""
+    shown = result.present if presence_filter is None else presence_filter.update(result.present)
+    if shown and not result.present and result.mean.size:
+        result.mask = result.mean > result.threshold
+    elif not shown and result.mask.any():
+        result.mask = np.zeros_like(result.mask)
+    return shown
+
+
+def state_word(present: bool, shown: bool, flagged: bool) -> str:
+    """What the HUD says of the frame, in a clinician's words: ``POLYP``, ``no polyp``, or
+    ``UNSURE`` (a polyp shown on a frame flagged unsure, or one the frame's own score sees that
+    the time filter has not confirmed yet)."""
+    if shown:
+        return "UNSURE" if flagged else "POLYP"
+    return "UNSURE" if present else "no polyp"
+
+
 def _work(
     frame: Frame,
     result: Result,
@@ -86,11 +115,15 @@ def _work(
     keep_mean: bool,
     unsure_threshold: float | None = None,
     still: bool = False,
+    presence_filter: PresenceFilter | None = None,
 ) -> Work:
     """A processed frame for the writer: its record, its view with the heads-up text.
 
     ``still``: the frame is a still image, which gets no frame rate or latency burned in.
+    ``presence_filter``: the decision over time (videos and streams), see :func:`decide`.
     """
+    present = result.present
+    shown = decide(result, presence_filter)
     unc = uncertainty_map(result, overlay.measure)
     record = frame_record(
         frame.index,
@@ -103,6 +136,9 @@ def _work(
         result.seed,
         result.unsure,
         unsure_threshold,
+        result.score,
+        present,
+        shown,
     )
     hud = (
         f"K={result.hypotheses.shape[0]} | "
@@ -113,9 +149,10 @@ def _work(
     if record["unsure"] is not None:
         hud += f" | unsure {record['unsure']:.2f}"
     flagged = bool(record["unsure_flag"])
-    if flagged:
-        hud = f"UNSURE | {hud}"
-    view = make_view(result, overlay, hud, alert=flagged)
+    word = state_word(present, shown, flagged)
+    score = "" if math.isnan(result.score) else f" {result.score:.2f}"
+    hud = f"{word}{score} | {hud}"
+    view = make_view(result, overlay, hud, alert=word == "UNSURE")
     return Work(frame, view, record, result.mean if keep_mean else None)
 
 
@@ -160,6 +197,7 @@ def run_pipeline(
     reader = FrameReader(source, realtime).start()
     latencies: list[float] = []
     flags: list[bool] = []  # per frame: flagged unsure
+    shown: list[bool] = []  # per frame: a polyp shown
     t_start: float | None = None
     t_last: float | None = None
     fps = 0.0
@@ -188,6 +226,7 @@ def run_pipeline(
                     eta=sample.eta,
                     seed=sample.seed,
                     threshold=sample.threshold,
+                    presence_threshold=sample.presence_threshold,
                     **warm,
                 )
             except ServerError as e:  # the frames written so far stay; the run ends cleanly
@@ -209,8 +248,10 @@ def run_pipeline(
                 keep_mean,
                 unsure_threshold,
                 still=source.kind == "images",
+                presence_filter=sample.presence_filter,
             )
             flags.append(bool(work.record["unsure_flag"]))
+            shown.append(bool(work.record["polyp_shown"]))
             del result  # the work item keeps only what rendering and records need
             writer.put(work)
             writer.display()
@@ -232,6 +273,7 @@ def run_pipeline(
             summary.finish(latencies[: writer.written], elapsed)
             if unsure_threshold is not None:
                 summary.unsure_frames = sum(flags[: writer.written])
+            summary.polyp_frames = sum(shown[: writer.written])
             summary.skipped_files = [list(s) for s in getattr(source, "skipped", [])]
             summary.skipped = len(summary.skipped_files)
     if stop.reason and not summary.stopped_by:

@@ -20,6 +20,12 @@ unsure             per-frame unsure score in [0, 1] (Result.unsure): mean entrop
                    mean over the candidate region (mean > 0.1, dilated); 0 when the model
                    sees no polyp at all
 unsure_flag        unsure > --unsure-threshold (empty without --unsure-threshold)
+score              the presence score: the probability that the frame holds a polyp
+                   (Result.score; 1 for weights without a presence head)
+polyp_frame        the frame's own decision: score >= the presence threshold
+polyp_shown        whether a polyp is shown: polyp_frame filtered over time for videos and
+                   streams (--presence-filter), polyp_frame itself for still images; the
+                   mask, area_fraction and components are empty when it is false
 seed               the seed that reproduces this frame's result
 =================  ==================================================================
 """
@@ -53,6 +59,9 @@ COLUMNS = (
     "agreement",
     "unsure",
     "unsure_flag",
+    "score",
+    "polyp_frame",
+    "polyp_shown",
     "seed",
 )
 
@@ -100,6 +109,9 @@ def frame_record(
     seed: int,
     unsure: float = math.nan,
     unsure_threshold: float | None = None,
+    score: float = math.nan,
+    polyp_frame: bool | None = None,
+    polyp_shown: bool | None = None,
 ) -> dict:
     """The record of one frame (see the module docstring for each field).
 
@@ -125,6 +137,9 @@ def frame_record(
         "agreement": _rounded(agreement, 6),
         "unsure": _rounded(unsure, 6),
         "unsure_flag": unsure_flag(unsure, unsure_threshold),
+        "score": _rounded(score, 6),
+        "polyp_frame": polyp_frame,
+        "polyp_shown": polyp_shown,
         "seed": int(seed),
     }
 
@@ -210,6 +225,7 @@ class Summary:
     stopped_by: str | None = None
     warning: str = ""
     unsure_frames: int | None = None  # frames flagged unsure (None without --unsure-threshold)
+    polyp_frames: int = 0  # frames on which a polyp was shown (polyp_shown)
     skipped: int = 0  # images of a folder or glob that could not be decoded
     skipped_files: list = field(default_factory=list)  # [path, reason] each, as evaluate's
     settings: dict = field(default_factory=dict)
@@ -231,6 +247,7 @@ class Summary:
         which have no frame rate to keep up with and nothing to drop."""
         stop = f", stopped by {self.stopped_by}" if self.stopped_by else ""
         unsure = "" if self.unsure_frames is None else f", {self.unsure_frames} flagged unsure"
+        unsure = f", {self.polyp_frames} with a polyp{unsure}"
         latency = f"latency mean {self.mean_latency_ms:.1f} ms p95 {self.p95_latency_ms:.1f} ms"
         if still:
             images = f"{self.frames} image{'' if self.frames == 1 else 's'}"

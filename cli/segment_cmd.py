@@ -11,6 +11,7 @@ the mask, confidence and uncertainty PNGs in ``masks/`` (opened and described by
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import TYPE_CHECKING
 
@@ -97,6 +98,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     m.add_argument(
         "--threshold", type=float, help="mask = mean > threshold (default: the checkpoint's)"
+    )
+    m.add_argument(
+        "--presence-threshold",
+        type=float,
+        metavar="P",
+        help="a frame holds a polyp when its presence score reaches P; below it no mask is drawn "
+        "(default: the checkpoint's; 0 draws a mask on every frame)",
+    )
+    m.add_argument(
+        "--presence-filter",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="filter the frame-level decision over time: a polyp shows once 3 of the last 5 "
+        "frames hold one and stays until fewer than 2 do (auto: on for videos and streams, off "
+        "for still images; default %(default)s)",
     )
     m.add_argument(
         "--imgsz",
@@ -199,7 +215,11 @@ def check_options(args: argparse.Namespace) -> None:
     settings by SamplerConfig's own checks; --temporal-t once the checkpoint's schedule is
     known)."""
     sampler_config(
-        hypotheses=args.hypotheses, steps=args.steps, eta=args.eta, threshold=args.threshold
+        hypotheses=args.hypotheses,
+        steps=args.steps,
+        eta=args.eta,
+        threshold=args.threshold,
+        presence_threshold=args.presence_threshold,
     )
     checks = [
         (args.vid_stride >= 1, f"--vid-stride {args.vid_stride} must be >= 1"),
@@ -301,6 +321,7 @@ def run(args: argparse.Namespace) -> int:
     from lsdseg.cli.pipeline import SampleOptions, StopFlag, run_pipeline
     from lsdseg.cli.segment_outputs import describe, open_outputs
     from lsdseg.cli.sources import open_source
+    from lsdseg.decision import PresenceFilter
 
     check_options(args)
     overlay = OverlayOptions(
@@ -317,6 +338,7 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         seed=None if args.seed < 0 else args.seed,
         temporal_t=args.temporal_t if args.temporal else None,
+        presence_threshold=args.presence_threshold,
     )
     if args.show:
         check_gui()
@@ -353,6 +375,10 @@ def run(args: argparse.Namespace) -> int:
                 raise UserError(flag_message(e, "warm_timestep")) from None
         realtime = source.live if args.realtime is None else args.realtime
         realtime = realtime and source.kind != "images"
+        if args.presence_filter == "on" or (
+            args.presence_filter == "auto" and source.kind != "images"
+        ):
+            sample = dataclasses.replace(sample, presence_filter=PresenceFilter())
         console.print(
             f"lsdseg segment: {source.label} ({source.kind}{', real time' if realtime else ''}), "
             f"K={args.hypotheses}, backend {segmenter.backend}{speed_label(segmenter)}, "
@@ -366,6 +392,7 @@ def run(args: argparse.Namespace) -> int:
                 "eta": sample.eta,
                 "seed": 0,
                 "threshold": sample.threshold,
+                "presence_threshold": sample.presence_threshold,
             }
             if not args.server:  # as run_pipeline calls it: the K maps at the model's size
                 settings["hypotheses_size"] = "model"

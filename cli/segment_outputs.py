@@ -72,6 +72,7 @@ def describe(
         "steps": sample.steps,
         "eta": sample.eta,
         "threshold": sample.threshold,
+        "presence_threshold": sample.presence_threshold,
     }
     if not isinstance(segmenter, RemoteSegmenter):
         resolved = segmenter.settings(**sampler)
@@ -86,6 +87,13 @@ def describe(
         **sampler,
         "seed": sample.seed,
         "temporal_t": sample.temporal_t,
+        "presence_filter": None
+        if sample.presence_filter is None
+        else {
+            "window": sample.presence_filter.window,
+            "on": sample.presence_filter.on,
+            "off": sample.presence_filter.off,
+        },
         "imgsz": None if isinstance(segmenter, RemoteSegmenter) else segmenter.image_size,
         "server": str(segmenter.address) if isinstance(segmenter, RemoteSegmenter) else None,
         "vid_stride": args.vid_stride,

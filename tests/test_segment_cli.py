@@ -995,3 +995,48 @@ def test_a_large_frame_takes_no_frame_sized_map_per_hypothesis(tiny, tmp_path):
         peaks[k] = int(r.stderr.split("peak_rss_kib ")[-1]) / 1024  # MiB
         assert len(read_rows(tmp_path / f"runs{k}" / "exp")) == 1
     assert peaks[16] - peaks[2] < 250, peaks  # 14 frame-sized maps would be 640 MiB
+
+
+def test_the_decision_is_filtered_over_time_on_videos_and_recorded(capsys, tiny, tmp_path, video):
+    # presence threshold 0: every frame holds a polyp on its own; the filter shows it from the
+    # third frame on (3 of the last 5), and the records and the summary say so
+    args = ("--max-frames", "6", "--threshold", "0.01", "--presence-threshold", "0")
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(video), *args)
+    assert rc == 0, err
+    rows = read_rows(tmp_path / "runs" / "exp")
+    assert [r["polyp_frame"] for r in rows] == ["True"] * 6
+    assert [r["polyp_shown"] for r in rows] == ["False"] * 2 + ["True"] * 4
+    assert all(float(r["area_fraction"]) == 0 for r in rows[:2])  # nothing drawn yet
+    assert all(float(r["area_fraction"]) > 0 for r in rows[2:])
+    assert all(0 < float(r["score"]) < 1 for r in rows)
+    summary = json.loads((tmp_path / "runs" / "exp" / "summary.json").read_text())
+    assert summary["polyp_frames"] == 4
+    assert summary["settings"]["presence_filter"] == {"window": 5, "on": 3, "off": 2}
+    assert "4 with a polyp" in err
+    rc, err = segment(
+        capsys, tiny, tmp_path / "runs", str(video), *args, "--presence-filter", "off"
+    )
+    assert rc == 0, err
+    rows = read_rows(tmp_path / "runs" / "exp2")
+    assert [r["polyp_shown"] for r in rows] == ["True"] * 6
+    # presence threshold 1: no frame holds one, nothing is drawn
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(video), "--max-frames", "3",
+                      "--threshold", "0.01", "--presence-threshold", "1")  # fmt: skip
+    assert rc == 0, err
+    rows = read_rows(tmp_path / "runs" / "exp3")
+    assert all(r["polyp_frame"] == r["polyp_shown"] == "False" for r in rows)
+    assert all(float(r["area_fraction"]) == 0 for r in rows)
+
+
+def test_still_images_are_judged_one_by_one(capsys, tiny, tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i}.png"), disc_frame(i))
+    args = ("--threshold", "0.01", "--presence-threshold", "0")
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(folder), *args)
+    assert rc == 0, err
+    rows = read_rows(tmp_path / "runs" / "exp")
+    assert [r["polyp_shown"] for r in rows] == ["True"] * 3  # no filter on still images
+    summary = json.loads((tmp_path / "runs" / "exp" / "summary.json").read_text())
+    assert summary["settings"]["presence_filter"] is None
