@@ -97,7 +97,8 @@ def estimate_latent_scale(model: LatentSegmenter, dataset: SegmentationDataset) 
     n = min(len(dataset), 256)
     y = torch.from_numpy(np.stack([dataset.load_resized(i)[1] for i in range(n)])).float()[:, None]
     device = next(model.parameters()).device
-    mean, _ = model.mask_vae.encode(y.to(device))
+    with torch.no_grad():  # a statistic, not a loss: no graph (and no requires_grad warning)
+        mean, _ = model.mask_vae.encode(y.to(device))
     return float(1.0 / mean.float().std().clamp_min(1e-6))
 
 

@@ -390,3 +390,32 @@ def test_a_run_without_validation_images_says_so_and_best_is_the_last_epoch(
     assert best == last  # written together, after the last epoch (not after the first)
     card = (run / "best" / "card.md").read_text()
     assert "-1.0000" not in card and "no validation images" in card
+
+
+def test_latent_scale_is_estimated_without_a_graph_or_a_warning():
+    """A from-scratch run once leaked torch's "Converting a tensor with requires_grad=True to
+    a scalar" UserWarning here; the statistic needs no autograd graph."""
+    import warnings
+
+    from lsdseg.model import LatentSegmenter
+    from lsdseg.train import estimate_latent_scale
+
+    model = LatentSegmenter(from_dict(ModelConfig, TINY))
+    rng = np.random.default_rng(0)
+    masks = [rng.random((64, 64)) > 0.7 for _ in range(3)]
+
+    class Masks:  # what estimate_latent_scale reads of a SegmentationDataset
+        def __len__(self):
+            return len(masks)
+
+        def load_resized(self, i):
+            return np.zeros((64, 64, 3), np.uint8), masks[i]
+
+    dataset = Masks()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scale = estimate_latent_scale(model, dataset)
+    y = torch.from_numpy(np.stack(masks)).float()[:, None]
+    with torch.no_grad():
+        expected = 1.0 / float(model.mask_vae.encode(y)[0].std())
+    assert scale == pytest.approx(expected, rel=1e-5)
