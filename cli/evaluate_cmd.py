@@ -20,6 +20,7 @@ from lsdseg.cli.options import (
     add_speed_options,
     check_graph_eta,
     check_speed_options,
+    precision_of,
     sampler_config,
     seed_arg,
 )
@@ -85,7 +86,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=0,
         help="seed of the initial noise; image i uses seed + i",
     )
-    add_backend_option(p, default="torch")
+    add_backend_option(p)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     add_speed_options(p)
     p.add_argument(
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     import lsdseg
-    from lsdseg.backends import resolve_backend
+    from lsdseg.backends import needs, resolve_backend
     from lsdseg.cli.compare_cmd import check_plain_evaluate, labelled_pairs, run_evaluate
     from lsdseg.cli.console import make_console
     from lsdseg.cli.options import device_option
@@ -125,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
         hypotheses=args.hypotheses, steps=args.steps, eta=args.eta, threshold=args.threshold
     )
     device = device_option(args.device)
-    backend = resolve_backend(args.backend, device)
+    wants = needs(args.eta, False, False, args.cuda_graph, precision_of(args))
+    backend = resolve_backend(args.backend, device, wants)
     precision = check_speed_options(args, device, backend, args.eta)
     console = make_console()
     pairs = []

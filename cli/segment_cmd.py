@@ -23,6 +23,7 @@ from lsdseg.cli.options import (
     check_graph_eta,
     check_speed_options,
     flag_message,
+    precision_of,
     sampler_config,
     seed_arg,
 )
@@ -333,7 +334,10 @@ def run(args: argparse.Namespace) -> int:
             device = str(segmenter.address)
         else:
             device = device_option(args.device)
-            backend = backends.resolve_backend(args.backend, device)
+            wants = backends.needs(
+                args.eta, args.temporal, args.imgsz is not None, args.cuda_graph, precision_of(args)
+            )
+            backend = backends.resolve_backend(args.backend, device, wants)
             if args.temporal and not backends.get(backend).warm_start:
                 raise UserError(
                     f"--temporal needs the previous frame's latents, which the {backend} "

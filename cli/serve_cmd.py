@@ -35,6 +35,7 @@ from lsdseg.cli.options import (
     add_speed_options,
     check_graph_eta,
     check_speed_options,
+    precision_of,
 )
 from lsdseg.cli.segment_cmd import speed_label
 
@@ -206,7 +207,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_options(args)
     device = device_option(args.device)
-    backend = backends.resolve_backend(args.backend, device)
+    wants = backends.needs(0.0, False, False, args.cuda_graph, precision_of(args))
+    backend = backends.resolve_backend(args.backend, device, wants)
     precision = check_speed_options(args, device, backend, None)  # before PyTriton is needed
     if importlib.util.find_spec("pytriton") is None:
         raise UserError(f"PyTriton is not installed: {INSTALL}")
