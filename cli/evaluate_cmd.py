@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from lsdseg.data import Pair
-    from lsdseg.segmenter import Result
+    from lsdseg.segmenter import Result, Segmenter
 
 # the table's rows: summary.json key, the name shown (one name per definition; README)
 _METRICS = [
@@ -188,21 +188,9 @@ def run(args: argparse.Namespace) -> int:
             stop=stop.event,
         )
     stopped_by = stop.reason if ev.stopped else None
-    s = seg.settings(args.hypotheses, args.steps, args.eta, args.threshold)  # as run
     summary = {
-        **ev.summary,
-        "weights": args.weights,
-        "backend": seg.backend,
-        "device": args.device,
-        "precision": seg.precision,
-        "cuda_graph": seg.cuda_graph,
-        "hypotheses": s.hypotheses,
-        "steps": s.steps,
-        "eta": s.eta,
-        "threshold": s.threshold,
-        "shift": s.shift,  # the checkpoint's timestep shift (SamplerConfig.shift)
-        "data": args.data,
-        "val_fraction": args.val_fraction,
+        **ev.summary,  # the counts and metrics, under the keys the printed table names
+        "settings": run_settings(args, seg, str(device)),  # never a metric's key
         "skipped_files": ev.skipped,
         "stopped_by": stopped_by,  # None (every image done), SIGINT or SIGTERM
         "command": shlex.join(["lsdseg", *sys.argv[1:]]),
@@ -245,6 +233,30 @@ def run(args: argparse.Namespace) -> int:
             "masks/), or use lsdseg segment for predictions"
         )
     return 0
+
+
+def run_settings(args: argparse.Namespace, seg: Segmenter, device: str) -> dict[str, Any]:
+    """summary.json's ``settings``: what the run ran with, resolved (the device and backend
+    that ran, the checkpoint's sampler defaults for the options not given); the metrics stay at
+    the top level, so a setting (``precision``: fp32) never shadows a metric (precision)."""
+    s = seg.settings(args.hypotheses, args.steps, args.eta, args.threshold)  # as run
+    return {
+        "weights": args.weights,
+        "backend": seg.backend,
+        "device": device,
+        "precision": seg.precision,
+        "cuda_graph": seg.cuda_graph,
+        "hypotheses": s.hypotheses,
+        "steps": s.steps,
+        "eta": s.eta,
+        "threshold": s.threshold,
+        "shift": s.shift,  # the checkpoint's timestep shift (SamplerConfig.shift)
+        "seed": args.seed,
+        "data": args.data,
+        "groups": args.groups or None,  # None: every group
+        "val_fraction": args.val_fraction,
+        "split_seed": args.split_seed if args.val_fraction is not None else None,
+    }
 
 
 def _cell(value: object) -> object:

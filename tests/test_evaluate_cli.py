@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from lsdseg.backends import resolve_backend
 from lsdseg.cli.main import main
 from lsdseg.data import find_pairs
 from lsdseg.evaluate import COLUMNS, evaluate
@@ -50,7 +51,7 @@ def test_evaluate_scores_at_original_resolution(capsys, tiny, tmp_path):
     assert summary["labelled"] == 3 and summary["skipped"] == 0
     sampler = json.loads((Path(tiny) / "config.json").read_text())["model"]["sampler"]
     for key in ("hypotheses", "steps", "eta", "threshold"):  # the checkpoint's, as run
-        assert summary[key] == sampler[key], key
+        assert summary["settings"][key] == sampler[key], key
     for key in (
         "dice",
         "iou",
@@ -106,7 +107,8 @@ def test_val_fraction_scores_the_validation_split_of_train(capsys, tiny, tmp_pat
     rows = list(csv.DictReader((tmp_path / "out" / "per_image.csv").read_text().splitlines()))
     assert [r["name"] for r in rows] == [p.name for p in val] and len(val) == 3
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["labelled"] == 3 and summary["val_fraction"] == 0.3
+    assert summary["labelled"] == 3 and summary["settings"]["val_fraction"] == 0.3
+    assert summary["settings"]["split_seed"] == 2
 
 
 def test_unlabelled_and_unreadable_images_are_counted_and_the_run_fails_at_the_end(
@@ -459,3 +461,20 @@ def test_a_signal_keeps_the_rows_written_and_writes_the_summary(tiny, tmp_path, 
     assert [r["name"] for r in rows] == [str(i) for i in range(len(rows))]
     assert all(r["dice"] != "" for r in rows)  # every row whole
     assert f"stopped by {signal.Signals(sig).name} after {len(rows)} of 400" in stdout
+
+
+def test_summary_keeps_settings_apart_from_metrics(capsys, tiny, tmp_path):
+    """``precision`` is a metric (the table's Precision); the fp32 setting once overwrote it."""
+    data = make_pairs(tmp_path / "d", [(40, 50), (48, 48)])
+    where = ["--project", str(tmp_path), "--name", "out"]
+    code = main(["evaluate", "--data", str(data), "--weights", tiny, *where, "--seed", "5"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    settings = summary["settings"]
+    rows = list(csv.DictReader((tmp_path / "out" / "per_image.csv").read_text().splitlines()))
+    precision = np.mean([float(r["precision"]) for r in rows])
+    assert summary["precision"] == pytest.approx(precision, rel=1e-5)  # the metric, a number
+    assert settings["precision"] == "fp32"
+    assert settings["device"] == "cpu"  # resolved, not "auto"
+    assert (settings["seed"], settings["groups"]) == (5, None)
+    assert settings["backend"] == resolve_backend("auto", torch.device("cpu"))  # as run
