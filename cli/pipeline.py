@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lsdseg.cli.errors import OutputError
-from lsdseg.cli.overlay import MEASURE_LABEL, OverlayOptions, make_view, uncertainty_map
+from lsdseg.cli.overlay import OverlayOptions, hud_text, make_view, uncertainty_map
 from lsdseg.cli.reader import FrameReader, Stalled
 from lsdseg.cli.records import Summary, frame_record
 from lsdseg.cli.remote import RemoteSegmenter, ServerError
@@ -28,6 +28,14 @@ if TYPE_CHECKING:
     from types import FrameType
 
     from lsdseg.segmenter import Result, Segmenter
+
+
+# the record fields one hypothesis cannot give (no spread between samples): left empty at K = 1
+ONE_SAMPLE_EMPTY = ("unc_mean", "unc_max", "unc_frame_mean", "agreement", "unsure", "unsure_flag")
+ONE_SAMPLE_NOTICE = (
+    "--hypotheses 1: one sample has no spread, so no uncertainty is measured (records leave "
+    "unc_*, agreement and unsure empty; the heads-up text says so); use K >= 2 for uncertainty"
+)
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,10 @@ def _work(
     """A processed frame for the writer: its record, its view with the heads-up text.
 
     ``still``: the frame is a still image, which gets no frame rate or latency burned in.
+    With one hypothesis there is no spread to measure: the record's uncertainty fields,
+    agreement and unsure score are empty and the heads-up text says so.
     """
+    k = int(result.hypotheses.shape[0])
     unc = uncertainty_map(result, overlay.measure)
     record = frame_record(
         frame.index,
@@ -104,17 +115,19 @@ def _work(
         result.unsure,
         unsure_threshold,
     )
-    hud = (
-        f"K={result.hypotheses.shape[0]} | "
-        f"{MEASURE_LABEL[overlay.measure]} mean {float(unc.mean()):.3f}"  # the frame's mean
-    )
-    if not still:
-        hud = f"{fps:.1f} fps | {latency:.0f} ms | {hud}"
-    if record["unsure"] is not None:
-        hud += f" | unsure {record['unsure']:.2f}"
+    if k < 2:
+        for key in ONE_SAMPLE_EMPTY:
+            record[key] = None
     flagged = bool(record["unsure_flag"])
-    if flagged:
-        hud = f"UNSURE | {hud}"
+    hud = hud_text(
+        k,
+        overlay.measure,
+        float(unc.mean()),  # the frame's mean
+        record["unsure"],
+        flagged,
+        None if still else fps,
+        None if still else latency,
+    )
     view = make_view(result, overlay, hud, alert=flagged)
     return Work(frame, view, record, result.mean if keep_mean else None)
 

@@ -20,6 +20,8 @@ unsure             per-frame unsure score in [0, 1] (Result.unsure): mean entrop
                    mean over the candidate region (mean > 0.1, dilated); 0 when the model
                    sees no polyp at all
 unsure_flag        unsure > --unsure-threshold (empty without --unsure-threshold)
+(K = 1)            with one hypothesis the unc_* fields, agreement, unsure and unsure_flag
+                   are empty: one sample has no spread to measure
 seed               the seed that reproduces this frame's result
 =================  ==================================================================
 """

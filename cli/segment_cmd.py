@@ -299,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
     from lsdseg.cli.display import ProgressDisplay, check_gui
     from lsdseg.cli.options import device_option
     from lsdseg.cli.overlay import OverlayOptions
-    from lsdseg.cli.pipeline import SampleOptions, StopFlag, run_pipeline
+    from lsdseg.cli.pipeline import ONE_SAMPLE_NOTICE, SampleOptions, StopFlag, run_pipeline
     from lsdseg.cli.segment_outputs import describe, open_outputs
     from lsdseg.cli.sources import open_source
 
@@ -362,6 +362,8 @@ def run(args: argparse.Namespace) -> int:
             f"K={args.hypotheses}, backend {segmenter.backend}{speed_label(segmenter)}, "
             f"{'server' if args.server else 'device'} {device}"
         )
+        if args.hypotheses < 2:
+            console.print(f"lsdseg segment: note: {ONE_SAMPLE_NOTICE}")
         with console.status("warming up the model"):  # lazy inits and JIT kernels, untimed
             blank = np.zeros((*source.first_shape, 3), np.uint8)
             settings = {

@@ -995,3 +995,16 @@ def test_a_large_frame_takes_no_frame_sized_map_per_hypothesis(tiny, tmp_path):
         peaks[k] = int(r.stderr.split("peak_rss_kib ")[-1]) / 1024  # MiB
         assert len(read_rows(tmp_path / f"runs{k}" / "exp")) == 1
     assert peaks[16] - peaks[2] < 250, peaks  # 14 frame-sized maps would be 640 MiB
+
+
+def test_one_hypothesis_says_it_measures_no_uncertainty(capsys, tiny, tmp_path, video):
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(video), "-k", "1", "--max-frames", "2")
+    assert rc == 0, err
+    assert "--hypotheses 1: one sample has no spread, so no uncertainty is measured" in err
+    rows = read_rows(tmp_path / "runs" / "exp")
+    assert len(rows) == 2
+    for r in rows:
+        assert r["unc_mean"] == r["unc_frame_mean"] == r["agreement"] == r["unsure"] == ""
+        assert r["area_fraction"] != ""
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(video), "--max-frames", "1")
+    assert rc == 0 and "no uncertainty is measured" not in err
