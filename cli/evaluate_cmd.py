@@ -290,7 +290,8 @@ class Pictures:
         from lsdseg.cli.evalvis import image_panel
         from lsdseg.cli.writer import write_png
 
-        panel = image_panel(image, mask, result.mask, result.entropy, name, row)
+        # the map segment draws by default (its --uncertainty mi), so the two pictures agree
+        panel = image_panel(image, mask, result.mask, result.mutual_info, name, row)
         write_png(self.folder / f"{name}.png", panel)
         if mask is not None:
             self.reliability.update(result.mean, mask)

@@ -169,7 +169,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=0.4,
         help="overlay opacity in [0, 1]: of the mask fill, and of the heat map where the "
         "uncertainty is high (it fades out below half its range and is transparent below "
-        "a tenth)",
+        "a tenth); 0 draws the mask's contour only",
     )
     o.add_argument("--no-hud", action="store_true", help="no heads-up line on the frames")
     o.add_argument(

@@ -117,7 +117,9 @@ class Segmenter:
         self.checkpoint = Path(checkpoint) if checkpoint else None
         bigger = image_size is not None and image_size != model.cfg.image_size
         wants = backends.needs(0.0, False, bigger, cuda_graph, precision)
-        backend = backends.resolve_backend(backend, self.device, wants)
+        asked, backend = backend, backends.resolve_backend(backend, self.device, wants)
+        if asked != backend:
+            log.info("backend %s runs %s on %s", asked, backend, self.device)
         # before the runner is made: an export backend would export first
         self.image_size = resolve_image_size(model.cfg, image_size, backend)
         check_supported(self.device, backend, cuda_graph, precision)
@@ -449,4 +451,14 @@ def load(
             "'untrained' to try the pipeline with random weights"
         )
     model = load_checkpoint(path, dev)
+    cfg = model.cfg
+    log.info(
+        "loaded %s: %d px, K=%d, %d steps, threshold %g, on %s",
+        path,
+        cfg.image_size,
+        cfg.sampler.hypotheses,
+        cfg.sampler.steps,
+        cfg.sampler.threshold,
+        dev,
+    )
     return Segmenter(model, dev, backend, path, cuda_graph, precision, image_size)

@@ -79,6 +79,21 @@ def test_each_style_has_its_size_and_marks_the_mask(frame, style, cmap):
     assert diff[far].max() == 0
 
 
+@pytest.mark.parametrize("style", ["mask", "uncertainty"])
+def test_alpha_zero_draws_the_contour_only(frame, style):
+    """--alpha 0, as its help says: no fill and no heat, only the mask's contour."""
+    import cv2
+
+    res = fake_result()
+    opts = OverlayOptions(style=style, alpha=0.0, hud=False)
+    changed = np.abs(render(frame, make_view(res, opts), opts).astype(int) - frame).sum(axis=2) > 0
+    if style == "uncertainty":
+        changed[:, W - 60 :] = False  # the colour bar
+    m = res.mask.astype(np.uint8)
+    ring = cv2.dilate(m, np.ones((5, 5), np.uint8)) - cv2.erode(m, np.ones((5, 5), np.uint8))
+    assert changed.any() and not (changed & (ring == 0)).any()
+
+
 def test_mask_fill_is_the_alpha_blend(frame):
     res = fake_result()
     opts = OverlayOptions(style="mask", alpha=0.25, hud=False)
