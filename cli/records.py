@@ -7,7 +7,8 @@ so a run stopped at any point leaves both files complete up to the last frame wr
 frame              index of the frame in the source (before --vid-stride); image number
 timestamp_s        seconds: frame / fps for files, since start for live sources; empty
                    for images
-source             image file name, or the source's name
+source             the image's path as found (the folder, file or glob given, expanded),
+                   or the source's name
 latency_ms         wall time of the Segmenter call for this frame
 area_fraction      fraction of the frame's pixels inside the mask (mean > threshold)
 components         number of connected regions of the mask (8-connectivity)

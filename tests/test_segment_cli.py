@@ -225,10 +225,10 @@ def test_image_folder_glob_and_odd_pixel_formats(capsys, tiny, tmp_path):
     }
     rows = read_rows(out)
     assert [r["source"] for r in rows] == [
-        "a_colour.png",
-        "b_grey.png",
-        "c_rgba.png",
-        "d_16bit.png",
+        str(folder / "a_colour.png"),
+        str(folder / "b_grey.png"),
+        str(folder / "c_rgba.png"),
+        str(folder / "d_16bit.png"),
     ]
     assert all(r["timestamp_s"] == "" for r in rows)
     # one image, and a glob
@@ -649,7 +649,7 @@ def test_undecodable_images_are_skipped_named_counted_and_fail_at_the_end(capsys
             "lsdseg segment: error: 2 of 4 images could not be decoded and were skipped "
             f"(named above); the results of the other 2 are in {out}"
         )
-        assert [r["source"] for r in read_rows(out)] == ["b.png", "d.png"]
+        assert [Path(r["source"]).name for r in read_rows(out)] == ["b.png", "d.png"]
         assert sorted(p.name for p in out.glob("*.png")) == ["b.png", "d.png"]
         summary = json.loads((out / "summary.json").read_text())
         assert (summary["frames"], summary["skipped"]) == (2, 2)
@@ -1008,3 +1008,15 @@ def test_one_hypothesis_says_it_measures_no_uncertainty(capsys, tiny, tmp_path, 
         assert r["area_fraction"] != ""
     rc, err = segment(capsys, tiny, tmp_path / "runs", str(video), "--max-frames", "1")
     assert rc == 0 and "no uncertainty is measured" not in err
+
+
+def test_same_names_from_two_folders_record_their_own_paths(capsys, tiny, tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / "dir" / sub).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "dir" / sub / "x.png"), disc_frame(0 if sub == "a" else 3))
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(tmp_path / "dir" / "*" / "x.png"))
+    assert rc == 0, err
+    out = tmp_path / "runs" / "exp"
+    assert sorted(p.name for p in out.glob("*.png")) == ["x.png", "x_2.png"]
+    sources = [r["source"] for r in read_rows(out)]
+    assert sources == [str(tmp_path / "dir" / "a" / "x.png"), str(tmp_path / "dir" / "b" / "x.png")]
