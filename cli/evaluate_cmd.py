@@ -198,9 +198,12 @@ def run(args: argparse.Namespace) -> int:
     write_json(out / "summary.json", summary)  # a metric without a value (NaN) as null
     if vis is not None and ev.summary["labelled"]:
         groups = f", groups {args.groups}" if args.groups else ""
+        partial = ""
+        if stopped_by:  # the figure says first that it covers part of the data
+            partial = f"PARTIAL, stopped by {stopped_by} after {len(ev.rows)} of {len(pairs)}: "
         vis.write_summary(
-            f"lsdseg evaluate: {', '.join(args.data)}{groups}, weights {args.weights}, "
-            f"{ev.summary['labelled']} labelled images"
+            f"{partial}lsdseg evaluate: {', '.join(args.data)}{groups}, weights "
+            f"{args.weights}, {ev.summary['labelled']} labelled images"
         )
 
     labelled, skipped = ev.summary["labelled"], ev.summary["skipped"]

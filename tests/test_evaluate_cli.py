@@ -478,3 +478,28 @@ def test_summary_keeps_settings_apart_from_metrics(capsys, tiny, tmp_path):
     assert settings["device"] == "cpu"  # resolved, not "auto"
     assert (settings["seed"], settings["groups"]) == (5, None)
     assert settings["backend"] == resolve_backend("auto", torch.device("cpu"))  # as run
+
+
+def test_a_stopped_run_says_partial_on_its_figure(capsys, tiny, tmp_path, monkeypatch):
+    import lsdseg.evaluate
+    from lsdseg.cli.evaluate_cmd import Pictures
+
+    data = make_pairs(tmp_path / "d", [(40, 50)] * 5)
+    titles = []
+    monkeypatch.setattr(Pictures, "write_summary", lambda self, title: titles.append(title))
+    original = lsdseg.evaluate.evaluate
+
+    def interrupted(*args, on_row=None, **kwargs):
+        def row_then_ctrl_c(row):
+            on_row(row)
+            if len(titles) == 0 and row["name"] == "1":
+                os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C during the second image
+
+        return original(*args, on_row=row_then_ctrl_c, **kwargs)
+
+    monkeypatch.setattr(lsdseg.evaluate, "evaluate", interrupted)
+    where = ["--project", str(tmp_path), "--name", "out", "--backend", "torch"]
+    code = main(["evaluate", "--data", str(data), "--weights", tiny, *where, "--save-vis"])
+    assert code == 130, capsys.readouterr().err
+    assert titles and titles[0].startswith("PARTIAL, stopped by SIGINT after 2 of 5: ")
+    assert titles[0].endswith("2 labelled images")
