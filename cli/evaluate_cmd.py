@@ -94,6 +94,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="",
         help="only evaluate these groups, comma-separated (e.g. CVC sequences 5,20)",
     )
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=0,
+        metavar="N",
+        help="score only the first N images (after --groups and --val-fraction; 0: all), as "
+        "segment's --max-frames: a quick look before a long run",
+    )
     add_run_folder_options(p, "runs/evaluate")
     add_evaluate_options(p)  # --val-fraction, --split-seed, --compare, --sweep
     p.add_argument(
@@ -113,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     from lsdseg.backends import needs, resolve_backend
     from lsdseg.cli.compare_cmd import check_plain_evaluate, labelled_pairs, run_evaluate
     from lsdseg.cli.console import make_console
+    from lsdseg.cli.display import PlainProgress
     from lsdseg.cli.options import device_option
     from lsdseg.cli.pipeline import StopFlag
     from lsdseg.data import find_pairs
@@ -121,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
     if args.compare is not None or args.sweep is not None:
         return run_evaluate(args)
     check_plain_evaluate(args)
+    if args.max_images < 0:
+        raise UserError(f"--max-images {args.max_images} must be >= 0 (0: all images)")
     check_writable(args.project, "--project")  # before the data and the model are loaded
     sampler_config(
         hypotheses=args.hypotheses, steps=args.steps, eta=args.eta, threshold=args.threshold
@@ -145,6 +156,11 @@ def run(args: argparse.Namespace) -> int:
                 f"--groups {sorted(wanted - have)} not in the data; groups are {sorted(have)[:20]}"
             )
         pairs = [p for p in pairs if p.group in wanted]
+    if args.max_images and len(pairs) > args.max_images:
+        console.print(
+            f"--max-images {args.max_images}: the first {args.max_images} of {len(pairs)}"
+        )
+        pairs = pairs[: args.max_images]
     seg = lsdseg.load(args.weights, device, backend, args.cuda_graph, precision)
     check_graph_eta(args.cuda_graph, seg.settings(eta=args.eta).eta)
     out = next_run_dir(args.project, args.name, args.exist_ok)
@@ -152,12 +168,19 @@ def run(args: argparse.Namespace) -> int:
 
     # rows are written as they come and a signal stops between images, so an interrupted run
     # keeps every image done, and its summary
+    # a terminal gets a live bar; a log (not a terminal) a line every 30 s on stderr
+    plain = None if console.is_terminal else PlainProgress("lsdseg evaluate", len(pairs))
     with (
         PerImageWriter(out / "per_image.csv") as per_image,
-        Progress(console=console, transient=True) as progress,
+        Progress(console=console, transient=True, disable=plain is not None) as progress,
         StopFlag() as stop,
     ):
         task = progress.add_task("evaluating", total=len(pairs))
+
+        def advance() -> None:
+            progress.advance(task)
+            if plain is not None:
+                plain.advance()
 
         rows: list[dict[str, Any]] = []
 
@@ -168,11 +191,11 @@ def run(args: argparse.Namespace) -> int:
         def on_image(pair: Pair, image: np.ndarray, mask: np.ndarray | None, r: Result) -> None:
             if vis is not None:  # evaluate calls on_row first: rows[-1] is this image's
                 vis.add(pair.name, image, mask, r, rows[-1])
-            progress.advance(task)
+            advance()
 
         def on_skip(pair: Pair, reason: str) -> None:
             print(f"lsdseg evaluate: warning: skipped {pair.name}: {reason}", file=sys.stderr)
-            progress.advance(task)
+            advance()
 
         ev = evaluate(
             seg,

@@ -503,3 +503,34 @@ def test_a_stopped_run_says_partial_on_its_figure(capsys, tiny, tmp_path, monkey
     assert code == 130, capsys.readouterr().err
     assert titles and titles[0].startswith("PARTIAL, stopped by SIGINT after 2 of 5: ")
     assert titles[0].endswith("2 labelled images")
+
+
+def test_a_log_gets_a_progress_line_every_30_seconds(capsys):
+    from lsdseg.cli.display import PlainProgress
+
+    now = [0.0]
+    progress = PlainProgress("lsdseg evaluate", 100, clock=lambda: now[0])
+    for _ in range(99):
+        now[0] += 1.0  # one image a second
+        progress.advance()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "lsdseg evaluate: 30 of 100 images (30%), 0:30 elapsed, about 1:10 left",
+        "lsdseg evaluate: 60 of 100 images (60%), 1:00 elapsed, about 0:40 left",
+        "lsdseg evaluate: 90 of 100 images (90%), 1:30 elapsed, about 0:10 left",
+    ]
+
+
+def test_max_images_scores_the_first_n(capsys, tiny, tmp_path):
+    data = make_pairs(tmp_path / "d", [(40, 50)] * 5)
+    where = ["--project", str(tmp_path), "--name", "out", "--backend", "torch"]
+    code = main(["evaluate", "--data", str(data), "--weights", tiny, *where, "--max-images", "2"])
+    assert code == 0, capsys.readouterr().err
+    rows = list(csv.DictReader((tmp_path / "out" / "per_image.csv").read_text().splitlines()))
+    assert [r["name"] for r in rows] == ["0", "1"]
+    assert "--max-images 2: the first 2 of 5" in capsys.readouterr().out
+    code = main(["evaluate", "--data", str(data), "--weights", tiny, *where, "--max-images", "-1"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.strip() == (
+        "lsdseg evaluate: error: --max-images -1 must be >= 0 (0: all images)"
+    )
