@@ -419,3 +419,30 @@ def test_latent_scale_is_estimated_without_a_graph_or_a_warning():
     with torch.no_grad():
         expected = 1.0 / float(model.mask_vae.encode(y)[0].std())
     assert scale == pytest.approx(expected, rel=1e-5)
+
+
+def test_new_runs_are_numbered_and_only_a_named_folder_resumes(capsys, data, tiny_config, ref,
+                                                               tmp_path):  # fmt: skip
+    import shutil
+
+    project = tmp_path / "runs"
+    quick = [*_cmd(data, tiny_config, tmp_path / "unused")]
+    quick = quick[:6] + quick[8:]  # no --out
+    quick += ["--project", str(project), "--ae-epochs", "1", "--epochs", "1",
+              "--max-steps-per-epoch", "1"]  # fmt: skip
+    for expected in ("exp", "exp2"):  # the second, different run gets a folder of its own
+        code, err = _main(capsys, [*quick, "--lr", "0.001" if expected == "exp" else "0.002"])
+        assert code == 0, err
+        assert (project / expected / "last").is_dir(), expected
+    # a named folder is resumed (here: it is done), never renumbered
+    shutil.copytree(ref, project / "mine")
+    code, err = _main(capsys, [*_cmd(data, tiny_config, ref)[:6], *_cmd(data, tiny_config, ref)[8:],
+                               "--project", str(project), "--name", "mine"])  # fmt: skip
+    assert code == 0 and "is done: nothing to train" in err, err
+    code, err = _main(capsys, [*quick, "--lr", "0.001", "--resume", str(project / "exp")])
+    assert code == 0 and "is done: nothing to train" in err, err
+    assert not (project / "exp3").exists()
+    code, err = _main(capsys, [*quick, "--resume", str(tmp_path / "empty")])
+    assert code == 1 and "no run to resume there" in err, err
+    code, err = _main(capsys, [*quick, "--name", "a", "--out", str(tmp_path / "b")])
+    assert code == 1 and "--out and --name both name the run folder" in err, err
