@@ -163,6 +163,9 @@ def run(args: argparse.Namespace) -> int:
         pairs = pairs[: args.max_images]
     seg = lsdseg.load(args.weights, device, backend, args.cuda_graph, precision)
     check_graph_eta(args.cuda_graph, seg.settings(eta=args.eta).eta)
+    warning = trained_on(seg.checkpoint, args.data, pairs)
+    if warning:
+        print(f"lsdseg evaluate: warning: {warning}", file=sys.stderr)
     out = next_run_dir(args.project, args.name, args.exist_ok)
     vis = Pictures(out) if args.save_vis else None
 
@@ -259,6 +262,31 @@ def run(args: argparse.Namespace) -> int:
             "masks/), or use lsdseg segment for predictions"
         )
     return 0
+
+
+def trained_on(checkpoint: Path | None, data: list[str], pairs: list[Pair]) -> str | None:
+    """One line when some of ``pairs`` are in the training split of the run the weights came
+    from (its ``splits.json``): their scores flatter the model; it says how to score only the
+    held-out part. None when they are not, or the weights carry no split."""
+    from lsdseg.splits import find_splits, training_overlap
+
+    found = find_splits(checkpoint) if checkpoint is not None else None
+    if found is None:
+        return None
+    path, record = found
+    overlap = training_overlap(record, data, pairs)
+    if not overlap.trained:
+        return None
+    if overlap.held_out_groups and len(overlap.held_out_groups) <= 20:
+        how = f"--groups {','.join(overlap.held_out_groups)}"
+    elif record.get("val_fraction") is not None:
+        how = f"--val-fraction {record['val_fraction']} --split-seed {record.get('seed', 0)}"
+    else:
+        how = "the run's validation folders (--val-data when it trained)"
+    return (
+        f"{overlap.trained} of {overlap.total} images are in the training split of these weights "
+        f"({path}): their scores flatter the model; score only the held-out part with {how}"
+    )
 
 
 def run_settings(args: argparse.Namespace, seg: Segmenter, device: str) -> dict[str, Any]:

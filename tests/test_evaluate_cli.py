@@ -534,3 +534,30 @@ def test_max_images_scores_the_first_n(capsys, tiny, tmp_path):
     assert code == 1 and err.strip() == (
         "lsdseg evaluate: error: --max-images -1 must be >= 0 (0: all images)"
     )
+
+
+def test_data_the_weights_trained_on_is_named_with_how_to_score_the_rest(capsys, tiny, tmp_path):
+    import shutil
+
+    data = make_pairs(tmp_path / "CVC", [(40, 50)] * 4)
+    run = tmp_path / "run"
+    shutil.copytree(tiny, run / "best")
+    split = {
+        "seed": 0,
+        "val_fraction": 0.5,
+        "datasets": {"cvc": {"root": "/elsewhere/cvc"}},  # another copy: names still match
+        "train": [{"image": f"cvc/images/{i}.png", "group": f"cvc:{i}"} for i in (0, 1)],
+        "val": [{"image": f"cvc/images/{i}.png", "group": f"cvc:{i}"} for i in (2, 3)],
+    }
+    (run / "splits.json").write_text(json.dumps(split))
+    where = ["--project", str(tmp_path), "--backend", "torch"]
+    argv = ["evaluate", "--data", str(data), "--weights", str(run / "best"), *where]
+    assert main([*argv, "--name", "all"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        f"lsdseg evaluate: warning: 2 of 4 images are in the training split of these weights "
+        f"({run / 'splits.json'}): their scores flatter the model; score only the held-out part "
+        "with --groups 2,3"
+    ) in err.splitlines(), err
+    assert main([*argv, "--name", "held", "--groups", "2,3"]) == 0  # the advice, followed
+    assert "training split" not in capsys.readouterr().err
