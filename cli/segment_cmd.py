@@ -184,7 +184,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     o.add_argument(
         "--save-masks",
         action="store_true",
-        help="also write mask, confidence and uncertainty PNGs per frame",
+        help="also write per frame in masks/: the mask (0/255), the confidence (mean x 255, "
+        "8-bit) and the uncertainty (16-bit, 1 bit or a std of 0.5 = 65535: the same scale in "
+        "every frame) as PNGs, and both maps losslessly as float32 in <frame>_maps.npz",
     )
     o.add_argument(
         "--show",

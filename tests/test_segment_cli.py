@@ -148,12 +148,19 @@ def test_overlay_styles_and_masks(capsys, tiny, tmp_path, video, style, width):
     assert rc == 0, err
     assert read_video(tmp_path / "exp" / "clip.mp4") == (N_FRAMES, FPS, (H, width))
     masks = sorted(p.name for p in (tmp_path / "exp" / "masks").iterdir())
-    assert len(masks) == 3 * N_FRAMES and masks[:3] == [
+    assert len(masks) == 4 * N_FRAMES and masks[:4] == [
         "000000_conf.png",
+        "000000_maps.npz",
         "000000_mask.png",
         "000000_unc.png",
     ]
-    assert cv2.imread(str(tmp_path / "exp" / "masks" / "000005_unc.png"), 0).shape == (H, W)
+    unc16 = cv2.imread(str(tmp_path / "exp" / "masks" / "000005_unc.png"), cv2.IMREAD_UNCHANGED)
+    assert unc16.shape == (H, W) and unc16.dtype == np.uint16
+    maps = np.load(tmp_path / "exp" / "masks" / "000005_maps.npz")
+    assert maps["uncertainty"].dtype == np.float32 and maps["mean"].shape == (H, W)
+    # a fixed scale: a std of 0.5 is 65535 in every frame
+    expected = np.round(np.clip(maps["uncertainty"] / 0.5, 0, 1) * 65535).astype(np.uint16)
+    assert np.abs(unc16.astype(int) - expected).max() <= 1
 
 
 def test_odd_sized_frames_are_padded_to_even(tmp_path):
