@@ -42,6 +42,7 @@ from lsdseg.cli.segment_cmd import speed_label
 if TYPE_CHECKING:
     from types import FrameType
 
+    import torch
     from pytriton.triton import Triton
 
     from lsdseg.cli.server import SegmentModel
@@ -201,6 +202,26 @@ def _bind(triton: Triton, models: list[SegmentModel], max_batch: int, delay_us: 
     )
 
 
+def server_options(
+    args: argparse.Namespace, device: torch.device, log_file: Path | None
+) -> dict[str, object]:
+    """The TritonConfig of ``lsdseg serve``: its addresses and ports, the server log, and no
+    GPU metrics on a CPU device (their NVML start-up printed "Error: Failed to initialize
+    NVML" on machines without an NVIDIA driver, before a server that then worked)."""
+    options: dict[str, object] = {
+        "log_file": log_file,
+        "http_address": args.host,
+        "http_port": args.http_port,
+        "grpc_address": args.host,
+        "grpc_port": args.grpc_port,
+        "metrics_address": args.host,
+        "metrics_port": args.metrics_port,
+    }
+    if device.type != "cuda":
+        options["allow_gpu_metrics"] = False
+    return options
+
+
 def run(args: argparse.Namespace) -> int:
     from lsdseg.cli.options import device_option
     from lsdseg.segmenter import load
@@ -238,15 +259,7 @@ def run(args: argparse.Namespace) -> int:
         models.append(SegmentModel(seg))
     # the server's own log goes to a file unless -v (then to stdout, as tritonserver does)
     log_file = None if args.verbose else Path(tempfile.mkdtemp(prefix="lsdseg-serve-")) / "log"
-    config = TritonConfig(
-        log_file=log_file,
-        http_address=args.host,
-        http_port=args.http_port,
-        grpc_address=args.host,
-        grpc_port=args.grpc_port,
-        metrics_address=args.host,
-        metrics_port=args.metrics_port,
-    )
+    config = TritonConfig(**server_options(args, device, log_file))
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -81,3 +81,28 @@ def test_a_port_in_use_is_named(capsys, monkeypatch):
         assert main(["serve", *args]) == 1
     err = capsys.readouterr().err
     assert f"--grpc-port {port}: cannot listen on 127.0.0.1:{port}" in err
+
+
+def test_a_cpu_server_asks_for_no_gpu_metrics(tmp_path):
+    """GPU metrics start NVML, which printed "Error: Failed to initialize NVML" on a machine
+    without an NVIDIA driver; a CPU server does not ask for them, a CUDA one keeps them."""
+    import torch
+
+    from lsdseg.cli.main import build_parser
+
+    args = build_parser().parse_args(["serve", "--http-port", "9000"])
+    cpu = serve_cmd.server_options(args, torch.device("cpu"), tmp_path / "log")
+    assert cpu["allow_gpu_metrics"] is False and cpu["http_port"] == 9000
+    assert cpu["log_file"] == tmp_path / "log"
+    cuda = serve_cmd.server_options(args, torch.device("cuda", 0), None)
+    assert "allow_gpu_metrics" not in cuda  # Triton's default: on
+
+
+def test_server_options_are_triton_config_fields(tmp_path):
+    import torch
+
+    from lsdseg.cli.main import build_parser
+
+    fields = pytest.importorskip("pytriton.triton").TritonConfig.__dataclass_fields__
+    args = build_parser().parse_args(["serve"])
+    assert set(serve_cmd.server_options(args, torch.device("cpu"), None)) <= set(fields)
