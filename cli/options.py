@@ -60,8 +60,9 @@ def graph_backends() -> str:
     return f"{backends.spoken(backends.able('cuda_graph'))} backends"
 
 
-def add_speed_options(group: argparse._ActionsContainer) -> None:
-    """``--cuda-graph``, ``--half`` and ``--precision`` (segment, evaluate, serve)."""
+def add_speed_options(group: argparse._ActionsContainer, summary: bool = True) -> None:
+    """``--cuda-graph``, ``--half`` and ``--precision`` (segment, evaluate, serve); ``summary``:
+    the command writes a summary.json that records the precision (serve writes none)."""
     graph = graph_backends()
     group.add_argument(
         "--cuda-graph",
@@ -77,8 +78,8 @@ def add_speed_options(group: argparse._ActionsContainer) -> None:
     group.add_argument(
         "--precision",
         choices=PRECISIONS,
-        help=f"fp32 (the default), or fp16 / bf16 autocast on CUDA ({graph}); "
-        "recorded in summary.json",
+        help=f"fp32 (the default), or fp16 / bf16 autocast on CUDA ({graph})"
+        + ("; recorded in summary.json" if summary else ""),
     )
 
 

@@ -67,7 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default="default", help="'default', 'untrained' or a folder")
     add_backend_option(p)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    add_speed_options(p)
+    add_speed_options(p, summary=False)  # serve writes no summary.json
     p.add_argument(
         "--host",
         default="127.0.0.1",

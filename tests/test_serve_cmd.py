@@ -106,3 +106,14 @@ def test_server_options_are_triton_config_fields(tmp_path):
     fields = pytest.importorskip("pytriton.triton").TritonConfig.__dataclass_fields__
     args = build_parser().parse_args(["serve"])
     assert set(serve_cmd.server_options(args, torch.device("cpu"), None)) <= set(fields)
+
+
+def test_serve_help_promises_no_summary_json():
+    from lsdseg.cli.main import build_parser
+
+    sub = next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices
+               and "serve" in a.choices)  # fmt: skip
+    helps = {a.dest: a.help for a in sub.choices["serve"]._actions}
+    assert "summary.json" not in helps["precision"]
+    segment = {a.dest: a.help for a in sub.choices["segment"]._actions}
+    assert "recorded in summary.json" in segment["precision"]
