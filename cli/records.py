@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from lsdseg.cli.errors import output_error
-from lsdseg.files import write_text_atomic
+from lsdseg.files import json_ready, write_text_atomic
 
 COLUMNS = (
     "frame",
@@ -58,18 +58,6 @@ COLUMNS = (
     "unsure_flag",
     "seed",
 )
-
-
-def json_ready(value: Any) -> Any:
-    """``value`` with every NaN or infinite float (nested in dicts, lists and tuples) made None,
-    so JSON files get ``null`` instead of the bare ``NaN`` that JSON does not allow."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_ready(v) for v in value]
-    return value
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -32,12 +32,12 @@ import torch
 
 from lsdseg.card import cpu_name
 from lsdseg.checkpoint import save_checkpoint, without_image_decoder
-from lsdseg.cli.records import json_ready
 from lsdseg.compare import THRESHOLDS, sweep  # the sweep the defaults are picked by
 from lsdseg.compare import load_model as load_weights
 from lsdseg.config import to_dict
 from lsdseg.data import load_pairs, load_sample
 from lsdseg.evaluate import evaluate
+from lsdseg.files import json_ready
 from lsdseg.segmenter import Segmenter
 from lsdseg.version import __version__
 

@@ -159,12 +159,11 @@ def export(run: Path, out: Path, steps: list[int], data: list[str], train_args: 
     from bundle_weights import THRESHOLDS, load_weights, sweep
 
     from lsdseg.checkpoint import CARD, CONFIG, save_checkpoint, without_image_decoder
-    from lsdseg.cli.main import build_parser
     from lsdseg.data import load_pairs, load_sample
     from lsdseg.segmenter import Segmenter
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    given = build_parser().parse_args(["train", *data_flags(data), *train_args])
+    given = split_options([*data_flags(data), *train_args])
     _, val = load_pairs(given.data, given.val_data, given.val_fraction, given.seed)
     probe: dict = {"thresholds": THRESHOLDS, "validation_pairs": len(val), "rows": {}}
     config = None
@@ -190,6 +189,22 @@ def export(run: Path, out: Path, steps: list[int], data: list[str], train_args: 
             print(name, json.dumps(rows[-1]), flush=True)
             update_summary(out, probe=probe)
     return {**probe, "checkpoint_config": config}
+
+
+# lsdseg train's defaults for the options that decide its validation split
+# (tests/test_gpu_train.py checks them against the command's parser)
+SPLIT_DEFAULTS = {"val_fraction": 0.1, "seed": 0}
+
+
+def split_options(train_args: list[str]) -> argparse.Namespace:
+    """The options of ``lsdseg train`` arguments that decide its validation split: ``data``,
+    ``val_data``, ``val_fraction`` and ``seed`` (the others are ignored)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--data", action="append", default=[])
+    p.add_argument("--val-data", action="append")
+    p.add_argument("--val-fraction", type=float, default=SPLIT_DEFAULTS["val_fraction"])
+    p.add_argument("--seed", type=int, default=SPLIT_DEFAULTS["seed"])
+    return p.parse_known_args(train_args)[0]
 
 
 def main() -> int:
