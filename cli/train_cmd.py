@@ -225,8 +225,10 @@ def _image_size(
         if imgsz not in (None, size):
             raise UserError(
                 f"{out} trains at --imgsz {size}: resume it without --imgsz {imgsz}, or start "
-                "a new run with another --out"
+                "a new run in another folder (--name or --out)"
             )
+        if init and "image_size" not in grow and size != read_config(init)[0].image_size:
+            grow = {**grow, "image_size": size}  # as the run recorded it when it started
         return size, grow
     if not init:
         return default if imgsz is None else imgsz, grow

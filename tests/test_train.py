@@ -446,3 +446,20 @@ def test_new_runs_are_numbered_and_only_a_named_folder_resumes(capsys, data, tin
     assert code == 1 and "no run to resume there" in err, err
     code, err = _main(capsys, [*quick, "--name", "a", "--out", str(tmp_path / "b")])
     assert code == 1 and "--out and --name both name the run folder" in err, err
+
+
+def test_the_same_command_resumes_a_run_from_init_at_another_size(capsys, data, tmp_path):
+    """A run from --init at another --imgsz records the size among its --grow settings; running
+    the same command again once failed its own resume check ("--grow {} (the run has
+    {'image_size': 32})")."""
+    from lsdseg.checkpoint import save_checkpoint
+    from lsdseg.model import LatentSegmenter
+
+    init = save_checkpoint(LatentSegmenter(from_dict(ModelConfig, TINY)), tmp_path / "init")
+    base = _cmd(data, tmp_path / "unused.json", tmp_path / "ft")[:8]  # ... train --data --out
+    options = ["--imgsz", "32", "--device", "cpu", "--init", str(init), "--stage", "diffusion"]
+    cmd = [*base, *options, "--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "4"]
+    code, err = _main(capsys, cmd)
+    assert code == 0, err
+    code, err = _main(capsys, cmd)
+    assert code == 0 and "is done: nothing to train" in err, err
