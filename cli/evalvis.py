@@ -123,12 +123,12 @@ def image_panel(
 
     foot = np.full((26, width, 3), 255, np.uint8)
     x = 6
-    for colour, label in ((GT_BGR, "ground truth"), (PRED_BGR, "prediction")):
+    for colour, name_of in ((GT_BGR, "ground truth"), (PRED_BGR, "prediction")):
         if colour == GT_BGR and mask is None:
             continue
         cv2.line(foot, (x, 13), (x + 22, 13), colour, 3, cv2.LINE_AA)
-        _put(foot, label, (x + 28, 18), 0.42)
-        x += 28 + _width(label, 0.42) + 16
+        _put(foot, name_of, (x + 28, 18), 0.42)
+        x += 28 + _width(name_of, 0.42) + 16
     caption = f"uncertainty: {label}, bits"
     if mask is not None:
         caption += " (white: ground truth)"

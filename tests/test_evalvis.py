@@ -107,3 +107,23 @@ def test_evaluate_pictures_show_the_map_segment_draws_by_default(tmp_path):
     panel = cv2.imread(str(tmp_path / "vis" / "x.png"))
     right = panel[28 + 10 : 28 + 40, w + 10 : w + 40].reshape(-1, 3)  # away from any contour
     assert (np.abs(right.astype(int) - colourise(zeros[:1, :1], 1.0, "turbo")[0, 0]) <= 2).all()
+
+
+def test_the_caption_names_the_map_and_its_unit(monkeypatch):
+    from lsdseg.cli import evalvis
+
+    texts = []
+    real = evalvis._put
+    monkeypatch.setattr(
+        evalvis, "_put", lambda img, text, *a: (texts.append(text), real(img, text, *a))
+    )
+    gt, pred = discs(100, 100)
+    image_panel(np.full((100, 100, 3), 110, np.uint8), gt, pred, np.zeros((100, 100), np.float32),
+                "x", None)  # fmt: skip
+    assert (
+        "uncertainty: mutual information of the K hypotheses, bits (white: ground truth)" in texts
+    )
+    texts.clear()
+    image_panel(np.full((100, 100, 3), 110, np.uint8), gt, pred, np.zeros((100, 100), np.float32),
+                "x", None, label="entropy of the mean")  # fmt: skip
+    assert "uncertainty: entropy of the mean, bits (white: ground truth)" in texts
