@@ -463,3 +463,18 @@ def test_the_same_command_resumes_a_run_from_init_at_another_size(capsys, data, 
     assert code == 0, err
     code, err = _main(capsys, cmd)
     assert code == 0 and "is done: nothing to train" in err, err
+
+
+def test_without_matplotlib_a_run_finishes_and_says_why_it_has_no_picture(
+    capsys, caplog, data, tiny_config, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    cmd = _cmd(data, tiny_config, tmp_path / "run")
+    code, err = _main(capsys, [*cmd, "--ae-epochs", "1", "--epochs", "1",
+                               "--max-steps-per-epoch", "1"])  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "run" / "metrics.csv").is_file()
+    assert not (tmp_path / "run" / "progress.png").exists()
+    assert [r.getMessage() for r in caplog.records if "progress.png" in r.getMessage()] == [
+        'progress.png not drawn: matplotlib is not installed: pip install "lsdseg[plot]"'
+    ]
