@@ -48,7 +48,7 @@ def seed_arg(maximum: int = MAX_SEED, per_frame: bool = False) -> Callable[[str]
     return parse
 
 
-def add_backend_option(group: argparse._ActionsContainer, default: str = backends.AUTO) -> None:
+def add_backend_option(group: argparse._ActionsContainer, default: str = backends.DEFAULT) -> None:
     """``--backend`` with the choices and help of :data:`lsdseg.backends.BACKENDS`."""
     group.add_argument(
         "--backend", choices=backends.choices(), default=default, help=backends.help_text()
