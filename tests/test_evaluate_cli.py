@@ -561,3 +561,31 @@ def test_data_the_weights_trained_on_is_named_with_how_to_score_the_rest(capsys,
     ) in err.splitlines(), err
     assert main([*argv, "--name", "held", "--groups", "2,3"]) == 0  # the advice, followed
     assert "training split" not in capsys.readouterr().err
+
+
+def test_a_bundle_carries_its_runs_split_without_machine_paths(capsys, tiny, tmp_path):
+    """scripts/bundle_weights.py copies the run's splits.json into the bundle (no absolute
+    roots), and evaluate's warning then works from the bundled folder itself."""
+    import shutil
+
+    from conftest import load_script
+
+    bundle_weights = load_script("scripts/bundle_weights.py")
+    run = tmp_path / "run"
+    run.mkdir()
+    split = {
+        "seed": 0,
+        "val_fraction": 0.5,
+        "datasets": {"cvc": {"root": "/somewhere/private/cvc", "train": 2, "val": 2}},
+        "train": [{"image": f"cvc/images/{i}.png", "group": f"cvc:{i}"} for i in (0, 1)],
+        "val": [{"image": f"cvc/images/{i}.png", "group": f"cvc:{i}"} for i in (2, 3)],
+    }
+    (run / "splits.json").write_text(json.dumps(split))
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny, bundle)
+    written = bundle_weights.bundle_splits(run, bundle)
+    assert written == bundle / "splits.json" and "/somewhere" not in written.read_text()
+    data = make_pairs(tmp_path / "cvc", [(40, 50)] * 4)
+    where = ["--project", str(tmp_path), "--name", "e", "--backend", "torch"]
+    assert main(["evaluate", "--data", str(data), "--weights", str(bundle), *where]) == 0
+    assert "2 of 4 images are in the training split" in capsys.readouterr().err
