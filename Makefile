@@ -6,23 +6,30 @@ BIN := $(VENV)/bin
 # installing a CUDA torch into the venv (see README).
 CONSTRAINTS ?= -c constraints/cpu.txt
 DEMO_CLIP ?= assets/demo/cvc_seq5.mp4
+# pip stays quiet: no progress, no version check. Its one remaining message, setuptools'
+# "Editable installation ... be careful with folders in your working directory", is information
+# only (every editable install with a package-dir mapping gets it) and is filtered by its text;
+# any other warning still shows.
+PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip --quiet --disable-pip-version-check
 
 .PHONY: install install-dev install-serve demo test test-serve lint bench bench-check bench-baseline \
 	bench-peer clean
 
+# the recipes of install, install-dev and demo are not echoed: `make demo` prints lsdseg's lines
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	@echo "lsdseg: creating $(VENV) and installing (the first time only, a few minutes)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PIP) install --upgrade pip
 
 # [onnx]: the ONNX export and the onnx backend, the faster one on a CPU
 install: $(BIN)/python
-	$(BIN)/pip install --quiet $(CONSTRAINTS) -e ".[onnx]"
+	@$(PIP) install $(CONSTRAINTS) -e ".[onnx]"
 
 install-dev: $(BIN)/python
-	$(BIN)/pip install --quiet $(CONSTRAINTS) -e ".[dev]"
+	@$(PIP) install $(CONSTRAINTS) -e ".[dev]"
 
 demo: install
-	$(BIN)/lsdseg segment $(DEMO_CLIP) --hypotheses 8 --overlay uncertainty
+	@$(BIN)/lsdseg segment $(DEMO_CLIP) --hypotheses 8 --overlay uncertainty
 
 lint: install-dev
 	$(BIN)/ruff check .
@@ -44,7 +51,7 @@ $(SERVE_BIN)/python:
 	$(SERVE_BIN)/pip install --quiet --upgrade pip
 
 install-serve: $(SERVE_BIN)/python
-	$(SERVE_BIN)/pip install --quiet $(CONSTRAINTS) -c constraints/serve.txt -e ".[serve]" "pytest>=8"
+	PYTHONWARNINGS="ignore:Editable installation" $(SERVE_BIN)/pip install --quiet $(CONSTRAINTS) -c constraints/serve.txt -e ".[serve]" "pytest>=8"
 
 test-serve: install-serve
 	$(SERVE_BIN)/python -m pytest -q $(SERVE_TESTS)

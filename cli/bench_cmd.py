@@ -76,8 +76,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default="default", help="'default', 'untrained' or a folder")
     p.add_argument(
         "--backend",
-        help=f"comma-separated backends ({', '.join(backends.names())}), 'all' (those usable "
-        "here; the default) or 'none' (with --server: time only the server)",
+        help=f"comma-separated backends ({', '.join(backends.names())}, or 'auto': the one "
+        "segment, evaluate and serve run by default), 'all' (those usable here; the default) or "
+        "'none' (with --server: time only the server)",
     )
     p.add_argument("--hypotheses", help="comma-separated K values (default 1,8)")
     p.add_argument("--steps", help="comma-separated DDIM step counts (default 2,4)")
@@ -226,7 +227,7 @@ def backend_problem(name: str, device: torch.device) -> str | None:
     """None when backend ``name`` can be timed on ``device`` here, else the reason it cannot."""
     if name not in backends.BACKENDS:
         raise UserError(
-            f"--backend {name!r}: expected one of {', '.join(backends.names())} or 'all'"
+            f"--backend {name!r}: expected one of {', '.join(backends.choices())} or 'all'"
         )
     return backends.get(name).problem(device, timing=True)
 
@@ -238,6 +239,8 @@ def pick_backends(text: str, device: torch.device) -> tuple[list[str], dict[str,
         usable = [name for name, why in problems.items() if why is None]
         return usable, {name: why for name, why in problems.items() if why is not None}
     names = [n.strip() for n in text.split(",") if n.strip()]
+    names = [backends.resolve_backend(n, device) if n == backends.AUTO else n for n in names]
+    names = list(dict.fromkeys(names))  # auto may name one given too
     for name in names:
         why = backend_problem(name, device)
         if why is not None:
@@ -307,7 +310,7 @@ def machine_info(device: torch.device) -> dict[str, object]:
     return info
 
 
-def _table(results: Sequence[Measurement], skipped: dict[str, str]) -> None:
+def _table(results: Sequence[Measurement], skipped: dict[str, str], auto: str) -> None:
     from rich.table import Table
 
     from lsdseg.cli.console import make_console
@@ -340,6 +343,7 @@ def _table(results: Sequence[Measurement], skipped: dict[str, str]) -> None:
         console.print("graph CUDA: each frame replayed as one CUDA graph")
     for name, why in skipped.items():
         console.print(f"skipped {name}: {why}")
+    console.print(f"--backend auto (segment, evaluate and serve's default) runs {auto} here")
 
 
 def _write_json(path: Path, payload: dict[str, object]) -> None:
@@ -395,9 +399,9 @@ def run(args: argparse.Namespace) -> int:
     precisions = parse_precisions(args)
     graphs = GRAPH_MODES[args.cuda_graph]
     device = device_option(args.device)
-    backends, skipped = ([], {}) if args.backend == "none" else pick_backends(args.backend, device)
+    chosen, skipped = ([], {}) if args.backend == "none" else pick_backends(args.backend, device)
     every = args.backend == "all"
-    rows = plan_rows(backends, precisions, graphs, device, every, skipped, args.half)
+    rows = plan_rows(chosen, precisions, graphs, device, every, skipped, args.half)
 
     results: list[Measurement] = []
     for name, precision, graph in rows:
@@ -414,7 +418,7 @@ def run(args: argparse.Namespace) -> int:
                 if args.json:  # as it goes: a run cut short keeps the rows it timed
                     _write_json(Path(args.json), _payload(args, device, results, skipped, []))
     if results or skipped:
-        _table(results, skipped)
+        _table(results, skipped, backends.resolve_backend(backends.AUTO, device))
     served = []
     if args.server:
         from lsdseg.cli.bench_server import measure_server, print_table

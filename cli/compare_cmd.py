@@ -236,11 +236,17 @@ def _sweep_steps(text: str) -> list[int]:
 def run_evaluate(args: argparse.Namespace) -> int:
     """``lsdseg evaluate --compare`` / ``--sweep``: writes compare.json and per_image.csv, or
     sweep.json, into the run folder."""
-    from lsdseg.backends import resolve_backend
+    from lsdseg.backends import needs, resolve_backend
     from lsdseg.cli.console import make_console
-    from lsdseg.cli.options import check_speed_options, device_option, sampler_config
+    from lsdseg.cli.options import (
+        check_speed_options,
+        device_option,
+        precision_of,
+        sampler_config,
+    )
     from lsdseg.cli.records import write_json
     from lsdseg.cli.runs import check_writable, next_run_dir
+    from lsdseg.compare import EMA_SUFFIX
     from lsdseg.data import load_sample
 
     _check_evaluate(args)
@@ -251,7 +257,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     sampler_config(steps=args.compare_steps, threshold=args.compare_threshold)
     sweep_steps = _sweep_steps(args.sweep) if args.sweep is not None else []
     device = device_option(args.device)
-    args.backend = resolve_backend(args.backend, device)
+    # the EMA of a last/ checkpoint runs only on a backend that runs the model in memory
+    ema = any(str(s).endswith(EMA_SUFFIX) for s in (args.weights, args.compare) if s)
+    wants = needs(args.eta, False, False, args.cuda_graph or ema, precision_of(args))
+    args.backend = resolve_backend(args.backend, device, wants)
     precision = check_speed_options(args, device, args.backend, args.eta)
     console = make_console(soft_wrap=True)
     specs = [("--weights", args.weights)] + ([("--compare", args.compare)] if args.compare else [])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -88,3 +89,48 @@ class ProgressDisplay:
 
     def __exit__(self, *exc: object) -> None:
         return self.progress.__exit__(*exc)
+
+
+class PlainProgress:
+    """Progress for a log (output not a terminal, where a live bar stays silent): one line on
+    stderr every ``every`` seconds while the run goes on (a short run prints none):
+    ``lsdseg evaluate: 120 of 612 images (19%), 1:30 elapsed, about 6:09 left``."""
+
+    def __init__(
+        self,
+        prefix: str,
+        total: int,
+        unit: str = "images",
+        every: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.prefix, self.total, self.unit, self.every, self.clock = (
+            prefix,
+            total,
+            unit,
+            every,
+            clock,
+        )
+        self.done = 0
+        self.start = self.last = clock()
+
+    @staticmethod
+    def _clock_text(seconds: float) -> str:
+        m, s = divmod(round(seconds), 60)
+        return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+    def advance(self) -> None:
+        self.done += 1
+        now = self.clock()
+        if now - self.last < self.every or self.done >= self.total:  # the summary says the end
+            return
+        self.last = now
+        elapsed = now - self.start
+        left = elapsed / self.done * (self.total - self.done)
+        share = f" ({100 * self.done // max(1, self.total)}%)"
+        print(
+            f"{self.prefix}: {self.done} of {self.total} {self.unit}{share}, "
+            f"{self._clock_text(elapsed)} elapsed, about {self._clock_text(left)} left",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -21,6 +21,7 @@ from lsdseg.cli.options import (
     add_speed_options,
     check_graph_eta,
     check_speed_options,
+    precision_of,
     sampler_config,
     seed_arg,
 )
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from lsdseg.data import Pair
-    from lsdseg.segmenter import Result
+    from lsdseg.segmenter import Result, Segmenter
 
 # the table's rows: summary.json key, the name shown (one name per definition; README)
 _METRICS = [
@@ -94,13 +95,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=0,
         help="seed of the initial noise; image i uses seed + i",
     )
-    add_backend_option(p, default="torch")
+    add_backend_option(p)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     add_speed_options(p)
     p.add_argument(
         "--groups",
         default="",
         help="only evaluate these groups, comma-separated (e.g. CVC sequences 5,20)",
+    )
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=0,
+        metavar="N",
+        help="score only the first N images (after --groups and --val-fraction; 0: all), as "
+        "segment's --max-frames: a quick look before a long run",
     )
     add_run_folder_options(p, "runs/evaluate")
     add_evaluate_options(p)  # --val-fraction, --split-seed, --compare, --sweep
@@ -118,9 +127,10 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     import lsdseg
-    from lsdseg.backends import resolve_backend
+    from lsdseg.backends import needs, resolve_backend
     from lsdseg.cli.compare_cmd import check_plain_evaluate, labelled_pairs, run_evaluate
     from lsdseg.cli.console import make_console
+    from lsdseg.cli.display import PlainProgress
     from lsdseg.cli.options import device_option
     from lsdseg.cli.pipeline import StopFlag
     from lsdseg.data import find_pairs
@@ -129,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
     if args.compare is not None or args.sweep is not None:
         return run_evaluate(args)
     check_plain_evaluate(args)
+    if args.max_images < 0:
+        raise UserError(f"--max-images {args.max_images} must be >= 0 (0: all images)")
     check_writable(args.project, "--project")  # before the data and the model are loaded
     sampler_config(
         hypotheses=args.hypotheses,
@@ -138,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
         presence_threshold=args.presence_threshold,
     )
     device = device_option(args.device)
-    backend = resolve_backend(args.backend, device)
+    wants = needs(args.eta, False, False, args.cuda_graph, precision_of(args))
+    backend = resolve_backend(args.backend, device, wants)
     precision = check_speed_options(args, device, backend, args.eta)
     console = make_console()
     pairs = []
@@ -160,19 +173,34 @@ def run(args: argparse.Namespace) -> int:
                 f"--groups {sorted(wanted - have)} not in the data; groups are {sorted(have)[:20]}"
             )
         pairs = [p for p in pairs if p.group in wanted]
+    if args.max_images and len(pairs) > args.max_images:
+        console.print(
+            f"--max-images {args.max_images}: the first {args.max_images} of {len(pairs)}"
+        )
+        pairs = pairs[: args.max_images]
     seg = lsdseg.load(args.weights, device, backend, args.cuda_graph, precision)
     check_graph_eta(args.cuda_graph, seg.settings(eta=args.eta).eta)
+    warning = trained_on(seg.checkpoint, args.data, pairs)
+    if warning:
+        print(f"lsdseg evaluate: warning: {warning}", file=sys.stderr)
     out = next_run_dir(args.project, args.name, args.exist_ok)
     vis = Pictures(out) if args.save_vis else None
 
     # rows are written as they come and a signal stops between images, so an interrupted run
     # keeps every image done, and its summary
+    # a terminal gets a live bar; a log (not a terminal) a line every 30 s on stderr
+    plain = None if console.is_terminal else PlainProgress("lsdseg evaluate", len(pairs))
     with (
         PerImageWriter(out / "per_image.csv") as per_image,
-        Progress(console=console, transient=True) as progress,
+        Progress(console=console, transient=True, disable=plain is not None) as progress,
         StopFlag() as stop,
     ):
         task = progress.add_task("evaluating", total=len(pairs))
+
+        def advance() -> None:
+            progress.advance(task)
+            if plain is not None:
+                plain.advance()
 
         rows: list[dict[str, Any]] = []
 
@@ -183,11 +211,11 @@ def run(args: argparse.Namespace) -> int:
         def on_image(pair: Pair, image: np.ndarray, mask: np.ndarray | None, r: Result) -> None:
             if vis is not None:  # evaluate calls on_row first: rows[-1] is this image's
                 vis.add(pair.name, image, mask, r, rows[-1])
-            progress.advance(task)
+            advance()
 
         def on_skip(pair: Pair, reason: str) -> None:
             print(f"lsdseg evaluate: warning: skipped {pair.name}: {reason}", file=sys.stderr)
-            progress.advance(task)
+            advance()
 
         ev = evaluate(
             seg,
@@ -204,24 +232,9 @@ def run(args: argparse.Namespace) -> int:
             presence_threshold=args.presence_threshold,
         )
     stopped_by = stop.reason if ev.stopped else None
-    s = seg.settings(  # as run
-        args.hypotheses, args.steps, args.eta, args.threshold, args.presence_threshold
-    )
     summary = {
-        **ev.summary,
-        "weights": args.weights,
-        "backend": seg.backend,
-        "device": args.device,
-        "precision": seg.precision,
-        "cuda_graph": seg.cuda_graph,
-        "hypotheses": s.hypotheses,
-        "steps": s.steps,
-        "eta": s.eta,
-        "threshold": s.threshold,
-        "presence_threshold": s.presence_threshold,
-        "shift": s.shift,  # the checkpoint's timestep shift (SamplerConfig.shift)
-        "data": args.data,
-        "val_fraction": args.val_fraction,
+        **ev.summary,  # the counts and metrics, under the keys the printed table names
+        "settings": run_settings(args, seg, str(device)),  # never a metric's key
         "skipped_files": ev.skipped,
         "stopped_by": stopped_by,  # None (every image done), SIGINT or SIGTERM
         "command": shlex.join(["lsdseg", *sys.argv[1:]]),
@@ -230,9 +243,12 @@ def run(args: argparse.Namespace) -> int:
     polyp, free = ev.summary["polyp_frames"], ev.summary["polyp_free_frames"]
     if vis is not None and polyp:
         groups = f", groups {args.groups}" if args.groups else ""
+        partial = ""
+        if stopped_by:  # the figure says first that it covers part of the data
+            partial = f"PARTIAL, stopped by {stopped_by} after {len(ev.rows)} of {len(pairs)}: "
         vis.write_summary(
-            f"lsdseg evaluate: {', '.join(args.data)}{groups}, weights {args.weights}, "
-            f"{polyp} polyp frames"
+            f"{partial}lsdseg evaluate: {', '.join(args.data)}{groups}, weights "
+            f"{args.weights}, {polyp} polyp frames"
         )
 
     skipped = ev.summary["skipped"]
@@ -284,6 +300,59 @@ def frame_line(summary: dict[str, Any]) -> str:
     return "frames: " + "; ".join(parts)
 
 
+def trained_on(checkpoint: Path | None, data: list[str], pairs: list[Pair]) -> str | None:
+    """One line when some of ``pairs`` are in the training split of the run the weights came
+    from (its ``splits.json``): their scores flatter the model; it says how to score only the
+    held-out part. None when they are not, or the weights carry no split."""
+    from lsdseg.splits import find_splits, training_overlap
+
+    found = find_splits(checkpoint) if checkpoint is not None else None
+    if found is None:
+        return None
+    path, record = found
+    overlap = training_overlap(record, data, pairs)
+    if not overlap.trained:
+        return None
+    if overlap.held_out_groups and len(overlap.held_out_groups) <= 20:
+        how = f"--groups {','.join(overlap.held_out_groups)}"
+    elif record.get("val_fraction") is not None:
+        how = f"--val-fraction {record['val_fraction']} --split-seed {record.get('seed', 0)}"
+    else:
+        how = "the run's validation folders (--val-data when it trained)"
+    return (
+        f"{overlap.trained} of {overlap.total} images are in the training split of these weights "
+        f"({path}): their scores flatter the model; score only the held-out part with {how}"
+    )
+
+
+def run_settings(args: argparse.Namespace, seg: Segmenter, device: str) -> dict[str, Any]:
+    """summary.json's ``settings``: what the run ran with, resolved (the device and backend
+    that ran, the checkpoint's sampler defaults for the options not given); the metrics stay at
+    the top level, so a setting (``precision``: fp32) never shadows a metric (precision)."""
+    s = seg.settings(  # as run
+        args.hypotheses, args.steps, args.eta, args.threshold, args.presence_threshold
+    )
+    return {
+        "weights": args.weights,
+        "backend": seg.backend,
+        "device": device,
+        "precision": seg.precision,
+        "cuda_graph": seg.cuda_graph,
+        "hypotheses": s.hypotheses,
+        "steps": s.steps,
+        "eta": s.eta,
+        "threshold": s.threshold,
+        "presence_threshold": s.presence_threshold,
+        "shift": s.shift,  # the checkpoint's timestep shift (SamplerConfig.shift)
+        "seed": args.seed,
+        "negatives": args.negatives or None,
+        "data": args.data,
+        "groups": args.groups or None,  # None: every group
+        "val_fraction": args.val_fraction,
+        "split_seed": args.split_seed if args.val_fraction is not None else None,
+    }
+
+
 def _cell(value: object) -> object:
     """A per_image.csv cell: floats to 6 significant digits, NaN (no value) empty."""
     if isinstance(value, float):
@@ -315,7 +384,8 @@ class Pictures:
         from lsdseg.cli.evalvis import image_panel
         from lsdseg.cli.writer import write_png
 
-        panel = image_panel(image, mask, result.mask, result.entropy, name, row)
+        # the map segment draws by default (its --uncertainty mi), so the two pictures agree
+        panel = image_panel(image, mask, result.mask, result.mutual_info, name, row)
         write_png(self.folder / f"{name}.png", panel)
         if mask is not None and mask.any():  # polyp frames only, as the metrics
             self.reliability.update(result.mean, mask)

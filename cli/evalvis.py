@@ -2,7 +2,8 @@
 
 - :func:`image_panel`, one PNG per image: the image with the ground-truth contour and the
   prediction contour in two colours and a legend, the per-image Dice and IoU in the title, and
-  the uncertainty map (entropy of the mean, bits) with its colour scale.
+  the uncertainty map with its colour scale: the mutual information of the K hypotheses (bits),
+  the map ``lsdseg segment`` draws by default.
 - :func:`summary_figure`, one PNG per run: a histogram of the per-image Dice, Dice against the
   polyp's size (its share of the image, log scale), and the reliability diagram behind the
   pooled ECE (:class:`Reliability`, the same 15 bins as :func:`lsdseg.metrics.ece_pooled`).
@@ -79,9 +80,10 @@ def image_panel(
     image: np.ndarray,
     mask: np.ndarray | None,
     pred: np.ndarray,
-    entropy: np.ndarray,
+    uncertainty: np.ndarray,
     name: str,
     row: dict[str, Any] | None = None,
+    label: str = "mutual information of the K hypotheses",
 ) -> np.ndarray:
     """One image's evaluation picture (BGR uint8): contours on the image, the uncertainty.
 
@@ -89,9 +91,10 @@ def image_panel(
         image: the image, RGB uint8 (H, W, 3).
         mask: the ground truth (H, W) bool, or None (unlabelled: the prediction only).
         pred: the predicted mask (H, W) bool.
-        entropy: the entropy of the mean (H, W), bits in [0, 1].
+        uncertainty: the uncertainty map (H, W), bits in [0, 1].
         name: the image's name, in the title.
         row: its per_image.csv row, for the Dice and IoU in the title.
+        label: what ``uncertainty`` is, in the caption (with its unit, bits).
 
     Returns:
         (28 + PANEL_H + 26, 2 * W' + 70, 3): W' the image's width at height PANEL_H.
@@ -103,7 +106,7 @@ def image_panel(
     left = np.ascontiguousarray(_fit(image[..., ::-1], size))
     small_pred = _fit(pred.astype(np.float32), size) > 0.5
     small_gt = None if mask is None else _fit(mask.astype(np.float32), size) > 0.5
-    right = colourise(_fit(entropy.astype(np.float32), size), 1.0, "turbo")
+    right = colourise(_fit(uncertainty.astype(np.float32), size), 1.0, "turbo")
     if small_gt is not None:
         _contour(left, small_gt, GT_BGR)
         _contour(right, small_gt, (255, 255, 255))
@@ -125,13 +128,13 @@ def image_panel(
 
     foot = np.full((26, width, 3), 255, np.uint8)
     x = 6
-    for colour, label in ((GT_BGR, "ground truth"), (PRED_BGR, "prediction")):
+    for colour, name_of in ((GT_BGR, "ground truth"), (PRED_BGR, "prediction")):
         if colour == GT_BGR and mask is None:
             continue
         cv2.line(foot, (x, 13), (x + 22, 13), colour, 3, cv2.LINE_AA)
-        _put(foot, label, (x + 28, 18), 0.42)
-        x += 28 + _width(label, 0.42) + 16
-    caption = "uncertainty: entropy of the mean, bits"
+        _put(foot, name_of, (x + 28, 18), 0.42)
+        x += 28 + _width(name_of, 0.42) + 16
+    caption = f"uncertainty: {label}, bits"
     if mask is not None:
         caption += " (white: ground truth)"
     _put(foot, caption, (size[0] + 6, 18), min(0.42, 0.42 * (size[0] - 12) / _width(caption)))

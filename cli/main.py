@@ -190,15 +190,30 @@ def _starting() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+# loggers whose INFO lines every run shows: a first run's one-time ONNX export (seconds of
+# silence otherwise)
+NOTICES = ("lsdseg.export.cache",)
+
+
+def configure_logging(verbose: bool) -> None:
+    """Warnings and the :data:`NOTICES` by default; ``-v`` adds lsdseg's INFO and DEBUG lines
+    (what was loaded, which backend ``auto`` ran, CUDA graph captures, ...) and other
+    libraries' INFO."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("lsdseg").setLevel(logging.DEBUG if verbose else logging.NOTSET)
+    for name in NOTICES:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 on success)."""
     with _starting():  # parsing and the heavy imports: a Ctrl-C now just ends the process
         parser = build_parser()
         args = parser.parse_args(argv)
-        logging.basicConfig(
-            level=logging.INFO if args.verbose else logging.WARNING,
-            format="%(levelname)s %(name)s: %(message)s",
-        )
+        configure_logging(args.verbose)
         if not getattr(args, "func", None):
             parser.print_help()
             return EXIT_USAGE

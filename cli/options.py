@@ -48,7 +48,7 @@ def seed_arg(maximum: int = MAX_SEED, per_frame: bool = False) -> Callable[[str]
     return parse
 
 
-def add_backend_option(group: argparse._ActionsContainer, default: str = backends.AUTO) -> None:
+def add_backend_option(group: argparse._ActionsContainer, default: str = backends.DEFAULT) -> None:
     """``--backend`` with the choices and help of :data:`lsdseg.backends.BACKENDS`."""
     group.add_argument(
         "--backend", choices=backends.choices(), default=default, help=backends.help_text()
@@ -60,8 +60,9 @@ def graph_backends() -> str:
     return f"{backends.spoken(backends.able('cuda_graph'))} backends"
 
 
-def add_speed_options(group: argparse._ActionsContainer) -> None:
-    """``--cuda-graph``, ``--half`` and ``--precision`` (segment, evaluate, serve)."""
+def add_speed_options(group: argparse._ActionsContainer, summary: bool = True) -> None:
+    """``--cuda-graph``, ``--half`` and ``--precision`` (segment, evaluate, serve); ``summary``:
+    the command writes a summary.json that records the precision (serve writes none)."""
     graph = graph_backends()
     group.add_argument(
         "--cuda-graph",
@@ -77,8 +78,8 @@ def add_speed_options(group: argparse._ActionsContainer) -> None:
     group.add_argument(
         "--precision",
         choices=PRECISIONS,
-        help=f"fp32 (the default), or fp16 / bf16 autocast on CUDA ({graph}); "
-        "recorded in summary.json",
+        help=f"fp32 (the default), or fp16 / bf16 autocast on CUDA ({graph})"
+        + ("; recorded in summary.json" if summary else ""),
     )
 
 

@@ -11,9 +11,11 @@ Three styles (``--overlay``):
   the frame (or larger, see :func:`grid_layout`) with its probability map blended in and its
   own 0.5 contour; the output is wider than the input.
 
-A heads-up text (fps and latency for videos and streams, K, the frame mean of the uncertainty)
-goes where it hides the least: in the dark corners outside an endoscope's circular field when
-there are any, else along the top or bottom edge away from the mask (:func:`place_hud`).
+A heads-up text (:func:`hud_text`: K, the frame mean of the uncertainty and the unsure score
+on one line, fps and latency for videos and streams on a second) goes where it hides the least:
+in the dark corners outside an endoscope's circular field when there are any, else along the
+top or bottom edge away from the mask (:func:`place_hud`). It always fits the frame: its font
+scale is measured down until every line does (:func:`fit_hud`).
 Rendering is pure numpy/OpenCV on copies; the frame passed in is never modified.
 """
 
@@ -37,6 +39,9 @@ CMAPS = ("turbo", "viridis")
 # is at most 0.5.
 MEASURE_RANGE: dict[str, float] = {"entropy": 1.0, "std": 0.5, "mi": 1.0}
 MEASURE_LABEL: dict[str, str] = {"entropy": "entropy", "std": "std", "mi": "mutual info"}
+MEASURE_SHORT: dict[str, str] = {"entropy": "entropy", "std": "std", "mi": "MI"}  # in the HUD
+# the unit of each map, in the colour bar's label (a std of probabilities has none)
+MEASURE_UNIT: dict[str, str] = {"entropy": "bits", "std": "", "mi": "bits"}
 # The heat map is transparent below HEAT_FLOOR x the range and reaches --alpha at HEAT_FULL x
 # the range. For entropy (bits) that is 0.1 bits (p < 0.013 or > 0.987: nothing to see) and
 # 0.5 bits (p between 0.11 and 0.89: the model is unsure).
@@ -81,6 +86,13 @@ class View:
     k: int  # number of hypotheses
     hud: str = ""  # heads-up text
     alert: bool = False  # draw the heads-up text in the alert colour (frame flagged unsure)
+
+
+def top_tick(vmax: float, unit: str) -> str:
+    """The colour bar's top value with the map's unit: ``1 bit``, ``0.5`` (no unit)."""
+    if not unit:
+        return f"{vmax:g}"
+    return f"{vmax:g} {unit.removesuffix('s') if vmax == 1 else unit}"
 
 
 def uncertainty_map(result: Result, measure: Measure) -> np.ndarray:
@@ -229,8 +241,9 @@ def _font_scale(h: int, w: int) -> float:
     return max(0.3, min(h, w) / 600)
 
 
-def draw_legend(img: np.ndarray, vmax: float, cmap: str, label: str) -> None:
-    """A vertical colour bar on the right edge, labelled with the range, drawn in place.
+def draw_legend(img: np.ndarray, vmax: float, cmap: str, label: str, unit: str = "") -> None:
+    """A vertical colour bar on the right edge, labelled with the range and ``unit`` (the top
+    tick reads ``1 bit``), drawn in place.
 
     The bar shows each level as the map draws it, its colour faded into grey by
     :func:`heat_weight` (scaled so the top is opaque): the grey foot is the range left
@@ -254,7 +267,7 @@ def draw_legend(img: np.ndarray, vmax: float, cmap: str, label: str) -> None:
         tw = text_size(text, scale)[0]
         _text(img, text, (max(0, x0 - tw - 4), y), scale)
 
-    right_text(f"{vmax:g}", y0 + int(12 * scale / 0.4))
+    right_text(top_tick(vmax, unit), y0 + int(12 * scale / 0.4))
     right_text("0", y0 + bh)
     tw, th, _ = text_size(label, scale)
     _text(img, label, (max(0, x1 - tw), max(th + 2, y0 - 6)), scale)
@@ -267,9 +280,48 @@ DARK = 40
 MASK_COST = 8
 
 
+# the smallest font scale of the heads-up text: below it the Hershey glyphs blur together
+HUD_MIN_SCALE = 0.3
+
+
+def hud_text(
+    k: int,
+    measure: Measure,
+    frame_mean: float,
+    unsure: float | None = None,
+    flagged: bool = False,
+    fps: float | None = None,
+    latency_ms: float | None = None,
+    state: str | None = None,
+) -> str:
+    """The heads-up text, one ``\n`` per line and `` | `` between the parts of a line.
+
+    ``state``, when given, is the first line: the frame-level decision in words with its
+    presence score (``POLYP | p=0.97``, ``no polyp | p=0.03``, ``UNSURE | p=0.62``).
+
+    First line: the frame (``UNSURE 0.35`` first when flagged, K, the frame mean of the
+    uncertainty map under its short name, the unsure score); K = 1 has no uncertainty (one
+    sample has no spread), and says so instead. Second line, for videos and streams: fps and
+    the latency of the Segmenter call. More lines can be added; :func:`fit_hud` fits them all.
+    """
+    if k < 2:
+        first = [f"K={k}", "no uncertainty"]
+    else:
+        first = [f"K={k}", f"{MEASURE_SHORT[measure]} {frame_mean:.3f}"]
+        if unsure is not None:
+            first.append(f"unsure {unsure:.2f}")
+        if flagged:
+            first = [f"UNSURE {unsure:.2f}", *first[:2]]
+    lines = ([state] if state else []) + [" | ".join(first)]
+    if fps is not None and latency_ms is not None:
+        lines.append(f"{fps:.1f} fps | {latency_ms:.0f} ms")
+    return "\n".join(lines)
+
+
 def hud_lines(text: str, stacked: bool) -> list[str]:
-    """The heads-up text as one line, or stacked with one `` | ``-separated part a line."""
-    return text.split(" | ") if stacked else [text]
+    """The heads-up text's lines, or stacked with one `` | ``-separated part a line."""
+    lines = text.split("\n")
+    return [part for line in lines for part in line.split(" | ")] if stacked else lines
 
 
 def _hud_block(lines: list[str], scale: float) -> tuple[int, int, int]:
@@ -279,13 +331,37 @@ def _hud_block(lines: list[str], scale: float) -> tuple[int, int, int]:
     return max(tw for tw, _, _ in sizes) + 8, line_h * len(lines) + 4, line_h
 
 
+def fit_hud(
+    lines: list[str], w: int, h: int, scale: float, drop: bool = False
+) -> tuple[list[str], float | None]:
+    """The lines and the largest font scale up to ``scale`` at which they fit a w x h frame on
+    their box, every glyph measured (cv2.getTextSize through :func:`text_size`).
+
+    When they do not fit at :data:`HUD_MIN_SCALE`: ``([], None)``, or with ``drop`` the last
+    line is dropped and the rest fitted again (a frame too small for even the first line
+    still gets ``([], None)``).
+    """
+    while lines:
+        s = scale
+        while s >= HUD_MIN_SCALE:
+            bw, bh, _ = _hud_block(lines, s)
+            if bw <= w and bh <= h:
+                return lines, s
+            # text grows about linearly with the scale (the stroke width in steps): aim at
+            # the fitting scale, never by less than 3 % a step
+            s = min(s * 0.97, s * min(w / bw, h / bh))
+        lines = lines[:-1] if drop else []
+    return [], None
+
+
 def place_hud(
     img: np.ndarray, text: str, avoid: np.ndarray | None = None
 ) -> tuple[list[str], float, int, int]:
     """Where the heads-up text hides the least: (lines, font scale, x, y of the top left).
 
-    The candidates are the four corners, each with the text on one line (shrunk to the width
-    if need be) or stacked one part a line. Each costs the image pixels it covers: nothing
+    The candidates are the four corners, each with the text's lines as given or stacked one
+    part a line, each at the largest scale up to the frame's at which it fits
+    (:func:`fit_hud`). Each costs the image pixels it covers: nothing
     for the dark surround of an endoscope's circular field (brightest channel below
     :data:`DARK`), one for any other pixel and :data:`MASK_COST` for a pixel of ``avoid``
     (the mask, with a margin). The cheapest wins, the top left on a tie, so on a frame with no
@@ -305,17 +381,18 @@ def place_hud(
     summed = cv2.integral(cost)  # (H + 1, W + 1): box sums in O(1)
     base_scale = _font_scale(h, w)
     candidates = []  # (cost, order, lines, scale, x, y)
-    for stacked in (False, True):
-        lines, scale = hud_lines(text, stacked), base_scale
+    # all of the text as given or stacked; only when neither fits, its first lines
+    for stacked, drop in ((False, False), (True, False), (False, True)):
+        if drop and candidates:
+            break
+        lines, scale = fit_hud(hud_lines(text, stacked), w, h, base_scale, drop)
+        if scale is None:
+            continue
         bw, bh, _ = _hud_block(lines, scale)
-        if bw > w:  # shrink to the width, down to a readable minimum
-            scale = max(0.25, scale * (w - 8) / max(bw - 8, 1))
-            bw, bh, _ = _hud_block(lines, scale)
-        bw, bh = min(bw, w), min(bh, h)
         for x, y in ((0, 0), (w - bw, 0), (0, h - bh), (w - bw, h - bh)):
             c = summed[y + bh, x + bw] - summed[y, x + bw] - summed[y + bh, x] + summed[y, x]
             candidates.append((round(float(c), 3), len(candidates), lines, scale, x, y))
-    return min(candidates)[2:]
+    return min(candidates)[2:] if candidates else ([], base_scale, 0, 0)
 
 
 def draw_hud(
@@ -331,6 +408,8 @@ def draw_hud(
         return
     h = img.shape[0]
     lines, scale, x, y = place_hud(img, text, avoid)
+    if not lines:  # a frame too small for any legible text
+        return
     bw, bh, line_h = _hud_block(lines, scale)
     box = img[y : y + bh, x : x + bw]
     box[:] = (box.astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken 60 %
@@ -382,7 +461,7 @@ def render(frame: np.ndarray, view: View, opts: OverlayOptions) -> np.ndarray:
         heat = colourise(view.uncertainty, vmax, opts.cmap)
         out = _blend(frame, heat, heat_weight(view.uncertainty, vmax, opts.alpha))
         out = draw_mask(out, view.mask, 0.0, CONTOUR_ON_HEAT_BGR)
-        draw_legend(out, vmax, opts.cmap, MEASURE_LABEL[opts.measure])
+        draw_legend(out, vmax, opts.cmap, MEASURE_LABEL[opts.measure], MEASURE_UNIT[opts.measure])
     else:
         out = draw_mask(frame, view.mask, opts.alpha)
     if opts.style == "grid":

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lsdseg.cli.errors import OutputError
-from lsdseg.cli.overlay import MEASURE_LABEL, OverlayOptions, make_view, uncertainty_map
+from lsdseg.cli.overlay import OverlayOptions, hud_text, make_view, uncertainty_map
 from lsdseg.cli.reader import FrameReader, Stalled
 from lsdseg.cli.records import Summary, frame_record
 from lsdseg.cli.remote import RemoteSegmenter, ServerError
@@ -32,6 +32,14 @@ if TYPE_CHECKING:
     from types import FrameType
 
     from lsdseg.segmenter import Result, Segmenter
+
+
+# the record fields one hypothesis cannot give (no spread between samples): left empty at K = 1
+ONE_SAMPLE_EMPTY = ("unc_mean", "unc_max", "unc_frame_mean", "agreement", "unsure", "unsure_flag")
+ONE_SAMPLE_NOTICE = (
+    "--hypotheses 1: one sample has no spread, so no uncertainty is measured (records leave "
+    "unc_*, agreement and unsure empty; the heads-up text says so); use K >= 2 for uncertainty"
+)
 
 
 @dataclass(frozen=True)
@@ -121,7 +129,10 @@ def _work(
 
     ``still``: the frame is a still image, which gets no frame rate or latency burned in.
     ``presence_filter``: the decision over time (videos and streams), see :func:`decide`.
+    With one hypothesis there is no spread to measure: the record's uncertainty fields,
+    agreement and unsure score are empty and the heads-up text says so.
     """
+    k = int(result.hypotheses.shape[0])
     present = result.present
     shown = decide(result, presence_filter)
     unc = uncertainty_map(result, overlay.measure)
@@ -140,18 +151,22 @@ def _work(
         present,
         shown,
     )
-    hud = (
-        f"K={result.hypotheses.shape[0]} | "
-        f"{MEASURE_LABEL[overlay.measure]} mean {float(unc.mean()):.3f}"  # the frame's mean
-    )
-    if not still:
-        hud = f"{fps:.1f} fps | {latency:.0f} ms | {hud}"
-    if record["unsure"] is not None:
-        hud += f" | unsure {record['unsure']:.2f}"
+    if k < 2:
+        for key in ONE_SAMPLE_EMPTY:
+            record[key] = None
     flagged = bool(record["unsure_flag"])
     word = state_word(present, shown, flagged)
-    score = "" if math.isnan(result.score) else f" {result.score:.2f}"
-    hud = f"{word}{score} | {hud}"
+    state = word if math.isnan(result.score) else f"{word} | p={result.score:.2f}"
+    hud = hud_text(
+        k,
+        overlay.measure,
+        float(unc.mean()),  # the frame's mean
+        record["unsure"],
+        False,  # the state line says UNSURE already
+        None if still else fps,
+        None if still else latency,
+        state=state,
+    )
     view = make_view(result, overlay, hud, alert=word == "UNSURE")
     return Work(frame, view, record, result.mean if keep_mean else None)
 

@@ -7,7 +7,8 @@ so a run stopped at any point leaves both files complete up to the last frame wr
 frame              index of the frame in the source (before --vid-stride); image number
 timestamp_s        seconds: frame / fps for files, since start for live sources; empty
                    for images
-source             image file name, or the source's name
+source             the image's path as found (the folder, file or glob given, expanded),
+                   or the source's name
 latency_ms         wall time of the Segmenter call for this frame
 area_fraction      fraction of the frame's pixels inside the mask (mean > threshold)
 components         number of connected regions of the mask (8-connectivity)
@@ -20,6 +21,8 @@ unsure             per-frame unsure score in [0, 1] (Result.unsure): mean entrop
                    mean over the candidate region (mean > 0.1, dilated); 0 when the model
                    sees no polyp at all
 unsure_flag        unsure > --unsure-threshold (empty without --unsure-threshold)
+(K = 1)            with one hypothesis the unc_* fields, agreement, unsure and unsure_flag
+                   are empty: one sample has no spread to measure
 score              the presence score: the probability that the frame holds a polyp
                    (Result.score; 1 for weights without a presence head)
 polyp_frame        the frame's own decision: score >= the presence threshold
@@ -44,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from lsdseg.cli.errors import output_error
-from lsdseg.files import write_text_atomic
+from lsdseg.files import json_ready, write_text_atomic
 
 COLUMNS = (
     "frame",
@@ -64,18 +67,6 @@ COLUMNS = (
     "polyp_shown",
     "seed",
 )
-
-
-def json_ready(value: Any) -> Any:
-    """``value`` with every NaN or infinite float (nested in dicts, lists and tuples) made None,
-    so JSON files get ``null`` instead of the bare ``NaN`` that JSON does not allow."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_ready(v) for v in value]
-    return value
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -89,7 +89,7 @@ def check_resume(
             raise UserError(
                 f"--model-config {args.model_config} is not the architecture {out} was started "
                 f"with (its last/config.json); drop --model-config to resume, or start a new "
-                "run in another --out"
+                "run in another folder (--name or --out)"
             )
     try:
         loop = resume_loop(out, cfg, data_settings(args), args.extend, lambda k: OPTIONS.get(k, k))

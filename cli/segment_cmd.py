@@ -24,6 +24,7 @@ from lsdseg.cli.options import (
     check_graph_eta,
     check_speed_options,
     flag_message,
+    precision_of,
     sampler_config,
     seed_arg,
 )
@@ -184,7 +185,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=0.4,
         help="overlay opacity in [0, 1]: of the mask fill, and of the heat map where the "
         "uncertainty is high (it fades out below half its range and is transparent below "
-        "a tenth)",
+        "a tenth); 0 draws the mask's contour only",
     )
     o.add_argument("--no-hud", action="store_true", help="no heads-up line on the frames")
     o.add_argument(
@@ -194,12 +195,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="flag frames whose unsure score (mean entropy over the region some hypotheses "
         "call polyp, in [0, 1]) exceeds U: 'UNSURE' in the heads-up line, unsure_flag in the "
         "records, unsure_frames in summary.json (default: no flag; the score is always "
-        "recorded)",
+        "recorded). Good masks score 0.1-0.4 (median 0.16 on the bundled weights' validation "
+        "images); 0.35 is a start: it flagged 2 of 126 good frames and 2 of 5 failed ones there "
+        "(docs/outputs.md)",
     )
     o.add_argument(
         "--save-masks",
         action="store_true",
-        help="also write mask, confidence and uncertainty PNGs per frame",
+        help="also write per frame in masks/: the mask (0/255), the confidence (mean x 255, "
+        "8-bit) and the uncertainty (16-bit, 1 bit or a std of 0.5 = 65535: the same scale in "
+        "every frame) as PNGs, and both maps losslessly as float32 in <frame>_maps.npz",
     )
     o.add_argument(
         "--show",
@@ -318,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
     from lsdseg.cli.display import ProgressDisplay, check_gui
     from lsdseg.cli.options import device_option
     from lsdseg.cli.overlay import OverlayOptions
-    from lsdseg.cli.pipeline import SampleOptions, StopFlag, run_pipeline
+    from lsdseg.cli.pipeline import ONE_SAMPLE_NOTICE, SampleOptions, StopFlag, run_pipeline
     from lsdseg.cli.segment_outputs import describe, open_outputs
     from lsdseg.cli.sources import open_source
     from lsdseg.decision import PresenceFilter
@@ -355,7 +360,10 @@ def run(args: argparse.Namespace) -> int:
             device = str(segmenter.address)
         else:
             device = device_option(args.device)
-            backend = backends.resolve_backend(args.backend, device)
+            wants = backends.needs(
+                args.eta, args.temporal, args.imgsz is not None, args.cuda_graph, precision_of(args)
+            )
+            backend = backends.resolve_backend(args.backend, device, wants)
             if args.temporal and not backends.get(backend).warm_start:
                 raise UserError(
                     f"--temporal needs the previous frame's latents, which the {backend} "
@@ -384,6 +392,8 @@ def run(args: argparse.Namespace) -> int:
             f"K={args.hypotheses}, backend {segmenter.backend}{speed_label(segmenter)}, "
             f"{'server' if args.server else 'device'} {device}"
         )
+        if args.hypotheses < 2:
+            console.print(f"lsdseg segment: note: {ONE_SAMPLE_NOTICE}")
         with console.status("warming up the model"):  # lazy inits and JIT kernels, untimed
             blank = np.zeros((*source.first_shape, 3), np.uint8)
             settings = {

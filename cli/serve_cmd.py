@@ -35,12 +35,14 @@ from lsdseg.cli.options import (
     add_speed_options,
     check_graph_eta,
     check_speed_options,
+    precision_of,
 )
 from lsdseg.cli.segment_cmd import speed_label
 
 if TYPE_CHECKING:
     from types import FrameType
 
+    import torch
     from pytriton.triton import Triton
 
     from lsdseg.cli.server import SegmentModel
@@ -65,7 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default="default", help="'default', 'untrained' or a folder")
     add_backend_option(p)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    add_speed_options(p)
+    add_speed_options(p, summary=False)  # serve writes no summary.json
     p.add_argument(
         "--host",
         default="127.0.0.1",
@@ -200,13 +202,34 @@ def _bind(triton: Triton, models: list[SegmentModel], max_batch: int, delay_us: 
     )
 
 
+def server_options(
+    args: argparse.Namespace, device: torch.device, log_file: Path | None
+) -> dict[str, object]:
+    """The TritonConfig of ``lsdseg serve``: its addresses and ports, the server log, and no
+    GPU metrics on a CPU device (their NVML start-up printed "Error: Failed to initialize
+    NVML" on machines without an NVIDIA driver, before a server that then worked)."""
+    options: dict[str, object] = {
+        "log_file": log_file,
+        "http_address": args.host,
+        "http_port": args.http_port,
+        "grpc_address": args.host,
+        "grpc_port": args.grpc_port,
+        "metrics_address": args.host,
+        "metrics_port": args.metrics_port,
+    }
+    if device.type != "cuda":
+        options["allow_gpu_metrics"] = False
+    return options
+
+
 def run(args: argparse.Namespace) -> int:
     from lsdseg.cli.options import device_option
     from lsdseg.segmenter import load
 
     check_options(args)
     device = device_option(args.device)
-    backend = backends.resolve_backend(args.backend, device)
+    wants = backends.needs(0.0, False, False, args.cuda_graph, precision_of(args))
+    backend = backends.resolve_backend(args.backend, device, wants)
     precision = check_speed_options(args, device, backend, None)  # before PyTriton is needed
     if importlib.util.find_spec("pytriton") is None:
         raise UserError(f"PyTriton is not installed: {INSTALL}")
@@ -236,15 +259,7 @@ def run(args: argparse.Namespace) -> int:
         models.append(SegmentModel(seg))
     # the server's own log goes to a file unless -v (then to stdout, as tritonserver does)
     log_file = None if args.verbose else Path(tempfile.mkdtemp(prefix="lsdseg-serve-")) / "log"
-    config = TritonConfig(
-        log_file=log_file,
-        http_address=args.host,
-        http_port=args.http_port,
-        grpc_address=args.host,
-        grpc_port=args.grpc_port,
-        metrics_address=args.host,
-        metrics_port=args.metrics_port,
-    )
+    config = TritonConfig(**server_options(args, device, log_file))
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

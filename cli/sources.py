@@ -42,7 +42,7 @@ class Frame:
     index: int  # position in the source, counted before --vid-stride
     image: np.ndarray  # (H, W, 3) uint8 BGR
     timestamp: float | None  # seconds: index / fps for files, since start for live sources
-    name: str  # file name (images) or the source's name
+    name: str  # the image's path as found (images), or the source's name
 
 
 def _quiet_opencv() -> None:
@@ -174,7 +174,7 @@ class ImageSource(Source):
                 except (DataError, OSError) as e:  # OSError: gone or unreadable since
                     self._skip(str(path), str(e))
                     continue
-            yield Frame(i, image, None, path.name)
+            yield Frame(i, image, None, str(path))  # the path: names repeat across folders
 
 
 class VideoSource(Source):

@@ -40,7 +40,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=0.1,
         help="fraction of each --data held out by group when no --val-data",
     )
-    p.add_argument("--out", default="runs/train/exp", help="run folder (default runs/train/exp)")
+    p.add_argument(
+        "--project", default="runs/train", help="parent of the run folders (default runs/train)"
+    )
+    p.add_argument(
+        "--name",
+        default=None,
+        help="run folder under --project: started there, or resumed when it holds a run; "
+        "without --name, --out or --resume each run gets a new folder (exp, exp2, ...)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="the run folder itself (instead of --project/--name): started, or resumed",
+    )
+    p.add_argument(
+        "--resume", default=None, metavar="DIR", help="resume the run in DIR (it must hold one)"
+    )
     p.add_argument(
         "--stage",
         choices=["all", "autoencoders", "diffusion", "presence"],
@@ -236,8 +253,10 @@ def _image_size(
         if imgsz not in (None, size):
             raise UserError(
                 f"{out} trains at --imgsz {size}: resume it without --imgsz {imgsz}, or start "
-                "a new run with another --out"
+                "a new run in another folder (--name or --out)"
             )
+        if init and "image_size" not in grow and size != read_config(init)[0].image_size:
+            grow = {**grow, "image_size": size}  # as the run recorded it when it started
         return size, grow
     if not init:
         return default if imgsz is None else imgsz, grow
@@ -247,6 +266,48 @@ def _image_size(
     if "image_size" in grow:
         raise UserError(f"--imgsz {imgsz} and --grow image_size {size} disagree: pass one of them")
     return imgsz, {**grow, "image_size": imgsz}
+
+
+def run_folder(args: argparse.Namespace) -> tuple[Path, str]:
+    """The run's folder and the option that named it.
+
+    ``--resume DIR`` (which must hold a run), ``--out DIR`` or ``--project/--name`` name a
+    folder, which is resumed when it holds a run and started otherwise; with none of them a new
+    run gets the first free ``exp``, ``exp2``, ... under ``--project`` (as segment and evaluate
+    number theirs), so a second run never lands in the first one's folder.
+
+    Raises:
+        UserError: two of them at once, ``--resume`` of a folder without a run, or a numbered
+            folder under torchrun (each rank would number on its own).
+    """
+    import os
+
+    from lsdseg.trainstate import has_state
+
+    given = [o for o, v in (("--resume", args.resume), ("--out", args.out), ("--name", args.name))
+             if v is not None]  # fmt: skip
+    if len(given) > 1:
+        raise UserError(f"{' and '.join(given)} both name the run folder: give one of them")
+    if args.resume is not None:
+        if not has_state(Path(args.resume) / "last"):
+            raise UserError(
+                f"--resume {args.resume}: no run to resume there (no last/ with a training "
+                "state); give the folder of a run, or start one with --name or --out"
+            )
+        return Path(args.resume), "--resume"
+    if args.out is not None:
+        return Path(args.out), "--out"
+    if args.name is not None:
+        return Path(args.project) / args.name, "--name"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError(
+            "torchrun: give the run folder with --name or --out, so that every rank writes the "
+            "same one (a new numbered folder would be chosen by each rank on its own)"
+        )
+    n = 1
+    while (Path(args.project) / ("exp" if n == 1 else f"exp{n}")).exists():
+        n += 1
+    return Path(args.project) / ("exp" if n == 1 else f"exp{n}"), "--project"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -268,7 +329,8 @@ def run(args: argparse.Namespace) -> int:
     from lsdseg.train import Trainer
 
     started = time.monotonic()  # --time-limit counts from here, loading and caching included
-    check_writable(args.out, "--out")  # before the data is read and the model built
+    out, option = run_folder(args)
+    check_writable(out, option)  # before the data is read and the model built
     console = make_console(stderr=True)
     device = device_option(args.device)
     model_cfg = load_json(ModelConfig, args.model_config) if args.model_config else ModelConfig()
@@ -278,8 +340,7 @@ def run(args: argparse.Namespace) -> int:
 
         if not 0 < args.val_fraction < 1:
             raise UserError(f"--val-fraction {args.val_fraction} must be between 0 and 1")
-        return run_presence(args, console, init)
-    out = Path(args.out)
+        return run_presence(args, console, init, out)
     size, grow = _image_size(
         args.imgsz, model_cfg.image_size, init, _parse_grow(args.grow, init), out
     )
@@ -319,7 +380,7 @@ def run(args: argparse.Namespace) -> int:
         if line is None:
             console.print(
                 f"{out} is done: nothing to train (pass --extend with more --epochs to train "
-                "it further, or another --out for a new run)"
+                "it further; without --name, --out or --resume a new run gets a new folder)"
             )
             return 0
         console.print(line)

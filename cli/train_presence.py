@@ -20,8 +20,9 @@ from typing import Any
 from lsdseg.cli.errors import UserError
 
 
-def run_presence(args: argparse.Namespace, console: Any, init: str) -> int:
-    """Train the presence head of ``init`` on ``args.data`` and ``args.negatives``."""
+def run_presence(args: argparse.Namespace, console: Any, init: str, out: Path) -> int:
+    """Train the presence head of ``init`` on ``args.data`` and ``args.negatives`` into the
+    run folder ``out``."""
     import torch
 
     from lsdseg.checkpoint import load_checkpoint, save_checkpoint
@@ -59,7 +60,6 @@ def run_presence(args: argparse.Namespace, console: Any, init: str) -> int:
     except ValueError as e:
         raise UserError(f"--stage presence: {e}") from None
     device = device_option(args.device)
-    out = Path(args.out)
     started = time.monotonic()
     model = load_checkpoint(init, device)
     datasets: dict[str, dict] = {}

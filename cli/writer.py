@@ -165,8 +165,17 @@ def write_png(path: Path, image: np.ndarray) -> None:
 
 
 class MasksOut:
-    """``--save-masks``: ``<stem>_mask.png`` (0/255), ``_conf.png`` (mean x 255) and
-    ``_unc.png`` (uncertainty / its maximum x 255), all 8-bit grey, in ``masks/``."""
+    """``--save-masks``, in ``masks/``, with fixed scales so that frames compare:
+
+    - ``<stem>_mask.png``: the mask, 8-bit, 0 or 255;
+    - ``<stem>_conf.png``: the confidence map (mean of the K probabilities), 8-bit,
+      ``round(mean * 255)``;
+    - ``<stem>_unc.png``: the uncertainty map, 16-bit, ``round(value / unc_range * 65535)``:
+      1 bit = 65535 for entropy and mutual information, a std of 0.5 = 65535 (resolution
+      1.5e-5 bits; the same scale in every frame and every run);
+    - ``<stem>_maps.npz``: both maps losslessly, float32 ``mean`` and ``uncertainty``
+      (``numpy.load``).
+    """
 
     def __init__(self, folder: Path, unc_range: float) -> None:
         self.folder, self.unc_range = folder, unc_range
@@ -174,12 +183,23 @@ class MasksOut:
 
     def write(self, stem: str, mask: np.ndarray, mean: np.ndarray, unc: np.ndarray) -> None:
         write_png(self.folder / f"{stem}_mask.png", mask.astype(np.uint8) * 255)
-        write_png(self.folder / f"{stem}_conf.png", _to8(mean, 1.0))
-        write_png(self.folder / f"{stem}_unc.png", _to8(unc, self.unc_range))
+        write_png(self.folder / f"{stem}_conf.png", quantise(mean, 1.0, np.uint8))
+        write_png(self.folder / f"{stem}_unc.png", quantise(unc, self.unc_range, np.uint16))
+        path = self.folder / f"{stem}_maps.npz"
+        try:
+            with open(path, "wb") as f:
+                np.savez_compressed(
+                    f, mean=mean.astype(np.float32), uncertainty=unc.astype(np.float32)
+                )
+        except OSError as e:
+            path.unlink(missing_ok=True)
+            raise output_error(path, e) from None
 
 
-def _to8(values: np.ndarray, vmax: float) -> np.ndarray:
-    return (np.clip(values / vmax, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+def quantise(values: np.ndarray, vmax: float, dtype: type[np.integer]) -> np.ndarray:
+    """``values`` in [0, vmax] -> ``dtype``'s full range (``vmax`` -> 255 or 65535), rounded."""
+    top = float(np.iinfo(dtype).max)
+    return (np.clip(values / vmax, 0.0, 1.0) * top + 0.5).astype(dtype)
 
 
 @dataclass

@@ -84,7 +84,7 @@ def cached_onnx(
     digest = model_digest(model, checkpoint)
     path = onnx_path(digest, steps, model.cfg.image_size, precision)
     if refresh or not path.is_file():
-        log.warning(
+        log.info(  # information, not a problem: the CLI shows it (cli/main.py's logging)
             "exporting the ONNX graph for %d steps (%s) once; cached at %s",
             steps,
             precision,

@@ -5,12 +5,13 @@ graph on first use (one graph per number of DDIM steps, cached, see :mod:`lsdseg
 and runs it with session options chosen for speed: full graph optimisation (constant folding
 of the unrolled timestep embeddings, fusions, NCHWc convolutions), as many intra-op threads as
 torch uses (``torch.get_num_threads()``, the physical cores by default; ``LSDSEG_ORT_THREADS``
-overrides it), and worker threads that spin between ops during a run but stop the moment
-it returns (``session.force_spinning_stop``), so they never compete with the torch and numpy work
-around the graph or with a video pipeline's threads. On an idle 2-core Xeon that made the
-4-step graph 42 ms instead of 50 ms without spinning; on a machine busy with other work,
-spinning costs more than it gives (latency doubled on a loaded 2-core machine):
-``LSDSEG_ORT_SPINNING=0`` turns it off.
+overrides it), and worker threads that wait passively between ops, like torch's
+(:mod:`lsdseg.threads`): on a machine busy with other work spinning costs more than it gives
+(latency doubled on a loaded 2-core machine). On an idle machine spinning is faster (an idle
+2-core Xeon ran the 4-step graph in 42 ms instead of 50 ms): ``OMP_WAIT_POLICY=ACTIVE`` or
+``LSDSEG_ORT_SPINNING=1`` turns it on, and the threads still stop spinning the moment a run
+returns (``session.force_spinning_stop``), so they never compete with the torch and numpy work
+around the graph.
 
 On a CUDA device it uses the TensorRT or CUDA execution provider of ``onnxruntime-gpu``, and
 inputs and outputs stay on the GPU: they are bound to the session as device buffers (IOBinding)
@@ -34,13 +35,13 @@ import torch
 
 from lsdseg.backends import refuse_call
 from lsdseg.model import LatentSegmenter
+from lsdseg.threads import ort_spinning
 
 from .cache import cache_dir, cached_onnx, expected_metadata, mismatches, model_digest
 from .onnx import PRECISIONS
 from .trt import Profile
 
 THREADS_ENV = "LSDSEG_ORT_THREADS"
-SPINNING_ENV = "LSDSEG_ORT_SPINNING"
 log = logging.getLogger(__name__)
 
 
@@ -70,15 +71,10 @@ def intra_op_threads() -> int:
 
 
 def spinning() -> str:
-    """``"1"`` when ONNX Runtime's worker threads may spin between ops, else ``"0"``.
-
-    ``$LSDSEG_ORT_SPINNING`` (``0`` or ``1``) decides; unset, spinning is on (see the module
-    docstring for when to turn it off).
-    """
-    value = os.environ.get(SPINNING_ENV, "1")
-    if value not in ("0", "1"):
-        raise ValueError(f"{SPINNING_ENV}={value!r} must be 0 or 1")
-    return value
+    """``"1"`` when ONNX Runtime's worker threads may spin between ops, else ``"0"``: off
+    unless ``OMP_WAIT_POLICY=ACTIVE`` or ``$LSDSEG_ORT_SPINNING=1``
+    (:func:`lsdseg.threads.ort_spinning`)."""
+    return ort_spinning()
 
 
 def session_options(threads: int | None = None) -> Any:

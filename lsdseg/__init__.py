@@ -13,7 +13,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from lsdseg.threads import apply_defaults
 from lsdseg.version import __version__
+
+# before anything imports torch: its OpenMP threads then sleep, not spin, when idle
+# (lsdseg/threads.py: fair on a shared CPU; the user's own environment wins)
+apply_defaults()
 
 if TYPE_CHECKING:
     from lsdseg.checkpoint import CheckpointError, load_checkpoint, save_checkpoint

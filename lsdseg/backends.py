@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     import torch
 
 AUTO = "auto"
+# what --backend means when it is not given, in every command that runs the model (segment,
+# evaluate, serve; bench marks the row auto picks)
+DEFAULT = AUTO
 # fp32, or fp16 / bf16 autocast on CUDA for the backends that take it (lsdseg.accel); kept
 # here, free of torch, so that building the CLI parser imports no torch
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
@@ -66,6 +69,12 @@ class Backend:
     cuda_graph: bool = True  # whole-frame CUDA graphs and fp16/bf16 autocast (lsdseg.accel)
     own_precision: str = ""  # what precision it runs instead, where it has one of its own
     own_graph: str = ""  # how it replays graphs of its own, where it does
+    # auto's preference on a CPU / a CUDA device (higher first; 0: auto never picks it). On a
+    # CPU the exported graph on ONNX Runtime was faster than torch (45 vs 56 ms per default
+    # call on a 2-core AMD EPYC, 53 vs 64 ms on an Intel Xeon: benchmarks/RESULTS.md); trt
+    # runs FP16 engines by default, a precision auto does not choose for the user
+    auto_cpu: int = 0
+    auto_cuda: int = 0
 
     def installed(self) -> bool:
         """Whether the module it needs can be imported here (nothing is imported)."""
@@ -95,7 +104,7 @@ _EXPORTED = {"eta": False, "warm_start": False, "imgsz": False, "cuda_graph": Fa
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
-        Backend("torch", "PyTorch"),
+        Backend("torch", "PyTorch", auto_cpu=1, auto_cuda=1),
         Backend(
             "triton",
             "PyTorch with lsdseg's Triton kernels",
@@ -103,6 +112,7 @@ BACKENDS: dict[str, Backend] = {
             install='pip install "lsdseg[triton]"',
             missing="Triton is not installed",
             timed_on_cpu=False,
+            auto_cuda=2,
         ),
         Backend(
             "onnx",
@@ -111,6 +121,7 @@ BACKENDS: dict[str, Backend] = {
             requires="onnxruntime",
             install='pip install "lsdseg[onnx]"',
             missing="ONNX Runtime is not installed",
+            auto_cpu=2,
             own_precision="the onnx backend runs the FP32 graph; an FP16 one: lsdseg export "
             "--onnx --half",
             **_EXPORTED,
@@ -168,22 +179,63 @@ def plugins() -> dict[str, tuple[str, str]]:
     return {b.name: (b.plugin, b.install or "") for b in BACKENDS.values() if b.plugin}
 
 
-def resolve_backend(name: str, device: torch.device) -> str:
-    """``auto``: triton on a CUDA device when Triton is installed, else torch; others as given."""
+def _auto_rank(b: Backend, device_type: str) -> int:
+    return b.auto_cuda if device_type == "cuda" else b.auto_cpu
+
+
+def auto_order(device_type: str) -> list[str]:
+    """The backends ``auto`` considers on a ``cpu`` or ``cuda`` device, preferred first."""
+    ranked = [b for b in BACKENDS.values() if _auto_rank(b, device_type) > 0]
+    return [b.name for b in sorted(ranked, key=lambda b: -_auto_rank(b, device_type))]
+
+
+def resolve_backend(name: str, device: torch.device, needs: tuple[str, ...] = ()) -> str:
+    """The backend ``name`` means on ``device``: ``auto`` is the preferred backend of
+    :func:`auto_order` that is installed, runs on the device and supports every feature in
+    ``needs`` (fields of :class:`Backend`: ``eta``, ``warm_start``, ``imgsz``,
+    ``cuda_graph``); torch when none does. Any other name is returned as given.
+    """
     if name != AUTO:
         return name
-    if device.type == "cuda" and BACKENDS["triton"].installed():
-        return "triton"
+    for candidate in auto_order(device.type):
+        b = BACKENDS[candidate]
+        if b.available(device) and all(getattr(b, f) for f in needs):
+            return candidate
     return "torch"
 
 
-AUTO_HELP = "auto: triton on CUDA when Triton is installed, else torch"
+def needs(
+    eta: float | None = 0.0,
+    warm_start: bool = False,
+    imgsz: bool = False,
+    cuda_graph: bool = False,
+    precision: str = "fp32",
+) -> tuple[str, ...]:
+    """The features (:class:`Backend` fields) a run with these options needs from its backend,
+    for :func:`resolve_backend`."""
+    wanted = {
+        "eta": bool(eta),
+        "warm_start": warm_start,
+        "imgsz": imgsz,
+        "cuda_graph": cuda_graph or precision != "fp32",
+    }
+    return tuple(k for k, v in wanted.items() if v)
+
+
+def auto_help() -> str:
+    """``auto (the default): on a CPU onnx when onnxruntime is installed, else torch; ...``."""
+    parts = []
+    for device_type, where in (("cpu", "on a CPU"), ("cuda", "on CUDA")):
+        order = auto_order(device_type)
+        named = [f"{n} when {BACKENDS[n].requires} is installed" for n in order[:-1]]
+        parts.append(f"{where} {', else '.join([*named, order[-1]])}")
+    return f"auto (the default): {'; '.join(parts)}; passing over one that cannot do what was asked"
 
 
 def help_text() -> str:
     """The ``--backend`` help: ``auto`` and each backend with what it is."""
     rows = "; ".join(f"{b.name}: {b.summary}" for b in BACKENDS.values())
-    return f"{AUTO_HELP}; {rows}"
+    return f"{auto_help()}; {rows}"
 
 
 def refuse_call(name: str, eta: float, warm: bool) -> None:

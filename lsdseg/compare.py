@@ -98,7 +98,7 @@ def load_segmenter(
     if not str(spec).endswith(EMA_SUFFIX):
         return lsdseg.load(spec, device, backend, cuda_graph, precision)  # type: ignore[arg-type]
     dev = resolve_device(device)
-    name = backends.resolve_backend(backend, dev)
+    name = backends.resolve_backend(backend, dev, ("cuda_graph",))  # the model in memory
     if backends.get(name).plugin is not None:
         raise ValueError(
             f"{spec}: the EMA of a last/ checkpoint runs on the backends that run the model "

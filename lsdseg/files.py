@@ -1,4 +1,4 @@
-"""Atomic file writes and file hashes, one of each for the whole package.
+"""Atomic file writes, file hashes and JSON-ready values, one of each for the whole package.
 
 A file written with these goes to a temporary sibling first and is renamed into place with
 ``os.replace``, so a crash, a kill, a full disk or an error never leaves a half-written
@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -67,3 +69,15 @@ def sha256_file(*paths: str | Path, digits: int = 16) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:digits]
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (nested in dicts, lists and tuples) made None,
+    so JSON files get ``null`` instead of the bare ``NaN`` that JSON does not allow."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    return value

@@ -121,7 +121,11 @@ class Segmenter:
         self.model = model.eval()
         self.device = torch.device(device)
         self.checkpoint = Path(checkpoint) if checkpoint else None
-        backend = backends.resolve_backend(backend, self.device)
+        bigger = image_size is not None and image_size != model.cfg.image_size
+        wants = backends.needs(0.0, False, bigger, cuda_graph, precision)
+        asked, backend = backend, backends.resolve_backend(backend, self.device, wants)
+        if asked != backend:
+            log.info("backend %s runs %s on %s", asked, backend, self.device)
         # before the runner is made: an export backend would export first
         self.image_size = resolve_image_size(model.cfg, image_size, backend)
         check_supported(self.device, backend, cuda_graph, precision)
@@ -452,7 +456,8 @@ def load(
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (the default: CUDA when torch
             sees a GPU, else the CPU), as the CLI's ``--device``.
         backend: a name of :data:`lsdseg.backends.BACKENDS` (``torch``, ``triton``, ``onnx``,
-            ``trt``) or ``auto`` (triton on CUDA when Triton is installed, else torch).
+            ``trt``) or ``auto`` (the fastest installed one for the device that can do what was
+            asked: :func:`lsdseg.backends.resolve_backend`).
         cuda_graph: replay one CUDA graph per frame shape (torch and triton on CUDA, eta = 0).
         precision: ``"fp32"`` (default), or ``"fp16"`` / ``"bf16"`` autocast on CUDA (torch
             and triton).
@@ -477,4 +482,14 @@ def load(
             "'untrained' to try the pipeline with random weights"
         )
     model = load_checkpoint(path, dev)
+    cfg = model.cfg
+    log.info(
+        "loaded %s: %d px, K=%d, %d steps, threshold %g, on %s",
+        path,
+        cfg.image_size,
+        cfg.sampler.hypotheses,
+        cfg.sampler.steps,
+        cfg.sampler.threshold,
+        dev,
+    )
     return Segmenter(model, dev, backend, path, cuda_graph, precision, image_size)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +117,61 @@ def split_record(
 def write_splits(path: Path, record: dict[str, Any]) -> None:
     """Write ``splits.json`` atomically."""
     write_text_atomic(path, json.dumps(record, indent=1) + "\n")
+
+
+def find_splits(checkpoint: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The ``splits.json`` of the run a checkpoint came from: in the checkpoint's folder, or in
+    the run folder above it (``runs/train/x/best`` -> ``runs/train/x/splits.json``); None when
+    there is none or it cannot be read."""
+    for path in (checkpoint / "splits.json", checkpoint.parent / "splits.json"):
+        if path.is_file():
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+            if isinstance(record, dict) and isinstance(record.get("train"), list):
+                return path, record
+    return None
+
+
+def _key(dataset: str, image: str) -> str:
+    return f"{dataset}/{image}".casefold()  # folder names differ in case between copies
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """The images of an evaluation that a run trained on (see :func:`training_overlap`)."""
+
+    trained: int  # how many of the evaluated images are in the run's training split
+    total: int  # how many were evaluated
+    held_out_groups: list[str]  # the run's validation groups of these datasets (no prefix)
+
+
+def training_overlap(
+    record: dict[str, Any], roots: Sequence[str | Path], pairs: Sequence[Pair]
+) -> Overlap:
+    """Which of ``pairs`` (found under the dataset folders ``roots``) a run trained on.
+
+    An image matches a training entry of ``record`` (a ``splits.json``) by its dataset's
+    folder name and its path inside it, the way :func:`split_record` names it, so a copy of
+    the data elsewhere still matches.
+    """
+    trained = {
+        _key(*e["image"].split("/", 1)) for e in record.get("train", []) if "/" in e["image"]
+    }
+    folders = [Path(r).resolve() for r in roots]
+    names = set()
+    hits = 0
+    for p in pairs:
+        image = Path(p.image).resolve()
+        root = next((f for f in folders if image.is_relative_to(f)), None)
+        if root is None:
+            continue
+        names.add(root.name.casefold())
+        hits += _key(root.name, image.relative_to(root).as_posix()) in trained
+    held = []
+    for e in record.get("val", []):
+        dataset, _, group = str(e.get("group", "")).partition(":")
+        if dataset.casefold() in names and group not in held:
+            held.append(group)
+    return Overlap(hits, len(pairs), held)

@@ -97,7 +97,8 @@ def estimate_latent_scale(model: LatentSegmenter, dataset: SegmentationDataset) 
     n = min(len(dataset), 256)
     y = torch.from_numpy(np.stack([dataset.load_resized(i)[1] for i in range(n)])).float()[:, None]
     device = next(model.parameters()).device
-    mean, _ = model.mask_vae.encode(y.to(device))
+    with torch.no_grad():  # a statistic, not a loss: no graph (and no requires_grad warning)
+        mean, _ = model.mask_vae.encode(y.to(device))
     return float(1.0 / mean.float().std().clamp_min(1e-6))
 
 
@@ -231,9 +232,12 @@ class Trainer:
                 over = now - start + (now - t0) > time_limit_s
                 stopped = time_limit_s > 0 and self.loop.phase != "done" and self._rank0(over)
         if self.rank == 0 and (self.out / "metrics.csv").exists():
-            from lsdseg.plot import plot_progress
+            from lsdseg.plot import MissingPlotting, plot_progress
 
-            plot_progress(self.out / "metrics.csv", self.out / "progress.png")
+            try:
+                plot_progress(self.out / "metrics.csv", self.out / "progress.png")
+            except MissingPlotting as e:  # the run is whole without its picture
+                log.warning("progress.png not drawn: %s", e)
         return self.loop
 
     def _rank0(self, flag: bool) -> bool:

@@ -32,12 +32,12 @@ import torch
 
 from lsdseg.card import cpu_name
 from lsdseg.checkpoint import save_checkpoint, without_image_decoder
-from lsdseg.cli.records import json_ready
 from lsdseg.compare import THRESHOLDS, sweep  # the sweep the defaults are picked by
 from lsdseg.compare import load_model as load_weights
 from lsdseg.config import to_dict
 from lsdseg.data import load_pairs, load_sample
 from lsdseg.evaluate import evaluate
+from lsdseg.files import json_ready
 from lsdseg.segmenter import Segmenter
 from lsdseg.version import __version__
 
@@ -48,6 +48,21 @@ def _unsure_line(source: str, s: dict) -> str:
     if auroc is None or auroc != auroc:  # null or NaN: no failed image, or all failed
         return f"{source}: {failed} of {s['labelled']} images below Dice 0.5, no AUROC"
     return f"{source}: AUROC {auroc:.3f} for its {failed} of {s['labelled']} images below Dice 0.5"
+
+
+def bundle_splits(run: Path, out: Path) -> Path | None:
+    """Copy the run's ``splits.json`` into the bundle, without the datasets' absolute roots
+    (another machine's paths): ``lsdseg evaluate`` reads it beside the checkpoint to warn when
+    its data holds training images (it matches by dataset folder name and path inside it)."""
+    source = run / "splits.json"
+    if not source.is_file():
+        return None
+    record = json.loads(source.read_text())
+    for info in record.get("datasets", {}).values():
+        info.pop("root", None)
+    target = Path(out) / "splits.json"
+    target.write_text(json.dumps(record, indent=1) + "\n")
+    return target
 
 
 def main() -> None:
@@ -151,6 +166,7 @@ def main() -> None:
         card = card.replace("## Architecture config", f"{history}\n\n## Architecture config")
     final = json_ready(final)  # an undefined figure (no failed image: no AUROC) is null
     out = save_checkpoint(model, args.out, card, extra={"validation": final}, dtype=torch.float16)
+    bundle_splits(run, out)
     Path(args.ablations).write_text(
         json.dumps(
             {

@@ -405,7 +405,7 @@ def main() -> int:
         def launches(arch: int = arch) -> Iterator[tuple[str, Launch]]:
             yield from model_launches(k)
             yield from table_launches(k)
-            if arch == 90 and not args.no_tests:  # the tests run on the lent H100/H200s
+            if arch == 90 and not args.no_tests:  # the tests run on H100/H200s
                 yield from test_launches(k)
             if arch == 90 and args.bench:
                 yield from bench_launches(k)

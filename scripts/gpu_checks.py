@@ -1,4 +1,4 @@
-"""Everything lsdseg checks on a GPU, in one prepared call of a lent H200 (at most 9 minutes).
+"""Everything lsdseg checks on a GPU, in one command (about 9 minutes; docs/gpu.md).
 
 Meant for a bare GPU machine with torch and triton preinstalled and no network: it installs
 nothing (``scripts/gpu_slot.py`` makes ``lsdseg`` importable from the working tree). Steps, in
@@ -16,11 +16,11 @@ order, each under its own timeout, each recorded in ``summary.json`` as soon as 
 5. ``train``: a 4-minute training probe, ``lsdseg train --time-limit`` from the bundled
    weights on a synthetic dataset (or ``--train-data``), reporting images/s and the loss.
 
-Writes under ``--out`` (default ``$OUT``, else ``.benchmarks/gpu_checks``) six files, within a
-slot's eight: ``summary.json`` (environment, every step's status, seconds and results),
-``summary.md`` (tables for benchmarks/RESULTS.md and the issue's targets), ``gpu_checks.log``
-(every step's output, flushed line by line), ``tests.xml``, ``bench_kernels.json``,
-``e2e.json``. The exit status is 0 only when every step that was asked for ran and passed.
+Writes under ``--out`` (default ``.benchmarks/gpu_checks`` in the repository) six files:
+``summary.json`` (environment, every step's status, seconds and results), ``summary.md``
+(tables for benchmarks/RESULTS.md and the targets), ``gpu_checks.log`` (every step's output,
+flushed line by line), ``tests.xml``, ``bench_kernels.json``, ``e2e.json``. The exit status is 0
+only when every step that was asked for ran and passed.
 
 ``--smoke`` runs every step on the CPU instead, through Triton's interpreter at tiny shapes
 (a tiny untrained checkpoint, a few synthetic images), in about two minutes: a check of this
@@ -351,8 +351,9 @@ def run_steps(args: argparse.Namespace, out: Path, steps: list[str]) -> dict[str
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_out = os.environ.get("OUT") or ROOT / ".benchmarks" / "gpu_checks"  # git-ignored
-    p.add_argument("--out", type=Path, default=Path(default_out))
+    p.add_argument(  # in the repository, git-ignored
+        "--out", type=Path, default=ROOT / ".benchmarks" / "gpu_checks", help="results folder"
+    )
     p.add_argument("--smoke", action="store_true", help="every step on the CPU, tiny shapes")
     p.add_argument("--only", help=f"comma-separated steps of {','.join(STEPS)}")
     p.add_argument("--skip", default="", help="comma-separated steps to leave out")

@@ -1,7 +1,8 @@
-"""The plumbing of a lent GPU slot, shared by ``gpu_checks.py`` and ``gpu_train.py``.
+"""The plumbing of a time-limited run on a GPU machine, shared by ``gpu_checks.py`` and
+``gpu_train.py``.
 
-A lent GPU machine has torch and triton preinstalled, no network, a cap on how long one command
-runs and on what comes back. ``lsdseg.kernels``, ``lsdseg.cli`` and ``lsdseg.export`` live in
+Such a machine may have torch and triton installed but no network, a cap on how long one command
+runs and on what is kept. ``lsdseg.kernels``, ``lsdseg.cli`` and ``lsdseg.export`` live in
 top-level folders that only an install maps under ``lsdseg``, so unless the installed ``lsdseg``
 already resolves them, :func:`python_env` builds a symlink tree (``<tmp>/lsdseg`` = links to
 ``lsdseg/*`` plus ``kernels``, ``cli``, ``export``) and runs everything with it first on the

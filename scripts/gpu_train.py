@@ -1,25 +1,25 @@
-"""Train on a bare GPU machine inside one time slot, and bring back what is worth keeping.
+"""Train on a bare GPU machine within a time limit, and keep what is worth keeping.
 
-Meant for a lent GPU machine with torch preinstalled, no network and a cap on how long one
-command runs and on what comes back (here: 10 minutes, 8 files of at most 16 MiB). The data
+Meant for a GPU machine with torch installed, no network and a cap on how long one command runs
+and on what is kept (here: 10 minutes, 8 files of at most 16 MiB). The data
 travels as a downsized copy (``scripts/pack_data.py``), and ``lsdseg`` is imported through the
 symlink tree of ``scripts/gpu_slot.py`` when it is not installed. Steps:
 
 1. ``lsdseg train ... --time-limit`` into a scratch run folder, so the run stops checkpointed
-   before the slot ends (the arguments after ``--`` go to ``lsdseg train`` unchanged);
+   before the time limit (the arguments after ``--`` go to ``lsdseg train`` unchanged);
 2. the run's ``best/`` (the EMA with the best in-training validation Dice) and ``last/``'s
    EMA, without the image decoder, in fp16 (13.5 MB each, 17.3 MB with the MobileNetV2
-   branch), cut into ``model.NN.safetensors`` pieces under the slot's 16 MiB per file;
+   branch), cut into ``model.NN.safetensors`` pieces of at most 16 MiB per file;
 3. their Dice on the copy's validation split (K = 8, one seed per image, thresholds 0.3-0.6,
    ``--probe-steps``), at the copy's reduced size: a guide only, since the numbers that pick
    and describe bundled weights come from ``lsdseg evaluate --sweep`` and
    ``scripts/bundle_weights.py`` on the full data.
 
-Writes under ``--out`` (default ``$OUT``, else ``.benchmarks/gpu_train``) at most 7 files:
+Writes under ``--out`` (default ``.benchmarks/gpu_train`` in the repository) at most 7 files:
 ``summary.json`` (GPU, versions, date, command, exit code, the per-epoch metrics, the probe and
 the checkpoints' ``config.json``), ``train.log``, ``progress.png``, and the weight pieces in
 ``best/`` and ``last-ema/``. Every file is written as soon as its part is ready and every log
-line is flushed, so a slot that ends the command part-way still brings back what was done:
+line is flushed, so a command ended part-way still leaves what was done:
 ``summary.json`` first gets the environment and command, then training's exit code and metrics,
 then each checkpoint's config as its pieces are written (before its probe), then each probe row.
 Training is killed ``GRACE_S`` past ``--minutes`` and the export step after
@@ -31,7 +31,7 @@ Training is killed ``GRACE_S`` past ``--minutes`` and the export step after
     python3 scripts/gpu_train.py --data .cache/packed/kvasir-seg \\
         --data .cache/packed/cvc-clinicdb --minutes 7 -- \\
         --stage diffusion --init default --epochs 60 --lr 2e-4 --val-every 5 --val-steps 1
-    # back here, from the folder the files came back to:
+    # then, from the results folder (--out, default .benchmarks/gpu_train):
     python scripts/gpu_train.py --join <files> --to runs/gpu/NAME   # NAME/best, NAME/last-ema
 """
 
@@ -48,7 +48,7 @@ from pathlib import Path
 from gpu_slot import ROOT, environment, python_env, run_logged, update_summary
 
 GRACE_S = 90  # past --minutes, the training process is killed (its last/ survives a kill)
-MAX_FILE_BYTES = 16 * 2**20  # what the slot sends back per file
+MAX_FILE_BYTES = 16 * 2**20  # the largest file kept
 CHECKPOINTS = ("best", "last-ema")
 
 
@@ -110,7 +110,7 @@ def join(results: Path, to: Path) -> int:
     summary_file = results / "summary.json"
     if not summary_file.is_file():
         print(
-            f"error: {results} has no summary.json: pass the folder the slot's files came back to",
+            f"error: {results} has no summary.json: pass the folder gpu_train.py wrote (its --out)",
             file=sys.stderr,
         )
         return 2
@@ -159,12 +159,11 @@ def export(run: Path, out: Path, steps: list[int], data: list[str], train_args: 
     from bundle_weights import THRESHOLDS, load_weights, sweep
 
     from lsdseg.checkpoint import CARD, CONFIG, save_checkpoint, without_image_decoder
-    from lsdseg.cli.main import build_parser
     from lsdseg.data import load_pairs, load_sample
     from lsdseg.segmenter import Segmenter
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    given = build_parser().parse_args(["train", *data_flags(data), *train_args])
+    given = split_options([*data_flags(data), *train_args])
     _, val = load_pairs(given.data, given.val_data, given.val_fraction, given.seed)
     probe: dict = {"thresholds": THRESHOLDS, "validation_pairs": len(val), "rows": {}}
     config = None
@@ -192,10 +191,27 @@ def export(run: Path, out: Path, steps: list[int], data: list[str], train_args: 
     return {**probe, "checkpoint_config": config}
 
 
+# lsdseg train's defaults for the options that decide its validation split
+# (tests/test_gpu_train.py checks them against the command's parser)
+SPLIT_DEFAULTS = {"val_fraction": 0.1, "seed": 0}
+
+
+def split_options(train_args: list[str]) -> argparse.Namespace:
+    """The options of ``lsdseg train`` arguments that decide its validation split: ``data``,
+    ``val_data``, ``val_fraction`` and ``seed`` (the others are ignored)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--data", action="append", default=[])
+    p.add_argument("--val-data", action="append")
+    p.add_argument("--val-fraction", type=float, default=SPLIT_DEFAULTS["val_fraction"])
+    p.add_argument("--seed", type=int, default=SPLIT_DEFAULTS["seed"])
+    return p.parse_known_args(train_args)[0]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_out = os.environ.get("OUT") or ROOT / ".benchmarks" / "gpu_train"  # git-ignored
-    p.add_argument("--out", type=Path, default=Path(default_out))
+    p.add_argument(  # in the repository, git-ignored
+        "--out", type=Path, default=ROOT / ".benchmarks" / "gpu_train", help="results folder"
+    )
     p.add_argument("--data", action="append", help="packed dataset folders")
     p.add_argument("--minutes", type=float, default=7.0, help="training time (--time-limit)")
     p.add_argument("--device", default="cuda")
@@ -212,7 +228,7 @@ def main() -> int:
         "--join",
         type=Path,
         metavar="RESULTS",
-        help="the folder a slot's files came back to: its weights become checkpoints in --to",
+        help="the folder gpu_train.py wrote (its --out): its weights become checkpoints in --to",
     )
     p.add_argument("--to", type=Path, help="with --join: where best/ and last-ema/ go")
     p.add_argument("train_args", nargs="*", help="after --: arguments of lsdseg train")
@@ -254,7 +270,7 @@ def main() -> int:
     export_cmd += data_flags(data)
     export_cmd += ["--probe-steps", args.probe_steps, "--export-only", str(run)]
     export_cmd += ["--", *args.train_args]
-    # its output goes on in train.log: the slot brings back 8 files and 7 are taken
+    # its output goes on in train.log: at most 8 files are kept and 7 are taken
     export_code = run_logged(
         export_cmd, env, cwd, out / "train.log", timeout=args.export_timeout, append=True
     )

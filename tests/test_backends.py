@@ -42,8 +42,9 @@ def test_every_cli_lists_the_table() -> None:
         else:
             assert list(action.choices) == ["auto", "torch", "triton", "onnx", "trt"], command
             assert "auto" in action.help
-    assert options["evaluate"].default == "torch"  # unchanged; auto is a choice
-    assert options["segment"].default == options["serve"].default == "auto"
+    # one default for every command that runs the model; bench times them all, auto included
+    for command in ("segment", "evaluate", "serve"):
+        assert options[command].default == backends.DEFAULT == "auto", command
 
 
 def test_a_new_row_is_listed_everywhere(monkeypatch) -> None:
@@ -69,13 +70,42 @@ def test_evaluate_takes_auto_and_refuses_an_unknown_name(capsys) -> None:
     assert "tensorflow" in capsys.readouterr().err
 
 
-def test_auto_picks_triton_only_on_cuda_with_triton(monkeypatch) -> None:
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
-    assert backends.resolve_backend("auto", CPU) == "torch"
-    assert backends.resolve_backend("auto", CUDA) == "triton"
+def test_auto_picks_the_fastest_installed_backend_for_the_device(monkeypatch) -> None:
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())  # all installed
+    assert backends.resolve_backend("auto", CPU) == "onnx"  # faster than torch on a CPU
+    assert backends.resolve_backend("auto", CUDA) == "triton"  # never trt: FP16 engines
     assert backends.resolve_backend("onnx", CUDA) == "onnx"  # an explicit choice passes through
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    # what the exported graph cannot do passes it over, to the next in line
+    for wanted in (backends.needs(eta=0.5), backends.needs(warm_start=True),
+                   backends.needs(imgsz=True)):  # fmt: skip
+        assert backends.resolve_backend("auto", CPU, wanted) == "torch", wanted
+    assert backends.resolve_backend("auto", CUDA, backends.needs(precision="fp16")) == "triton"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # nothing installed
+    assert backends.resolve_backend("auto", CPU) == "torch"
     assert backends.resolve_backend("auto", CUDA) == "torch"
+
+
+def test_auto_resolves_to_onnx_on_this_cpu_when_onnxruntime_is_installed() -> None:
+    pytest.importorskip("onnxruntime")
+    assert backends.resolve_backend("auto", CPU) == "onnx"
+    assert backends.auto_order("cpu") == ["onnx", "torch"]
+    assert bench_cmd.pick_backends("auto,torch", CPU) == (["onnx", "torch"], {})
+    help_text = backends.help_text()
+    assert "on a CPU onnx when onnxruntime is installed, else torch" in help_text
+    assert "on CUDA triton when triton is installed, else torch" in help_text
+
+
+def test_the_ema_of_a_checkpoint_resolves_auto_to_a_backend_that_runs_it(
+    monkeypatch, tiny_model
+) -> None:
+    """auto prefers onnx on a CPU, which exports a folder's own weights: an EMA runs in torch."""
+    pytest.importorskip("onnxruntime")
+    from lsdseg import compare
+
+    monkeypatch.setattr(compare, "load_model", lambda spec, device: tiny_model)
+    assert compare.load_segmenter("run/last:ema", "cpu", "auto").backend == "torch"
+    with pytest.raises(ValueError, match="EMA of a last/ checkpoint"):
+        compare.load_segmenter("run/last:ema", "cpu", "onnx")
 
 
 def test_problems_for_timing(monkeypatch) -> None:
@@ -93,7 +123,7 @@ def test_problems_for_timing(monkeypatch) -> None:
     assert bench_cmd.backend_problem("trt", CPU) == "needs a CUDA device"
     assert not backends.get("trt").available(CPU)
     assert backends.get("triton").available(CPU) is False  # not installed (patched)
-    with pytest.raises(UserError, match="expected one of torch, triton, onnx, trt or 'all'"):
+    with pytest.raises(UserError, match="expected one of auto, torch, triton, onnx, trt or 'all'"):
         bench_cmd.backend_problem("tensorflow", CPU)
 
 

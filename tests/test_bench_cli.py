@@ -69,7 +69,7 @@ def test_measure_counts_the_calls(tiny):
     [
         (["--hypotheses", "1,x"], "--hypotheses '1,x': expected comma-separated integers"),
         (["--steps", "0"], "--steps '0': 0 must be between 1 and 1000"),
-        (["--backend", "tensorrt"], "--backend 'tensorrt': expected one of torch, triton"),
+        (["--backend", "tensorrt"], "--backend 'tensorrt': expected one of auto, torch, triton"),
         (["--backend", "trt"], "--backend trt: cannot run here"),
         (["--repeats", "0"], "--repeats 0: must be at least 1"),
     ],

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from lsdseg.backends import resolve_backend
 from lsdseg.cli.main import main
 from lsdseg.data import find_pairs
 from lsdseg.evaluate import COLUMNS, evaluate
@@ -50,7 +51,7 @@ def test_evaluate_scores_at_original_resolution(capsys, tiny, tmp_path):
     assert summary["labelled"] == 3 and summary["skipped"] == 0
     sampler = json.loads((Path(tiny) / "config.json").read_text())["model"]["sampler"]
     for key in ("hypotheses", "steps", "eta", "threshold"):  # the checkpoint's, as run
-        assert summary[key] == sampler[key], key
+        assert summary["settings"][key] == sampler[key], key
     for key in (
         "dice",
         "iou",
@@ -106,7 +107,8 @@ def test_val_fraction_scores_the_validation_split_of_train(capsys, tiny, tmp_pat
     rows = list(csv.DictReader((tmp_path / "out" / "per_image.csv").read_text().splitlines()))
     assert [r["name"] for r in rows] == [p.name for p in val] and len(val) == 3
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["labelled"] == 3 and summary["val_fraction"] == 0.3
+    assert summary["labelled"] == 3 and summary["settings"]["val_fraction"] == 0.3
+    assert summary["settings"]["split_seed"] == 2
 
 
 def test_unlabelled_and_unreadable_images_are_counted_and_the_run_fails_at_the_end(
@@ -457,3 +459,131 @@ def test_a_signal_keeps_the_rows_written_and_writes_the_summary(tiny, tmp_path, 
     assert [r["name"] for r in rows] == [str(i) for i in range(len(rows))]
     assert all(r["dice"] != "" for r in rows)  # every row whole
     assert f"stopped by {signal.Signals(sig).name} after {len(rows)} of 400" in stdout
+
+
+def test_summary_keeps_settings_apart_from_metrics(capsys, tiny, tmp_path):
+    """``precision`` is a metric (the table's Precision); the fp32 setting once overwrote it."""
+    data = make_pairs(tmp_path / "d", [(40, 50), (48, 48)])
+    where = ["--project", str(tmp_path), "--name", "out"]
+    code = main(["evaluate", "--data", str(data), "--weights", tiny, *where, "--seed", "5"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    settings = summary["settings"]
+    rows = list(csv.DictReader((tmp_path / "out" / "per_image.csv").read_text().splitlines()))
+    precision = np.mean([float(r["precision"]) for r in rows])
+    assert summary["precision"] == pytest.approx(precision, rel=1e-5)  # the metric, a number
+    assert settings["precision"] == "fp32"
+    assert settings["device"] == "cpu"  # resolved, not "auto"
+    assert (settings["seed"], settings["groups"]) == (5, None)
+    assert settings["backend"] == resolve_backend("auto", torch.device("cpu"))  # as run
+
+
+def test_a_stopped_run_says_partial_on_its_figure(capsys, tiny, tmp_path, monkeypatch):
+    import lsdseg.evaluate
+    from lsdseg.cli.evaluate_cmd import Pictures
+
+    data = make_pairs(tmp_path / "d", [(40, 50)] * 5)
+    titles = []
+    monkeypatch.setattr(Pictures, "write_summary", lambda self, title: titles.append(title))
+    original = lsdseg.evaluate.evaluate
+
+    def interrupted(*args, on_row=None, **kwargs):
+        def row_then_ctrl_c(row):
+            on_row(row)
+            if len(titles) == 0 and row["name"] == "1":
+                os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C during the second image
+
+        return original(*args, on_row=row_then_ctrl_c, **kwargs)
+
+    monkeypatch.setattr(lsdseg.evaluate, "evaluate", interrupted)
+    where = ["--project", str(tmp_path), "--name", "out", "--backend", "torch"]
+    code = main(["evaluate", "--data", str(data), "--weights", tiny, *where, "--save-vis"])
+    assert code == 130, capsys.readouterr().err
+    assert titles and titles[0].startswith("PARTIAL, stopped by SIGINT after 2 of 5: ")
+    assert titles[0].endswith("2 labelled images")
+
+
+def test_a_log_gets_a_progress_line_every_30_seconds(capsys):
+    from lsdseg.cli.display import PlainProgress
+
+    now = [0.0]
+    progress = PlainProgress("lsdseg evaluate", 100, clock=lambda: now[0])
+    for _ in range(99):
+        now[0] += 1.0  # one image a second
+        progress.advance()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "lsdseg evaluate: 30 of 100 images (30%), 0:30 elapsed, about 1:10 left",
+        "lsdseg evaluate: 60 of 100 images (60%), 1:00 elapsed, about 0:40 left",
+        "lsdseg evaluate: 90 of 100 images (90%), 1:30 elapsed, about 0:10 left",
+    ]
+
+
+def test_max_images_scores_the_first_n(capsys, tiny, tmp_path):
+    data = make_pairs(tmp_path / "d", [(40, 50)] * 5)
+    where = ["--project", str(tmp_path), "--name", "out", "--backend", "torch"]
+    code = main(["evaluate", "--data", str(data), "--weights", tiny, *where, "--max-images", "2"])
+    assert code == 0, capsys.readouterr().err
+    rows = list(csv.DictReader((tmp_path / "out" / "per_image.csv").read_text().splitlines()))
+    assert [r["name"] for r in rows] == ["0", "1"]
+    assert "--max-images 2: the first 2 of 5" in capsys.readouterr().out
+    code = main(["evaluate", "--data", str(data), "--weights", tiny, *where, "--max-images", "-1"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.strip() == (
+        "lsdseg evaluate: error: --max-images -1 must be >= 0 (0: all images)"
+    )
+
+
+def test_data_the_weights_trained_on_is_named_with_how_to_score_the_rest(capsys, tiny, tmp_path):
+    import shutil
+
+    data = make_pairs(tmp_path / "CVC", [(40, 50)] * 4)
+    run = tmp_path / "run"
+    shutil.copytree(tiny, run / "best")
+    split = {
+        "seed": 0,
+        "val_fraction": 0.5,
+        "datasets": {"cvc": {"root": "/elsewhere/cvc"}},  # another copy: names still match
+        "train": [{"image": f"cvc/images/{i}.png", "group": f"cvc:{i}"} for i in (0, 1)],
+        "val": [{"image": f"cvc/images/{i}.png", "group": f"cvc:{i}"} for i in (2, 3)],
+    }
+    (run / "splits.json").write_text(json.dumps(split))
+    where = ["--project", str(tmp_path), "--backend", "torch"]
+    argv = ["evaluate", "--data", str(data), "--weights", str(run / "best"), *where]
+    assert main([*argv, "--name", "all"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        f"lsdseg evaluate: warning: 2 of 4 images are in the training split of these weights "
+        f"({run / 'splits.json'}): their scores flatter the model; score only the held-out part "
+        "with --groups 2,3"
+    ) in err.splitlines(), err
+    assert main([*argv, "--name", "held", "--groups", "2,3"]) == 0  # the advice, followed
+    assert "training split" not in capsys.readouterr().err
+
+
+def test_a_bundle_carries_its_runs_split_without_machine_paths(capsys, tiny, tmp_path):
+    """scripts/bundle_weights.py copies the run's splits.json into the bundle (no absolute
+    roots), and evaluate's warning then works from the bundled folder itself."""
+    import shutil
+
+    from conftest import load_script
+
+    bundle_weights = load_script("scripts/bundle_weights.py")
+    run = tmp_path / "run"
+    run.mkdir()
+    split = {
+        "seed": 0,
+        "val_fraction": 0.5,
+        "datasets": {"cvc": {"root": "/somewhere/private/cvc", "train": 2, "val": 2}},
+        "train": [{"image": f"cvc/images/{i}.png", "group": f"cvc:{i}"} for i in (0, 1)],
+        "val": [{"image": f"cvc/images/{i}.png", "group": f"cvc:{i}"} for i in (2, 3)],
+    }
+    (run / "splits.json").write_text(json.dumps(split))
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny, bundle)
+    written = bundle_weights.bundle_splits(run, bundle)
+    assert written == bundle / "splits.json" and "/somewhere" not in written.read_text()
+    data = make_pairs(tmp_path / "cvc", [(40, 50)] * 4)
+    where = ["--project", str(tmp_path), "--name", "e", "--backend", "torch"]
+    assert main(["evaluate", "--data", str(data), "--weights", str(bundle), *where]) == 0
+    assert "2 of 4 images are in the training split" in capsys.readouterr().err

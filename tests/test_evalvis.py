@@ -83,3 +83,47 @@ def test_summary_figure_has_three_plots():
     for i in range(3):  # each plot has ink: its axes, ticks and data
         plot = fig[26:, i * 380 : (i + 1) * 380]
         assert (plot < 200).any(axis=-1).sum() > 500
+
+
+def test_evaluate_pictures_show_the_map_segment_draws_by_default(tmp_path):
+    """segment draws the mutual information by default; evaluate's pictures once showed the
+    entropy of the mean instead."""
+    from types import SimpleNamespace
+
+    import cv2
+
+    from lsdseg.cli.evaluate_cmd import Pictures
+    from lsdseg.cli.overlay import OverlayOptions, colourise
+
+    assert OverlayOptions().measure == "mi"
+    h = w = PANEL_H
+    gt, pred = discs(h, w)
+    ones, zeros = np.ones((h, w), np.float32), np.zeros((h, w), np.float32)
+    result = SimpleNamespace(mask=pred, mean=pred.astype(np.float32), entropy=ones,
+                             mutual_info=zeros)  # fmt: skip
+    pictures = Pictures(tmp_path)
+    pictures.add("x", np.full((h, w, 3), 110, np.uint8), gt, result, {"labelled": True,
+                 "dice": 0.5, "iou": 0.3})  # fmt: skip
+    panel = cv2.imread(str(tmp_path / "vis" / "x.png"))
+    right = panel[28 + 10 : 28 + 40, w + 10 : w + 40].reshape(-1, 3)  # away from any contour
+    assert (np.abs(right.astype(int) - colourise(zeros[:1, :1], 1.0, "turbo")[0, 0]) <= 2).all()
+
+
+def test_the_caption_names_the_map_and_its_unit(monkeypatch):
+    from lsdseg.cli import evalvis
+
+    texts = []
+    real = evalvis._put
+    monkeypatch.setattr(
+        evalvis, "_put", lambda img, text, *a: (texts.append(text), real(img, text, *a))
+    )
+    gt, pred = discs(100, 100)
+    image_panel(np.full((100, 100, 3), 110, np.uint8), gt, pred, np.zeros((100, 100), np.float32),
+                "x", None)  # fmt: skip
+    assert (
+        "uncertainty: mutual information of the K hypotheses, bits (white: ground truth)" in texts
+    )
+    texts.clear()
+    image_panel(np.full((100, 100, 3), 110, np.uint8), gt, pred, np.zeros((100, 100), np.float32),
+                "x", None, label="entropy of the mean")  # fmt: skip
+    assert "uncertainty: entropy of the mean, bits (white: ground truth)" in texts

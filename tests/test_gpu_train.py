@@ -162,3 +162,30 @@ def test_probe_rows_are_recorded_one_by_one(tmp_path, tiny, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         gpu_train.export(run, out, [1, 2], [data], ["--val-fraction", "0.5"])
     assert calls == [1, 2]
+
+
+def test_the_split_options_are_read_as_lsdseg_train_reads_them():
+    """gpu_train.py reads the validation split from the train arguments itself (scripts do not
+    import lsdseg.cli); its defaults are the command's."""
+    from lsdseg.cli.main import build_parser
+
+    argv = ["--data", "a", "--data", "b", "--stage", "diffusion", "--seed", "3", "--epochs", "2"]
+    gpu_train = _module()
+    mine = gpu_train.split_options(argv)
+    theirs = build_parser().parse_args(["train", *argv])
+    for key in ("data", "val_data", "val_fraction", "seed"):
+        assert getattr(mine, key) == getattr(theirs, key), key
+    defaults = build_parser().parse_args(["train", "--data", "a"])
+    expected = {"val_fraction": defaults.val_fraction, "seed": defaults.seed}
+    assert expected == gpu_train.SPLIT_DEFAULTS
+
+
+def test_scripts_import_no_cli():
+    import ast
+
+    for path in SCRIPT.parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not [n for n in names if n.startswith("lsdseg.cli")], path.name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import inspect
 import sys
 
@@ -169,3 +170,31 @@ def test_a_missing_optional_module_names_its_extra(capsys, tiny, monkeypatch, na
     monkeypatch.setattr(bench_cmd, "run", run)
     assert main(["bench", "--weights", tiny]) == 1
     assert capsys.readouterr().err == f"lsdseg bench: error: {expected}\n"
+
+
+def test_verbose_shows_what_was_loaded_and_the_export_notice_is_information(
+    caplog, capsys, tiny, tmp_path, monkeypatch
+):
+    import logging
+
+    import cv2
+    import numpy as np
+
+    monkeypatch.setenv("LSDSEG_CACHE", str(tmp_path / "cache"))
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.full((40, 48, 3), 90, np.uint8))
+    argv = ["segment", str(image), "--weights", tiny, "--project", str(tmp_path / "runs")]
+    plain = logging.getLogger("lsdseg").getEffectiveLevel
+    assert main([*argv, "--backend", "torch"]) == 0
+    assert plain() >= logging.WARNING  # by default lsdseg's INFO lines stay quiet...
+    assert main(["-v", *argv, "--backend", "torch"]) == 0
+    loaded = [r for r in caplog.records if r.name == "lsdseg.segmenter"]
+    assert [r.levelno for r in loaded] == [logging.INFO]  # ...and -v adds them: one, from -v
+    assert "loaded" in loaded[0].getMessage()
+    caplog.clear()
+    if importlib.util.find_spec("onnxruntime") is None:
+        return
+    assert main([*argv, "--backend", "onnx"]) == 0  # the first run exports: said, as INFO
+    notice = [r for r in caplog.records if "exporting the ONNX graph" in r.getMessage()]
+    assert [r.levelno for r in notice] == [logging.INFO]
+    assert logging.getLogger("lsdseg.export.cache").isEnabledFor(logging.INFO)  # shown anyway

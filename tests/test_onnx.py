@@ -306,15 +306,19 @@ def test_session_options_are_set_for_speed(monkeypatch):
     options = session_options()
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert options.intra_op_num_threads == 1 and not options.enable_profiling
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    # passive by default, as torch's OpenMP threads (lsdseg.threads); ACTIVE spins
+    spin = "1" if os.environ.get("OMP_WAIT_POLICY", "").upper() == "ACTIVE" else "0"
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == spin
     assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert session_options().get_session_config_entry("session.intra_op.allow_spinning") == "1"
     monkeypatch.setenv("LSDSEG_ORT_THREADS", "3")
     assert session_options().intra_op_num_threads == 3
     monkeypatch.setenv("LSDSEG_ORT_THREADS", "zero")
     with pytest.raises(ValueError, match="LSDSEG_ORT_THREADS"):
         session_options()
     monkeypatch.delenv("LSDSEG_ORT_THREADS")
-    monkeypatch.setenv("LSDSEG_ORT_SPINNING", "0")
+    monkeypatch.setenv("LSDSEG_ORT_SPINNING", "0")  # wins over the wait policy
     assert session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
     monkeypatch.setenv("LSDSEG_ORT_SPINNING", "yes")
     with pytest.raises(ValueError, match="LSDSEG_ORT_SPINNING='yes' must be 0 or 1"):

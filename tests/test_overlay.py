@@ -79,6 +79,21 @@ def test_each_style_has_its_size_and_marks_the_mask(frame, style, cmap):
     assert diff[far].max() == 0
 
 
+@pytest.mark.parametrize("style", ["mask", "uncertainty"])
+def test_alpha_zero_draws_the_contour_only(frame, style):
+    """--alpha 0, as its help says: no fill and no heat, only the mask's contour."""
+    import cv2
+
+    res = fake_result()
+    opts = OverlayOptions(style=style, alpha=0.0, hud=False)
+    changed = np.abs(render(frame, make_view(res, opts), opts).astype(int) - frame).sum(axis=2) > 0
+    if style == "uncertainty":
+        changed[:, W - 60 :] = False  # the colour bar
+    m = res.mask.astype(np.uint8)
+    ring = cv2.dilate(m, np.ones((5, 5), np.uint8)) - cv2.erode(m, np.ones((5, 5), np.uint8))
+    assert changed.any() and not (changed & (ring == 0)).any()
+
+
 def test_mask_fill_is_the_alpha_blend(frame):
     res = fake_result()
     opts = OverlayOptions(style="mask", alpha=0.25, hud=False)
@@ -173,12 +188,13 @@ def test_grid_tiles_are_large_enough_to_tell_apart():
     assert (cols, rows, th) == (1, 8, 750)
 
 
-def test_hud_darkens_the_top_strip_and_writes_text(frame):
-    res = fake_result()  # no dark surround, the mask well below the top edge
+def test_hud_darkens_the_top_strip_and_writes_text():
+    frame = np.random.default_rng(0).integers(60, 200, (2 * H, 2 * W, 3), dtype=np.uint8)
+    res = fake_result(2 * H, 2 * W)  # no dark surround, the mask well below the top edge
     on, off = OverlayOptions(hud=True), OverlayOptions(hud=False)
-    a = render(frame, make_view(res, on, "9.9 fps | 100 ms | K=4 | entropy mean 0.010"), on)
+    a = render(frame, make_view(res, on, "K=4 | entropy 0.010\n9.9 fps | 100 ms"), on)
     b = render(frame, make_view(res, off, "ignored"), off)
-    assert np.array_equal(a[H // 4 :], b[H // 4 :])
+    assert np.array_equal(a[H // 2 :], b[H // 2 :])
     assert a[:8].mean() < frame[:8].mean() * 0.8  # darkened strip
     assert len(np.unique(a[:12].reshape(-1, 3), axis=0)) > 20  # with text on it
 
@@ -312,12 +328,34 @@ def test_heads_up_text_names_the_frame_mean_and_stills_get_no_timing():
     frame = Frame(0, np.zeros((H, W, 3), np.uint8), None, "a.png")
     mean = float(res.mutual_info.mean())  # the default map: mutual information
     video = _work(frame, res, 123.4, 5.0, OverlayOptions(), False).view.hud
-    assert video == f"5.0 fps | 123 ms | K={K} | mutual info mean {mean:.3f} | unsure 0.20"
+    assert video == f"K={K} | MI {mean:.3f} | unsure 0.20\n5.0 fps | 123 ms"
     still = _work(frame, res, 123.4, 5.0, OverlayOptions(), False, still=True).view.hud
-    assert still == f"K={K} | mutual info mean {mean:.3f} | unsure 0.20"
+    assert still == f"K={K} | MI {mean:.3f} | unsure 0.20"
     opts = OverlayOptions(measure="entropy")
     ent = _work(frame, res, 1.0, 1.0, opts, False, still=True).view.hud
-    assert ent.startswith(f"K={K} | entropy mean {float(res.entropy.mean()):.3f}")
+    assert ent.startswith(f"K={K} | entropy {float(res.entropy.mean()):.3f}")
+    flagged = _work(frame, res, 1.0, 1.0, OverlayOptions(), False, 0.1, still=True)
+    assert flagged.view.hud == f"UNSURE 0.20 | K={K} | MI {mean:.3f}" and flagged.view.alert
+
+
+def test_the_colour_bar_names_the_unit_of_its_map():
+    from lsdseg.cli.overlay import MEASURE_RANGE, MEASURE_UNIT, top_tick
+
+    ticks = {m: top_tick(MEASURE_RANGE[m], MEASURE_UNIT[m]) for m in ("mi", "entropy", "std")}
+    assert ticks == {"mi": "1 bit", "entropy": "1 bit", "std": "0.5"}  # a std has no unit
+    assert top_tick(2.0, "bits") == "2 bits"
+
+
+def test_one_hypothesis_says_it_has_no_uncertainty():
+    from lsdseg.cli.pipeline import ONE_SAMPLE_EMPTY, _work
+    from lsdseg.cli.sources import Frame
+
+    res = fake_result(k=1)
+    frame = Frame(0, np.zeros((H, W, 3), np.uint8), None, "a.png")
+    work = _work(frame, res, 10.0, 5.0, OverlayOptions(), False, 0.1)
+    assert work.view.hud == "K=1 | no uncertainty\n5.0 fps | 10 ms" and not work.view.alert
+    assert all(work.record[key] is None for key in ONE_SAMPLE_EMPTY)
+    assert work.record["area_fraction"] > 0  # the mask is still measured
 
 
 def test_grid_tiles_from_model_size_hypotheses_match_the_frame_size_ones():
@@ -335,3 +373,29 @@ def test_grid_tiles_from_model_size_hypotheses_match_the_frame_size_ones():
         a, b = make_view(small, opts).hypotheses, make_view(full, opts).hypotheses
         assert a.shape == b.shape == (K, *grid_layout(h, w, K)[2:])
         assert np.abs(a - b).mean() < 0.02 and np.abs(a - b).max() < 0.5
+
+
+@pytest.mark.parametrize("h,w", [(288, 384), (256, 256)])  # CVC-ClinicDB's size, the model's
+@pytest.mark.parametrize("style", ["mask", "uncertainty", "grid"])
+def test_hud_fits_small_frames_at_every_k_whole_and_legible(h, w, style):
+    """The longest heads-up text (flagged, three digits of fps, a third line as a frame-level
+    state would add) is drawn whole, at a legible scale, inside the frame and off the grid's
+    panel, for every K."""
+    from lsdseg.cli.overlay import HUD_MIN_SCALE, hud_lines, hud_text
+
+    frame = np.random.default_rng(3).integers(60, 200, (h, w, 3), dtype=np.uint8)
+    for k in (1, 2, 4, 8, 16, 32):
+        res = fake_result(h, w, k)
+        text = hud_text(k, "entropy", 0.123, 0.88, True, 123.4, 1234.5)
+        text += "\nno polyp 0.97 | unsure"  # a longer third line
+        lines, scale, x, _ = place_hud(frame, text, res.mask)
+        assert sorted(lines) == sorted(hud_lines(text, len(lines) > 3)), (k, lines)
+        assert scale >= HUD_MIN_SCALE
+        for line in lines:  # every glyph of every line inside the frame
+            assert x + 4 + text_size(line, scale)[0] <= w, (k, line)
+        opts = OverlayOptions(style=style)
+        on = render(frame, make_view(res, opts, text, alert=True), opts).astype(int)
+        off = render(frame, make_view(res, OverlayOptions(style=style, hud=False)), opts)
+        changed = np.abs(on - off.astype(int)).sum(axis=2) > 0
+        assert changed.any() and not changed[:, w:].any(), (k, style)  # never on the panel
+        assert not (changed[:, :w] & res.mask).any(), (k, style)  # nor on the polyp

@@ -148,12 +148,19 @@ def test_overlay_styles_and_masks(capsys, tiny, tmp_path, video, style, width):
     assert rc == 0, err
     assert read_video(tmp_path / "exp" / "clip.mp4") == (N_FRAMES, FPS, (H, width))
     masks = sorted(p.name for p in (tmp_path / "exp" / "masks").iterdir())
-    assert len(masks) == 3 * N_FRAMES and masks[:3] == [
+    assert len(masks) == 4 * N_FRAMES and masks[:4] == [
         "000000_conf.png",
+        "000000_maps.npz",
         "000000_mask.png",
         "000000_unc.png",
     ]
-    assert cv2.imread(str(tmp_path / "exp" / "masks" / "000005_unc.png"), 0).shape == (H, W)
+    unc16 = cv2.imread(str(tmp_path / "exp" / "masks" / "000005_unc.png"), cv2.IMREAD_UNCHANGED)
+    assert unc16.shape == (H, W) and unc16.dtype == np.uint16
+    maps = np.load(tmp_path / "exp" / "masks" / "000005_maps.npz")
+    assert maps["uncertainty"].dtype == np.float32 and maps["mean"].shape == (H, W)
+    # a fixed scale: a std of 0.5 is 65535 in every frame
+    expected = np.round(np.clip(maps["uncertainty"] / 0.5, 0, 1) * 65535).astype(np.uint16)
+    assert np.abs(unc16.astype(int) - expected).max() <= 1
 
 
 def test_odd_sized_frames_are_padded_to_even(tmp_path):
@@ -225,10 +232,10 @@ def test_image_folder_glob_and_odd_pixel_formats(capsys, tiny, tmp_path):
     }
     rows = read_rows(out)
     assert [r["source"] for r in rows] == [
-        "a_colour.png",
-        "b_grey.png",
-        "c_rgba.png",
-        "d_16bit.png",
+        str(folder / "a_colour.png"),
+        str(folder / "b_grey.png"),
+        str(folder / "c_rgba.png"),
+        str(folder / "d_16bit.png"),
     ]
     assert all(r["timestamp_s"] == "" for r in rows)
     # one image, and a glob
@@ -649,7 +656,7 @@ def test_undecodable_images_are_skipped_named_counted_and_fail_at_the_end(capsys
             "lsdseg segment: error: 2 of 4 images could not be decoded and were skipped "
             f"(named above); the results of the other 2 are in {out}"
         )
-        assert [r["source"] for r in read_rows(out)] == ["b.png", "d.png"]
+        assert [Path(r["source"]).name for r in read_rows(out)] == ["b.png", "d.png"]
         assert sorted(p.name for p in out.glob("*.png")) == ["b.png", "d.png"]
         summary = json.loads((out / "summary.json").read_text())
         assert (summary["frames"], summary["skipped"]) == (2, 2)
@@ -1040,3 +1047,28 @@ def test_still_images_are_judged_one_by_one(capsys, tiny, tmp_path):
     assert [r["polyp_shown"] for r in rows] == ["True"] * 3  # no filter on still images
     summary = json.loads((tmp_path / "runs" / "exp" / "summary.json").read_text())
     assert summary["settings"]["presence_filter"] is None
+
+
+def test_one_hypothesis_says_it_measures_no_uncertainty(capsys, tiny, tmp_path, video):
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(video), "-k", "1", "--max-frames", "2")
+    assert rc == 0, err
+    assert "--hypotheses 1: one sample has no spread, so no uncertainty is measured" in err
+    rows = read_rows(tmp_path / "runs" / "exp")
+    assert len(rows) == 2
+    for r in rows:
+        assert r["unc_mean"] == r["unc_frame_mean"] == r["agreement"] == r["unsure"] == ""
+        assert r["area_fraction"] != ""
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(video), "--max-frames", "1")
+    assert rc == 0 and "no uncertainty is measured" not in err
+
+
+def test_same_names_from_two_folders_record_their_own_paths(capsys, tiny, tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / "dir" / sub).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "dir" / sub / "x.png"), disc_frame(0 if sub == "a" else 3))
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(tmp_path / "dir" / "*" / "x.png"))
+    assert rc == 0, err
+    out = tmp_path / "runs" / "exp"
+    assert sorted(p.name for p in out.glob("*.png")) == ["x.png", "x_2.png"]
+    sources = [r["source"] for r in read_rows(out)]
+    assert sources == [str(tmp_path / "dir" / "a" / "x.png"), str(tmp_path / "dir" / "b" / "x.png")]

@@ -81,3 +81,39 @@ def test_a_port_in_use_is_named(capsys, monkeypatch):
         assert main(["serve", *args]) == 1
     err = capsys.readouterr().err
     assert f"--grpc-port {port}: cannot listen on 127.0.0.1:{port}" in err
+
+
+def test_a_cpu_server_asks_for_no_gpu_metrics(tmp_path):
+    """GPU metrics start NVML, which printed "Error: Failed to initialize NVML" on a machine
+    without an NVIDIA driver; a CPU server does not ask for them, a CUDA one keeps them."""
+    import torch
+
+    from lsdseg.cli.main import build_parser
+
+    args = build_parser().parse_args(["serve", "--http-port", "9000"])
+    cpu = serve_cmd.server_options(args, torch.device("cpu"), tmp_path / "log")
+    assert cpu["allow_gpu_metrics"] is False and cpu["http_port"] == 9000
+    assert cpu["log_file"] == tmp_path / "log"
+    cuda = serve_cmd.server_options(args, torch.device("cuda", 0), None)
+    assert "allow_gpu_metrics" not in cuda  # Triton's default: on
+
+
+def test_server_options_are_triton_config_fields(tmp_path):
+    import torch
+
+    from lsdseg.cli.main import build_parser
+
+    fields = pytest.importorskip("pytriton.triton").TritonConfig.__dataclass_fields__
+    args = build_parser().parse_args(["serve"])
+    assert set(serve_cmd.server_options(args, torch.device("cpu"), None)) <= set(fields)
+
+
+def test_serve_help_promises_no_summary_json():
+    from lsdseg.cli.main import build_parser
+
+    sub = next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices
+               and "serve" in a.choices)  # fmt: skip
+    helps = {a.dest: a.help for a in sub.choices["serve"]._actions}
+    assert "summary.json" not in helps["precision"]
+    segment = {a.dest: a.help for a in sub.choices["segment"]._actions}
+    assert "recorded in summary.json" in segment["precision"]

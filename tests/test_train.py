@@ -390,3 +390,91 @@ def test_a_run_without_validation_images_says_so_and_best_is_the_last_epoch(
     assert best == last  # written together, after the last epoch (not after the first)
     card = (run / "best" / "card.md").read_text()
     assert "-1.0000" not in card and "no validation images" in card
+
+
+def test_latent_scale_is_estimated_without_a_graph_or_a_warning():
+    """A from-scratch run once leaked torch's "Converting a tensor with requires_grad=True to
+    a scalar" UserWarning here; the statistic needs no autograd graph."""
+    import warnings
+
+    from lsdseg.model import LatentSegmenter
+    from lsdseg.train import estimate_latent_scale
+
+    model = LatentSegmenter(from_dict(ModelConfig, TINY))
+    rng = np.random.default_rng(0)
+    masks = [rng.random((64, 64)) > 0.7 for _ in range(3)]
+
+    class Masks:  # what estimate_latent_scale reads of a SegmentationDataset
+        def __len__(self):
+            return len(masks)
+
+        def load_resized(self, i):
+            return np.zeros((64, 64, 3), np.uint8), masks[i]
+
+    dataset = Masks()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scale = estimate_latent_scale(model, dataset)
+    y = torch.from_numpy(np.stack(masks)).float()[:, None]
+    with torch.no_grad():
+        expected = 1.0 / float(model.mask_vae.encode(y)[0].std())
+    assert scale == pytest.approx(expected, rel=1e-5)
+
+
+def test_new_runs_are_numbered_and_only_a_named_folder_resumes(capsys, data, tiny_config, ref,
+                                                               tmp_path):  # fmt: skip
+    import shutil
+
+    project = tmp_path / "runs"
+    quick = [*_cmd(data, tiny_config, tmp_path / "unused")]
+    quick = quick[:6] + quick[8:]  # no --out
+    quick += ["--project", str(project), "--ae-epochs", "1", "--epochs", "1",
+              "--max-steps-per-epoch", "1"]  # fmt: skip
+    for expected in ("exp", "exp2"):  # the second, different run gets a folder of its own
+        code, err = _main(capsys, [*quick, "--lr", "0.001" if expected == "exp" else "0.002"])
+        assert code == 0, err
+        assert (project / expected / "last").is_dir(), expected
+    # a named folder is resumed (here: it is done), never renumbered
+    shutil.copytree(ref, project / "mine")
+    code, err = _main(capsys, [*_cmd(data, tiny_config, ref)[:6], *_cmd(data, tiny_config, ref)[8:],
+                               "--project", str(project), "--name", "mine"])  # fmt: skip
+    assert code == 0 and "is done: nothing to train" in err, err
+    code, err = _main(capsys, [*quick, "--lr", "0.001", "--resume", str(project / "exp")])
+    assert code == 0 and "is done: nothing to train" in err, err
+    assert not (project / "exp3").exists()
+    code, err = _main(capsys, [*quick, "--resume", str(tmp_path / "empty")])
+    assert code == 1 and "no run to resume there" in err, err
+    code, err = _main(capsys, [*quick, "--name", "a", "--out", str(tmp_path / "b")])
+    assert code == 1 and "--out and --name both name the run folder" in err, err
+
+
+def test_the_same_command_resumes_a_run_from_init_at_another_size(capsys, data, tmp_path):
+    """A run from --init at another --imgsz records the size among its --grow settings; running
+    the same command again once failed its own resume check ("--grow {} (the run has
+    {'image_size': 32})")."""
+    from lsdseg.checkpoint import save_checkpoint
+    from lsdseg.model import LatentSegmenter
+
+    init = save_checkpoint(LatentSegmenter(from_dict(ModelConfig, TINY)), tmp_path / "init")
+    base = _cmd(data, tmp_path / "unused.json", tmp_path / "ft")[:8]  # ... train --data --out
+    options = ["--imgsz", "32", "--device", "cpu", "--init", str(init), "--stage", "diffusion"]
+    cmd = [*base, *options, "--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "4"]
+    code, err = _main(capsys, cmd)
+    assert code == 0, err
+    code, err = _main(capsys, cmd)
+    assert code == 0 and "is done: nothing to train" in err, err
+
+
+def test_without_matplotlib_a_run_finishes_and_says_why_it_has_no_picture(
+    capsys, caplog, data, tiny_config, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    cmd = _cmd(data, tiny_config, tmp_path / "run")
+    code, err = _main(capsys, [*cmd, "--ae-epochs", "1", "--epochs", "1",
+                               "--max-steps-per-epoch", "1"])  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "run" / "metrics.csv").is_file()
+    assert not (tmp_path / "run" / "progress.png").exists()
+    assert [r.getMessage() for r in caplog.records if "progress.png" in r.getMessage()] == [
+        'progress.png not drawn: matplotlib is not installed: pip install "lsdseg[plot]"'
+    ]
