@@ -191,8 +191,10 @@ def test_swapping_keeps_the_mask_vae_and_denoiser(tiny: str) -> None:
     load_imagenet_weights(ref)
     state = new.state_dict()
     for k, v in old.state_dict().items():
-        if not k.startswith("image_ae."):
+        if not k.startswith(("image_ae.", "presence.")):
             assert torch.equal(state[k], v), k
+    # a presence head read the old encoder's features: the swapped model has none
+    assert old.presence is not None and new.presence is None and new.cfg.presence == 0
     for k, v in ref.state_dict().items():
         assert torch.equal(state[f"image_ae.encoder.backbone.{k}"], v), k
 
