@@ -18,7 +18,8 @@ Three measurements that decide between two checkpoints, each on identical inputs
 Samples are ``(pair, image, mask)`` triples (:func:`lsdseg.data.load_sample`), the pair's group
 prefixed with its dataset (``kvasir-seg:12``, :func:`lsdseg.data.load_pairs`): results are per
 dataset, named by :func:`lsdseg.data.dataset_of`. Masks are ``(H, W)`` bool at the image's
-original size; a prediction is ``Result.mean > threshold`` at that size.
+original size; a prediction is ``Result.mask`` at that size (``mean > threshold``, empty when
+the presence head judges the frame polyp-free).
 """
 
 from __future__ import annotations
@@ -131,7 +132,8 @@ def per_image_scores(
     auroc: bool = True,
 ) -> ImageScores:
     """Dice (and, with ``auroc``, the entropy AUROC) of every image, averaged over ``seeds``
-    seeds per image.
+    seeds per image. The mask scored is the one a user sees: empty when the presence head
+    judges the frame polyp-free (Dice 0 on a polyp frame).
 
     Image ``i`` is sampled with seeds ``seed + i * 1000 + s`` for ``s < seeds``, so two
     checkpoints given the same arguments see the same initial noise wherever their latents have
@@ -152,9 +154,10 @@ def per_image_scores(
                 steps=s.steps,
                 eta=s.eta,
                 seed=seed + i * SEED_STRIDE + j,
+                threshold=s.threshold,
                 order="rgb",
             )
-            pred = r.mean > s.threshold
+            pred = r.mask  # mean > threshold, empty on a frame judged polyp-free
             out[i] += dice(pred, mask) / seeds
             if auroc:  # NaN when every pixel, or none, is wrong
                 u = torch.from_numpy(r.entropy)[None]  # (1, H, W)
@@ -278,8 +281,8 @@ def sweep(
     per: dict[str, list[list[float]]] = {}
     for i, (pair, image, mask) in enumerate(samples):
         r = seg(image, hypotheses=k, steps=steps, seed=seed + i, order="rgb")
-        per.setdefault(dataset_of(pair.group), []).append(
-            [dice(r.mean > th, mask) for th in THRESHOLDS]
+        per.setdefault(dataset_of(pair.group), []).append(  # nothing on a polyp-free verdict
+            [dice((r.mean > th) & r.present, mask) for th in THRESHOLDS]
         )
     out: dict[str, float] = {"steps": steps, "hypotheses": k}
     for src, rows in per.items():
