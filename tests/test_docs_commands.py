@@ -2,10 +2,11 @@
 
 The fenced ``bash`` blocks (and README's ``python`` block) are read line by line; each command
 either runs here, in one shared folder with its placeholders filled (``video.mp4``, ``frames/``,
-``Kvasir-SEG/``, ``CVC-ClinicDB/``, ``frame.png``: tiny inputs made once; ``runs/train/mine``:
-made by README's own train command), limited to seconds (``--max-frames 2``, ``--max-images 2``,
-one epoch of one step, one timed call), or matches one of :data:`SKIP`, which says why it cannot
-run on a CPU test machine. A command in neither fails the test: a new doc command gets a rule.
+``Kvasir-SEG/``, ``CVC-ClinicDB/``, ``normal-colon/``, ``frame.png``: tiny inputs made once;
+``runs/train/mine``: made by README's own train command), limited to seconds
+(``--max-frames 2``, ``--max-images 2``, one epoch of one step, one timed call), or matches
+one of :data:`SKIP`, which says why it cannot run on a CPU test machine. A command in neither
+fails the test: a new doc command gets a rule.
 """
 
 from __future__ import annotations
@@ -109,6 +110,8 @@ def limited(argv: list[str]) -> list[str]:
             extra = ["--seeds", "1", "--resamples", "100"]
         else:
             extra = ["--max-images", "2"]
+    elif command == "train" and "presence" in argv:  # the head alone: one view of each image
+        extra = ["--presence-views", "1"]
     elif command == "train":
         extra = ["--ae-epochs", "1", "--epochs", "1", "--max-steps-per-epoch", "1"]
         extra += ["--batch-size", "2", "--imgsz", "64", "--val-steps", "1", "--workers", "0"]
@@ -136,6 +139,9 @@ def workspace(tmp_path_factory) -> Path:
     cv2.imwrite(str(ws / "frame.png"), cv2.resize(frame16, (96, 72)))
     _dataset(ws / "Kvasir-SEG", 12, 0)
     _dataset(ws / "CVC-ClinicDB", 12, 1)
+    (ws / "normal-colon").mkdir()  # polyp-free frames: mucosa without a disc
+    for i in range(8):
+        cv2.imwrite(str(ws / "normal-colon" / f"{i}.jpg"), cv2.resize(frame16[:60, :60], (64, 64)))
     for name in ("kvasir-seg", "cvc-clinicdb"):  # docs/gpu.md's spelling
         (ws / name).symlink_to(ws / ("Kvasir-SEG" if name == "kvasir-seg" else "CVC-ClinicDB"))
     (ws / "tiny.json").write_text(json.dumps(TINY))

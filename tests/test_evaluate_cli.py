@@ -500,7 +500,7 @@ def test_a_stopped_run_says_partial_on_its_figure(capsys, tiny, tmp_path, monkey
     code = main(["evaluate", "--data", str(data), "--weights", tiny, *where, "--save-vis"])
     assert code == 130, capsys.readouterr().err
     assert titles and titles[0].startswith("PARTIAL, stopped by SIGINT after 2 of 5: ")
-    assert titles[0].endswith("2 labelled images")
+    assert titles[0].endswith("2 polyp frames")
 
 
 def test_a_log_gets_a_progress_line_every_30_seconds(capsys):

@@ -49,6 +49,9 @@ def fake_result(h: int = H, w: int = W, k: int = K) -> SimpleNamespace:
         agreement=0.7,
         unsure=0.2,
         seed=3,
+        score=0.9,
+        present=True,
+        threshold=0.5,
     )
 
 

@@ -114,7 +114,7 @@ def test_per_image_scores_average_the_entropy_auroc_over_the_seeds_that_have_one
         def __call__(self, image, **kw):
             mean = means[kw["seed"] % 1000]
             entropy = (-mean * np.log2(mean) - (1 - mean) * np.log2(1 - mean)).astype(np.float32)
-            return SimpleNamespace(mean=mean, entropy=entropy)
+            return SimpleNamespace(mean=mean, entropy=entropy, mask=mean > kw["threshold"])
 
     samples = [(None, np.zeros((8, 8, 3), np.uint8), mask)]
 

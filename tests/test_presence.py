@@ -279,7 +279,7 @@ def test_evaluate_counts_false_alarms_on_a_folder_of_polyp_free_frames(capsys, t
     assert every["false_alarm_rate"] == 1.0  # a mask drawn on each polyp-free frame
     assert "dice" not in every  # no Dice without polyp frames
     none = json.loads((tmp_path / "none" / "summary.json").read_text())
-    assert none["presence_threshold"] == 1.0 and none["false_alarm_rate"] == 0.0
+    assert none["settings"]["presence_threshold"] == 1.0 and none["false_alarm_rate"] == 0.0
 
 
 def test_evaluate_keeps_dice_to_polyp_frames_and_scores_both_kinds(tiny, tmp_path):

@@ -487,6 +487,9 @@ class _Stub:
             agreement=1.0,
             unsure=0.0,
             seed=0,
+            score=0.0,
+            present=False,
+            threshold=0.5,
         )
 
 
