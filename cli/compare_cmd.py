@@ -229,11 +229,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from lsdseg.cli.console import make_console
     from lsdseg.cli.options import check_speed_options, device_option, sampler_config
     from lsdseg.cli.records import write_json
-    from lsdseg.cli.runs import check_writable, next_run_dir
+    from lsdseg.cli.runs import check_apart, check_writable, next_run_dir
     from lsdseg.data import load_sample
 
     _check_evaluate(args)
     check_writable(args.project, "--project")
+    check_apart(args.project, args.name, args.exist_ok, [Path(d) for d in args.data])
     sampler_config(
         hypotheses=args.hypotheses, steps=args.steps, eta=args.eta, threshold=args.threshold
     )

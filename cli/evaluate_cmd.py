@@ -24,7 +24,7 @@ from lsdseg.cli.options import (
     seed_arg,
 )
 from lsdseg.cli.records import write_json
-from lsdseg.cli.runs import add_run_folder_options, check_writable, next_run_dir
+from lsdseg.cli.runs import add_run_folder_options, check_apart, check_writable, next_run_dir
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -121,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         return run_evaluate(args)
     check_plain_evaluate(args)
     check_writable(args.project, "--project")  # before the data and the model are loaded
+    check_apart(args.project, args.name, args.exist_ok, [Path(d) for d in args.data])
     sampler_config(
         hypotheses=args.hypotheses, steps=args.steps, eta=args.eta, threshold=args.threshold
     )

@@ -25,6 +25,33 @@ def next_run_dir(project: str, name: str, exist_ok: bool) -> Path:
             n += 1
 
 
+def check_apart(project: str, name: str, exist_ok: bool, inputs: list[Path]) -> None:
+    """Refuse a run whose outputs would land on, or in the folder of, one of its inputs.
+
+    Only a reused run folder (``--exist-ok`` and ``project/name`` exists) can hold inputs; a
+    new one is empty. An input file or folder that is, or lies inside, that folder could be
+    overwritten (an overlay over an input image, the output video over the input video).
+    Nothing is created.
+
+    Raises:
+        UserError: one line naming the input and the run folder.
+    """
+    base = Path(project) / name
+    if not exist_ok or not base.is_dir():
+        return
+    out = base.resolve()
+    for path in inputs:
+        try:
+            where = Path(path).resolve()
+        except (OSError, RuntimeError):  # a symlink loop: nothing there can be overwritten
+            continue
+        if where == out or out in where.parents:
+            raise UserError(
+                f"--project/--name {base} holds the input {path}: the outputs would be written "
+                "over the inputs; choose another --project or --name"
+            )
+
+
 def add_run_folder_options(parser: argparse._ActionsContainer, project: str) -> None:
     """``--project``, ``--name`` and ``--exist-ok``, as every command that writes a run has."""
     parser.add_argument("--project", default=project, help="parent of the run folders")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lsdseg import backends
@@ -26,7 +27,7 @@ from lsdseg.cli.options import (
     sampler_config,
     seed_arg,
 )
-from lsdseg.cli.runs import add_run_folder_options, check_writable, next_run_dir
+from lsdseg.cli.runs import add_run_folder_options, check_apart, check_writable, next_run_dir
 
 if TYPE_CHECKING:
     import torch
@@ -328,6 +329,8 @@ def run(args: argparse.Namespace) -> int:
     source = open_source(args.source, args.vid_stride, args.max_frames, args.timeout, on_skip)
     segmenter: Segmenter | RemoteSegmenter
     try:
+        inputs = [Path(args.source), *getattr(source, "paths", [])]
+        check_apart(args.project, args.name, args.exist_ok, [p for p in inputs if p.exists()])
         if args.server:
             segmenter = connect(args, overlay)
             device = str(segmenter.address)
