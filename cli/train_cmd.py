@@ -277,8 +277,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--time-limit {args.time_limit} must be >= 0 minutes (0: no limit)")
     if not 0 < args.val_fraction < 1:
         raise UserError(f"--val-fraction {args.val_fraction} must be between 0 and 1")
+    from lsdseg.checkpoint import recover_checkpoint
     from lsdseg.trainstate import has_state
 
+    for name in ("last", "best"):  # a kill inside a checkpoint's save: the newest complete one
+        said = recover_checkpoint(out / name)
+        if said:
+            console.print(f"lsdseg train: {said}")
     resuming = has_state(out / "last")
     if resuming:
         line = check_resume(args, cfg, model_cfg, out)

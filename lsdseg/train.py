@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Subset
 from lsdseg.checkpoint import (
     grow_checkpoint,
     load_checkpoint,
+    recover_checkpoint,
     save_checkpoint,
     swap_image_encoder,
 )
@@ -153,6 +154,11 @@ class Trainer:
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size={cfg.batch_size} must be divisible by {self.world} ranks")
         torch.manual_seed(cfg.seed)
+        if self.rank == 0:  # a kill inside save_checkpoint: the newest complete one, back
+            for name in ("last", "best"):
+                said = recover_checkpoint(self.out / name)
+                if said:
+                    log.warning(said)
         self.resume = has_state(self.out / "last")
         if self.resume:
             self.loop = resume_loop(self.out, cfg, data, extend)

@@ -151,6 +151,42 @@ def test_sigkill_then_rerun_resumes_to_the_same_weights(data, tiny_config, ref, 
     assert (run / "best" / "card.md").exists() and (run / "progress.png").exists()
 
 
+# the run killed as it renames a finished checkpoint into last/ for the 4th time (diffusion
+# epoch 2): last/ has just been moved aside, the new one is complete but not in place yet
+_KILL_INTO_LAST = """
+import os, signal, sys
+from pathlib import Path
+from lsdseg.cli.main import main
+calls, rename = 0, Path.rename
+def kill_into_last(self, to):
+    global calls
+    if Path(to).name == "last":
+        calls += 1
+        if calls == 4:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return rename(self, to)
+Path.rename = kill_into_last
+sys.argv[0] = "lsdseg"
+sys.exit(main())
+"""
+
+
+def test_a_kill_between_the_renames_of_a_save_resumes_from_the_newest(
+    data, tiny_config, ref, tmp_path
+):
+    run = tmp_path / "between"
+    cmd = [sys.executable, "-c", _KILL_INTO_LAST, *_cmd(data, tiny_config, run)[3:]]
+    killed = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (run / "last").exists()  # the kill hit while last/ was renamed aside
+    done = subprocess.run(_cmd(data, tiny_config, run), env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    err = " ".join(done.stderr.split())
+    assert "recovered the checkpoint" in err and "resuming from epoch 2 of stage 2" in err, err
+    _assert_same_run(ref, run)
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+
+
 def test_time_limit_stops_after_one_epoch_and_rerunning_finishes_the_same_run(
     data, tiny_config, ref, tmp_path
 ):
