@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lsdseg.cli.errors import UserError
 from lsdseg.cli.options import seed_arg
-from lsdseg.cli.runs import check_writable
+from lsdseg.cli.runs import check_writable, run_lock
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -222,6 +222,12 @@ def _image_size(
 
 
 def run(args: argparse.Namespace) -> int:
+    check_writable(args.out, "--out")  # before the lock creates the folder
+    with run_lock(args.out):  # a second training on the same --out is refused, naming this one
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
     import time
 
     import torch

@@ -184,7 +184,35 @@ def test_a_kill_between_the_renames_of_a_save_resumes_from_the_newest(
     err = " ".join(done.stderr.split())
     assert "recovered the checkpoint" in err and "resuming from epoch 2 of stage 2" in err, err
     _assert_same_run(ref, run)
-    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [".lock"]
+
+
+_HOLD_LOCK = """
+import sys, time
+from lsdseg.cli.runs import run_lock
+with run_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_second_training_on_a_busy_run_folder_is_refused_naming_the_holder(
+    capsys, data, tiny_config, tmp_path
+):
+    run = tmp_path / "busy"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        rc, err = _main(capsys, _cmd(data, tiny_config, run))
+        assert rc == 1 and f"PID {holder.pid}" in err and "--out" in err, err
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]  # nothing of the second run
+    finally:
+        holder.kill()
+        holder.wait()
+    rc, err = _main(capsys, [*_cmd(data, tiny_config, run), "--epochs", "1", "--ae-epochs", "1"])
+    assert rc == 0, err  # the holder's end frees the lock: a stale .lock blocks nothing
 
 
 def test_time_limit_stops_after_one_epoch_and_rerunning_finishes_the_same_run(
