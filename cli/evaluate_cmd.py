@@ -14,7 +14,7 @@ import numpy as np
 
 from lsdseg.cli.compare_cmd import add_evaluate_options
 from lsdseg.cli.errors import UserError, output_error
-from lsdseg.cli.main import EXIT_INTERRUPTED, EXIT_TERMINATED
+from lsdseg.cli.main import EXIT_SIGNAL
 from lsdseg.cli.options import (
     add_backend_option,
     add_speed_options,
@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
         "data": args.data,
         "val_fraction": args.val_fraction,
         "skipped_files": ev.skipped,
-        "stopped_by": stopped_by,  # None (every image done), SIGINT or SIGTERM
+        "stopped_by": stopped_by,  # None (every image done), SIGINT, SIGTERM or SIGHUP
         "command": shlex.join(["lsdseg", *sys.argv[1:]]),
     }
     write_json(out / "summary.json", summary)  # a metric without a value (NaN) as null
@@ -230,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
         f"{stopped if stopped_by else ''}; results in {out}"
     )
     if stopped_by:
-        return {"SIGINT": EXIT_INTERRUPTED, "SIGTERM": EXIT_TERMINATED}[stopped_by]
+        return EXIT_SIGNAL[stopped_by]
     if not ev.rows:
         raise UserError(f"none of the {len(pairs)} images could be read (named above)")
     if skipped:

@@ -25,6 +25,10 @@ from lsdseg.version import __version__
 
 EXIT_USAGE, EXIT_ERROR, EXIT_INTERRUPTED = 2, 1, 130
 EXIT_TERMINATED = 128 + 15  # the shell's status for SIGTERM
+EXIT_HANGUP = 128 + 1  # SIGHUP: a closed terminal or SSH session, handled as SIGTERM
+# the signals that stop a command cleanly, and the status each gives (as the shell's)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+EXIT_SIGNAL = {"SIGINT": EXIT_INTERRUPTED, "SIGTERM": EXIT_TERMINATED, "SIGHUP": EXIT_HANGUP}
 
 
 # what users of other tools type for our sub-commands (Ultralytics modes, nnU-Net, MONAI)
@@ -168,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _leave(signum: int, _frame: FrameType | None) -> None:
-    """SIGINT or SIGTERM while lsdseg starts: nothing is written yet, so leave at once with
+    """SIGINT, SIGTERM or SIGHUP while lsdseg starts: nothing is written yet, so leave at once with
     the shell's status. An exception raised inside an import (torch, numpy) would print a
     traceback, or be swallowed and leave a half-imported module behind."""
     sys.stderr.write("lsdseg: interrupted\n")
@@ -182,7 +186,7 @@ def _starting() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield  # handlers can only be set from the main thread
         return
-    old = {sig: signal.signal(sig, _leave) for sig in (signal.SIGINT, signal.SIGTERM)}
+    old = {sig: signal.signal(sig, _leave) for sig in STOP_SIGNALS}
     try:
         yield
     finally:

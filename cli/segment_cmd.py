@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from lsdseg import backends
 from lsdseg.cli.errors import UserError
-from lsdseg.cli.main import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED
+from lsdseg.cli.main import EXIT_ERROR, EXIT_SIGNAL
 from lsdseg.cli.options import (
     add_backend_option,
     add_speed_options,
@@ -422,4 +422,4 @@ def run(args: argparse.Namespace) -> int:
             f"decoded and were skipped (named above); the results of the other "
             f"{summary.frames} are in {out_dir}"
         )
-    return {"SIGINT": EXIT_INTERRUPTED, "SIGTERM": EXIT_TERMINATED}.get(summary.stopped_by, 0)
+    return EXIT_SIGNAL.get(summary.stopped_by or "", 0)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from lsdseg import backends
 from lsdseg.cli.errors import UserError
+from lsdseg.cli.main import STOP_SIGNALS
 from lsdseg.cli.options import (
     add_backend_option,
     add_speed_options,
@@ -251,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
 
     where = f"; server log: {log_file}" if log_file else ""  # kept when something fails
-    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    old = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     triton = Triton(config=config)
     try:
         try:

@@ -433,7 +433,9 @@ def test_evaluate_stops_between_images_and_summarises_what_was_done(tiny, tmp_pa
     assert tuple(ev.rows[0]) == COLUMNS  # a labelled row has every column, in order
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
 def test_a_signal_keeps_the_rows_written_and_writes_the_summary(tiny, tmp_path, sig, code):
     data = make_pairs(tmp_path / "d", [(48, 64)] * 400)
     out = tmp_path / "out"

@@ -368,7 +368,8 @@ def test_reader_queue_is_bounded_without_realtime():
 
 
 @pytest.mark.parametrize(
-    "sig,code,realtime", [(signal.SIGINT, 130, False), (signal.SIGTERM, 143, True)]
+    "sig,code,realtime",
+    [(signal.SIGINT, 130, False), (signal.SIGTERM, 143, True), (signal.SIGHUP, 129, False)],
 )
 def test_signal_stops_cleanly(tiny, tmp_path, sig, code, realtime):
     src = write_video(tmp_path / "long.mp4", n=300, fps=30.0)
