@@ -315,6 +315,7 @@ def _compare(
     """Print the paired comparison, write per_image.csv; returns what compare.json adds."""
     from dataclasses import asdict
 
+    from lsdseg.cli.records import csv_text
     from lsdseg.compare import compare_datasets, per_image_scores
     from lsdseg.data import dataset_of
 
@@ -350,7 +351,8 @@ def _compare(
             w = csv.writer(f)
             w.writerow(["name", "dataset", "group", *columns])
             for (p, _, _), name, row in zip(samples, datasets, values, strict=True):
-                w.writerow([p.name, name, p.group, *(f"{v:.6g}" for v in row)])
+                text = [csv_text(t) for t in (p.name, name, p.group)]
+                w.writerow([*text, *(f"{v:.6g}" for v in row)])
     except OSError as e:
         raise output_error(path, e) from None
     settings = ("hypotheses", "steps", "eta", "threshold", "shift")

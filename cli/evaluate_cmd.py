@@ -23,7 +23,7 @@ from lsdseg.cli.options import (
     sampler_config,
     seed_arg,
 )
-from lsdseg.cli.records import write_json
+from lsdseg.cli.records import csv_text, write_json
 from lsdseg.cli.runs import add_run_folder_options, check_apart, check_writable, next_run_dir
 
 if TYPE_CHECKING:
@@ -247,10 +247,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _cell(value: object) -> object:
-    """A per_image.csv cell: floats to 6 significant digits, NaN (no value) empty."""
+    """A per_image.csv cell: floats to 6 significant digits, NaN (no value) empty, text safe
+    for a spreadsheet (:func:`~lsdseg.cli.records.csv_text`)."""
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.6g}"
-    return value
+    return csv_text(value)
 
 
 class Pictures:

@@ -59,6 +59,19 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def printable_name(name: str) -> str:
+    """A file name as text any writer can store: bytes of the name that are not UTF-8 (which
+    ``os.fsdecode`` turns into lone surrogates that no UTF-8 file can hold) as ``\\xNN``.
+
+    ``printable_name(os.fsdecode(b"a\\xff.png")) == "a\\\\xff.png"``; a UTF-8 name is unchanged.
+    """
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no file name decodes to
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def sha256_file(*paths: str | Path, digits: int = 16) -> str:
     """SHA-256 of the bytes of ``paths`` one after the other, the first ``digits`` hex digits."""
     h = hashlib.sha256()

@@ -461,3 +461,17 @@ def test_a_signal_keeps_the_rows_written_and_writes_the_summary(tiny, tmp_path, 
     assert [r["name"] for r in rows] == [str(i) for i in range(len(rows))]
     assert all(r["dice"] != "" for r in rows)  # every row whole
     assert f"stopped by {signal.Signals(sig).name} after {len(rows)} of 400" in stdout
+
+
+def test_file_names_are_written_safe_for_a_spreadsheet(capsys, tiny, tmp_path):
+    data = make_pairs(tmp_path / "d", [(40, 50)] * 3)
+    for old, new in [(b"0", b'=HYPERLINK("http:__x","y")'), (b"1", b"b\xff")]:
+        for sub in (b"images", b"masks"):
+            folder = os.path.join(os.fsencode(data), sub)
+            os.rename(os.path.join(folder, old + b".png"), os.path.join(folder, new + b".png"))
+    rc = main(["evaluate", "--data", str(data), "--weights", tiny, "--project", str(tmp_path)])
+    assert rc == 0, capsys.readouterr().err
+    rows = list(csv.DictReader((tmp_path / "exp" / "per_image.csv").read_text().splitlines()))
+    names = sorted(r["name"] for r in rows)
+    assert names == sorted(['\'=HYPERLINK("http:__x","y")', "b\\xff", "2"])
+    assert all(r["dice"] != "" for r in rows)  # the three images were scored

@@ -996,3 +996,47 @@ def test_a_large_frame_takes_no_frame_sized_map_per_hypothesis(tiny, tmp_path):
         peaks[k] = int(r.stderr.split("peak_rss_kib ")[-1]) / 1024  # MiB
         assert len(read_rows(tmp_path / f"runs{k}" / "exp")) == 1
     assert peaks[16] - peaks[2] < 250, peaks  # 14 frame-sized maps would be 640 MiB
+
+
+def test_image_names_that_are_not_utf8_or_look_like_formulas(capsys, tiny, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    names = [b"a.png", b"b\xff.png", b'=HYPERLINK("http:__x","y").png', b"-1+2.png"]
+    for i, name in enumerate(names):
+        assert cv2.imwrite(str(tmp_path / "x.png"), disc_frame(i))
+        os.rename(tmp_path / "x.png", os.path.join(os.fsencode(folder), name))
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(folder))
+    assert rc == 0, err
+    out = tmp_path / "runs" / "exp"
+    rows = read_rows(out)
+    sources = [r["source"] for r in rows]
+    assert sorted(sources) == sorted(
+        ["a.png", "b\\xff.png", '\'=HYPERLINK("http:__x","y").png', "'-1+2.png"]
+    )
+    assert not any(s.startswith(("=", "+", "-", "@")) for s in sources)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == 4 == len(rows)
+    lines = (out / "records.jsonl").read_text().splitlines()
+    jsonl = [json.loads(line)["source"] for line in lines]
+    assert '=HYPERLINK("http:__x","y").png' in jsonl and "b\\xff.png" in jsonl
+    assert len(list(out.glob("*.png"))) == 4  # an overlay per image, under its own name
+
+
+@pytest.mark.parametrize(
+    ("text", "cell"),
+    [
+        ("=1+1", "'=1+1"),
+        ("+x", "'+x"),
+        ("-x", "'-x"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\tx", "'\tx"),
+        ("\rx", "'\rx"),
+        ("a=b", "a=b"),
+        (-0.5, -0.5),
+        ("b\udcff.png", "b\\xff.png"),
+    ],
+)
+def test_csv_text_neutralises_formula_cells(text, cell):
+    from lsdseg.cli.records import csv_text
+
+    assert csv_text(text) == cell
