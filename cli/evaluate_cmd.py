@@ -130,12 +130,18 @@ def run(args: argparse.Namespace) -> int:
     precision = check_speed_options(args, device, backend, args.eta)
     console = make_console()
     pairs = []
+    dataset: dict[int, str] = {}  # id(pair) -> the --data it comes from (per_image.csv)
     for d in args.data if args.val_fraction is None else []:
         layout, found = find_pairs(d)
         console.print(f"{d}: {len(found)} images ({layout} layout)")
         pairs += found
+        dataset.update((id(p), d) for p in found)
     if args.val_fraction is not None:  # the labelled pairs of the split, --groups applied
+        from lsdseg.data import dataset_of
+
         pairs = labelled_pairs(args, console)
+        folders = {Path(d).resolve().name: d for d in args.data}
+        dataset.update((id(p), folders.get(dataset_of(p.group), "")) for p in pairs)
     elif args.groups:
         wanted = {g.strip() for g in args.groups.split(",") if g.strip()}
         have = {p.group for p in pairs}
@@ -161,12 +167,13 @@ def run(args: argparse.Namespace) -> int:
         rows: list[dict[str, Any]] = []
 
         def on_row(row: dict[str, Any]) -> None:
-            per_image.write(row)
             rows.append(row)
 
         def on_image(pair: Pair, image: np.ndarray, mask: np.ndarray | None, r: Result) -> None:
-            if vis is not None:  # evaluate calls on_row first: rows[-1] is this image's
-                vis.add(pair.name, image, mask, r, rows[-1])
+            row = rows[-1]  # evaluate calls on_row first: rows[-1] is this image's
+            per_image.write({**row, "dataset": dataset.get(id(pair), "")})
+            if vis is not None:
+                vis.add(pair.name, image, mask, r, row, dataset.get(id(pair), ""))
             progress.advance(task)
 
         def on_skip(pair: Pair, reason: str) -> None:
@@ -266,6 +273,7 @@ class Pictures:
         self.reliability = Reliability()
         self.dices: list[float] = []
         self.sizes: list[float] = []  # the ground truth's share of the image
+        self.used: set[str] = set()  # file names written, so that no picture replaces another
 
     def add(
         self,
@@ -274,16 +282,33 @@ class Pictures:
         mask: np.ndarray | None,
         result: Result,
         row: dict[str, Any],
+        dataset: str = "",
     ) -> None:
         from lsdseg.cli.evalvis import image_panel
         from lsdseg.cli.writer import write_png
 
         panel = image_panel(image, mask, result.mask, result.entropy, name, row)
-        write_png(self.folder / f"{name}.png", panel)
+        write_png(self.folder / self.file_name(name, dataset), panel)
         if mask is not None:
             self.reliability.update(result.mean, mask)
             self.dices.append(float(row["dice"]))
             self.sizes.append(float(mask.mean()))
+
+    def file_name(self, name: str, dataset: str = "") -> str:
+        """``<name>.png``, unique in vis/: an image whose name another dataset (or the same
+        one, as ``a.png`` and ``a.jpg``) already used gets ``<dataset>_<name>.png``, then a
+        number."""
+        tag = Path(dataset).resolve().name if dataset else ""
+        for stem in [name, f"{tag}_{name}"] if tag else [name]:
+            if stem not in self.used:
+                break
+        else:
+            n = 2
+            while f"{stem}~{n}" in self.used:
+                n += 1
+            stem = f"{stem}~{n}"
+        self.used.add(stem)
+        return f"{stem}.png"
 
     def write_summary(self, title: str) -> None:
         from lsdseg.cli.evalvis import summary_figure
@@ -296,7 +321,8 @@ class Pictures:
 class PerImageWriter:
     """per_image.csv, one row per image read, flushed as each comes (a context manager).
 
-    Columns: :data:`lsdseg.evaluate.COLUMNS`; an unlabelled image leaves the metrics empty.
+    Columns: :data:`lsdseg.evaluate.COLUMNS` with ``dataset`` after ``name``; an unlabelled
+    image leaves the metrics empty.
     """
 
     def __init__(self, path: Path) -> None:
@@ -304,7 +330,10 @@ class PerImageWriter:
 
         self.path = path
         self._file = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115
-        self._csv = csv.DictWriter(self._file, fieldnames=COLUMNS, restval="")
+        # dataset: the --data folder of the image, so rows of two datasets with the same file
+        # names are told apart
+        columns = [COLUMNS[0], "dataset", *COLUMNS[1:]]
+        self._csv = csv.DictWriter(self._file, fieldnames=columns, restval="")
         self._csv.writeheader()
         self._file.flush()
 

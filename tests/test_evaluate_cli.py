@@ -463,6 +463,25 @@ def test_a_signal_keeps_the_rows_written_and_writes_the_summary(tiny, tmp_path, 
     assert f"stopped by {signal.Signals(sig).name} after {len(rows)} of 400" in stdout
 
 
+def test_two_datasets_with_the_same_names_keep_every_row_and_picture(capsys, tiny, tmp_path):
+    a = make_pairs(tmp_path / "a" / "data", [(40, 50), (37, 61)])
+    b = make_pairs(tmp_path / "b" / "data", [(44, 52), (30, 30)])  # same folder and file names
+    argv = ["evaluate", "--data", str(a), "--data", str(b), "--weights", tiny, "--save-vis"]
+    rc = main([*argv, "--project", str(tmp_path), "--name", "out", "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    out = tmp_path / "out"
+    rows = list(csv.DictReader((out / "per_image.csv").read_text().splitlines()))
+    assert [(r["dataset"], r["name"]) for r in rows] == [
+        (str(a), "0"),
+        (str(a), "1"),
+        (str(b), "0"),
+        (str(b), "1"),
+    ]
+    assert len({(r["dataset"], r["name"]) for r in rows}) == 4
+    pictures = sorted(p.name for p in (out / "vis").iterdir())
+    assert pictures == ["0.png", "1.png", "data_0.png", "data_1.png"]
+
+
 def test_file_names_are_written_safe_for_a_spreadsheet(capsys, tiny, tmp_path):
     data = make_pairs(tmp_path / "d", [(40, 50)] * 3)
     for old, new in [(b"0", b'=HYPERLINK("http:__x","y")'), (b"1", b"b\xff")]:
