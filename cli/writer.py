@@ -25,6 +25,7 @@ from lsdseg.cli.errors import OutputError, UserError, output_error
 from lsdseg.cli.overlay import View
 from lsdseg.cli.records import RecordWriter
 from lsdseg.cli.sources import Frame
+from lsdseg.files import is_replaceable
 
 FOURCC = "mp4v"  # the pip OpenCV build cannot write avc1/H.264
 
@@ -160,7 +161,8 @@ def write_png(path: Path, image: np.ndarray) -> None:
     try:
         buf.tofile(str(path))  # also works for non-ASCII paths, unlike cv2.imwrite on Windows
     except OSError as e:
-        Path(path).unlink(missing_ok=True)
+        if is_replaceable(path):  # never a device, pipe or link the user named
+            Path(path).unlink(missing_ok=True)
         raise output_error(path, e) from None
 
 

@@ -3,6 +3,11 @@
 A file written with these goes to a temporary sibling first and is renamed into place with
 ``os.replace``, so a crash, a kill, a full disk or an error never leaves a half-written
 graph, engine, metrics table, ``splits.json`` or summary under the final name.
+
+Only a regular file (or a new name) is replaced that way. A symbolic link stays a link: the
+file it points to is written. A character device or a FIFO (``/dev/stdout``, ``/dev/null``, a
+named pipe) is written in place, never replaced by a file; any other kind of file (a block
+device, a socket) is refused.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +27,27 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     The temporary file is removed when the block raises (or writes nothing).
 
+    A symbolic link is followed (the file it points to is written, the link stays); a
+    character device or a FIFO is yielded itself, to be written in place (see the module).
+
     Raises:
-        ValueError: ``path``'s folder is an existing file.
+        ValueError: ``path``'s folder is an existing file, or ``path`` is a block device, a
+            socket or another kind of file that is neither replaced nor written in place.
     """
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()  # the link's target: a loop raises RuntimeError (OSError on 3.13)
+    kind = _kind(path)
+    if kind == "stream":
+        yield path
+        return
+    if kind == "other" and path.is_dir():
+        raise ValueError(f"{path} is a folder; give a file name")
+    if kind == "other":
+        raise ValueError(
+            f"{path} is neither a regular file nor a character device or FIFO; write to a "
+            "file name instead"
+        )
     folder = path.parent
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder} is a file, not a folder; choose another output folder")
@@ -44,13 +67,36 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def _kind(path: Path) -> str:
+    """``file`` (a regular file, or nothing yet), ``stream`` (a character device or FIFO,
+    written in place) or ``other``."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):  # nothing there yet (or a file above it)
+        return "file"
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+        return "stream"
+    return "other"
+
+
+def is_replaceable(path: str | Path) -> bool:
+    """Whether ``path`` is a regular file or missing, so removing or replacing it loses no
+    device, pipe or link (a writer that cleans up after a failed write asks this first)."""
+    path = Path(path)
+    return not path.is_symlink() and _kind(path) == "file"
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary sibling, fsync, rename)."""
+    """Write ``data`` to ``path`` atomically (temporary sibling, fsync, rename); a character
+    device or FIFO is written in place (see :func:`atomic_path`)."""
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
         f.flush()
-        os.fsync(f.fileno())
+        if _kind(tmp) == "file":  # fsync of a device or pipe fails (EINVAL)
+            os.fsync(f.fileno())
     return path
 
 
