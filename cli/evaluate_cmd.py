@@ -17,7 +17,9 @@ from lsdseg.cli.errors import UserError, output_error
 from lsdseg.cli.main import EXIT_SIGNAL
 from lsdseg.cli.options import (
     add_backend_option,
+    add_max_pixels_option,
     add_speed_options,
+    apply_max_pixels,
     check_graph_eta,
     check_speed_options,
     sampler_config,
@@ -94,6 +96,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="only evaluate these groups, comma-separated (e.g. CVC sequences 5,20)",
     )
     add_run_folder_options(p, "runs/evaluate")
+    add_max_pixels_option(p)
     add_evaluate_options(p)  # --val-fraction, --split-seed, --compare, --sweep
     p.add_argument(
         "--save-vis",
@@ -117,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from lsdseg.data import find_pairs
     from lsdseg.evaluate import evaluate
 
+    apply_max_pixels(args)
     if args.compare is not None or args.sweep is not None:
         return run_evaluate(args)
     check_plain_evaluate(args)

@@ -20,7 +20,9 @@ from lsdseg.cli.errors import UserError
 from lsdseg.cli.main import EXIT_ERROR, EXIT_SIGNAL
 from lsdseg.cli.options import (
     add_backend_option,
+    add_max_pixels_option,
     add_speed_options,
+    apply_max_pixels,
     check_graph_eta,
     check_speed_options,
     flag_message,
@@ -144,6 +146,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="S",
         help="seconds without a frame before a stream counts as stalled (default 10)",
     )
+    add_max_pixels_option(s)
     o = p.add_argument_group("output")
     o.add_argument(
         "--overlay",
@@ -304,6 +307,7 @@ def run(args: argparse.Namespace) -> int:
     from lsdseg.cli.sources import open_source
 
     check_options(args)
+    apply_max_pixels(args)
     overlay = OverlayOptions(
         style=args.overlay,
         cmap=args.cmap,

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from lsdseg.cli.errors import UserError
-from lsdseg.cli.options import seed_arg
+from lsdseg.cli.options import add_max_pixels_option, apply_max_pixels, seed_arg
 from lsdseg.cli.runs import check_writable, run_lock
 
 
@@ -143,6 +143,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-steps-per-epoch", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--model-config", default="", help="JSON file overriding the architecture")
+    add_max_pixels_option(p)
     p.set_defaults(func=run)
 
 
@@ -222,6 +223,7 @@ def _image_size(
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_max_pixels(args)
     check_writable(args.out, "--out")  # before the lock creates the folder
     with run_lock(args.out):  # a second training on the same --out is refused, naming this one
         return _train(args)

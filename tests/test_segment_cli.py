@@ -1040,3 +1040,16 @@ def test_csv_text_neutralises_formula_cells(text, cell):
     from lsdseg.cli.records import csv_text
 
     assert csv_text(text) == cell
+
+
+def test_max_pixels_refuses_a_larger_image_in_one_line(capsys, tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("LSDSEG_MAX_IMAGE_PIXELS", "")  # unset (the default), restored after
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), disc_frame(0))  # 96 x 128 = 12288 pixels
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(image), "--max-pixels", "12000")
+    assert rc == 1 and "declares 128x96 pixels" in err and "--max-pixels" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "runs" / "exp").exists()
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(image), "--max-pixels", "nan")
+    assert rc == 1 and "--max-pixels nan must be" in err, err
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(image), "--max-pixels", "12288")
+    assert rc == 0, err
