@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from lsdseg.cli.errors import UserError
-from lsdseg.cli.options import add_max_pixels_option, apply_max_pixels, seed_arg
+from lsdseg.cli.options import add_max_pixels_option, apply_max_pixels, flag_message, seed_arg
 from lsdseg.cli.runs import check_writable, run_lock
 
 
@@ -257,7 +257,12 @@ def _train(args: argparse.Namespace) -> int:
     size, grow = _image_size(
         args.imgsz, model_cfg.image_size, init, _parse_grow(args.grow, init), out
     )
-    model_cfg = dataclasses.replace(model_cfg, image_size=size)
+    try:
+        model_cfg = dataclasses.replace(model_cfg, image_size=size)
+    except ValueError as e:  # the size's checks (a multiple of ..., at most ...)
+        if args.imgsz is None:
+            raise
+        raise UserError(flag_message(e, "image_size", "--imgsz")) from None
     try:
         cfg = TrainConfig(
             stage=args.stage,

@@ -189,6 +189,7 @@ def test_imgsz_overrides_model_size(capsys, tiny, tmp_path, video):
     ("args", "message"),
     [
         (["--imgsz", "40"], "--imgsz 40 must be a multiple of 16"),
+        (["--imgsz", "1000000"], "--imgsz 1000000 must be at most 4096"),
         (["--backend", "onnx", "--imgsz", "64"], "--imgsz 64: the onnx backend runs at the"),
     ],
 )
