@@ -494,3 +494,19 @@ def test_file_names_are_written_safe_for_a_spreadsheet(capsys, tiny, tmp_path):
     names = sorted(r["name"] for r in rows)
     assert names == sorted(['\'=HYPERLINK("http:__x","y")', "b\\xff", "2"])
     assert all(r["dice"] != "" for r in rows)  # the three images were scored
+
+
+def test_evaluate_keeps_the_k_maps_at_the_models_size(tiny, tmp_path):
+    # K maps at a large frame's size cost K x H x W floats (10.7 GB at K = 32 for 8000 x 6000)
+    # and evaluate scores none of them: only the mean, std, entropy and MI are frame-sized
+    data = make_pairs(tmp_path / "d", [(200, 260)])
+    seg = Segmenter(__import__("lsdseg").load_checkpoint(tiny))
+    shapes = []
+
+    def on_image(pair, image, mask, r):
+        shapes.append((r.hypotheses.shape, r.mean.shape, r.entropy.shape))
+
+    ev = evaluate(seg, find_pairs(data)[1], hypotheses=4, on_image=on_image)
+    s = seg.config.image_size
+    assert shapes == [((4, s, s), (200, 260), (200, 260))]
+    assert ev.rows[0]["dice"] >= 0 and ev.rows[0]["width"] == 260

@@ -83,3 +83,15 @@ def test_summary_figure_has_three_plots():
     for i in range(3):  # each plot has ink: its axes, ticks and data
         plot = fig[26:, i * 380 : (i + 1) * 380]
         assert (plot < 200).any(axis=-1).sum() > 500
+
+
+@pytest.mark.parametrize("shape", [(1, 5000), (5000, 1), (3, 20000)])
+def test_an_extreme_aspect_ratio_gives_a_bounded_panel(shape):
+    from lsdseg.cli.evalvis import PANEL_H, PANEL_W
+
+    h, w = shape
+    image = np.full((h, w, 3), 90, np.uint8)
+    maps = np.zeros((h, w), bool)
+    panel = image_panel(image, maps, maps, np.zeros((h, w), np.float32), "x", None)
+    assert panel.shape[0] == 28 + PANEL_H + 26
+    assert 2 * PANEL_W[0] + 70 <= panel.shape[1] <= 2 * PANEL_W[1] + 70
