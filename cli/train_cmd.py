@@ -245,7 +245,7 @@ def _train(args: argparse.Namespace) -> int:
     from lsdseg.dataset import SegmentationDataset
     from lsdseg.segmenter import bundled_weights
     from lsdseg.splits import split_record, write_splits
-    from lsdseg.train import Trainer
+    from lsdseg.train import Trainer, TrainingDiverged
 
     started = time.monotonic()  # --time-limit counts from here, loading and caching included
     check_writable(args.out, "--out")  # before the data is read and the model built
@@ -405,7 +405,7 @@ def _train(args: argparse.Namespace) -> int:
         budget_s = args.time_limit * 60 - (time.monotonic() - started)
         try:
             loop = trainer.run(time_limit_s=max(budget_s, 1e-6) if args.time_limit else 0.0)
-        except ValueError as e:  # a resume whose optimiser state does not fit, say
+        except (ValueError, TrainingDiverged) as e:  # a resume whose state does not fit, say
             raise UserError(with_options(str(e))) from None
     if loop.phase != "done":
         console.print(

@@ -389,11 +389,21 @@ class TrainConfig:
             (self.ae_epochs >= 0, f"ae_epochs={self.ae_epochs} must be >= 0"),
             (self.epochs >= 0, f"epochs={self.epochs} must be >= 0"),
             (self.batch_size >= 1, f"batch_size={self.batch_size} must be >= 1"),
-            (self.lr > 0 and self.diffusion_lr > 0, "learning rates must be > 0"),
+            (
+                all(math.isfinite(r) and r > 0 for r in (self.lr, self.diffusion_lr)),
+                f"learning rates must be finite and > 0 (lr={self.lr}, "
+                f"diffusion_lr={self.diffusion_lr})",
+            ),
             (0 <= self.ema_decay < 1, f"ema_decay={self.ema_decay} must be in [0, 1)"),
             (self.val_every >= 1, f"val_every={self.val_every} must be >= 1"),
-            (self.val_hypotheses >= 1, f"val_hypotheses={self.val_hypotheses} must be >= 1"),
-            (self.val_steps >= 1, f"val_steps={self.val_steps} must be >= 1"),
+            (
+                1 <= self.val_hypotheses <= 256,
+                f"val_hypotheses={self.val_hypotheses} must be between 1 and 256",
+            ),
+            (  # the sampler's range (SamplerConfig.steps), checked before any epoch trains
+                1 <= self.val_steps <= 1000,
+                f"val_steps={self.val_steps} must be between 1 and 1000",
+            ),
             (not self.grow or bool(self.init), "grow needs init: the checkpoint to grow from"),
             (
                 not self.image_encoder or bool(self.init),

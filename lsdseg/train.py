@@ -348,7 +348,9 @@ class Trainer:
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad.div_(self.world)
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        if not bool(torch.isfinite(losses["loss"]) & torch.isfinite(norm)):  # one sync
+            self._diverged(f"loss {float(losses['loss'])}, gradient norm {float(norm)}")
         self.opt.step()
         if self.ema is not None:
             _ema_update(self.ema, m, cfg.ema_decay, loop.step)
@@ -406,11 +408,27 @@ class Trainer:
             loop.best_dice = max(loop.best_dice, metrics["dice"])
         elif phase == "diffusion" and self.val_set is None:
             improved = True  # nothing to rank epochs by: best/ follows the last epoch
+        if not all(bool(torch.isfinite(p).all()) for p in self.params):  # a step overflowed
+            self._diverged("weights that are not finite after the epoch")
         loop.history.append(row)
         if last:
             self._next_phase()
         self._save(phase, improved)
         self.emit({"kind": "epoch", **row})
+
+    def _diverged(self, what: str) -> None:
+        """Stop the run: nothing of this epoch is saved (see :class:`TrainingDiverged`)."""
+        loop = self.loop
+        lr = "lr" if loop.phase == "autoencoders" else "diffusion_lr"
+        kept = (
+            f"{self.out / 'last'} keeps the last checkpoint, all finite"
+            if (self.out / "last").exists()
+            else "no checkpoint was written yet"
+        )
+        raise TrainingDiverged(
+            f"training diverged at {loop.phase} epoch {loop.epoch + 1}, step {loop.step + 1}: "
+            f"{what}; lower the learning rate ({lr}={getattr(self.cfg, lr):g}). {kept}"
+        )
 
     def _next_phase(self) -> None:
         loop = self.loop
@@ -441,6 +459,11 @@ class Trainer:
             _write_metrics(out / "metrics.csv", loop.history)
         if self.world > 1:
             dist.barrier()
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss, a gradient or a weight stopped being a finite number: training stops before
+    anything non-finite is saved, so ``last/`` keeps the last finite checkpoint."""
 
 
 def train(*args: Any, **kwargs: Any) -> LoopState:

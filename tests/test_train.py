@@ -454,3 +454,32 @@ def test_a_run_without_validation_images_says_so_and_best_is_the_last_epoch(
     assert best == last  # written together, after the last epoch (not after the first)
     card = (run / "best" / "card.md").read_text()
     assert "-1.0000" not in card and "no validation images" in card
+
+
+def test_a_diverging_run_stops_at_once_and_keeps_a_finite_checkpoint(
+    capsys, data, tiny_config, tmp_path
+):
+    from lsdseg.checkpoint import load_checkpoint
+
+    run = tmp_path / "diverged"
+    code, err = _main(capsys, [*_cmd(data, tiny_config, run), "--lr", "1e30"])
+    assert code == 1 and "training diverged at diffusion epoch 1" in err, err
+    assert "lower the learning rate (--lr 1e+30)" in err and "keeps the last checkpoint" in err
+    load_checkpoint(run / "last")  # finite: loading refuses NaN or infinite weights
+    assert not (run / "best").exists()  # no diffusion epoch ended
+    rows = (run / "metrics.csv").read_text().strip().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["autoencoders", "autoencoders"]
+
+
+def test_val_steps_are_checked_first_and_may_change_on_resume(capsys, data, tiny_config, tmp_path):
+    run = tmp_path / "val"
+    code, err = _main(capsys, [*_cmd(data, tiny_config, run), "--val-steps", "5000"])
+    assert code == 1 and "--val-steps 5000 must be between 1 and 1000" in err, err
+    assert not run.exists()  # refused before anything trained or was written
+    cmd = [*_cmd(data, tiny_config, run), "--epochs", "2", "--time-limit", "0.00001"]
+    code, err = _main(capsys, cmd)  # one autoencoder epoch, then stopped at the time limit
+    assert code == 0, err
+    code, err = _main(capsys, [*cmd, "--val-steps", "1", "--val-every", "2"])
+    assert code == 0 and "resuming from epoch 1" in err, err
+    saved = json.loads((run / "config.json").read_text())["train"]
+    assert saved["val_steps"] == 1 and saved["val_every"] == 2
