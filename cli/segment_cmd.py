@@ -39,6 +39,10 @@ if TYPE_CHECKING:
     from lsdseg.segmenter import Segmenter
 
 
+# the longest --timeout / --server-timeout: a day (OpenCV takes milliseconds as a 32-bit int)
+MAX_TIMEOUT_S = 86400
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from lsdseg.cli.overlay import CMAPS, MEASURES, STYLES
 
@@ -208,8 +212,14 @@ def check_options(args: argparse.Namespace) -> None:
     checks = [
         (args.vid_stride >= 1, f"--vid-stride {args.vid_stride} must be >= 1"),
         (args.max_frames >= 0, f"--max-frames {args.max_frames} must be >= 0 (0: all frames)"),
-        (args.timeout > 0, f"--timeout {args.timeout} must be > 0 seconds"),
-        (args.server_timeout > 0, f"--server-timeout {args.server_timeout} must be > 0 seconds"),
+        (
+            0 < args.timeout <= MAX_TIMEOUT_S,  # NaN and infinity too
+            f"--timeout {args.timeout} must be between 0 and {MAX_TIMEOUT_S} seconds",
+        ),
+        (
+            0 < args.server_timeout <= MAX_TIMEOUT_S,
+            f"--server-timeout {args.server_timeout} must be between 0 and {MAX_TIMEOUT_S} seconds",
+        ),
         (0 <= args.alpha <= 1, f"--alpha {args.alpha} must be between 0 and 1"),
         (
             args.unsure_threshold is None or 0 <= args.unsure_threshold < 1,

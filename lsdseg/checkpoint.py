@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lsdseg.config import ModelConfig, from_dict, json_kind, to_dict
@@ -109,7 +110,14 @@ def save_checkpoint(
         tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         if dtype is not None:
             tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        try:
+            save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        except SafetensorError as e:  # a full disk, said in safetensors' own words
+            free = shutil.disk_usage(tmp).free
+            why = f"no space left on its disk ({free / 1e6:.0f} MB free)" if free < 1e8 else e
+            raise OSError(
+                f"cannot write the checkpoint {path}: {why}; the previous one is kept"
+            ) from None
         meta = {
             "format_version": FORMAT_VERSION,
             "lsdseg_version": __version__,

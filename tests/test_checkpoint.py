@@ -95,6 +95,26 @@ def test_a_failed_save_keeps_the_old_checkpoint(
     load_checkpoint(saved)
 
 
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_old_checkpoint(
+    saved: Path, make_model: Callable[..., LatentSegmenter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safetensors import SafetensorError
+
+    before = checkpoint_hash(saved)
+
+    def full(*args, **kwargs):
+        raise SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No '
+            'space left on device" })'
+        )
+
+    monkeypatch.setattr(ckpt, "save_file", full)
+    with pytest.raises(OSError, match=f"cannot write the checkpoint {saved}: .*previous one is"):
+        save_checkpoint(make_model(seed=1), saved)
+    assert [p.name for p in saved.parent.iterdir()] == [saved.name]
+    assert checkpoint_hash(saved) == before
+
+
 _KILL_AT_RENAME = """
 import os, signal, sys
 from pathlib import Path

@@ -265,6 +265,13 @@ def test_find_pairs_bad_sequences_csv(tmp_path: Path) -> None:
         find_pairs(tmp_path)
 
 
+def test_find_pairs_sequences_csv_with_a_huge_field(tmp_path: Path) -> None:
+    make_labelled(tmp_path, ["1"])
+    (tmp_path / "sequences.csv").write_text("file,sequence\n1.png," + "x" * 200_000 + "\n")
+    with pytest.raises(DataError, match=r"sequences\.csv is not a readable CSV file"):
+        find_pairs(tmp_path)
+
+
 def test_find_pairs_cvc_tiff(tmp_path: Path) -> None:
     rgb = random_rgb()
     for d in ("images", "masks"):

@@ -1054,3 +1054,17 @@ def test_max_pixels_refuses_a_larger_image_in_one_line(capsys, tiny, tmp_path, m
     assert rc == 1 and "--max-pixels nan must be" in err, err
     rc, err = segment(capsys, tiny, tmp_path / "runs", str(image), "--max-pixels", "12288")
     assert rc == 0, err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--timeout", "inf"], "--timeout inf must be between 0 and 86400 seconds"),
+        (["--timeout", "1e7"], "--timeout 10000000.0 must be between 0 and 86400"),
+        (["--timeout", "nan"], "--timeout nan must be between"),
+        (["--server-timeout", "inf"], "--server-timeout inf must be between 0 and 86400"),
+    ],
+)
+def test_timeouts_are_bounded(capsys, tiny, tmp_path, args, message):
+    rc, err = segment(capsys, tiny, tmp_path / "runs", "rtsp://127.0.0.1:9/live", *args)
+    assert rc == 1 and message in err and len(err.strip().splitlines()) == 1, err
