@@ -402,6 +402,17 @@ def resolve_device(device: str | torch.device) -> torch.device:
             f"device={device!r} asked for CUDA, but this torch ({torch.__version__}) sees no GPU: "
             "run on the CPU (device 'cpu'), or install a CUDA build of torch (see the README)"
         )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device={device!r}: this machine has {torch.cuda.device_count()} GPU(s), "
+            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+        )
+    if dev.type == "cpu" and dev.index not in (None, 0):
+        raise ValueError(f"device={device!r}: there is one CPU device; use cpu")
+    if dev.type == "cpu":
+        return torch.device("cpu")  # cpu:0 is the CPU, but safetensors refuses the index
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r}: lsdseg runs on cpu or cuda (cuda:N), or auto")
     return dev
 
 
