@@ -1068,3 +1068,19 @@ def test_max_pixels_refuses_a_larger_image_in_one_line(capsys, tiny, tmp_path, m
 def test_timeouts_are_bounded(capsys, tiny, tmp_path, args, message):
     rc, err = segment(capsys, tiny, tmp_path / "runs", "rtsp://127.0.0.1:9/live", *args)
     assert rc == 1 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    ("fps", "size", "message"),
+    [
+        (30.0, (10, 10000), "frames are at most 8191 pixels a side"),
+        (1 / 3600, (64, 64), "stores 0.002 to 65535 frames per second"),
+    ],
+)
+def test_mp4v_limits_are_named_not_blamed_on_the_folder(tmp_path, fps, size, message):
+    from lsdseg.cli.errors import UserError
+    from lsdseg.cli.writer import VideoOut
+
+    with pytest.raises(UserError, match=message) as info:
+        VideoOut(tmp_path / "v.mp4", fps, size)
+    assert "writable" not in str(info.value)
