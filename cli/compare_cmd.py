@@ -125,6 +125,8 @@ def labelled_pairs(args: argparse.Namespace, console: Console) -> list:
         what = f"validation images (--val-fraction {args.val_fraction}, seed {args.split_seed})"
     if args.groups:
         wanted = {g.strip() for g in args.groups.split(",") if g.strip()}
+        if not wanted:
+            raise UserError(f"--groups {args.groups!r} names no group; give them comma-separated")
         have = {p.group.split(":", 1)[1] for p in pairs} | {p.group for p in pairs}
         if not wanted <= have:
             raise UserError(

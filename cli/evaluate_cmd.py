@@ -148,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
         dataset.update((id(p), folders.get(dataset_of(p.group), "")) for p in pairs)
     elif args.groups:
         wanted = {g.strip() for g in args.groups.split(",") if g.strip()}
+        if not wanted:
+            raise UserError(f"--groups {args.groups!r} names no group; give them comma-separated")
         have = {p.group for p in pairs}
         if not wanted <= have:
             raise UserError(

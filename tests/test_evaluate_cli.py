@@ -510,3 +510,11 @@ def test_evaluate_keeps_the_k_maps_at_the_models_size(tiny, tmp_path):
     s = seg.config.image_size
     assert shapes == [((4, s, s), (200, 260), (200, 260))]
     assert ev.rows[0]["dice"] >= 0 and ev.rows[0]["width"] == 260
+
+
+def test_groups_that_name_no_group_are_refused(capsys, tiny, tmp_path):
+    data = make_pairs(tmp_path / "d", [(40, 50)])
+    rc = main(["evaluate", "--data", str(data), "--weights", tiny, "--groups", ","])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--groups ',' names no group" in err, err
+    assert "none of the 0 images" not in err

@@ -1084,3 +1084,11 @@ def test_mp4v_limits_are_named_not_blamed_on_the_folder(tmp_path, fps, size, mes
     with pytest.raises(UserError, match=message) as info:
         VideoOut(tmp_path / "v.mp4", fps, size)
     assert "writable" not in str(info.value)
+
+
+def test_a_symlink_loop_is_named_without_suggesting_itself(capsys, tiny, tmp_path):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(tmp_path / "a"))
+    assert rc == 1 and "is a symbolic link to nothing (a loop" in err, err
+    assert "did you mean" not in err
