@@ -139,9 +139,25 @@ class Segmenter:
         checkpoint's default (``config.sampler``).
 
         Raises:
+            TypeError: hypotheses or steps not an int, eta or threshold not a number (a bool,
+                a string or a float step count is none of them).
             ValueError: a setting out of range.
         """
         d = self.config.sampler
+        for name, value in (("hypotheses", hypotheses), ("steps", steps)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | np.integer)
+            ):
+                raise TypeError(f"{name}={value!r} must be an int")
+        for name, value in (("eta", eta), ("threshold", threshold)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float | np.number)
+            ):
+                raise TypeError(f"{name}={value!r} must be a number")
+        hypotheses = None if hypotheses is None else int(hypotheses)
+        steps = None if steps is None else int(steps)
+        eta = None if eta is None else float(eta)
+        threshold = None if threshold is None else float(threshold)
         return SamplerConfig(
             steps=d.steps if steps is None else steps,
             eta=d.eta if eta is None else eta,
@@ -272,7 +288,7 @@ class Segmenter:
         """The seed of each of ``n`` frames; ``None`` draws one for the whole call."""
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-        if not isinstance(seed, Sequence):
+        if not isinstance(seed, Sequence) or isinstance(seed, str | bytes):
             return [_check_seed(seed, "seed")] * n
         if len(seed) != n:
             raise ValueError(f"seed has {len(seed)} values for {n} frames; pass one per frame")
@@ -292,7 +308,18 @@ class Segmenter:
     ) -> torch.Tensor:
         """The previous results' latents noised to timestep t: ``shape``, the call's
         (B, K, c_m, S/f, S/f)."""
-        prev = [prev] if isinstance(prev, Result) else list(prev)
+        if isinstance(prev, Result):
+            prev = [prev]
+        elif isinstance(prev, Sequence) and not isinstance(prev, str | bytes):
+            prev = list(prev)
+        else:
+            prev = [prev]
+        for r in prev:
+            if not isinstance(r, Result):
+                raise TypeError(
+                    f"warm_start={r!r:.60} must be the Result of the previous call (one per "
+                    "frame of a batch), or None"
+                )
         self.check_warm_timestep(t)
         n, k, latent = shape[0], shape[1], tuple(shape[2:])
         if len(prev) != n:
