@@ -103,6 +103,16 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
 
+    def _print_message(self, message: str, file: Any = None) -> None:
+        """As argparse's, without swallowing a write error: --help or --version into a full
+        disk or device must not exit 0 having written nothing."""
+        if message:
+            file = file or sys.stdout
+            if file is None:  # no stdout at all (pythonw)
+                return
+            file.write(message)
+            file.flush()
+
     def parse_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> argparse.Namespace:
@@ -198,14 +208,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 on success)."""
     with _starting():  # parsing and the heavy imports: a Ctrl-C now just ends the process
         parser = build_parser()
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+            if not getattr(args, "func", None):
+                parser.print_help()
+                return EXIT_USAGE
+        except OSError as e:  # --help or --version into a full disk or device (see _Parser)
+            print(f"lsdseg: error: cannot write the output ({e.strerror})", file=sys.stderr)
+            return EXIT_ERROR
         logging.basicConfig(
             level=logging.INFO if args.verbose else logging.WARNING,
             format="%(levelname)s %(name)s: %(message)s",
         )
-        if not getattr(args, "func", None):
-            parser.print_help()
-            return EXIT_USAGE
         import cv2  # noqa: F401  (every command that runs a model needs them)
         import numpy  # noqa: F401
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import sys
 
 import pytest
@@ -169,3 +170,27 @@ def test_a_missing_optional_module_names_its_extra(capsys, tiny, monkeypatch, na
     monkeypatch.setattr(bench_cmd, "run", run)
     assert main(["bench", "--weights", tiny]) == 1
     assert capsys.readouterr().err == f"lsdseg bench: error: {expected}\n"
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["segment", "--help"], []])
+def test_help_or_version_into_a_full_device_fails(tmp_path, argv):
+    import stat
+    import subprocess
+    import sys
+
+    full = tmp_path / "full"  # a private node of the full device, in a temporary folder
+    try:
+        os.mknod(full, stat.S_IFCHR | 0o666, os.makedev(1, 7))
+        with open(full, "w") as f:  # a nodev mount cannot open device nodes
+            f.write("")
+    except OSError as e:
+        pytest.skip(f"cannot make or open a device node here: {e}")
+    with open(full, "w") as out:
+        done = subprocess.run(
+            [sys.executable, "-m", "lsdseg.cli.main", *argv],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == "lsdseg: error: cannot write the output (No space left on device)\n"
