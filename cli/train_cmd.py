@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lsdseg.cli.errors import UserError
 from lsdseg.cli.options import add_max_pixels_option, apply_max_pixels, flag_message, seed_arg
-from lsdseg.cli.runs import check_writable, run_lock
+from lsdseg.cli.runs import check_apart, check_writable, run_lock
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -225,6 +225,12 @@ def _image_size(
 def run(args: argparse.Namespace) -> int:
     apply_max_pixels(args)
     check_writable(args.out, "--out")  # before the lock creates the folder
+    out = Path(args.out)
+    inputs = [Path(d) for d in [*args.data, *(args.val_data or [])]]
+    try:  # a run folder that is, or holds, a dataset: the run's files would land among its own
+        check_apart(str(out.parent), out.name, True, inputs)
+    except UserError as e:
+        raise UserError(str(e).replace("--project/--name", "--out")) from None
     with run_lock(args.out):  # a second training on the same --out is refused, naming this one
         return _train(args)
 

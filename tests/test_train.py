@@ -483,3 +483,12 @@ def test_val_steps_are_checked_first_and_may_change_on_resume(capsys, data, tiny
     assert code == 0 and "resuming from epoch 1" in err, err
     saved = json.loads((run / "config.json").read_text())["train"]
     assert saved["val_steps"] == 1 and saved["val_every"] == 2
+
+
+def test_a_run_folder_that_holds_the_data_is_refused(capsys, data, tiny_config, tmp_path):
+    import shutil
+
+    inside = shutil.copytree(data, tmp_path / "run" / "toy")
+    code, err = _main(capsys, [*_cmd(inside, tiny_config, tmp_path / "run")])
+    assert code == 1 and f"--out {tmp_path / 'run'} holds the input {inside}" in err, err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["toy"]
