@@ -11,8 +11,13 @@ training (:func:`lsdseg.augment.resize_pair`) as at inference.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Sequence
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -159,7 +164,8 @@ def _decode(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
     import cv2
 
     try:
-        arr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        with _decoder_warnings(path):
+            arr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error:  # OpenCV raises for some malformed buffers, returns None for others
         arr = None
     if arr is None:
@@ -169,6 +175,45 @@ def _decode(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
     elif arr.ndim == 3 and arr.shape[2] == 4:
         arr = arr[..., [2, 1, 0, 3]]  # BGRA -> RGBA
     return arr, head[:2] == b"\xff\xd8"
+
+
+_STDERR_LOCK = threading.Lock()
+_DECODER_NOISE = ("libpng warning:", "libpng error:", "Corrupt JPEG data:", "Premature end of JPEG")
+
+
+@contextlib.contextmanager
+def _decoder_warnings(path: Path) -> Iterator[None]:
+    """Keep the C decoders' own warnings (libpng's ``libpng warning: tEXt: CRC error``, libjpeg's
+    ``Corrupt JPEG data``), which they print on the process's stderr, off the user's terminal:
+    they go to the log at debug level. Anything else written to stderr meanwhile (another
+    thread's message) is passed on after the call. ``LSDSEG_DEBUG`` keeps them."""
+    if os.environ.get("LSDSEG_DEBUG"):
+        yield
+        return
+    with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no usable stderr: nothing to keep clean
+            yield
+            return
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", "replace")
+            rest = []
+            for line in text.splitlines(keepends=True):
+                if line.startswith(_DECODER_NOISE):
+                    logging.getLogger(__name__).debug("%s: %s", path, line.strip())
+                else:
+                    rest.append(line)
+            if rest:
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stderr.write("".join(rest))
 
 
 def _colour_channels(arr: np.ndarray, path: Path | str) -> np.ndarray:

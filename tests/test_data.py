@@ -571,3 +571,28 @@ def test_a_file_larger_than_any_image_within_the_limit_is_not_read(tmp_path, mon
     with pytest.raises(DataError, match="larger than an image within the pixel limit"):
         read_image(path)
     assert read == []  # refused before a byte of it was loaded
+
+
+def test_decoder_warnings_stay_off_stderr(tmp_path, capfd):
+    def chunk(tag: bytes, body: bytes, crc: int | None = None) -> bytes:
+        c = zlib.crc32(tag + body) if crc is None else crc
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", c & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + b"\x40" * 8 for _ in range(8))
+    ihdr = struct.pack(">IIBBBBB", 8, 8, 8, 0, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"tEXt", b"a\x00b", crc=1)
+    path = tmp_path / "bad-text-crc.png"  # libpng: "libpng warning: tEXt: CRC error"
+    path.write_bytes(png + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    capfd.readouterr()
+    assert read_image(path).shape == (8, 8, 3) and int(read_image(path)[0, 0, 0]) == 0x40
+    assert capfd.readouterr().err == ""
+
+
+def test_other_output_during_a_decode_is_passed_on(tmp_path, capfd):
+    from lsdseg import imageio
+
+    capfd.readouterr()
+    with imageio._decoder_warnings(tmp_path / "x.png"):
+        os.write(2, b"libpng warning: iCCP: known incorrect sRGB profile\n")
+        os.write(2, b"a message of another thread\n")
+    assert capfd.readouterr().err == "a message of another thread\n"
