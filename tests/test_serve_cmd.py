@@ -85,7 +85,7 @@ def test_a_port_in_use_is_named(capsys, monkeypatch):
 
 _PARENT = """
 import subprocess, sys, time
-from lsdseg.cli.serve_cmd import watch_children
+from lsdseg.cli.serve_guard import watch_children
 server = subprocess.Popen([sys.argv[1], "600"])  # stands in for tritonserver
 time.sleep(0.3)
 watchdog = watch_children("tritonserver")
