@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 SWEEP_STEPS = "1,2,4"  # --sweep alone
 SEEDS, RESAMPLES = 3, 10_000  # --seeds, --resamples defaults
+# their bounds: each seed segments every image once more; the bootstrap holds resamples x
+# images indices (100,000 x 1,000 images: 0.8 GB)
+MAX_SEEDS, MAX_RESAMPLES = 1000, 100_000
 
 # options of evaluate that only --compare reads, and their flags
 _COMPARE_ONLY = {
@@ -133,6 +136,8 @@ def labelled_pairs(args: argparse.Namespace, console: Console) -> list:
         pairs = [p for p in pairs if p.mask is not None]
     if args.groups:
         wanted = {g.strip() for g in args.groups.split(",") if g.strip()}
+        if not wanted:
+            raise UserError(f"--groups {args.groups!r} names no group; give them comma-separated")
         have = {p.group.split(":", 1)[1] for p in pairs} | {p.group for p in pairs}
         if not wanted <= have:
             raise UserError(
@@ -202,10 +207,10 @@ def _check_evaluate(args: argparse.Namespace) -> None:
         for field in ("compare_steps", "compare_threshold", "seeds", "resamples"):
             if getattr(args, field) is not None:
                 raise UserError(f"{_COMPARE_ONLY[field]} is for --compare without --sweep")
-    if args.seeds is not None and args.seeds < 1:
-        raise UserError(f"--seeds {args.seeds} must be at least 1")
-    if args.resamples is not None and args.resamples < 1:
-        raise UserError(f"--resamples {args.resamples} must be at least 1")
+    if args.seeds is not None and not 1 <= args.seeds <= MAX_SEEDS:
+        raise UserError(f"--seeds {args.seeds} must be between 1 and {MAX_SEEDS}")
+    if args.resamples is not None and not 1 <= args.resamples <= MAX_RESAMPLES:
+        raise UserError(f"--resamples {args.resamples} must be between 1 and {MAX_RESAMPLES:,}")
     if args.compare is not None and same_weights(args.weights, args.compare):
         same = args.compare_steps in (None, args.steps) and args.compare_threshold in (
             None,
@@ -245,12 +250,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
         sampler_config,
     )
     from lsdseg.cli.records import write_json
-    from lsdseg.cli.runs import check_writable, next_run_dir
+    from lsdseg.cli.runs import check_apart, check_writable, next_run_dir
     from lsdseg.compare import EMA_SUFFIX
     from lsdseg.data import load_sample
 
     _check_evaluate(args)
     check_writable(args.project, "--project")
+    check_apart(args.project, args.name, args.exist_ok, [Path(d) for d in args.data])
     sampler_config(
         hypotheses=args.hypotheses, steps=args.steps, eta=args.eta, threshold=args.threshold
     )
@@ -334,6 +340,7 @@ def _compare(
     """Print the paired comparison, write per_image.csv; returns what compare.json adds."""
     from dataclasses import asdict
 
+    from lsdseg.cli.records import csv_text
     from lsdseg.compare import compare_datasets, per_image_scores
     from lsdseg.data import dataset_of
 
@@ -369,7 +376,8 @@ def _compare(
             w = csv.writer(f)
             w.writerow(["name", "dataset", "group", *columns])
             for (p, _, _), name, row in zip(samples, datasets, values, strict=True):
-                w.writerow([p.name, name, p.group, *(f"{v:.6g}" for v in row)])
+                text = [csv_text(t) for t in (p.name, name, p.group)]
+                w.writerow([*text, *(f"{v:.6g}" for v in row)])
     except OSError as e:
         raise output_error(path, e) from None
     settings = ("hypotheses", "steps", "eta", "threshold", "shift")

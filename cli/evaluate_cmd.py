@@ -15,18 +15,20 @@ import numpy as np
 
 from lsdseg.cli.compare_cmd import add_evaluate_options
 from lsdseg.cli.errors import UserError, output_error
-from lsdseg.cli.main import EXIT_INTERRUPTED, EXIT_TERMINATED
+from lsdseg.cli.main import EXIT_SIGNAL
 from lsdseg.cli.options import (
     add_backend_option,
+    add_max_pixels_option,
     add_speed_options,
+    apply_max_pixels,
     check_graph_eta,
     check_speed_options,
     precision_of,
     sampler_config,
     seed_arg,
 )
-from lsdseg.cli.records import write_json
-from lsdseg.cli.runs import add_run_folder_options, check_writable, next_run_dir
+from lsdseg.cli.records import csv_text, write_json
+from lsdseg.cli.runs import add_run_folder_options, check_apart, check_writable, next_run_dir
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -112,6 +114,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "segment's --max-frames: a quick look before a long run",
     )
     add_run_folder_options(p, "runs/evaluate")
+    add_max_pixels_option(p)
     add_evaluate_options(p)  # --val-fraction, --split-seed, --compare, --sweep
     p.add_argument(
         "--save-vis",
@@ -136,12 +139,14 @@ def run(args: argparse.Namespace) -> int:
     from lsdseg.data import find_pairs
     from lsdseg.evaluate import evaluate
 
+    apply_max_pixels(args)
     if args.compare is not None or args.sweep is not None:
         return run_evaluate(args)
     check_plain_evaluate(args)
     if args.max_images < 0:
         raise UserError(f"--max-images {args.max_images} must be >= 0 (0: all images)")
     check_writable(args.project, "--project")  # before the data and the model are loaded
+    check_apart(args.project, args.name, args.exist_ok, [Path(d) for d in args.data])
     sampler_config(
         hypotheses=args.hypotheses,
         steps=args.steps,
@@ -155,18 +160,28 @@ def run(args: argparse.Namespace) -> int:
     precision = check_speed_options(args, device, backend, args.eta)
     console = make_console()
     pairs = []
+    dataset: dict[int, str] = {}  # id(pair) -> the --data it comes from (per_image.csv)
     for d in args.data if args.val_fraction is None else []:
         layout, found = find_pairs(d)
         console.print(f"{d}: {len(found)} images ({layout} layout)")
         pairs += found
+        dataset.update((id(p), d) for p in found)
     for d in (args.negatives or []) if args.val_fraction is None else []:
         layout, found = find_pairs(d)  # polyp-free: any mask there is ignored
         console.print(f"{d}: {len(found)} polyp-free images ({layout} layout)")
-        pairs += [dataclasses.replace(p, mask=None) for p in found]
+        found = [dataclasses.replace(p, mask=None) for p in found]
+        pairs += found
+        dataset.update((id(p), d) for p in found)
     if args.val_fraction is not None:  # the labelled pairs of the split, --groups applied
+        from lsdseg.data import dataset_of
+
         pairs = labelled_pairs(args, console)
+        folders = {Path(d).resolve().name: d for d in args.data}
+        dataset.update((id(p), folders.get(dataset_of(p.group), "")) for p in pairs)
     elif args.groups:
         wanted = {g.strip() for g in args.groups.split(",") if g.strip()}
+        if not wanted:
+            raise UserError(f"--groups {args.groups!r} names no group; give them comma-separated")
         have = {p.group for p in pairs}
         if not wanted <= have:
             raise UserError(
@@ -205,12 +220,13 @@ def run(args: argparse.Namespace) -> int:
         rows: list[dict[str, Any]] = []
 
         def on_row(row: dict[str, Any]) -> None:
-            per_image.write(row)
             rows.append(row)
 
         def on_image(pair: Pair, image: np.ndarray, mask: np.ndarray | None, r: Result) -> None:
-            if vis is not None:  # evaluate calls on_row first: rows[-1] is this image's
-                vis.add(pair.name, image, mask, r, rows[-1])
+            row = rows[-1]  # evaluate calls on_row first: rows[-1] is this image's
+            per_image.write({**row, "dataset": dataset.get(id(pair), "")})
+            if vis is not None:
+                vis.add(pair.name, image, mask, r, row, dataset.get(id(pair), ""))
             advance()
 
         def on_skip(pair: Pair, reason: str) -> None:
@@ -236,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
         **ev.summary,  # the counts and metrics, under the keys the printed table names
         "settings": run_settings(args, seg, str(device)),  # never a metric's key
         "skipped_files": ev.skipped,
-        "stopped_by": stopped_by,  # None (every image done), SIGINT or SIGTERM
+        "stopped_by": stopped_by,  # None (every image done), SIGINT, SIGTERM or SIGHUP
         "command": shlex.join(["lsdseg", *sys.argv[1:]]),
     }
     write_json(out / "summary.json", summary)  # a metric without a value (NaN) as null
@@ -265,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
         f"{skipped} skipped{stopped if stopped_by else ''}; results in {out}"
     )
     if stopped_by:
-        return {"SIGINT": EXIT_INTERRUPTED, "SIGTERM": EXIT_TERMINATED}[stopped_by]
+        return EXIT_SIGNAL[stopped_by]
     if not ev.rows:
         raise UserError(f"none of the {len(pairs)} images could be read (named above)")
     if skipped:
@@ -354,10 +370,11 @@ def run_settings(args: argparse.Namespace, seg: Segmenter, device: str) -> dict[
 
 
 def _cell(value: object) -> object:
-    """A per_image.csv cell: floats to 6 significant digits, NaN (no value) empty."""
+    """A per_image.csv cell: floats to 6 significant digits, NaN (no value) empty, text safe
+    for a spreadsheet (:func:`~lsdseg.cli.records.csv_text`)."""
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.6g}"
-    return value
+    return csv_text(value)
 
 
 class Pictures:
@@ -372,6 +389,7 @@ class Pictures:
         self.reliability = Reliability()
         self.dices: list[float] = []
         self.sizes: list[float] = []  # the ground truth's share of the image
+        self.used: set[str] = set()  # file names written, so that no picture replaces another
 
     def add(
         self,
@@ -380,17 +398,34 @@ class Pictures:
         mask: np.ndarray | None,
         result: Result,
         row: dict[str, Any],
+        dataset: str = "",
     ) -> None:
         from lsdseg.cli.evalvis import image_panel
         from lsdseg.cli.writer import write_png
 
         # the map segment draws by default (its --uncertainty mi), so the two pictures agree
         panel = image_panel(image, mask, result.mask, result.mutual_info, name, row)
-        write_png(self.folder / f"{name}.png", panel)
+        write_png(self.folder / self.file_name(name, dataset), panel)
         if mask is not None and mask.any():  # polyp frames only, as the metrics
             self.reliability.update(result.mean, mask)
             self.dices.append(float(row["dice"]))
             self.sizes.append(float(mask.mean()))
+
+    def file_name(self, name: str, dataset: str = "") -> str:
+        """``<name>.png``, unique in vis/: an image whose name another dataset (or the same
+        one, as ``a.png`` and ``a.jpg``) already used gets ``<dataset>_<name>.png``, then a
+        number."""
+        tag = Path(dataset).resolve().name if dataset else ""
+        for stem in [name, f"{tag}_{name}"] if tag else [name]:
+            if stem not in self.used:
+                break
+        else:
+            n = 2
+            while f"{stem}~{n}" in self.used:
+                n += 1
+            stem = f"{stem}~{n}"
+        self.used.add(stem)
+        return f"{stem}.png"
 
     def write_summary(self, title: str) -> None:
         from lsdseg.cli.evalvis import summary_figure
@@ -403,7 +438,8 @@ class Pictures:
 class PerImageWriter:
     """per_image.csv, one row per image read, flushed as each comes (a context manager).
 
-    Columns: :data:`lsdseg.evaluate.COLUMNS`; an unlabelled image leaves the metrics empty.
+    Columns: :data:`lsdseg.evaluate.COLUMNS` with ``dataset`` after ``name``; an unlabelled
+    image leaves the metrics empty.
     """
 
     def __init__(self, path: Path) -> None:
@@ -411,7 +447,10 @@ class PerImageWriter:
 
         self.path = path
         self._file = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115
-        self._csv = csv.DictWriter(self._file, fieldnames=COLUMNS, restval="")
+        # dataset: the --data folder of the image, so rows of two datasets with the same file
+        # names are told apart
+        columns = [COLUMNS[0], "dataset", *COLUMNS[1:]]
+        self._csv = csv.DictWriter(self._file, fieldnames=columns, restval="")
         self._csv.writeheader()
         self._file.flush()
 

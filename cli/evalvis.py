@@ -28,6 +28,9 @@ INK = (30, 30, 30)  # text and axes on white
 GRID = (225, 225, 225)
 BAR_BGR = (178, 114, 0)  # bars and points: blue (Okabe-Ito 0, 114, 178)
 PANEL_H = 300  # height of each picture in an image panel, in pixels
+# the width of each picture is the image's at PANEL_H, kept between these (an image wider
+# than 4:1 or taller than 1:4 is squeezed: a 1 x 5000 image would need a 1.5 M-pixel panel)
+PANEL_W = (PANEL_H // 4, 4 * PANEL_H)
 FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
 
 
@@ -97,12 +100,13 @@ def image_panel(
         label: what ``uncertainty`` is, in the caption (with its unit, bits).
 
     Returns:
-        (28 + PANEL_H + 26, 2 * W' + 70, 3): W' the image's width at height PANEL_H.
+        (28 + PANEL_H + 26, 2 * W' + 70, 3): W' the image's width at height PANEL_H, kept
+        within :data:`PANEL_W`.
     """
     import cv2
 
     h, w = image.shape[:2]
-    size = (max(1, round(w * PANEL_H / h)), PANEL_H)  # (W', H')
+    size = (min(max(PANEL_W[0], round(w * PANEL_H / h)), PANEL_W[1]), PANEL_H)  # (W', H')
     left = np.ascontiguousarray(_fit(image[..., ::-1], size))
     small_pred = _fit(pred.astype(np.float32), size) > 0.5
     small_gt = None if mask is None else _fit(mask.astype(np.float32), size) > 0.5

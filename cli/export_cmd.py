@@ -167,8 +167,8 @@ def check_args(args: argparse.Namespace, formats: list[str]) -> dict[str, Any]:
         raise UserError("--trtexec and --run go with --trt")
     if args.run and not args.trtexec:
         raise UserError("--run runs the trtexec command: add --trtexec")
-    if args.workspace <= 0:
-        raise UserError(f"--workspace {args.workspace} must be > 0 (GiB)")
+    if not 0 < args.workspace <= 1024:  # NaN and infinity too
+        raise UserError(f"--workspace {args.workspace} must be between 0 and 1024 (GiB)")
     try:
         profile = Profile(
             batch=parse_range(args.batch_range, "--batch-range"),

@@ -25,6 +25,10 @@ from lsdseg.version import __version__
 
 EXIT_USAGE, EXIT_ERROR, EXIT_INTERRUPTED = 2, 1, 130
 EXIT_TERMINATED = 128 + 15  # the shell's status for SIGTERM
+EXIT_HANGUP = 128 + 1  # SIGHUP: a closed terminal or SSH session, handled as SIGTERM
+# the signals that stop a command cleanly, and the status each gives (as the shell's)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+EXIT_SIGNAL = {"SIGINT": EXIT_INTERRUPTED, "SIGTERM": EXIT_TERMINATED, "SIGHUP": EXIT_HANGUP}
 
 
 # what users of other tools type for our sub-commands (Ultralytics modes, nnU-Net, MONAI)
@@ -99,6 +103,16 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
 
+    def _print_message(self, message: str, file: Any = None) -> None:
+        """As argparse's, without swallowing a write error: --help or --version into a full
+        disk or device must not exit 0 having written nothing."""
+        if message:
+            file = file or sys.stdout
+            if file is None:  # no stdout at all (pythonw)
+                return
+            file.write(message)
+            file.flush()
+
     def parse_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> argparse.Namespace:
@@ -168,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _leave(signum: int, _frame: FrameType | None) -> None:
-    """SIGINT or SIGTERM while lsdseg starts: nothing is written yet, so leave at once with
+    """SIGINT, SIGTERM or SIGHUP while lsdseg starts: nothing is written yet, so leave at once with
     the shell's status. An exception raised inside an import (torch, numpy) would print a
     traceback, or be swallowed and leave a half-imported module behind."""
     sys.stderr.write("lsdseg: interrupted\n")
@@ -182,7 +196,7 @@ def _starting() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield  # handlers can only be set from the main thread
         return
-    old = {sig: signal.signal(sig, _leave) for sig in (signal.SIGINT, signal.SIGTERM)}
+    old = {sig: signal.signal(sig, _leave) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -212,11 +226,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 on success)."""
     with _starting():  # parsing and the heavy imports: a Ctrl-C now just ends the process
         parser = build_parser()
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+            if not getattr(args, "func", None):
+                parser.print_help()
+                return EXIT_USAGE
+        except OSError as e:  # --help or --version into a full disk or device (see _Parser)
+            print(f"lsdseg: error: cannot write the output ({e.strerror})", file=sys.stderr)
+            return EXIT_ERROR
         configure_logging(args.verbose)
-        if not getattr(args, "func", None):
-            parser.print_help()
-            return EXIT_USAGE
         import cv2  # noqa: F401  (every command that runs a model needs them)
         import numpy  # noqa: F401
 

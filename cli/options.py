@@ -179,3 +179,33 @@ def device_option(text: str) -> torch.device:
         return resolve_device(text)
     except (ValueError, RuntimeError) as e:
         raise UserError(flag_message(e, "device", "--device")) from None
+
+
+def add_max_pixels_option(group: argparse._ActionsContainer) -> None:
+    """``--max-pixels``: the decompression-bomb limit of the image files a command reads."""
+    group.add_argument(
+        "--max-pixels",
+        type=float,
+        metavar="N",
+        help="largest image file, in pixels, that is decoded; a file whose header declares "
+        "more (or that is larger than such an image can be) is refused before it is read, as "
+        "a decompression bomb (default: 89478485, Pillow's limit; 0: no limit)",
+    )
+
+
+def apply_max_pixels(args: argparse.Namespace) -> None:
+    """Put ``--max-pixels`` in force (through ``LSDSEG_MAX_IMAGE_PIXELS``, which data-loading
+    worker processes inherit too).
+
+    Raises:
+        UserError: a negative, NaN or infinite value.
+    """
+    import math
+    import os
+
+    value = getattr(args, "max_pixels", None)
+    if value is None:
+        return
+    if not math.isfinite(value) or value < 0:
+        raise UserError(f"--max-pixels {value:g} must be a number of pixels >= 0 (0: no limit)")
+    os.environ["LSDSEG_MAX_IMAGE_PIXELS"] = str(int(value))

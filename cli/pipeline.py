@@ -1,10 +1,11 @@
 """The segmentation loop of ``lsdseg segment``: reader thread -> model -> writer thread.
 
 Decoding (:class:`~lsdseg.cli.reader.FrameReader`), inference (this thread) and rendering plus
-encoding (:class:`~lsdseg.cli.writer.WriterThread`) overlap through bounded queues. SIGINT and
-SIGTERM set a flag the loop checks between frames: the frame being segmented is finished and
-written, the writer drains and releases the video, and the run ends with its summary. A second
-signal interrupts at once (the outputs are still closed on the way out).
+encoding (:class:`~lsdseg.cli.writer.WriterThread`) overlap through bounded queues. SIGINT,
+SIGTERM and SIGHUP (a closed terminal) set a flag the loop checks between frames: the frame
+being segmented is finished and written, the writer drains and releases the video, and the run
+ends with its summary. A second signal interrupts at once (the outputs are still closed on the
+way out).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class SampleOptions:
 
 
 class StopFlag:
-    """Turns SIGINT / SIGTERM into a flag while active (a context manager).
+    """Turns SIGINT / SIGTERM / SIGHUP into a flag while active (a context manager).
 
     Handlers can only be installed from the main thread; elsewhere the flag still works when
     set by hand, and signals keep their handlers.
@@ -82,7 +83,7 @@ class StopFlag:
 
     def __enter__(self) -> StopFlag:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 

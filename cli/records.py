@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from lsdseg.cli.errors import output_error
-from lsdseg.files import json_ready, write_text_atomic
+from lsdseg.files import json_ready, printable_name, write_text_atomic
 
 COLUMNS = (
     "frame",
@@ -67,6 +67,22 @@ COLUMNS = (
     "polyp_shown",
     "seed",
 )
+
+
+# what a spreadsheet reads as the start of a formula (OWASP, "CSV Injection")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(value: Any) -> Any:
+    """A text cell of a CSV file, safe to open in a spreadsheet: text that starts like a
+    formula (``=``, ``+``, ``-``, ``@``, tab, carriage return) gets a leading ``'`` as OWASP
+    recommends, so ``=HYPERLINK(...)`` in a file name stays text; a name's bytes that are not
+    UTF-8 are written as ``\\xNN`` (:func:`lsdseg.files.printable_name`). Other values pass.
+    """
+    if not isinstance(value, str):
+        return value
+    value = printable_name(value)
+    return "'" + value if value.startswith(_FORMULA_START) else value
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -118,7 +134,7 @@ def frame_record(
     return {
         "frame": index,
         "timestamp_s": None if timestamp is None else _rounded(timestamp, 4),
-        "source": source,
+        "source": printable_name(source),
         "latency_ms": _rounded(latency_ms, 2),
         "area_fraction": _rounded(area / mask.size, 6),
         "components": int(n_labels) - 1,  # label 0 is the background
@@ -172,7 +188,9 @@ class RecordWriter:
         if self.failed:
             raise RuntimeError("RecordWriter.write after a failed write")
         try:
-            self._csv.writerow({k: "" if record[k] is None else record[k] for k in COLUMNS})
+            self._csv.writerow(
+                {k: "" if record[k] is None else csv_text(record[k]) for k in COLUMNS}
+            )
             self._csv_file.flush()
         except OSError as e:
             self.failed = True

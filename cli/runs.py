@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from lsdseg.cli.errors import UserError
@@ -23,6 +25,33 @@ def next_run_dir(project: str, name: str, exist_ok: bool) -> Path:
             return path
         except FileExistsError:
             n += 1
+
+
+def check_apart(project: str, name: str, exist_ok: bool, inputs: list[Path]) -> None:
+    """Refuse a run whose outputs would land on, or in the folder of, one of its inputs.
+
+    Only a reused run folder (``--exist-ok`` and ``project/name`` exists) can hold inputs; a
+    new one is empty. An input file or folder that is, or lies inside, that folder could be
+    overwritten (an overlay over an input image, the output video over the input video).
+    Nothing is created.
+
+    Raises:
+        UserError: one line naming the input and the run folder.
+    """
+    base = Path(project) / name
+    if not exist_ok or not base.is_dir():
+        return
+    out = base.resolve()
+    for path in inputs:
+        try:
+            where = Path(path).resolve()
+        except (OSError, RuntimeError):  # a symlink loop: nothing there can be overwritten
+            continue
+        if where == out or out in where.parents:
+            raise UserError(
+                f"--project/--name {base} holds the input {path}: the outputs would be written "
+                "over the inputs; choose another --project or --name"
+            )
 
 
 def add_run_folder_options(parser: argparse._ActionsContainer, project: str) -> None:
@@ -54,3 +83,45 @@ def check_writable(path: str | Path, option: str, folder: bool = True) -> None:
         raise UserError(f"{option} {path}: {probe} is a file, so nothing can be written under it")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UserError(f"{option} {path}: {probe} is not writable (permission denied)")
+
+
+LOCK_NAME = ".lock"  # in a run folder: held (flock) by the process writing the run
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | Path, option: str = "--out") -> Iterator[None]:
+    """Hold an exclusive lock on the run folder ``folder`` while the block runs.
+
+    The lock is ``flock`` on ``folder/.lock``, which holds the holder's PID; the kernel frees
+    it when the process ends, however it ends (a stale file never blocks a run). A folder this
+    call created and the block left empty is removed again.
+
+    Raises:
+        UserError: another process holds the lock; the line names its PID.
+    """
+    import fcntl
+
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise UserError(
+                f"{option} {folder} is in use by another lsdseg run (PID {holder}); wait for it "
+                f"to end, or choose another {option}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            if created and [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+                path.unlink(missing_ok=True)  # a run that wrote nothing leaves nothing
+                folder.rmdir()
+    finally:
+        os.close(fd)

@@ -13,14 +13,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lsdseg import backends
 from lsdseg.cli.errors import UserError
-from lsdseg.cli.main import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED
+from lsdseg.cli.main import EXIT_ERROR, EXIT_SIGNAL
 from lsdseg.cli.options import (
     add_backend_option,
+    add_max_pixels_option,
     add_speed_options,
+    apply_max_pixels,
     check_graph_eta,
     check_speed_options,
     flag_message,
@@ -28,7 +31,7 @@ from lsdseg.cli.options import (
     sampler_config,
     seed_arg,
 )
-from lsdseg.cli.runs import add_run_folder_options, check_writable, next_run_dir
+from lsdseg.cli.runs import add_run_folder_options, check_apart, check_writable, next_run_dir
 
 if TYPE_CHECKING:
     import torch
@@ -36,6 +39,10 @@ if TYPE_CHECKING:
     from lsdseg.cli.overlay import OverlayOptions
     from lsdseg.cli.remote import RemoteSegmenter
     from lsdseg.segmenter import Segmenter
+
+
+# the longest --timeout / --server-timeout: a day (OpenCV takes milliseconds as a 32-bit int)
+MAX_TIMEOUT_S = 86400
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -160,6 +167,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="S",
         help="seconds without a frame before a stream counts as stalled (default 10)",
     )
+    add_max_pixels_option(s)
     o = p.add_argument_group("output")
     o.add_argument(
         "--overlay",
@@ -229,8 +237,14 @@ def check_options(args: argparse.Namespace) -> None:
     checks = [
         (args.vid_stride >= 1, f"--vid-stride {args.vid_stride} must be >= 1"),
         (args.max_frames >= 0, f"--max-frames {args.max_frames} must be >= 0 (0: all frames)"),
-        (args.timeout > 0, f"--timeout {args.timeout} must be > 0 seconds"),
-        (args.server_timeout > 0, f"--server-timeout {args.server_timeout} must be > 0 seconds"),
+        (
+            0 < args.timeout <= MAX_TIMEOUT_S,  # NaN and infinity too
+            f"--timeout {args.timeout} must be between 0 and {MAX_TIMEOUT_S} seconds",
+        ),
+        (
+            0 < args.server_timeout <= MAX_TIMEOUT_S,
+            f"--server-timeout {args.server_timeout} must be between 0 and {MAX_TIMEOUT_S} seconds",
+        ),
         (0 <= args.alpha <= 1, f"--alpha {args.alpha} must be between 0 and 1"),
         (
             args.unsure_threshold is None or 0 <= args.unsure_threshold < 1,
@@ -329,6 +343,7 @@ def run(args: argparse.Namespace) -> int:
     from lsdseg.decision import PresenceFilter
 
     check_options(args)
+    apply_max_pixels(args)
     overlay = OverlayOptions(
         style=args.overlay,
         cmap=args.cmap,
@@ -355,6 +370,8 @@ def run(args: argparse.Namespace) -> int:
     source = open_source(args.source, args.vid_stride, args.max_frames, args.timeout, on_skip)
     segmenter: Segmenter | RemoteSegmenter
     try:
+        inputs = [Path(args.source), *getattr(source, "paths", [])]
+        check_apart(args.project, args.name, args.exist_ok, [p for p in inputs if p.exists()])
         if args.server:
             segmenter = connect(args, overlay)
             device = str(segmenter.address)
@@ -456,4 +473,4 @@ def run(args: argparse.Namespace) -> int:
             f"decoded and were skipped (named above); the results of the other "
             f"{summary.frames} are in {out_dir}"
         )
-    return {"SIGINT": EXIT_INTERRUPTED, "SIGTERM": EXIT_TERMINATED}.get(summary.stopped_by, 0)
+    return EXIT_SIGNAL.get(summary.stopped_by or "", 0)

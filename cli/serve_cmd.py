@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import logging
 import os
 import re
 import shutil
@@ -29,7 +30,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lsdseg import backends
+from lsdseg.cli import serve_guard
 from lsdseg.cli.errors import UserError
+from lsdseg.cli.main import STOP_SIGNALS
 from lsdseg.cli.options import (
     add_backend_option,
     add_speed_options,
@@ -244,6 +247,8 @@ def run(args: argparse.Namespace) -> int:
 
     from lsdseg.cli.server import SegmentModel
 
+    if not serve_guard.answer_errors_in_one_line():
+        logging.getLogger(__name__).info("this PyTriton's refusals are HTTP 500s (one line)")
     if args.threads:
         torch.set_num_threads(args.threads)
     models = []
@@ -266,12 +271,13 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
 
     where = f"; server log: {log_file}" if log_file else ""  # kept when something fails
-    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    old = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     triton = Triton(config=config)
     try:
         try:
             _bind(triton, models, args.max_batch, args.max_queue_delay_us)
             triton.run()
+            serve_guard.watch_children("tritonserver")
         except Exception as e:
             if os.environ.get("LSDSEG_DEBUG"):
                 raise

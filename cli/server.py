@@ -20,13 +20,19 @@ batch with one seed per frame, so each answer is the one the local Segmenter giv
 frame and seed, up to float rounding in batched convolutions (about 1e-5). Requests with
 ``eta > 0`` draw per-step noise from one generator per call, so they run one at a time.
 
+A refused request is answered with one line (:func:`client_message`): PyTriton would send the
+client the Python traceback of the error, with the server's paths in it, so
+:class:`ClientErrors` stands in for the ``traceback`` module of its request handler.
+
 Nothing here imports PyTriton: the batching is tested without a server.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, cast
@@ -34,6 +40,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 import numpy as np
 
 from lsdseg.config import MAX_SEED
+from lsdseg.imageio import max_image_pixels
 
 if TYPE_CHECKING:
     from lsdseg.config import SamplerConfig
@@ -61,6 +68,49 @@ OUTPUTS: dict[str, tuple[type, tuple[int, ...]]] = {
 }
 INT_PARAMETERS = ("hypotheses", "steps", "seed")
 FLOAT_PARAMETERS = ("eta", "threshold", "presence_threshold")
+
+
+def client_message(error: BaseException | None) -> str:
+    """What a client is told about a failed request: the one-line message of a refusal
+    (ValueError: a bad parameter, frame or shape), never a traceback or a path of the server;
+    any other error is named by its type only (the server's log has the traceback)."""
+    if isinstance(error, ValueError):
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        return lines[0] if lines else "the request was refused"
+    name = type(error).__name__ if error is not None else "unknown"
+    return f"internal error of the server ({name}); its log has the details"
+
+
+class ClientErrors:
+    """Stands in for the ``traceback`` module in PyTriton's request handler
+    (``pytriton.proxy.inference``), whose formatted tracebacks become the error messages that
+    clients receive: they get :func:`client_message`'s one line, and the full traceback goes to
+    the server's log (at debug level for refusals, as a warning otherwise)."""
+
+    def format_exception(
+        self, exc: object, value: BaseException | None = None, tb: object = None, **_: object
+    ) -> list[str]:
+        error = value if value is not None else exc if isinstance(exc, BaseException) else None
+        self._log(error)
+        return [client_message(error)]
+
+    def format_exc(self, *_: object, **__: object) -> str:
+        error = sys.exc_info()[1]
+        self._log(error)
+        return client_message(error)
+
+    def __getattr__(self, name: str) -> object:  # anything else: the real module's
+        return getattr(traceback, name)
+
+    @staticmethod
+    def _log(error: BaseException | None) -> None:
+        if error is None:
+            return
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        if isinstance(error, ValueError):
+            log.debug("refused a request: %s", text)
+        else:
+            log.warning("a request failed: %s", text)
 
 
 class RequestLike(Protocol):
@@ -128,6 +178,12 @@ def parse_request(segmenter: Segmenter, request: RequestLike) -> Job:
         raise ValueError(
             f"input {INPUT!r} has shape {tuple(frame.shape)}; send one frame per request as "
             "(1, H, W, 3) uint8 (the server batches concurrent requests itself)"
+        )
+    limit = max_image_pixels()
+    if limit is not None and frame.shape[1] * frame.shape[2] > limit:
+        raise ValueError(
+            f"input {INPUT!r} has {frame.shape[1]}x{frame.shape[2]} pixels, above the server's "
+            f"limit of {limit} (LSDSEG_MAX_IMAGE_PIXELS); send a smaller frame"
         )
     names = request.requested_output_names or list(OUTPUTS)
     return Job(frame[0], settings, seed, tuple(n for n in OUTPUTS if n in names))

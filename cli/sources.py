@@ -316,10 +316,15 @@ def _cameras() -> str:
 
 
 def _not_found(spec: str) -> UserError:
+    if Path(spec).is_symlink():  # it is there, but leads nowhere
+        return UserError(
+            f"source {spec!r} is a symbolic link to nothing (a loop, or a missing target); "
+            "pass the file it should point to"
+        )
     hint = ""
     parent = Path(spec).parent
     if parent.is_dir():
-        names = [p.name for p in parent.iterdir()]
+        names = [p.name for p in parent.iterdir() if p.name != Path(spec).name]
         close = difflib.get_close_matches(Path(spec).name, names, n=1, cutoff=0.75)
         if close:
             hint = f" (did you mean {parent / close[0]}?)"

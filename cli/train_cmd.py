@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from lsdseg.cli.errors import UserError
-from lsdseg.cli.options import seed_arg
-from lsdseg.cli.runs import check_writable
+from lsdseg.cli.options import add_max_pixels_option, apply_max_pixels, flag_message, seed_arg
+from lsdseg.cli.runs import check_apart, check_writable, run_lock
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -188,6 +188,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-steps-per-epoch", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--model-config", default="", help="JSON file overriding the architecture")
+    add_max_pixels_option(p)
     p.set_defaults(func=run)
 
 
@@ -311,6 +312,19 @@ def run_folder(args: argparse.Namespace) -> tuple[Path, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_max_pixels(args)
+    check_writable(args.out, "--out")  # before the lock creates the folder
+    out = Path(args.out)
+    inputs = [Path(d) for d in [*args.data, *(args.val_data or [])]]
+    try:  # a run folder that is, or holds, a dataset: the run's files would land among its own
+        check_apart(str(out.parent), out.name, True, inputs)
+    except UserError as e:
+        raise UserError(str(e).replace("--project/--name", "--out")) from None
+    with run_lock(args.out):  # a second training on the same --out is refused, naming this one
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
     import time
 
     import torch
@@ -326,7 +340,7 @@ def run(args: argparse.Namespace) -> int:
     from lsdseg.dataset import SegmentationDataset
     from lsdseg.segmenter import bundled_weights
     from lsdseg.splits import split_record, write_splits
-    from lsdseg.train import Trainer
+    from lsdseg.train import Trainer, TrainingDiverged
 
     started = time.monotonic()  # --time-limit counts from here, loading and caching included
     out, option = run_folder(args)
@@ -344,7 +358,12 @@ def run(args: argparse.Namespace) -> int:
     size, grow = _image_size(
         args.imgsz, model_cfg.image_size, init, _parse_grow(args.grow, init), out
     )
-    model_cfg = dataclasses.replace(model_cfg, image_size=size)
+    try:
+        model_cfg = dataclasses.replace(model_cfg, image_size=size)
+    except ValueError as e:  # the size's checks (a multiple of ..., at most ...)
+        if args.imgsz is None:
+            raise
+        raise UserError(flag_message(e, "image_size", "--imgsz")) from None
     try:
         cfg = TrainConfig(
             stage=args.stage,
@@ -372,8 +391,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--time-limit {args.time_limit} must be >= 0 minutes (0: no limit)")
     if not 0 < args.val_fraction < 1:
         raise UserError(f"--val-fraction {args.val_fraction} must be between 0 and 1")
+    from lsdseg.checkpoint import recover_checkpoint
     from lsdseg.trainstate import has_state
 
+    for name in ("last", "best"):  # a kill inside a checkpoint's save: the newest complete one
+        said = recover_checkpoint(out / name)
+        if said:
+            console.print(f"lsdseg train: {said}")
     resuming = has_state(out / "last")
     if resuming:
         line = check_resume(args, cfg, model_cfg, out)
@@ -484,7 +508,7 @@ def run(args: argparse.Namespace) -> int:
         budget_s = args.time_limit * 60 - (time.monotonic() - started)
         try:
             loop = trainer.run(time_limit_s=max(budget_s, 1e-6) if args.time_limit else 0.0)
-        except ValueError as e:  # a resume whose optimiser state does not fit, say
+        except (ValueError, TrainingDiverged) as e:  # a resume whose state does not fit, say
             raise UserError(with_options(str(e))) from None
     if loop.phase != "done":
         console.print(

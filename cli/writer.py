@@ -25,8 +25,38 @@ from lsdseg.cli.errors import OutputError, UserError, output_error
 from lsdseg.cli.overlay import View
 from lsdseg.cli.records import RecordWriter
 from lsdseg.cli.sources import Frame
+from lsdseg.files import is_replaceable
 
 FOURCC = "mp4v"  # the pip OpenCV build cannot write avc1/H.264
+
+
+# what FFmpeg's MPEG-4 part 2 encoder (mp4v) takes, measured with OpenCV 5.0's FFmpeg
+MP4V_MAX_SIDE = 8191  # pixels
+MP4V_FPS = (0.002, 65535.0)  # frames per second
+
+
+def _why_no_video(path: Path, fps: float, size: tuple[int, int]) -> str:
+    """Why an mp4v writer did not open, and what to do (the limits first: a folder that is
+    writable is not the problem then)."""
+    import os
+
+    h, w = size
+    if max(h, w) > MP4V_MAX_SIDE:
+        return (
+            f"{FOURCC} frames are at most {MP4V_MAX_SIDE} pixels a side: segment a smaller "
+            "video, or use --overlay mask (grid makes the frame wider)"
+        )
+    if not MP4V_FPS[0] <= fps <= MP4V_FPS[1]:
+        return (
+            f"{FOURCC} stores {MP4V_FPS[0]:g} to {MP4V_FPS[1]:g} frames per second: re-encode "
+            "the source at a usual frame rate (or change --vid-stride)"
+        )
+    free = _free_mb(path)
+    if free is not None and free < 1.0:
+        return f"its disk is full ({free:.1f} MB free)"
+    if not os.access(path.parent, os.W_OK):
+        return "its folder is not writable"
+    return "OpenCV's FFmpeg could not open the writer (run with LSDSEG_DEBUG=1 to see its log)"
 
 
 class VideoOut:
@@ -48,14 +78,9 @@ class VideoOut:
             str(path), cv2.VideoWriter_fourcc(*FOURCC), fps, (w + self._pad[1], h + self._pad[0])
         )
         if not self._writer.isOpened():
-            free = _free_mb(path)
-            fix = (
-                f"its disk is full ({free:.1f} MB free)"
-                if free is not None and free < 1.0
-                else "check that the folder is writable"
-            )
             raise UserError(
-                f"cannot write the video {path} ({FOURCC}, {w}x{h} at {fps:g} fps); {fix}"
+                f"cannot write the video {path} ({FOURCC}, {w}x{h} at {fps:g} fps); "
+                + _why_no_video(path, fps, (h + self._pad[0], w + self._pad[1]))
             )
 
     def write(self, image: np.ndarray) -> None:
@@ -160,7 +185,8 @@ def write_png(path: Path, image: np.ndarray) -> None:
     try:
         buf.tofile(str(path))  # also works for non-ASCII paths, unlike cv2.imwrite on Windows
     except OSError as e:
-        Path(path).unlink(missing_ok=True)
+        if is_replaceable(path):  # never a device, pipe or link the user named
+            Path(path).unlink(missing_ok=True)
         raise output_error(path, e) from None
 
 

@@ -4,8 +4,10 @@ The ``onnx`` and ``trt`` backends export the checkpoint they are given the first
 is used and keep the file here, so later runs start in a second. The folder is ``$LSDSEG_CACHE``
 when set, else ``$XDG_CACHE_HOME/lsdseg``, else ``~/.cache/lsdseg``. A file's name holds the
 checkpoint's hash, the DDIM steps, the input size, the precision, the lsdseg version and the
-graph format, so a changed checkpoint or a new lsdseg never picks up a stale graph. Deleting
-the folder is always safe.
+graph format, so a changed checkpoint or a new lsdseg never picks up a stale graph. Beside each
+graph, ``<graph>.sha256`` records the SHA-256 of the file as it was written; a graph whose
+bytes no longer match (edited, swapped, damaged) is exported again, with one notice, before it
+runs. Deleting the folder is always safe.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import torch
 
 from lsdseg.checkpoint import checkpoint_hash
+from lsdseg.files import sha256_file, write_text_atomic
 from lsdseg.model import LatentSegmenter
 from lsdseg.version import __version__
 
@@ -65,6 +68,23 @@ def mismatches(meta: dict[str, str], expected: dict[str, str]) -> list[str]:
     ]
 
 
+def digest_path(graph: Path) -> Path:
+    """The file beside ``graph`` that records its SHA-256 (``<graph>.sha256``)."""
+    return graph.with_name(graph.name + ".sha256")
+
+
+def graph_changed(graph: Path) -> str | None:
+    """Why the cached ``graph`` is not the file that was written (its recorded digest is
+    missing or differs), or None when its bytes are the ones recorded."""
+    try:
+        recorded = digest_path(graph).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return "has no recorded digest"
+    if sha256_file(graph, digits=64) != recorded:
+        return "is not the file that was written (its SHA-256 differs from the recorded one)"
+    return None
+
+
 def cached_onnx(
     model: LatentSegmenter,
     checkpoint: Path | None,
@@ -83,13 +103,17 @@ def cached_onnx(
     """
     digest = model_digest(model, checkpoint)
     path = onnx_path(digest, steps, model.cfg.image_size, precision)
-    if refresh or not path.is_file():
+    changed = None if refresh or not path.is_file() else graph_changed(path)
+    if changed:
+        log.warning("cached graph %s %s; exporting it again", path, changed)
+    elif refresh or not path.is_file():
         log.info(  # information, not a problem: the CLI shows it (cli/main.py's logging)
             "exporting the ONNX graph for %d steps (%s) once; cached at %s",
             steps,
             precision,
             path,
         )
+    if refresh or changed or not path.is_file():
         # the first call may come under torch.inference_mode(), in which torch.export's tracing
         # fails ("Inference tensors cannot be saved for backward"): export outside it
         with torch.inference_mode(False):
@@ -101,4 +125,5 @@ def cached_onnx(
                 eta=0.0,
                 checkpoint_digest=digest,
             )
+        write_text_atomic(digest_path(path), sha256_file(path, digits=64) + "\n")
     return path

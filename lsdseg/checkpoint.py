@@ -4,7 +4,8 @@ Weights are stored with safetensors, so loading never unpickles anything. ``conf
 every hyper-parameter (the full :class:`~lsdseg.config.ModelConfig`, latent scale factor and
 normalisation included), the lsdseg version that wrote it and a format number. Writes are
 atomic: files go to a temporary sibling folder that is renamed into place, so a crash or kill
-never leaves a half-written checkpoint.
+never leaves a half-written checkpoint, and :func:`recover_checkpoint` puts the newest complete
+one back under its name whatever moment a kill hit.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lsdseg.config import ModelConfig, from_dict, json_kind, to_dict
@@ -108,7 +110,14 @@ def save_checkpoint(
         tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         if dtype is not None:
             tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        try:
+            save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        except SafetensorError as e:  # a full disk, said in safetensors' own words
+            free = shutil.disk_usage(tmp).free
+            why = f"no space left on its disk ({free / 1e6:.0f} MB free)" if free < 1e8 else e
+            raise OSError(
+                f"cannot write the checkpoint {path}: {why}; the previous one is kept"
+            ) from None
         meta = {
             "format_version": FORMAT_VERSION,
             "lsdseg_version": __version__,
@@ -128,18 +137,80 @@ def save_checkpoint(
                 os.fsync(fh.fileno())
             f.chmod(0o666 & ~umask)  # mkdtemp and safetensors create private (0600) files
         tmp.chmod(0o777 & ~umask)
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-        tmp.rename(path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        # complete now: under the name recover_checkpoint trusts, then swapped into place
+        new, _ = _swap_names(path)
+        shutil.rmtree(new, ignore_errors=True)
+        tmp.rename(new)
+        _fsync_folder(path.parent)
+        _swap_in(new, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _swap_names(path: Path) -> tuple[Path, Path]:
+    """``.<name>.new`` (a complete checkpoint on its way in) and ``.<name>.old`` (the one it
+    replaces, on its way out)."""
+    return path.with_name(f".{path.name}.new"), path.with_name(f".{path.name}.old")
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Rename the complete folder ``new`` to ``path``, moving an existing ``path`` aside first
+    (a folder cannot be renamed over another) and removing it after."""
+    _, old = _swap_names(path)
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+    new.rename(path)
+    _fsync_folder(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the renames in ``folder`` durable (where the file system allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def recover_checkpoint(path: str | Path) -> str | None:
+    """Put the newest complete checkpoint back at ``path`` after a kill inside
+    :func:`save_checkpoint`, and remove what the kill left behind.
+
+    ``.<name>.new`` is complete (it is renamed to that name only once every file is written
+    and synced), so it is newer than ``path``; with neither, ``.<name>.old`` is the checkpoint
+    a kill caught between the two renames. Temporary folders (``.<name>.<random>``) were never
+    finished and are removed.
+
+    Returns:
+        A line saying what was recovered, or None when there was nothing to do.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return None
+    new, old = _swap_names(path)
+    said = None
+    if new.is_dir():
+        _swap_in(new, path)
+        said = f"{path}: recovered the checkpoint a kill left complete but not renamed ({new.name})"
+    elif old.is_dir() and not path.exists():
+        old.rename(path)
+        _fsync_folder(path.parent)
+        said = f"{path}: recovered the checkpoint a kill left renamed aside ({old.name})"
+    shutil.rmtree(old, ignore_errors=True)
+    unfinished = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}")
+    for p in path.parent.iterdir():
+        if p.is_dir() and not p.is_symlink() and unfinished.fullmatch(p.name):
+            shutil.rmtree(p, ignore_errors=True)
+    return said
 
 
 def read_config(path: str | Path) -> tuple[ModelConfig, dict[str, Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,11 @@ from typing import Any, Literal, TypeVar
 
 # the largest seed: seeds are int64 (torch generators, the server's parameters)
 MAX_SEED = 2**63 - 1
+# bounds on sizes that a config file sets: beyond them a model needs more memory and time than
+# any machine here has, and fails late (an OpenCV or allocator error) instead of at once
+MAX_IMAGE_SIZE = 4096  # S
+MAX_DEPTH = 32  # residual blocks per level (num_res_blocks, encoder/context/cond depths)
+MAX_WIDTH = 4096  # channels of one layer
 
 T = TypeVar("T")
 
@@ -34,6 +40,11 @@ def _check_channels(name: str, channels: tuple[int, ...], groups: int) -> None:
             c > 0 and c % groups == 0,
             f"{name}={channels}: every width must be a positive multiple of groups={groups}",
         )
+        _check(c <= MAX_WIDTH, f"{name}={channels}: every width must be at most {MAX_WIDTH}")
+
+
+def _check_depth(name: str, value: int) -> None:
+    _check(1 <= value <= MAX_DEPTH, f"{name}={value} must be between 1 and {MAX_DEPTH}")
 
 
 @dataclass(frozen=True)
@@ -58,8 +69,8 @@ class ImageAEConfig:
         _check(self.factor in (4, 8), f"factor={self.factor} must be 4 or 8")
         _check(self.latent_channels >= 1, f"latent_channels={self.latent_channels} must be >= 1")
         _check(self.groups >= 1, f"groups={self.groups} must be >= 1")
-        _check(self.encoder_depth >= 1, f"encoder_depth={self.encoder_depth} must be >= 1")
-        _check(self.context_depth >= 1, f"context_depth={self.context_depth} must be >= 1")
+        _check_depth("encoder_depth", self.encoder_depth)
+        _check_depth("context_depth", self.context_depth)
         _check_channels("channels", self.channels, self.groups)
         if self.context_channels:
             _check_channels("context_channels", self.context_channels, self.groups)
@@ -162,8 +173,8 @@ class UNetConfig:
                 f"cond_channels={self.cond_channels} must give one width per level of "
                 f"channels={self.channels}",
             )
-        _check(self.cond_depth >= 1, f"cond_depth={self.cond_depth} must be >= 1")
-        _check(self.num_res_blocks >= 1, f"num_res_blocks={self.num_res_blocks} must be >= 1")
+        _check_depth("cond_depth", self.cond_depth)
+        _check_depth("num_res_blocks", self.num_res_blocks)
         for level in self.attention_levels:
             _check(
                 0 <= level < len(self.channels),
@@ -311,12 +322,22 @@ class ModelConfig:
             f"image_size={self.image_size} must be a multiple of {f * down} "
             f"(factor {f} x UNet down-sampling {down})",
         )
-        _check(len(self.image_mean) == 3, f"image_mean={self.image_mean} needs 3 values")
         _check(
-            len(self.image_std) == 3 and all(s > 0 for s in self.image_std),
-            f"image_std={self.image_std} needs 3 positive values",
+            self.image_size <= MAX_IMAGE_SIZE,
+            f"image_size={self.image_size} must be at most {MAX_IMAGE_SIZE}",
         )
-        _check(self.latent_scale > 0, f"latent_scale={self.latent_scale} must be > 0")
+        _check(
+            len(self.image_mean) == 3 and all(math.isfinite(m) for m in self.image_mean),
+            f"image_mean={self.image_mean} needs 3 finite values",
+        )
+        _check(
+            len(self.image_std) == 3 and all(math.isfinite(s) and s > 0 for s in self.image_std),
+            f"image_std={self.image_std} needs 3 finite positive values",
+        )
+        _check(
+            math.isfinite(self.latent_scale) and self.latent_scale > 0,
+            f"latent_scale={self.latent_scale} must be a finite number > 0",
+        )
         _check(0 <= self.presence <= 4096, f"presence={self.presence} must be in 0..4096")
 
     @property
@@ -379,11 +400,21 @@ class TrainConfig:
             (self.ae_epochs >= 0, f"ae_epochs={self.ae_epochs} must be >= 0"),
             (self.epochs >= 0, f"epochs={self.epochs} must be >= 0"),
             (self.batch_size >= 1, f"batch_size={self.batch_size} must be >= 1"),
-            (self.lr > 0 and self.diffusion_lr > 0, "learning rates must be > 0"),
+            (
+                all(math.isfinite(r) and r > 0 for r in (self.lr, self.diffusion_lr)),
+                f"learning rates must be finite and > 0 (lr={self.lr}, "
+                f"diffusion_lr={self.diffusion_lr})",
+            ),
             (0 <= self.ema_decay < 1, f"ema_decay={self.ema_decay} must be in [0, 1)"),
             (self.val_every >= 1, f"val_every={self.val_every} must be >= 1"),
-            (self.val_hypotheses >= 1, f"val_hypotheses={self.val_hypotheses} must be >= 1"),
-            (self.val_steps >= 1, f"val_steps={self.val_steps} must be >= 1"),
+            (
+                1 <= self.val_hypotheses <= 256,
+                f"val_hypotheses={self.val_hypotheses} must be between 1 and 256",
+            ),
+            (  # the sampler's range (SamplerConfig.steps), checked before any epoch trains
+                1 <= self.val_steps <= 1000,
+                f"val_steps={self.val_steps} must be between 1 and 1000",
+            ),
             (not self.grow or bool(self.init), "grow needs init: the checkpoint to grow from"),
             (
                 not self.image_encoder or bool(self.init),

@@ -142,6 +142,15 @@ def _read_groups(root: Path) -> dict[str, str]:
     csv_path = root / "sequences.csv"
     if not csv_path.is_file():
         return {}
+    try:
+        return _read_groups_csv(csv_path)
+    except csv.Error as e:  # a field over csv's limit (128 KB), a NUL byte...
+        raise DataError(f"{csv_path} is not a readable CSV file ({e}): fix or delete it") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{csv_path} is not UTF-8 text ({e.reason}): fix or delete it") from None
+
+
+def _read_groups_csv(csv_path: Path) -> dict[str, str]:
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         cols = {c.strip().lower(): c for c in reader.fieldnames or []}

@@ -135,6 +135,7 @@ def evaluate(
             threshold=threshold,
             order="rgb",
             presence_threshold=presence_threshold,
+            hypotheses_size="model",  # the K maps are not scored: never K frame-sized copies
         )
         latencies.append(r.timings["total"])
         polyp = mask is not None and bool(mask.any())

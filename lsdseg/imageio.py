@@ -11,8 +11,13 @@ training (:func:`lsdseg.augment.resize_pair`) as at inference.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Sequence
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -28,6 +33,99 @@ class DataError(ValueError):
 
 # ----------------------------------------------------------------------------- reading
 
+# The most pixels an image file may declare, as Pillow's MAX_IMAGE_PIXELS (about 89.5 MP, a
+# quarter of a GiB of 24-bit RGB): a few-MB PNG can declare 30000 x 30000 pixels and decode to
+# GBs (a decompression bomb). None: no limit. LSDSEG_MAX_IMAGE_PIXELS or the commands'
+# --max-pixels raise it for genuine large images.
+MAX_IMAGE_PIXELS: int | None = 89_478_485
+_BYTES_PER_PIXEL = 8  # the most an image file needs per pixel (16-bit RGBA, uncompressed)
+_FILE_SLACK = 1 << 20  # headers, metadata, a thumbnail
+
+
+def max_image_pixels() -> int | None:
+    """The pixel limit in force: ``$LSDSEG_MAX_IMAGE_PIXELS`` when set, else
+    :data:`MAX_IMAGE_PIXELS` (0 or ``none`` in the variable: no limit)."""
+    env = os.environ.get("LSDSEG_MAX_IMAGE_PIXELS", "").strip().lower()
+    if not env:
+        return MAX_IMAGE_PIXELS
+    if env in ("0", "none"):
+        return None
+    try:
+        return max(1, int(float(env)))
+    except (ValueError, OverflowError):
+        raise ValueError(
+            f"LSDSEG_MAX_IMAGE_PIXELS={env!r} must be a number of pixels (0: no limit)"
+        ) from None
+
+
+def _declared_size(path: Path, head: bytes) -> tuple[int, int] | None:
+    """(width, height) that a PNG, JPEG or BMP header declares, read without decoding; None
+    for other files (TIFF is checked through tifffile, which reads its header lazily)."""
+    import struct
+
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) >= 24:
+        return struct.unpack(">II", head[16:24])
+    if head.startswith(b"BM") and len(head) >= 26:
+        if struct.unpack("<I", head[14:18])[0] == 12:  # BITMAPCOREHEADER: 16-bit sides
+            return struct.unpack("<HH", head[18:22])
+        w, h = struct.unpack("<ii", head[18:26])
+        return abs(w), abs(h)
+    if head.startswith(b"\xff\xd8"):
+        return _jpeg_size(path)
+    return None
+
+
+def _jpeg_size(path: Path) -> tuple[int, int] | None:
+    """The frame size of a JPEG's first SOF marker (segments walked, data never read)."""
+    import struct
+
+    with open(path, "rb") as f:
+        f.seek(2)
+        for _ in range(10_000):  # markers before the frame header; a real file has a few
+            marker = f.read(2)
+            if len(marker) < 2 or marker[0] != 0xFF:
+                return None
+            kind = marker[1]
+            if kind == 0xFF:  # fill byte
+                f.seek(-1, 1)
+                continue
+            if kind in (0xD8, 0x01) or 0xD0 <= kind <= 0xD7:  # no length
+                continue
+            size = f.read(2)
+            if len(size) < 2:
+                return None
+            length = struct.unpack(">H", size)[0]
+            if 0xC0 <= kind <= 0xCF and kind not in (0xC4, 0xC8, 0xCC):
+                body = f.read(5)
+                if len(body) < 5:
+                    return None
+                h, w = struct.unpack(">HH", body[1:5])
+                return w, h
+            f.seek(length - 2, 1)
+    return None
+
+
+def _check_pixels(path: Path, width: int, height: int) -> None:
+    limit = max_image_pixels()
+    if limit is not None and width * height > limit:
+        raise DataError(
+            f"{path} declares {width}x{height} pixels ({width * height / 1e6:.0f} MP), above "
+            f"the limit of {limit / 1e6:.1f} MP that guards against decompression bombs; if "
+            "the image is genuine, raise the limit (--max-pixels, or LSDSEG_MAX_IMAGE_PIXELS)"
+        )
+
+
+def _check_file_size(path: Path) -> None:
+    """Refuse a file larger than any image within the pixel limit can be, before reading it."""
+    limit = max_image_pixels()
+    size = path.stat().st_size
+    if limit is not None and size > limit * _BYTES_PER_PIXEL + _FILE_SLACK:
+        raise DataError(
+            f"{path} is {size / 1e9:.1f} GB, larger than an image within the pixel limit "
+            f"({limit / 1e6:.1f} MP) can be; if the image is genuine, raise the limit "
+            "(--max-pixels, or LSDSEG_MAX_IMAGE_PIXELS)"
+        )
+
 
 def _decode(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
     """Decode a file to an array in RGB(A) channel order; also return whether it is JPEG."""
@@ -35,9 +133,13 @@ def _decode(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(32)
     if not head:  # OpenCV asserts on an empty buffer instead of returning None
         raise DataError(f"cannot decode image {path}: the file is empty (0 bytes)")
+    _check_file_size(path)  # a sparse or padded file is never read whole
+    declared = _declared_size(path, head)
+    if declared is not None:
+        _check_pixels(path, *declared)
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         try:
             import tifffile
@@ -48,7 +150,10 @@ def _decode(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
         try:
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages[0]
+                _check_pixels(path, int(page.imagewidth), int(page.imagelength))
                 arr, axes = page.asarray(), getattr(page, "axes", "")
+        except DataError:
+            raise
         except Exception as exc:  # tifffile raises many types for corrupt files
             raise DataError(f"cannot decode TIFF {path}: {exc}; re-save it as PNG") from exc
         if arr.ndim == 3 and (
@@ -59,7 +164,8 @@ def _decode(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
     import cv2
 
     try:
-        arr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        with _decoder_warnings(path):
+            arr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error:  # OpenCV raises for some malformed buffers, returns None for others
         arr = None
     if arr is None:
@@ -69,6 +175,45 @@ def _decode(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
     elif arr.ndim == 3 and arr.shape[2] == 4:
         arr = arr[..., [2, 1, 0, 3]]  # BGRA -> RGBA
     return arr, head[:2] == b"\xff\xd8"
+
+
+_STDERR_LOCK = threading.Lock()
+_DECODER_NOISE = ("libpng warning:", "libpng error:", "Corrupt JPEG data:", "Premature end of JPEG")
+
+
+@contextlib.contextmanager
+def _decoder_warnings(path: Path) -> Iterator[None]:
+    """Keep the C decoders' own warnings (libpng's ``libpng warning: tEXt: CRC error``, libjpeg's
+    ``Corrupt JPEG data``), which they print on the process's stderr, off the user's terminal:
+    they go to the log at debug level. Anything else written to stderr meanwhile (another
+    thread's message) is passed on after the call. ``LSDSEG_DEBUG`` keeps them."""
+    if os.environ.get("LSDSEG_DEBUG"):
+        yield
+        return
+    with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no usable stderr: nothing to keep clean
+            yield
+            return
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", "replace")
+            rest = []
+            for line in text.splitlines(keepends=True):
+                if line.startswith(_DECODER_NOISE):
+                    logging.getLogger(__name__).debug("%s: %s", path, line.strip())
+                else:
+                    rest.append(line)
+            if rest:
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stderr.write("".join(rest))
 
 
 def _colour_channels(arr: np.ndarray, path: Path | str) -> np.ndarray:

@@ -150,9 +150,25 @@ class Segmenter:
         checkpoint's default (``config.sampler``).
 
         Raises:
+            TypeError: hypotheses or steps not an int, eta or threshold not a number (a bool,
+                a string or a float step count is none of them).
             ValueError: a setting out of range.
         """
         d = self.config.sampler
+        for name, value in (("hypotheses", hypotheses), ("steps", steps)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | np.integer)
+            ):
+                raise TypeError(f"{name}={value!r} must be an int")
+        for name, value in (("eta", eta), ("threshold", threshold)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float | np.number)
+            ):
+                raise TypeError(f"{name}={value!r} must be a number")
+        hypotheses = None if hypotheses is None else int(hypotheses)
+        steps = None if steps is None else int(steps)
+        eta = None if eta is None else float(eta)
+        threshold = None if threshold is None else float(threshold)
         return SamplerConfig(
             steps=d.steps if steps is None else steps,
             eta=d.eta if eta is None else eta,
@@ -300,7 +316,7 @@ class Segmenter:
         """The seed of each of ``n`` frames; ``None`` draws one for the whole call."""
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-        if not isinstance(seed, Sequence):
+        if not isinstance(seed, Sequence) or isinstance(seed, str | bytes):
             return [_check_seed(seed, "seed")] * n
         if len(seed) != n:
             raise ValueError(f"seed has {len(seed)} values for {n} frames; pass one per frame")
@@ -320,7 +336,18 @@ class Segmenter:
     ) -> torch.Tensor:
         """The previous results' latents noised to timestep t: ``shape``, the call's
         (B, K, c_m, S/f, S/f)."""
-        prev = [prev] if isinstance(prev, Result) else list(prev)
+        if isinstance(prev, Result):
+            prev = [prev]
+        elif isinstance(prev, Sequence) and not isinstance(prev, str | bytes):
+            prev = list(prev)
+        else:
+            prev = [prev]
+        for r in prev:
+            if not isinstance(r, Result):
+                raise TypeError(
+                    f"warm_start={r!r:.60} must be the Result of the previous call (one per "
+                    "frame of a batch), or None"
+                )
         self.check_warm_timestep(t)
         n, k, latent = shape[0], shape[1], tuple(shape[2:])
         if len(prev) != n:
@@ -437,6 +464,17 @@ def resolve_device(device: str | torch.device) -> torch.device:
             f"device={device!r} asked for CUDA, but this torch ({torch.__version__}) sees no GPU: "
             "run on the CPU (device 'cpu'), or install a CUDA build of torch (see the README)"
         )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device={device!r}: this machine has {torch.cuda.device_count()} GPU(s), "
+            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+        )
+    if dev.type == "cpu" and dev.index not in (None, 0):
+        raise ValueError(f"device={device!r}: there is one CPU device; use cpu")
+    if dev.type == "cpu":
+        return torch.device("cpu")  # cpu:0 is the CPU, but safetensors refuses the index
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r}: lsdseg runs on cpu or cuda (cuda:N), or auto")
     return dev
 
 

@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Subset
 from lsdseg.checkpoint import (
     grow_checkpoint,
     load_checkpoint,
+    recover_checkpoint,
     save_checkpoint,
     swap_image_encoder,
 )
@@ -154,6 +155,11 @@ class Trainer:
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size={cfg.batch_size} must be divisible by {self.world} ranks")
         torch.manual_seed(cfg.seed)
+        if self.rank == 0:  # a kill inside save_checkpoint: the newest complete one, back
+            for name in ("last", "best"):
+                said = recover_checkpoint(self.out / name)
+                if said:
+                    log.warning(said)
         self.resume = has_state(self.out / "last")
         if self.resume:
             self.loop = resume_loop(self.out, cfg, data, extend)
@@ -346,7 +352,9 @@ class Trainer:
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad.div_(self.world)
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        if not bool(torch.isfinite(losses["loss"]) & torch.isfinite(norm)):  # one sync
+            self._diverged(f"loss {float(losses['loss'])}, gradient norm {float(norm)}")
         self.opt.step()
         if self.ema is not None:
             _ema_update(self.ema, m, cfg.ema_decay, loop.step)
@@ -404,11 +412,27 @@ class Trainer:
             loop.best_dice = max(loop.best_dice, metrics["dice"])
         elif phase == "diffusion" and self.val_set is None:
             improved = True  # nothing to rank epochs by: best/ follows the last epoch
+        if not all(bool(torch.isfinite(p).all()) for p in self.params):  # a step overflowed
+            self._diverged("weights that are not finite after the epoch")
         loop.history.append(row)
         if last:
             self._next_phase()
         self._save(phase, improved)
         self.emit({"kind": "epoch", **row})
+
+    def _diverged(self, what: str) -> None:
+        """Stop the run: nothing of this epoch is saved (see :class:`TrainingDiverged`)."""
+        loop = self.loop
+        lr = "lr" if loop.phase == "autoencoders" else "diffusion_lr"
+        kept = (
+            f"{self.out / 'last'} keeps the last checkpoint, all finite"
+            if (self.out / "last").exists()
+            else "no checkpoint was written yet"
+        )
+        raise TrainingDiverged(
+            f"training diverged at {loop.phase} epoch {loop.epoch + 1}, step {loop.step + 1}: "
+            f"{what}; lower the learning rate ({lr}={getattr(self.cfg, lr):g}). {kept}"
+        )
 
     def _next_phase(self) -> None:
         loop = self.loop
@@ -439,6 +463,11 @@ class Trainer:
             _write_metrics(out / "metrics.csv", loop.history)
         if self.world > 1:
             dist.barrier()
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss, a gradient or a weight stopped being a finite number: training stops before
+    anything non-finite is saved, so ``last/`` keeps the last finite checkpoint."""
 
 
 def train(*args: Any, **kwargs: Any) -> LoopState:

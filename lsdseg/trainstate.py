@@ -206,7 +206,8 @@ def restore_state(
 
 # ----------------------------------------------------------------------------- resuming
 EPOCHS = {"ae_epochs": "autoencoders", "epochs": "diffusion"}  # epoch count -> its phase
-FREE = frozenset({"num_workers"})  # settings a resume may change: they do not alter the result
+# settings a resume may change: they do not alter the weights (loading, validation)
+FREE = frozenset({"num_workers", "val_every", "val_steps", "val_hypotheses"})
 
 
 @dataclass(frozen=True)

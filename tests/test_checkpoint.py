@@ -21,6 +21,7 @@ from lsdseg.checkpoint import (
     checkpoint_hash,
     load_checkpoint,
     read_config,
+    recover_checkpoint,
     save_checkpoint,
 )
 from lsdseg.model import LatentSegmenter
@@ -92,6 +93,72 @@ def test_a_failed_save_keeps_the_old_checkpoint(
     assert [p.name for p in saved.parent.iterdir()] == [saved.name]
     assert checkpoint_hash(saved) == before
     load_checkpoint(saved)
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_old_checkpoint(
+    saved: Path, make_model: Callable[..., LatentSegmenter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safetensors import SafetensorError
+
+    before = checkpoint_hash(saved)
+
+    def full(*args, **kwargs):
+        raise SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No '
+            'space left on device" })'
+        )
+
+    monkeypatch.setattr(ckpt, "save_file", full)
+    with pytest.raises(OSError, match=f"cannot write the checkpoint {saved}: .*previous one is"):
+        save_checkpoint(make_model(seed=1), saved)
+    assert [p.name for p in saved.parent.iterdir()] == [saved.name]
+    assert checkpoint_hash(saved) == before
+
+
+_KILL_AT_RENAME = """
+import os, signal, sys
+from pathlib import Path
+from lsdseg.checkpoint import load_checkpoint, save_checkpoint
+new, target, at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+model = load_checkpoint(new)
+calls = 0
+rename = Path.rename
+def kill_at(self, to):
+    global calls
+    calls += 1
+    if calls == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return rename(self, to)
+Path.rename = kill_at
+save_checkpoint(model, target, card="new")
+"""
+
+
+@pytest.mark.parametrize("at", [1, 2, 3, 4])
+def test_a_kill_at_any_rename_keeps_the_newest_complete_checkpoint(
+    tmp_path: Path, make_model: Callable[..., LatentSegmenter], at: int
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    first, second = make_model(seed=0), make_model(seed=1)
+    save_checkpoint(second, tmp_path / "src" / "second")
+    target = save_checkpoint(first, tmp_path / "run" / "last", card="first")
+    cmd = [sys.executable, "-c", _KILL_AT_RENAME, str(tmp_path / "src" / "second"), str(target)]
+    done = subprocess.run([*cmd, str(at)], capture_output=True, text=True)
+    killed = done.returncode == -signal.SIGKILL
+    assert killed or at == 4, done.stderr  # three renames; the 4th call never comes
+    said = recover_checkpoint(target)
+    # 1: killed before the new folder was complete; 2 (last -> .last.old) and 3 (.last.new ->
+    # last): the new one is complete and must win; 4: the save finished
+    expected = first if at == 1 else second
+    assert (target / "card.md").read_text() == ("first" if at == 1 else "new")
+    loaded = load_checkpoint(target)
+    assert torch.equal(model_outputs(loaded)[2], model_outputs(expected)[2])
+    assert [p.name for p in target.parent.iterdir()] == ["last"]  # nothing left behind
+    assert (said is not None) == (at in (2, 3)), said
+    assert recover_checkpoint(target) is None  # nothing more to do
 
 
 def test_config_that_does_not_match_the_weights(saved: Path) -> None:

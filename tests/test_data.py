@@ -265,6 +265,13 @@ def test_find_pairs_bad_sequences_csv(tmp_path: Path) -> None:
         find_pairs(tmp_path)
 
 
+def test_find_pairs_sequences_csv_with_a_huge_field(tmp_path: Path) -> None:
+    make_labelled(tmp_path, ["1"])
+    (tmp_path / "sequences.csv").write_text("file,sequence\n1.png," + "x" * 200_000 + "\n")
+    with pytest.raises(DataError, match=r"sequences\.csv is not a readable CSV file"):
+        find_pairs(tmp_path)
+
+
 def test_find_pairs_cvc_tiff(tmp_path: Path) -> None:
     rgb = random_rgb()
     for d in ("images", "masks"):
@@ -485,3 +492,105 @@ def test_real_datasets() -> None:
     assert layout == "kvasir" and len(pairs) == 900 and all(p.mask for p in pairs)
     image, mask = load_sample(pairs[0])
     assert mask.shape == image.shape[:2] and 0.0 < mask.mean() < 1.0
+
+
+def _png_header(width: int, height: int, colour: int = 0, depth: int = 8) -> bytes:
+    """A PNG signature and IHDR declaring ``width x height``, then a token IDAT: enough for
+    any reader to see the size (the pixels never come)."""
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(tag + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 1000)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _jpeg_header(width: int, height: int) -> bytes:
+    app0 = b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+    sof = b"\xff\xc0" + struct.pack(">HBHHB", 17, 8, height, width, 3)
+    sof += b"\x01\x11\x00\x02\x11\x01\x03\x11\x01"
+    return b"\xff\xd8" + app0 + sof + b"\xff\xd9"
+
+
+def _bmp_header(width: int, height: int) -> bytes:
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 0, 0, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 54 + len(info), 0, 0, 54) + info
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("grey.png", _png_header(30000, 30000)),  # 875 KB of zeros decodes to 900 MB
+        ("rgba16.png", _png_header(16000, 16000, colour=6, depth=16)),
+        ("big.jpg", _jpeg_header(40000, 40000)),
+        ("big.bmp", _bmp_header(20000, -20000)),  # top-down rows: a negative height
+    ],
+)
+def test_an_image_declaring_too_many_pixels_is_refused_before_decoding(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(DataError, match=r"decompression bombs.*--max-pixels"):
+        read_image(path)
+    with pytest.raises(DataError, match="decompression bombs"):
+        read_mask(path)
+
+
+def test_the_pixel_limit_can_be_raised_or_lowered(tmp_path, monkeypatch):
+    rgb = random_rgb(40, 50)
+    png = write_rgb(tmp_path / "a.png", rgb)
+    tif = tmp_path / "a.tif"
+    tifffile.imwrite(tif, rgb, photometric="rgb")
+    monkeypatch.setenv("LSDSEG_MAX_IMAGE_PIXELS", "1999")  # 40 x 50 = 2000 pixels
+    for path in (png, tif):
+        with pytest.raises(DataError, match="declares 50x40 pixels"):
+            read_image(path)
+    monkeypatch.setenv("LSDSEG_MAX_IMAGE_PIXELS", "2000")
+    assert np.array_equal(read_image(png), rgb) and np.array_equal(read_image(tif), rgb)
+    monkeypatch.setenv("LSDSEG_MAX_IMAGE_PIXELS", "1000")
+    (tmp_path / "big.png").write_bytes(_png_header(2000, 2000))
+    with pytest.raises(DataError, match="declares 2000x2000"):
+        read_image(tmp_path / "big.png")
+    monkeypatch.setenv("LSDSEG_MAX_IMAGE_PIXELS", "0")  # no limit: decoded, found truncated
+    with pytest.raises(DataError, match="cannot decode"):
+        read_image(tmp_path / "big.png")
+
+
+def test_a_file_larger_than_any_image_within_the_limit_is_not_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("LSDSEG_MAX_IMAGE_PIXELS", "1000")
+    path = tmp_path / "sparse.png"
+    with open(path, "wb") as f:  # a sparse file: a PNG signature, then a hole
+        f.write(_png_header(10, 10))
+        f.truncate(1000 * 8 + (1 << 20) + 1)
+    read = []
+    real_fromfile = np.fromfile
+    monkeypatch.setattr(np, "fromfile", lambda *a, **k: read.append(a) or real_fromfile(*a, **k))
+    with pytest.raises(DataError, match="larger than an image within the pixel limit"):
+        read_image(path)
+    assert read == []  # refused before a byte of it was loaded
+
+
+def test_decoder_warnings_stay_off_stderr(tmp_path, capfd):
+    def chunk(tag: bytes, body: bytes, crc: int | None = None) -> bytes:
+        c = zlib.crc32(tag + body) if crc is None else crc
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", c & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + b"\x40" * 8 for _ in range(8))
+    ihdr = struct.pack(">IIBBBBB", 8, 8, 8, 0, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"tEXt", b"a\x00b", crc=1)
+    path = tmp_path / "bad-text-crc.png"  # libpng: "libpng warning: tEXt: CRC error"
+    path.write_bytes(png + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    capfd.readouterr()
+    assert read_image(path).shape == (8, 8, 3) and int(read_image(path)[0, 0, 0]) == 0x40
+    assert capfd.readouterr().err == ""
+
+
+def test_other_output_during_a_decode_is_passed_on(tmp_path, capfd):
+    from lsdseg import imageio
+
+    capfd.readouterr()
+    with imageio._decoder_warnings(tmp_path / "x.png"):
+        os.write(2, b"libpng warning: iCCP: known incorrect sRGB profile\n")
+        os.write(2, b"a message of another thread\n")
+    assert capfd.readouterr().err == "a message of another thread\n"

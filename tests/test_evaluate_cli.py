@@ -356,7 +356,7 @@ def test_unsure_summary_scores_the_failed_images() -> None:
 def test_docs_document_every_per_image_column(tiny, tmp_path):
     data = make_pairs(tmp_path / "d", [(40, 50)])
     seg = Segmenter(__import__("lsdseg").load_checkpoint(tiny))
-    columns = set(evaluate(seg, find_pairs(data)[1]).rows[0])
+    columns = set(evaluate(seg, find_pairs(data)[1]).rows[0]) | {"dataset"}  # the CLI adds it
     doc = (Path(__file__).resolve().parents[1] / "docs" / "outputs.md").read_text()
     table = doc.split("| `per_image.csv` column | meaning |")[1].split("\n\n")[0]
     rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("|")]
@@ -433,7 +433,9 @@ def test_evaluate_stops_between_images_and_summarises_what_was_done(tiny, tmp_pa
     assert tuple(ev.rows[0]) == COLUMNS  # a labelled row has every column, in order
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
 def test_a_signal_keeps_the_rows_written_and_writes_the_summary(tiny, tmp_path, sig, code):
     data = make_pairs(tmp_path / "d", [(48, 64)] * 400)
     out = tmp_path / "out"
@@ -587,3 +589,60 @@ def test_a_bundle_carries_its_runs_split_without_machine_paths(capsys, tiny, tmp
     where = ["--project", str(tmp_path), "--name", "e", "--backend", "torch"]
     assert main(["evaluate", "--data", str(data), "--weights", str(bundle), *where]) == 0
     assert "2 of 4 images are in the training split" in capsys.readouterr().err
+
+
+def test_two_datasets_with_the_same_names_keep_every_row_and_picture(capsys, tiny, tmp_path):
+    a = make_pairs(tmp_path / "a" / "data", [(40, 50), (37, 61)])
+    b = make_pairs(tmp_path / "b" / "data", [(44, 52), (30, 30)])  # same folder and file names
+    argv = ["evaluate", "--data", str(a), "--data", str(b), "--weights", tiny, "--save-vis"]
+    rc = main([*argv, "--project", str(tmp_path), "--name", "out", "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    out = tmp_path / "out"
+    rows = list(csv.DictReader((out / "per_image.csv").read_text().splitlines()))
+    assert [(r["dataset"], r["name"]) for r in rows] == [
+        (str(a), "0"),
+        (str(a), "1"),
+        (str(b), "0"),
+        (str(b), "1"),
+    ]
+    assert len({(r["dataset"], r["name"]) for r in rows}) == 4
+    pictures = sorted(p.name for p in (out / "vis").iterdir())
+    assert pictures == ["0.png", "1.png", "data_0.png", "data_1.png"]
+
+
+def test_file_names_are_written_safe_for_a_spreadsheet(capsys, tiny, tmp_path):
+    data = make_pairs(tmp_path / "d", [(40, 50)] * 3)
+    for old, new in [(b"0", b'=HYPERLINK("http:__x","y")'), (b"1", b"b\xff")]:
+        for sub in (b"images", b"masks"):
+            folder = os.path.join(os.fsencode(data), sub)
+            os.rename(os.path.join(folder, old + b".png"), os.path.join(folder, new + b".png"))
+    rc = main(["evaluate", "--data", str(data), "--weights", tiny, "--project", str(tmp_path)])
+    assert rc == 0, capsys.readouterr().err
+    rows = list(csv.DictReader((tmp_path / "exp" / "per_image.csv").read_text().splitlines()))
+    names = sorted(r["name"] for r in rows)
+    assert names == sorted(['\'=HYPERLINK("http:__x","y")', "b\\xff", "2"])
+    assert all(r["dice"] != "" for r in rows)  # the three images were scored
+
+
+def test_evaluate_keeps_the_k_maps_at_the_models_size(tiny, tmp_path):
+    # K maps at a large frame's size cost K x H x W floats (10.7 GB at K = 32 for 8000 x 6000)
+    # and evaluate scores none of them: only the mean, std, entropy and MI are frame-sized
+    data = make_pairs(tmp_path / "d", [(200, 260)])
+    seg = Segmenter(__import__("lsdseg").load_checkpoint(tiny))
+    shapes = []
+
+    def on_image(pair, image, mask, r):
+        shapes.append((r.hypotheses.shape, r.mean.shape, r.entropy.shape))
+
+    ev = evaluate(seg, find_pairs(data)[1], hypotheses=4, on_image=on_image)
+    s = seg.config.image_size
+    assert shapes == [((4, s, s), (200, 260), (200, 260))]
+    assert ev.rows[0]["dice"] >= 0 and ev.rows[0]["width"] == 260
+
+
+def test_groups_that_name_no_group_are_refused(capsys, tiny, tmp_path):
+    data = make_pairs(tmp_path / "d", [(40, 50)])
+    rc = main(["evaluate", "--data", str(data), "--weights", tiny, "--groups", ","])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--groups ',' names no group" in err, err
+    assert "none of the 0 images" not in err

@@ -127,3 +127,15 @@ def test_the_caption_names_the_map_and_its_unit(monkeypatch):
     image_panel(np.full((100, 100, 3), 110, np.uint8), gt, pred, np.zeros((100, 100), np.float32),
                 "x", None, label="entropy of the mean")  # fmt: skip
     assert "uncertainty: entropy of the mean, bits (white: ground truth)" in texts
+
+
+@pytest.mark.parametrize("shape", [(1, 5000), (5000, 1), (3, 20000)])
+def test_an_extreme_aspect_ratio_gives_a_bounded_panel(shape):
+    from lsdseg.cli.evalvis import PANEL_H, PANEL_W
+
+    h, w = shape
+    image = np.full((h, w, 3), 90, np.uint8)
+    maps = np.zeros((h, w), bool)
+    panel = image_panel(image, maps, maps, np.zeros((h, w), np.float32), "x", None)
+    assert panel.shape[0] == 28 + PANEL_H + 26
+    assert 2 * PANEL_W[0] + 70 <= panel.shape[1] <= 2 * PANEL_W[1] + 70

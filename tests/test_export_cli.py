@@ -120,6 +120,7 @@ def _old_checkpoint(tiny: str, tmp_path: Path) -> str:
         (["--trt", "--trtexec", "--hypotheses-range", "8,1,16"], "1 <= MIN <= OPT <= MAX"),
         (["--trt", "--trtexec", "--batch-range", "a,b"], "--batch-range 'a,b': expected MIN,OPT"),
         (["--onnx", "--trtexec"], "--trtexec and --run go with --trt"),
+        (["--trt", "--trtexec", "--workspace", "inf"], "--workspace inf must be between 0 and"),
         (["--trt", "--run"], "--run runs the trtexec command: add --trtexec"),
         (["--onnx", "--weights", "OLD"], "format_version=99; this lsdseg"),
         (["--onnx", "--weights", "MISSING"], "does not exist or is not a folder"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import inspect
+import os
 import sys
 
 import pytest
@@ -198,3 +199,27 @@ def test_verbose_shows_what_was_loaded_and_the_export_notice_is_information(
     notice = [r for r in caplog.records if "exporting the ONNX graph" in r.getMessage()]
     assert [r.levelno for r in notice] == [logging.INFO]
     assert logging.getLogger("lsdseg.export.cache").isEnabledFor(logging.INFO)  # shown anyway
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["segment", "--help"], []])
+def test_help_or_version_into_a_full_device_fails(tmp_path, argv):
+    import stat
+    import subprocess
+    import sys
+
+    full = tmp_path / "full"  # a private node of the full device, in a temporary folder
+    try:
+        os.mknod(full, stat.S_IFCHR | 0o666, os.makedev(1, 7))
+        with open(full, "w") as f:  # a nodev mount cannot open device nodes
+            f.write("")
+    except OSError as e:
+        pytest.skip(f"cannot make or open a device node here: {e}")
+    with open(full, "w") as out:
+        done = subprocess.run(
+            [sys.executable, "-m", "lsdseg.cli.main", *argv],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == "lsdseg: error: cannot write the output (No space left on device)\n"

@@ -225,6 +225,36 @@ def test_damaged_or_foreign_cache_file_is_exported_again(onnx_seg, torch_seg, ca
     assert cache.mismatches(read_metadata(path), expected) == []
 
 
+def test_a_graph_whose_content_changed_is_exported_again_with_one_notice(
+    onnx_seg, torch_seg, cache_root, caplog
+):
+    import onnx
+
+    frame = _frames(1)[0]
+    onnx_seg(frame, steps=1, seed=3)  # the 1-step graph, cached
+    path = _graph_path(onnx_seg, 6)
+    onnx_seg(frame, steps=6, seed=3)
+    # swap in the 1-step graph, its metadata edited to claim this file's settings: the
+    # metadata check alone passes it
+    forged = onnx.load(str(_graph_path(onnx_seg, 1)))
+    meta = read_metadata(path)
+    del forged.metadata_props[:]
+    for key, value in meta.items():
+        forged.metadata_props.add(key=key, value=value)
+    path.write_bytes(forged.SerializeToString())
+    expected = cache.expected_metadata(checkpoint_hash(torch_seg.checkpoint), 6, 64, "fp32")
+    assert cache.mismatches(read_metadata(path), expected) == []
+    fresh = lsdseg.load(torch_seg.checkpoint, backend="onnx")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        got = fresh(frame, steps=6, seed=3)
+    notices = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
+    assert len(notices) == 1 and "SHA-256 differs" in notices[0], notices
+    want = torch_seg(frame, steps=6, seed=3)
+    assert np.abs(got.mean - want.mean).max() <= 1e-4  # the checkpoint's masks, not the forgery
+    assert cache.graph_changed(path) is None
+
+
 def test_eta_and_warm_starts_are_refused(onnx_seg):
     frame = _frames(1)[0]
     with pytest.raises(ValueError, match=r"eta=0.5.*deterministic"):

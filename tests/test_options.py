@@ -70,3 +70,31 @@ def test_device_option_names_the_flag(monkeypatch) -> None:
     assert message.startswith("--device 'cuda:1' asked for CUDA, but this torch")
     assert "--" not in message[2:]  # the core's own words after the flag
     assert device_option("auto") == torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("cpu:1", "--device 'cpu:1': there is one CPU device; use cpu"),
+        ("meta", "--device 'meta': lsdseg runs on cpu or cuda"),
+        ("mps", "--device 'mps': lsdseg runs on cpu or cuda"),
+    ],
+)
+def test_a_device_lsdseg_cannot_use_is_named_not_the_weights(capsys, tiny, tmp_path, text, message):
+    import cv2
+    import numpy as np
+
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.full((32, 32, 3), 80, np.uint8))
+    argv = ["segment", str(image), "--weights", tiny, "--device", text]
+    assert main([*argv, "--project", str(tmp_path / "runs")]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "safetensors" not in err, err
+
+
+def test_cpu_0_is_the_cpu() -> None:
+    import torch
+
+    from lsdseg.cli.options import device_option
+
+    assert device_option("cpu:0") == torch.device("cpu")

@@ -278,3 +278,16 @@ def test_every_file_and_field_written_is_documented(capsys, tiny, twin, data, tm
     ]
     for name in ("compare.json", "sweep.json", "per_image.csv", *names):
         assert f"`{name}`" in docs, name
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--seeds", "100000000"], "--seeds 100000000 must be between 1 and 1000"),
+        (["--resamples", "2000000000"], "--resamples 2000000000 must be between 1 and 100,000"),
+    ],
+)
+def test_seeds_and_resamples_are_bounded(capsys, tiny, twin, data, tmp_path, args, message):
+    argv = ["--data", str(data), "--weights", tiny, "--compare", twin, *args]
+    code, _, err = _run(capsys, *argv, "--project", str(tmp_path))
+    assert code == 1 and message in err, err

@@ -79,3 +79,52 @@ def test_an_output_under_a_file_fails_before_the_work(capsys, tmp_path, monkeypa
     assert err.count("\n") == 1, err
     assert f"error: {option} {blocked}" in err and "is a file" in err and "Errno" not in err
     assert not (tmp_path / "ok").exists()
+
+
+def _write_frames(folder, n=3, shape=(48, 64, 3)):
+    import cv2
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full(shape, 40 * i, np.uint8))
+    return sorted(folder.iterdir())
+
+
+def test_segment_refuses_outputs_over_its_inputs(capsys, tiny, tmp_path):
+    import cv2
+    import numpy as np
+
+    frames = _write_frames(tmp_path / "frames")
+    before = {p: p.read_bytes() for p in frames}
+    argv = ["segment", str(tmp_path / "frames"), "--weights", tiny, "-k", "2"]
+    rc = main([*argv, "--project", str(tmp_path), "--name", "frames", "--exist-ok"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "holds the input" in err and len(err.strip().splitlines()) == 1, err
+    assert {p: p.read_bytes() for p in frames} == before  # the inputs are untouched
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == ["0.png", "1.png", "2.png"]
+
+    clip = tmp_path / "exp" / "clip.mp4"  # the output video would be exp/clip.mp4 itself
+    clip.parent.mkdir()
+    vw = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (64, 48))
+    for i in range(5):
+        vw.write(np.full((48, 64, 3), 30 * i, np.uint8))
+    vw.release()
+    size = clip.stat().st_size
+    rc = main(["segment", str(clip), "--weights", tiny, "--project", str(tmp_path), "--exist-ok"])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"holds the input {clip}" in err, err
+    assert clip.stat().st_size == size and sorted(os.listdir(clip.parent)) == ["clip.mp4"]
+    # a new run folder (no --exist-ok) beside the input is fine
+    rc = main(["segment", str(clip), "--weights", tiny, "--project", str(tmp_path)])
+    assert rc == 0 and (tmp_path / "exp2" / "clip.mp4").is_file()
+
+
+def test_evaluate_refuses_a_run_folder_that_holds_its_data(capsys, tiny, tmp_path):
+    _write_frames(tmp_path / "exp" / "data" / "images")
+    _write_frames(tmp_path / "exp" / "data" / "masks", shape=(48, 64))
+    argv = ["evaluate", "--data", str(tmp_path / "exp" / "data"), "--weights", tiny]
+    rc = main([*argv, "--project", str(tmp_path), "--exist-ok", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "holds the input" in err, err
+    assert sorted(os.listdir(tmp_path / "exp")) == ["data"]

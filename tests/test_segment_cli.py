@@ -196,6 +196,7 @@ def test_imgsz_overrides_model_size(capsys, tiny, tmp_path, video):
     ("args", "message"),
     [
         (["--imgsz", "40"], "--imgsz 40 must be a multiple of 16"),
+        (["--imgsz", "1000000"], "--imgsz 1000000 must be at most 4096"),
         (["--backend", "onnx", "--imgsz", "64"], "--imgsz 64: the onnx backend runs at the"),
     ],
 )
@@ -375,7 +376,8 @@ def test_reader_queue_is_bounded_without_realtime():
 
 
 @pytest.mark.parametrize(
-    "sig,code,realtime", [(signal.SIGINT, 130, False), (signal.SIGTERM, 143, True)]
+    "sig,code,realtime",
+    [(signal.SIGINT, 130, False), (signal.SIGTERM, 143, True), (signal.SIGHUP, 129, False)],
 )
 def test_signal_stops_cleanly(tiny, tmp_path, sig, code, realtime):
     src = write_video(tmp_path / "long.mp4", n=300, fps=30.0)
@@ -1075,3 +1077,98 @@ def test_same_names_from_two_folders_record_their_own_paths(capsys, tiny, tmp_pa
     assert sorted(p.name for p in out.glob("*.png")) == ["x.png", "x_2.png"]
     sources = [r["source"] for r in read_rows(out)]
     assert sources == [str(tmp_path / "dir" / "a" / "x.png"), str(tmp_path / "dir" / "b" / "x.png")]
+
+
+def test_image_names_that_are_not_utf8_or_look_like_formulas(capsys, tiny, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    names = [b"a.png", b"b\xff.png", b'=HYPERLINK("http:__x","y").png', b"-1+2.png"]
+    for i, name in enumerate(names):
+        assert cv2.imwrite(str(tmp_path / "x.png"), disc_frame(i))
+        os.rename(tmp_path / "x.png", os.path.join(os.fsencode(folder), name))
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(folder))
+    assert rc == 0, err
+    out = tmp_path / "runs" / "exp"
+    rows = read_rows(out)
+    sources = [r["source"] for r in rows]
+    assert sorted(sources) == sorted(
+        ["a.png", "b\\xff.png", '\'=HYPERLINK("http:__x","y").png', "'-1+2.png"]
+    )
+    assert not any(s.startswith(("=", "+", "-", "@")) for s in sources)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == 4 == len(rows)
+    lines = (out / "records.jsonl").read_text().splitlines()
+    jsonl = [json.loads(line)["source"] for line in lines]
+    assert '=HYPERLINK("http:__x","y").png' in jsonl and "b\\xff.png" in jsonl
+    assert len(list(out.glob("*.png"))) == 4  # an overlay per image, under its own name
+
+
+@pytest.mark.parametrize(
+    ("text", "cell"),
+    [
+        ("=1+1", "'=1+1"),
+        ("+x", "'+x"),
+        ("-x", "'-x"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\tx", "'\tx"),
+        ("\rx", "'\rx"),
+        ("a=b", "a=b"),
+        (-0.5, -0.5),
+        ("b\udcff.png", "b\\xff.png"),
+    ],
+)
+def test_csv_text_neutralises_formula_cells(text, cell):
+    from lsdseg.cli.records import csv_text
+
+    assert csv_text(text) == cell
+
+
+def test_max_pixels_refuses_a_larger_image_in_one_line(capsys, tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("LSDSEG_MAX_IMAGE_PIXELS", "")  # unset (the default), restored after
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), disc_frame(0))  # 96 x 128 = 12288 pixels
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(image), "--max-pixels", "12000")
+    assert rc == 1 and "declares 128x96 pixels" in err and "--max-pixels" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "runs" / "exp").exists()
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(image), "--max-pixels", "nan")
+    assert rc == 1 and "--max-pixels nan must be" in err, err
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(image), "--max-pixels", "12288")
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--timeout", "inf"], "--timeout inf must be between 0 and 86400 seconds"),
+        (["--timeout", "1e7"], "--timeout 10000000.0 must be between 0 and 86400"),
+        (["--timeout", "nan"], "--timeout nan must be between"),
+        (["--server-timeout", "inf"], "--server-timeout inf must be between 0 and 86400"),
+    ],
+)
+def test_timeouts_are_bounded(capsys, tiny, tmp_path, args, message):
+    rc, err = segment(capsys, tiny, tmp_path / "runs", "rtsp://127.0.0.1:9/live", *args)
+    assert rc == 1 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    ("fps", "size", "message"),
+    [
+        (30.0, (10, 10000), "frames are at most 8191 pixels a side"),
+        (1 / 3600, (64, 64), "stores 0.002 to 65535 frames per second"),
+    ],
+)
+def test_mp4v_limits_are_named_not_blamed_on_the_folder(tmp_path, fps, size, message):
+    from lsdseg.cli.errors import UserError
+    from lsdseg.cli.writer import VideoOut
+
+    with pytest.raises(UserError, match=message) as info:
+        VideoOut(tmp_path / "v.mp4", fps, size)
+    assert "writable" not in str(info.value)
+
+
+def test_a_symlink_loop_is_named_without_suggesting_itself(capsys, tiny, tmp_path):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    rc, err = segment(capsys, tiny, tmp_path / "runs", str(tmp_path / "a"))
+    assert rc == 1 and "is a symbolic link to nothing (a loop" in err, err
+    assert "did you mean" not in err

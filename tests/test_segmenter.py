@@ -160,6 +160,28 @@ def test_invalid_settings_name_the_argument(seg: Segmenter, kwargs: dict, fragme
     assert fragment in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"hypotheses": 2.5}, "hypotheses=2.5 must be an int"),
+        ({"steps": 1.5}, "steps=1.5 must be an int"),
+        ({"hypotheses": "2"}, "hypotheses='2' must be an int"),
+        ({"hypotheses": True}, "hypotheses=True must be an int"),
+        ({"eta": "0"}, "eta='0' must be a number"),
+        ({"threshold": True}, "threshold=True must be a number"),
+        ({"seed": b"\x01"}, "seed=b'\\x01' must be an int"),
+        ({"warm_start": "x"}, "warm_start='x' must be the Result of the previous call"),
+    ],
+)
+def test_settings_of_the_wrong_type_are_type_errors(
+    seg: Segmenter, kwargs: dict, fragment: str
+) -> None:
+    with pytest.raises(TypeError) as info:
+        seg(_frame(), **kwargs)
+    assert fragment in str(info.value)
+    seg(_frame(), hypotheses=np.int64(2), steps=np.int32(1), eta=0, threshold=np.float32(0.5))
+
+
 def test_empty_and_malformed_batches(seg: Segmenter) -> None:
     with pytest.raises(ValueError, match="empty"):
         seg([])

@@ -372,6 +372,63 @@ def test_without_the_libpython_fix_the_failure_is_explained(tiny, tmp_path):
     assert "loaded a libpython that is not this interpreter's" in errors[0]
 
 
+def _infer_json(server: Server, body: dict) -> tuple[int, str]:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{server.http}/v2/models/lsdseg/infer",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.mark.parametrize(
+    ("parameters", "shape", "message"),
+    [
+        ({"hypotheses": 0}, [1, 4, 4, 3], "hypotheses=0 must be between 1 and 256"),
+        ({"eta": "nan"}, [1, 4, 4, 3], "eta=nan"),
+        ({"colour": 1}, [1, 4, 4, 3], "unknown parameter 'colour'"),
+        ({}, [1, 0, 4, 3], "the request cannot be read"),  # PyTriton cannot map it
+    ],
+)
+def test_a_refused_request_is_answered_in_one_line_without_a_traceback(
+    server, parameters, shape, message
+):
+    size = int(np.prod(shape))
+    inputs = [{"name": "frame", "shape": shape, "datatype": "UINT8", "data": [0] * size}]
+    status, body = _infer_json(server, {"inputs": inputs, "parameters": parameters})
+    error = json.loads(body)["error"]
+    assert status == 400 and message in error, (status, body)
+    assert "Traceback" not in error and "\n" not in error and ".py" not in error, error
+    assert server.proc.poll() is None  # the server goes on
+
+
+def test_sigkill_of_serve_stops_its_tritonserver(tiny, tmp_path):
+    s = start_server(tiny, tmp_path)
+    try:
+        children = subprocess.run(
+            ["pgrep", "-P", str(s.proc.pid), "tritonserver"], capture_output=True, text=True
+        ).stdout.split()
+        assert children, "no tritonserver child"
+        s.proc.kill()  # SIGKILL of lsdseg serve alone, not of its group
+        s.proc.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if not any(Path(f"/proc/{pid}").exists() for pid in children):
+                break
+            time.sleep(0.3)
+        else:
+            pytest.fail("tritonserver outlived the killed lsdseg serve")
+        with socket.socket() as sock:  # its port is free again (none listens on it)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", s.http))
+    finally:
+        s.stop()
+
+
 def test_ctrl_c_stops_the_server_cleanly(server):
     code = server.stop()
     log = server.log.read_text()

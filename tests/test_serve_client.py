@@ -123,7 +123,7 @@ def test_segment_with_a_dead_server_is_one_line_and_no_run(capsys, tmp_path, ref
         (["--backend", "torch"], "--backend sets up a local model"),
         (["--imgsz", "64"], "--imgsz sets up a local model"),
         (["--temporal"], "--temporal needs the previous frame's latents"),
-        (["--server-timeout", "0"], "--server-timeout 0.0 must be > 0"),
+        (["--server-timeout", "0"], "--server-timeout 0.0 must be between 0 and 86400"),
     ],
 )
 def test_segment_server_option_conflicts(capsys, tmp_path, args, message):

@@ -117,3 +117,51 @@ def test_serve_help_promises_no_summary_json():
     assert "summary.json" not in helps["precision"]
     segment = {a.dest: a.help for a in sub.choices["segment"]._actions}
     assert "recorded in summary.json" in segment["precision"]
+
+
+_PARENT = """
+import subprocess, sys, time
+from lsdseg.cli.serve_guard import watch_children
+server = subprocess.Popen([sys.argv[1], "600"])  # stands in for tritonserver
+time.sleep(0.3)
+watchdog = watch_children("tritonserver")
+print(server.pid, watchdog.pid if watchdog else -1, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_serve_takes_its_server_with_it(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    fake = tmp_path / "tritonserver"  # a long sleep under the server's name
+    fake.symlink_to("/bin/sleep")
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT, str(fake)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        server, watchdog = map(int, parent.stdout.readline().split())
+        assert watchdog > 0
+        os.kill(server, 0)  # running
+        parent.kill()  # SIGKILL: nothing of lsdseg serve runs after it
+        parent.wait()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                os.kill(server, 0)
+            except ProcessLookupError:
+                break
+            try:
+                with open(f"/proc/{server}/stat") as f:  # a zombie (reaped by init) is gone
+                    if f.read().split(") ")[1].startswith("Z"):
+                        break
+            except OSError:  # reaped meanwhile
+                break
+            time.sleep(0.2)
+        else:
+            os.kill(server, signal.SIGKILL)
+            pytest.fail("the server outlived the killed lsdseg serve")
+    finally:
+        parent.kill()

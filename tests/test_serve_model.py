@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 import lsdseg
-from lsdseg.cli.server import OUTPUTS, SegmentModel, group_jobs, parse_request
+from lsdseg.cli.server import (
+    OUTPUTS,
+    ClientErrors,
+    SegmentModel,
+    client_message,
+    group_jobs,
+    parse_request,
+)
 
 
 @dataclass
@@ -136,3 +143,47 @@ def test_group_jobs_keeps_eta_requests_apart(seg):
         parse_request(seg, request(frame(3), seed=4, hypotheses=2)),  # 2 is the default K
     ]
     assert group_jobs(jobs) == [[0], [1], [2, 3]]
+
+
+@pytest.mark.parametrize(
+    ("data", "params", "message"),
+    [
+        (None, {"hypotheses": 0}, "hypotheses=0 must be between 1 and 256"),
+        (None, {"hypotheses": 257}, "hypotheses=257 must be between 1 and 256"),
+        (None, {"hypotheses": "abc"}, "parameter hypotheses='abc' must be an integer"),
+        (None, {"steps": 0}, "steps=0 must be between"),
+        (None, {"seed": -1}, "parameter seed=-1 must be between 0 and"),
+        (None, {"eta": "nan"}, "eta=nan"),
+        (None, {"colour": 1}, "unknown parameter 'colour'"),
+        (np.zeros((2, 8, 8, 3), np.uint8), {}, "shape (2, 8, 8, 3)"),
+        (np.zeros((1, 0, 8, 3), np.uint8), {}, "shape (1, 0, 8, 3)"),
+    ],
+)
+def test_a_refused_request_reaches_the_client_as_one_line(seg, data, params, message):
+    bad = request(frame(1), **params) if data is None else Request({"frame": data}, params)
+    try:
+        SegmentModel(seg)([bad])
+    except ValueError as e:
+        error = e
+    # PyTriton formats the error of the callable with its traceback module: ours stands in
+    sent = "".join(ClientErrors().format_exception(None, error, error.__traceback__))
+    assert sent.startswith("request 1 of 1: ") and message in sent, sent
+    assert "\n" not in sent and "Traceback" not in sent and ".py" not in sent
+    try:
+        SegmentModel(seg)([bad])
+    except ValueError:
+        assert ClientErrors().format_exc() == sent
+
+
+def test_an_internal_error_is_named_without_its_traceback():
+    try:
+        raise RuntimeError("CUDA out of memory at /srv/secret/path.py")
+    except RuntimeError as e:
+        sent = client_message(e)
+    assert sent == "internal error of the server (RuntimeError); its log has the details"
+
+
+def test_a_frame_above_the_pixel_limit_is_refused(seg, monkeypatch):
+    monkeypatch.setenv("LSDSEG_MAX_IMAGE_PIXELS", "1999")
+    with pytest.raises(ValueError, match="has 40x50 pixels, above the server's limit of 1999"):
+        parse_request(seg, request(frame(0)))

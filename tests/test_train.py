@@ -151,6 +151,70 @@ def test_sigkill_then_rerun_resumes_to_the_same_weights(data, tiny_config, ref, 
     assert (run / "best" / "card.md").exists() and (run / "progress.png").exists()
 
 
+# the run killed as it renames a finished checkpoint into last/ for the 4th time (diffusion
+# epoch 2): last/ has just been moved aside, the new one is complete but not in place yet
+_KILL_INTO_LAST = """
+import os, signal, sys
+from pathlib import Path
+from lsdseg.cli.main import main
+calls, rename = 0, Path.rename
+def kill_into_last(self, to):
+    global calls
+    if Path(to).name == "last":
+        calls += 1
+        if calls == 4:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return rename(self, to)
+Path.rename = kill_into_last
+sys.argv[0] = "lsdseg"
+sys.exit(main())
+"""
+
+
+def test_a_kill_between_the_renames_of_a_save_resumes_from_the_newest(
+    data, tiny_config, ref, tmp_path
+):
+    run = tmp_path / "between"
+    cmd = [sys.executable, "-c", _KILL_INTO_LAST, *_cmd(data, tiny_config, run)[3:]]
+    killed = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (run / "last").exists()  # the kill hit while last/ was renamed aside
+    done = subprocess.run(_cmd(data, tiny_config, run), env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    err = " ".join(done.stderr.split())
+    assert "recovered the checkpoint" in err and "resuming from epoch 2 of stage 2" in err, err
+    _assert_same_run(ref, run)
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [".lock"]
+
+
+_HOLD_LOCK = """
+import sys, time
+from lsdseg.cli.runs import run_lock
+with run_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_second_training_on_a_busy_run_folder_is_refused_naming_the_holder(
+    capsys, data, tiny_config, tmp_path
+):
+    run = tmp_path / "busy"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        rc, err = _main(capsys, _cmd(data, tiny_config, run))
+        assert rc == 1 and f"PID {holder.pid}" in err and "--out" in err, err
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]  # nothing of the second run
+    finally:
+        holder.kill()
+        holder.wait()
+    rc, err = _main(capsys, [*_cmd(data, tiny_config, run), "--epochs", "1", "--ae-epochs", "1"])
+    assert rc == 0, err  # the holder's end frees the lock: a stale .lock blocks nothing
+
+
 def test_time_limit_stops_after_one_epoch_and_rerunning_finishes_the_same_run(
     data, tiny_config, ref, tmp_path
 ):
@@ -478,3 +542,41 @@ def test_without_matplotlib_a_run_finishes_and_says_why_it_has_no_picture(
     assert [r.getMessage() for r in caplog.records if "progress.png" in r.getMessage()] == [
         'progress.png not drawn: matplotlib is not installed: pip install "lsdseg[plot]"'
     ]
+
+
+def test_a_diverging_run_stops_at_once_and_keeps_a_finite_checkpoint(
+    capsys, data, tiny_config, tmp_path
+):
+    from lsdseg.checkpoint import load_checkpoint
+
+    run = tmp_path / "diverged"
+    code, err = _main(capsys, [*_cmd(data, tiny_config, run), "--lr", "1e30"])
+    assert code == 1 and "training diverged at diffusion epoch 1" in err, err
+    assert "lower the learning rate (--lr 1e+30)" in err and "keeps the last checkpoint" in err
+    load_checkpoint(run / "last")  # finite: loading refuses NaN or infinite weights
+    assert not (run / "best").exists()  # no diffusion epoch ended
+    rows = (run / "metrics.csv").read_text().strip().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["autoencoders", "autoencoders"]
+
+
+def test_val_steps_are_checked_first_and_may_change_on_resume(capsys, data, tiny_config, tmp_path):
+    run = tmp_path / "val"
+    code, err = _main(capsys, [*_cmd(data, tiny_config, run), "--val-steps", "5000"])
+    assert code == 1 and "--val-steps 5000 must be between 1 and 1000" in err, err
+    assert not run.exists()  # refused before anything trained or was written
+    cmd = [*_cmd(data, tiny_config, run), "--epochs", "2", "--time-limit", "0.00001"]
+    code, err = _main(capsys, cmd)  # one autoencoder epoch, then stopped at the time limit
+    assert code == 0, err
+    code, err = _main(capsys, [*cmd, "--val-steps", "1", "--val-every", "2"])
+    assert code == 0 and "resuming from epoch 1" in err, err
+    saved = json.loads((run / "config.json").read_text())["train"]
+    assert saved["val_steps"] == 1 and saved["val_every"] == 2
+
+
+def test_a_run_folder_that_holds_the_data_is_refused(capsys, data, tiny_config, tmp_path):
+    import shutil
+
+    inside = shutil.copytree(data, tmp_path / "run" / "toy")
+    code, err = _main(capsys, [*_cmd(inside, tiny_config, tmp_path / "run")])
+    assert code == 1 and f"--out {tmp_path / 'run'} holds the input {inside}" in err, err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["toy"]
