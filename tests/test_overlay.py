@@ -331,14 +331,20 @@ def test_heads_up_text_names_the_frame_mean_and_stills_get_no_timing():
     frame = Frame(0, np.zeros((H, W, 3), np.uint8), None, "a.png")
     mean = float(res.mutual_info.mean())  # the default map: mutual information
     video = _work(frame, res, 123.4, 5.0, OverlayOptions(), False).view.hud
-    assert video == f"K={K} | MI {mean:.3f} | unsure 0.20\n5.0 fps | 123 ms"
+    # the first line is the frame-level state in words, with the presence score
+    assert video == f"POLYP | p=0.90\nK={K} | MI {mean:.3f} | unsure 0.20\n5.0 fps | 123 ms"
     still = _work(frame, res, 123.4, 5.0, OverlayOptions(), False, still=True).view.hud
-    assert still == f"K={K} | MI {mean:.3f} | unsure 0.20"
+    assert still == f"POLYP | p=0.90\nK={K} | MI {mean:.3f} | unsure 0.20"
     opts = OverlayOptions(measure="entropy")
     ent = _work(frame, res, 1.0, 1.0, opts, False, still=True).view.hud
-    assert ent.startswith(f"K={K} | entropy {float(res.entropy.mean()):.3f}")
+    assert ent.split("\n")[1].startswith(f"K={K} | entropy {float(res.entropy.mean()):.3f}")
     flagged = _work(frame, res, 1.0, 1.0, OverlayOptions(), False, 0.1, still=True)
-    assert flagged.view.hud == f"UNSURE 0.20 | K={K} | MI {mean:.3f}" and flagged.view.alert
+    assert flagged.view.hud == f"UNSURE | p=0.90\nK={K} | MI {mean:.3f} | unsure 0.20"
+    assert flagged.view.alert
+    res.present, res.score = False, 0.05  # judged polyp-free: no mask, said in words
+    free = _work(frame, res, 1.0, 1.0, OverlayOptions(), False, still=True)
+    assert free.view.hud.startswith("no polyp | p=0.05\n") and not free.view.alert
+    assert free.record["polyp_shown"] is False and free.record["area_fraction"] == 0
 
 
 def test_the_colour_bar_names_the_unit_of_its_map():
@@ -356,7 +362,8 @@ def test_one_hypothesis_says_it_has_no_uncertainty():
     res = fake_result(k=1)
     frame = Frame(0, np.zeros((H, W, 3), np.uint8), None, "a.png")
     work = _work(frame, res, 10.0, 5.0, OverlayOptions(), False, 0.1)
-    assert work.view.hud == "K=1 | no uncertainty\n5.0 fps | 10 ms" and not work.view.alert
+    assert work.view.hud == "POLYP | p=0.90\nK=1 | no uncertainty\n5.0 fps | 10 ms"
+    assert not work.view.alert
     assert all(work.record[key] is None for key in ONE_SAMPLE_EMPTY)
     assert work.record["area_fraction"] > 0  # the mask is still measured
 
