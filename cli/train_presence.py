@@ -77,7 +77,9 @@ def run_presence(args: argparse.Namespace, console: Any, init: str, out: Path) -
 
         def images() -> Any:
             for p in pairs:
-                for image, positive in frame_views(p, views, cfg.seed, kind):
+                # at most twice the model's size on the shorter side before augmenting
+                views_of = frame_views(p, views, cfg.seed, kind, 2 * model.cfg.image_size)
+                for image, positive in views_of:
                     labels.append(positive)
                     yield image
 

@@ -95,14 +95,25 @@ def positive_crop(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator)
     return image[top : top + side, left : left + side]
 
 
-def frame_views(pair: Pair, views: int, seed: int, kind: str) -> Iterable[tuple[np.ndarray, bool]]:
+def frame_views(
+    pair: Pair, views: int, seed: int, kind: str, max_side: int = 0
+) -> Iterable[tuple[np.ndarray, bool]]:
     """The training views of one image: ``(RGB image, holds a polyp)`` each.
 
     ``kind`` is ``"frame"`` (the image itself, augmented after the first view) or ``"crop"``
     (polyp-free crops of a polyp frame, a new random one per view; none if the polyp leaves no
-    room).
+    room). ``max_side`` > 0 first shrinks an image whose shorter side is longer (aspect kept),
+    so a 1920 x 1072 frame is not augmented at full size to be encoded at 256.
     """
     image, mask = load_sample(pair)
+    if max_side and min(image.shape[:2]) > max_side:
+        import cv2
+
+        f = max_side / min(image.shape[:2])
+        size = (round(image.shape[1] * f), round(image.shape[0] * f))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        if mask is not None:
+            mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
     positive = mask is not None and bool(mask.any())
     aug = AugmentConfig()
     for v in range(views):

@@ -377,3 +377,23 @@ def test_decide_draws_a_held_frame_from_its_mean_and_hides_an_unconfirmed_one() 
     assert state_word(False, False, False) == "no polyp"
     assert state_word(True, True, False) == "POLYP"
     assert state_word(False, True, True) == "UNSURE"
+
+
+def test_frame_views_shrink_large_frames_and_label_them(tmp_path):
+    import cv2
+
+    from lsdseg.data import Pair
+    from lsdseg.presence_train import frame_views
+
+    image, mask = _polyp_frame(600, 800)
+    cv2.imwrite(str(tmp_path / "i.png"), image)
+    cv2.imwrite(str(tmp_path / "m.png"), mask.astype(np.uint8) * 255)
+    pair = Pair(tmp_path / "i.png", tmp_path / "m.png")
+    frames = list(frame_views(pair, 3, 0, "frame", max_side=150))
+    assert [p for _, p in frames] == [True] * 3
+    assert frames[0][0].shape == (150, 200, 3)  # the shorter side to 150, aspect kept
+    crops = list(frame_views(pair, 2, 0, "crop", max_side=150))
+    assert [p for _, p in crops] == [False, False] and crops[0][0].shape[0] >= 45
+    free = Pair(tmp_path / "i.png")  # no mask: a polyp-free frame, and no crops to cut
+    assert [p for _, p in frame_views(free, 2, 0, "frame")] == [False, False]
+    assert list(frame_views(free, 2, 0, "crop")) == []
