@@ -313,18 +313,18 @@ def run_folder(args: argparse.Namespace) -> tuple[Path, str]:
 
 def run(args: argparse.Namespace) -> int:
     apply_max_pixels(args)
-    check_writable(args.out, "--out")  # before the lock creates the folder
-    out = Path(args.out)
-    inputs = [Path(d) for d in [*args.data, *(args.val_data or [])]]
+    out, option = run_folder(args)
+    check_writable(out, option)  # before the lock creates the folder
+    inputs = [Path(d) for d in [*args.data, *(args.val_data or []), *(args.negatives or [])]]
     try:  # a run folder that is, or holds, a dataset: the run's files would land among its own
         check_apart(str(out.parent), out.name, True, inputs)
     except UserError as e:
-        raise UserError(str(e).replace("--project/--name", "--out")) from None
-    with run_lock(args.out):  # a second training on the same --out is refused, naming this one
-        return _train(args)
+        raise UserError(str(e).replace("--project/--name", option)) from None
+    with run_lock(out, option):  # a second training on one run folder is refused, naming this
+        return _train(args, out)
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, out: Path) -> int:
     import time
 
     import torch
@@ -343,8 +343,6 @@ def _train(args: argparse.Namespace) -> int:
     from lsdseg.train import Trainer, TrainingDiverged
 
     started = time.monotonic()  # --time-limit counts from here, loading and caching included
-    out, option = run_folder(args)
-    check_writable(out, option)  # before the data is read and the model built
     console = make_console(stderr=True)
     device = device_option(args.device)
     model_cfg = load_json(ModelConfig, args.model_config) if args.model_config else ModelConfig()

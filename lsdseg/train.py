@@ -354,7 +354,7 @@ class Trainer:
                     p.grad.div_(self.world)
         norm = torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         if not bool(torch.isfinite(losses["loss"]) & torch.isfinite(norm)):  # one sync
-            self._diverged(f"loss {float(losses['loss'])}, gradient norm {float(norm)}")
+            self._diverged(f"loss {float(losses['loss'].detach())}, gradient norm {float(norm)}")
         self.opt.step()
         if self.ema is not None:
             _ema_update(self.ema, m, cfg.ema_decay, loop.step)
