@@ -120,12 +120,12 @@ def image_panel(
 
     title = np.full((28, width, 3), 255, np.uint8)
     scores = "no ground truth"
-    if row is not None and row.get("polyp"):
+    if row is not None and "dice" in row:  # a polyp frame
         scores = f"Dice {row['dice']:.3f}   IoU {row['iou']:.3f}"
-    elif row is not None:  # a polyp-free frame: was a mask drawn on it?
+    elif row is not None and "area_fraction" in row:  # a polyp-free one: was a mask drawn?
         drawn = "false alarm" if row["area_fraction"] > 0 else "no mask drawn: right"
         scores = f"polyp-free, {drawn}"
-    if row is not None:
+    if row is not None and "score" in row:
         scores += f"   presence {row['score']:.2f}"
     text = f"{name}   {scores}"
     _put(title, text, (6, 19), min(0.55, 0.55 * (width - 12) / max(1, _width(text, 0.55))))

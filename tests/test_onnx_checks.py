@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tiny_graph(op: str = "Relu", **attrs) -> object:
-    """image -> op -> mean/std/hypotheses, with lsdseg metadata, for the checkers."""
+    """image -> op -> mean/std/hypotheses/score, with lsdseg metadata, for the checkers."""
     from onnx import TensorProto, helper
 
     inputs = [
@@ -29,6 +29,7 @@ def _tiny_graph(op: str = "Relu", **attrs) -> object:
         helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["B", 16, 16]),
         helper.make_tensor_value_info("std", TensorProto.FLOAT, ["B", 16, 16]),
         helper.make_tensor_value_info("hypotheses", TensorProto.FLOAT, ["B", "K", 16, 16]),
+        helper.make_tensor_value_info("score", TensorProto.FLOAT, ["B"]),
     ]
     nodes = [helper.make_node(op, ["image"], ["mean"], name="n0", **attrs)]
     graph = helper.make_graph(nodes, "g", inputs, outputs)
@@ -86,6 +87,7 @@ def test_outputs_get_their_names_even_when_an_internal_value_took_one():
         helper.make_node("Sigmoid", ["mean"], [f"{_TRACED}mean"]),
         helper.make_node("Neg", ["mean"], [f"{_TRACED}std"]),
         helper.make_node("Abs", [f"{_TRACED}mean"], [f"{_TRACED}hypotheses"]),
+        helper.make_node("Exp", [f"{_TRACED}mean"], [f"{_TRACED}score"]),
     ]
     model = helper.make_model(helper.make_graph(nodes, "g", [x], outs))
     _name_outputs(model.graph)
@@ -96,5 +98,6 @@ def test_outputs_get_their_names_even_when_an_internal_value_took_one():
         ["mean"],
         ["std"],
         ["hypotheses"],
+        ["score"],
     ]
     assert list(model.graph.node[3].input) == ["mean"]

@@ -351,7 +351,8 @@ def test_train_stage_presence_fits_a_head_and_chooses_a_threshold(capsys, tiny, 
 
 def test_train_stage_presence_needs_a_checkpoint(cli_error, tmp_path):
     polyps = _dataset(tmp_path / "polyps", 4, polyp=True)
-    err = cli_error(["train", "--stage", "presence", "--data", str(polyps), "--out", str(tmp_path)])
+    out = str(tmp_path / "run")
+    err = cli_error(["train", "--stage", "presence", "--data", str(polyps), "--out", out])
     assert "--init" in err
 
 
