@@ -7,11 +7,15 @@ exactly as they were, so the masks of polyp frames the head lets through do not 
 
 The frames:
 
-- positives: polyp frames (a non-empty mask), augmented; every other view is a random square
-  crop that holds the whole polyp, so "no scope border" or "zoomed in" never means "no polyp";
-- negatives: polyp-free images (no mask, an empty mask, or a ``--negatives`` folder), augmented,
-  and polyp-free crops of the training polyp frames (:func:`lsdseg.negatives.polyp_free_crop`),
-  which are the same cameras' mucosa, folds, stool and border.
+- positives: polyp frames (a non-empty mask);
+- negatives: polyp-free images (no mask, an empty mask, or a ``--negatives`` folder) and the
+  largest polyp-free crop of each training polyp frame (:func:`lsdseg.negatives.polyp_free_crop`),
+  the same cameras' mucosa, folds, stool and border.
+
+``views`` > 1 adds augmented copies (flips, rotation, zoom, colour) and random polyp-free crops.
+One view, the frames as they are, is the default: on validation it gave the fewest false alarms
+(``benchmarks/RESULTS.md``, "Knowing when there is no polyp"); square crops around the polyp as
+extra positives were tried and made crops of mucosa look like polyps.
 
 Validation scores the validation polyp frames, the validation negatives and the largest
 polyp-free crop of each validation polyp frame, unaugmented; the threshold is the highest that
@@ -43,7 +47,6 @@ __all__ = [
     "fit_head",
     "frame_views",
     "pooled_features",
-    "positive_crop",
     "score_sets",
 ]
 
@@ -53,7 +56,7 @@ class PresenceTrainConfig:
     """Settings of ``lsdseg train --stage presence``."""
 
     hidden: int = 64  # hidden width of the head (ModelConfig.presence)
-    views: int = 4  # augmented views of each training image (the first is unaugmented)
+    views: int = 1  # views of each training image: the first as it is, the others augmented
     steps: int = 2000  # optimiser steps on the cached features
     batch_size: int = 256
     lr: float = 2e-3
@@ -77,22 +80,6 @@ class PresenceTrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
-
-
-def positive_crop(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A random square crop of a polyp frame that holds the whole polyp (1.2 to 2 times its
-    larger side, at most the frame's shorter side).
-
-    Shapes:
-        image (H, W, 3), mask (H, W) non-empty -> (s, s, 3).
-    """
-    ys, xs = np.nonzero(mask)
-    h, w = mask.shape
-    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
-    side = int(min(h, w, max(y1 - y0, x1 - x0) * rng.uniform(1.2, 2.0)))
-    top = int(rng.integers(max(0, y1 - side), min(y0, h - side) + 1)) if side >= y1 - y0 else y0
-    left = int(rng.integers(max(0, x1 - side), min(x0, w - side) + 1)) if side >= x1 - x0 else x0
-    return image[top : top + side, left : left + side]
 
 
 def frame_views(
@@ -127,12 +114,7 @@ def frame_views(
             out = crop if v == 0 else augment(crop, None, rng, aug)[0]
             yield out, False
             continue
-        out = image
-        if positive and v % 2 == 1:
-            out = positive_crop(image, mask, rng)
-        if v > 0:
-            out = augment(np.ascontiguousarray(out), None, rng, aug)[0]
-        yield out, positive
+        yield (image if v == 0 else augment(image, None, rng, aug)[0]), positive
 
 
 def _name_seed(pair: Pair) -> int:

@@ -16,7 +16,6 @@ from lsdseg.presence_train import (
     PresenceTrainConfig,
     choose_threshold,
     fit_head,
-    positive_crop,
     summary,
     with_head,
 )
@@ -133,15 +132,6 @@ def test_random_crops_are_reproducible_and_resized() -> None:
     b = polyp_free_crop(image, mask, size=32, rng=np.random.default_rng(4))
     assert a is not None and a.shape == (32, 32, 3)
     np.testing.assert_array_equal(a, b)
-
-
-def test_a_positive_crop_holds_the_whole_polyp() -> None:
-    image, mask = _polyp_frame()
-    both = np.concatenate([image, mask[..., None].astype(np.uint8)], axis=2)
-    for seed in range(20):
-        crop = positive_crop(both, mask, np.random.default_rng(seed))
-        assert crop.shape[0] == crop.shape[1]
-        assert int(crop[..., 3].sum()) == int(mask.sum())  # every polyp pixel is inside
 
 
 # ----------------------------------------------------------------------------- training
