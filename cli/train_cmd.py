@@ -90,9 +90,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--min-sensitivity",
         type=float,
-        default=0.99,
-        help="--stage presence: the threshold is the highest that keeps this share of the "
-        "validation polyp frames (default 0.99)",
+        default=1.0,
+        help="--stage presence: the threshold keeps this share of the validation polyp frames "
+        "(default 1: all; a polyp frame judged polyp-free loses its whole mask)",
     )
     p.add_argument("--epochs", type=int, default=60, help="diffusion-stage epochs")
     p.add_argument("--ae-epochs", type=int, default=10, help="autoencoder-stage epochs")

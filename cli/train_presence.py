@@ -23,6 +23,7 @@ from lsdseg.cli.errors import UserError
 def run_presence(args: argparse.Namespace, console: Any, init: str, out: Path) -> int:
     """Train the presence head of ``init`` on ``args.data`` and ``args.negatives`` into the
     run folder ``out``."""
+    import numpy as np
     import torch
 
     from lsdseg.checkpoint import load_checkpoint, save_checkpoint
@@ -113,7 +114,8 @@ def run_presence(args: argparse.Namespace, console: Any, init: str, out: Path) -
     if not val_sets["polyp"]:
         raise UserError("the validation split holds no polyp frame: add --data with masks")
     scores = score_sets(head, {k: pooled_features(model, v) for k, v in val_sets.items() if v})
-    threshold = choose_threshold(scores["polyp"], cfg.min_sensitivity)
+    negative = np.concatenate([v for k, v in scores.items() if k != "polyp"])
+    threshold = choose_threshold(scores["polyp"], cfg.min_sensitivity, negative)
     table = summary(scores, threshold)
     missed = [
         {**row, "score": float(s)}

@@ -19,7 +19,8 @@ extra positives were tried and made crops of mucosa look like polyps.
 
 Validation scores the validation polyp frames, the validation negatives and the largest
 polyp-free crop of each validation polyp frame, unaugmented; the threshold is the highest that
-keeps the validation sensitivity at ``min_sensitivity`` (:func:`choose_threshold`).
+keeps ``min_sensitivity`` of the validation polyp frames (all, by default), in the middle of the
+gap to the next validation score below (:func:`choose_threshold`).
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ class PresenceTrainConfig:
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 1e-2
-    min_sensitivity: float = 0.99  # the threshold keeps at least this validation sensitivity
+    # the threshold keeps at least this share of the validation polyp frames: all of them by
+    # default, since a polyp frame judged polyp-free loses its whole mask
+    min_sensitivity: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -202,17 +205,23 @@ def score_sets(head: PresenceHead, sets: dict[str, torch.Tensor]) -> dict[str, n
     return {k: torch.sigmoid(head.forward_pooled(v)).numpy() for k, v in sets.items()}
 
 
-def choose_threshold(positive: np.ndarray, min_sensitivity: float) -> float:
-    """The highest threshold (score >= threshold is a polyp) that keeps at least
-    ``min_sensitivity`` of the ``positive`` scores, lowered to the midpoint of the gap below
-    it so that it sits between scores rather than on one."""
+def choose_threshold(
+    positive: np.ndarray, min_sensitivity: float, negative: np.ndarray | None = None
+) -> float:
+    """The threshold (score >= threshold is a polyp) that keeps at least ``min_sensitivity`` of
+    the ``positive`` scores, placed in the middle of the gap below the lowest score it keeps:
+    halfway to the next score below, a polyp frame let go or a ``negative`` (polyp-free) one,
+    so that it sits between validation scores rather than on one (0 below the lowest score
+    when nothing is below it)."""
     if len(positive) == 0:
         raise ValueError("choosing a threshold needs validation polyp frames")
     s = np.sort(positive)
     allowed = math.floor((1.0 - min_sensitivity) * len(s) + 1e-9)  # misses allowed
     keep = s[allowed]  # the lowest score still kept
-    below = s[allowed - 1] if allowed > 0 else 0.0
-    return float(max(0.0, (keep + below) / 2 if allowed > 0 else keep * 0.5))
+    below = [s[allowed - 1]] if allowed > 0 else []
+    if negative is not None:
+        below += [float(v) for v in negative if v < keep]
+    return float((keep + max(below)) / 2 if below else keep / 2)
 
 
 def summary(

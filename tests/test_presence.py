@@ -159,10 +159,13 @@ def test_fit_head_needs_both_kinds() -> None:
 def test_choose_threshold_keeps_the_asked_sensitivity() -> None:
     scores = np.linspace(0.5, 1.0, 100)
     t = choose_threshold(scores, 1.0)
-    assert np.mean(scores >= t) == 1.0 and t < scores.min()
+    assert np.mean(scores >= t) == 1.0 and t == pytest.approx(0.25)  # nothing below: halfway
     t99 = choose_threshold(scores, 0.99)
     assert np.mean(scores >= t99) == 0.99
-    assert scores[0] < t99 < scores[1]
+    assert t99 == pytest.approx((scores[0] + scores[1]) / 2)
+    # a polyp-free score below the lowest kept one: the threshold sits in the middle of the gap
+    t = choose_threshold(scores, 1.0, np.array([0.1, 0.4, 0.9]))
+    assert t == pytest.approx(0.45)
 
 
 def test_summary_counts_judged_frames_per_set() -> None:
