@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     figures = Path(args.figures).read_text().strip() if args.figures else ""
-    card = _strip_section(base_card) + "\n" + _section(report, command, figures) + "\n"
+    head = {k: v for k, v in new.items() if k.startswith("presence.")}
+    section = _section(report, command, figures, head, model.cfg.presence)
+    card = _strip_section(base_card) + "\n" + section + "\n"
     card = card.replace("\n\n\n", "\n\n")
     extra = {**base_meta.get("extra", {}), "presence": report}
     save_checkpoint(model, args.out, card, extra=extra, dtype=torch.float16)
@@ -77,10 +79,10 @@ def _strip_section(card: str) -> str:
     return head.rstrip() + "\n" + ("\n## " + rest[1] if len(rest) > 1 else "")
 
 
-def _section(report: dict, command: str, figures: str) -> str:
+def _section(report: dict, command: str, figures: str, head_state: dict, hidden: int) -> str:
     rows = "\n".join(
         f"| {name} | {int(r['frames'])} | {r['judged_polyp']:.3f} | "
-        f"{r.get('auroc', float('nan')):.4f} |"
+        + (f"{r['auroc']:.4f} |" if "auroc" in r else "- |")
         for name, r in report["validation"].items()
     )
     missed = report["missed_polyp_frames"]
@@ -93,15 +95,20 @@ def _section(report: dict, command: str, figures: str) -> str:
         )
     )
     views = report["training_views"]
+    n_views = report["settings"]["views"]
+    how = "as they are" if n_views == 1 else f"{n_views} views each, augmented after the first"
+    params = sum(v.numel() for k, v in head_state.items())
     return (
         "## Knowing when there is no polyp (the presence head)\n\n"
         "A head on the image encoder's pooled features (`lsdseg.presence`) scores the "
         "probability that a frame holds a polyp; below the presence threshold "
         f"({report['threshold']:.4f}) the mask is empty. Only the head was trained; the "
-        "segmentation weights above are unchanged.\n\n"
+        "segmentation weights above are unchanged. The head has "
+        f"{params / 1e3:.1f} k parameters (config.json: `presence` {hidden}, "
+        f"`sampler.presence_threshold` {report['threshold']:.4f}).\n\n"
         f"{NEGATIVES_TERMS}\n\n"
-        f"- training: {views['polyp']} polyp and {views['polyp_free']} polyp-free views "
-        f"(augmented), {report['time_s'] / 60:.1f} min on a CPU; command: `{command}`\n"
+        f"- training: {views['polyp']} polyp and {views['polyp_free']} polyp-free frames "
+        f"({how}), {report['time_s'] / 60:.1f} min on a CPU; command: `{command}`\n"
         "- validation: the held-out Kvasir-SEG and CVC-ClinicDB frames above, held-out runs "
         "of 50 neighbouring normal-colon frames, and the largest polyp-free crop of each "
         "validation polyp frame; the threshold keeps "
