@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "export",
         help="export a checkpoint to ONNX, TensorRT engines or a Triton model repository",
         description="Export one ONNX graph with the DDIM steps unrolled (inputs image, noise; "
-        "outputs mean, std, hypotheses; batch and K dynamic), and build TensorRT engines "
+        "outputs mean, std, hypotheses, score; batch and K dynamic), and build TensorRT engines "
         "from it.",
     )
     what = p.add_argument_group("what to export")
