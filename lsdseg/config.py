@@ -290,7 +290,10 @@ class ModelConfig:
     - ``sampler.steps=2``: picked on the validation split when the weights were bundled (at most
       2 steps there, the latency budget; the threshold, 0.5, is the default's);
     - ``sampler.shift=2.0``: timesteps 999, 666 instead of 999, 499, chosen on the validation
-      split for the entropy's error AUROC at the same cost (``benchmarks/RESULTS.md``).
+      split for the entropy's error AUROC at the same cost (``benchmarks/RESULTS.md``);
+    - ``presence=64`` and ``sampler.presence_threshold`` (0.1344): a presence head trained with
+      ``lsdseg train --stage presence`` on polyp-free frames, its threshold keeping every
+      validation polyp frame; a model trained from scratch has none until that stage runs.
 
     Defaults equal to the bundled model would make from-scratch training start from an encoder
     whose stage 1 cannot run and whose weights need an extra, so they stay the from-scratch ones.

@@ -67,6 +67,8 @@ def test_the_bundled_config_differs_from_the_defaults_where_the_docstring_says()
         "diffusion.mask_loss",
         "sampler.steps",
         "sampler.shift",
+        "presence",
+        "sampler.presence_threshold",
     }
     assert differ == documented
     doc = ModelConfig.__doc__
