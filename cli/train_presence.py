@@ -92,6 +92,16 @@ def run_presence(args: argparse.Namespace, console: Any, init: str, out: Path) -
     polyp_train = [p for p in train if p.mask is not None]
     f_crops, y_crops = features(polyp_train, "crop", cfg.views)
     feats, labels = torch.cat([f_frames, f_crops]), torch.cat([y_frames, y_crops])
+    if bool(labels.all()) or not bool(labels.any()):
+        kind = "polyp-free" if bool(labels.all()) else "polyp"
+        raise UserError(
+            f"the training split holds no {kind} frame: the head learns to tell them apart "
+            + (
+                "(pass a folder of polyp-free frames with --negatives DIR)"
+                if kind == "polyp-free"
+                else "(pass a --data folder with polyp masks)"
+            )
+        )
     console.print(
         f"fitting the head on {int(labels.sum())} polyp and {int((~labels).sum())} polyp-free views"
     )

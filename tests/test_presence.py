@@ -391,3 +391,14 @@ def test_frame_views_shrink_large_frames_and_label_them(tmp_path):
     free = Pair(tmp_path / "i.png")  # no mask: a polyp-free frame, and no crops to cut
     assert [p for _, p in frame_views(free, 2, 0, "frame")] == [False, False]
     assert list(frame_views(free, 2, 0, "crop")) == []
+
+
+def test_train_stage_presence_without_polyp_free_frames_says_what_to_add(cli_error, tiny, tmp_path):
+    import cv2
+
+    polyps = _dataset(tmp_path / "polyps", 6, polyp=True)
+    for f in (polyps / "masks").iterdir():  # polyps that fill the frame: no crop is polyp-free
+        cv2.imwrite(str(f), np.full((48, 64), 255, np.uint8))
+    argv = ["train", "--stage", "presence", "--init", tiny, "--data", str(polyps)]
+    err = cli_error([*argv, "--out", str(tmp_path / "run"), "--val-fraction", "0.3"])
+    assert "no polyp-free frame" in err and "--negatives" in err
