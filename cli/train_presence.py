@@ -165,11 +165,8 @@ def run_presence(args: argparse.Namespace, console: Any, init: str, out: Path) -
 
 def _card(init: str, args: argparse.Namespace, threshold: float, table: dict, missed: list) -> str:
     """The model card of the checkpoint with its new head."""
-    rows = "\n".join(
-        f"| {name} | {int(r['frames'])} | {r['judged_polyp']:.3f} | "
-        f"{r.get('auroc', float('nan')):.4f} |"
-        for name, r in table.items()
-    )
+    from lsdseg.presence_train import validation_table
+
     negatives = ", ".join(args.negatives or []) or "none (crops of the polyp frames only)"
     return (
         "# lsdseg checkpoint with a presence head\n\n"
@@ -177,8 +174,6 @@ def _card(init: str, args: argparse.Namespace, threshold: float, table: dict, mi
         "(`lsdseg train --stage presence`).\n\n"
         f"- data: {', '.join(args.data)}; polyp-free folders: {negatives}\n"
         f"- presence threshold {threshold:.4f}, chosen on validation\n\n"
-        "| validation set | frames | judged polyp | AUROC vs polyp frames |\n"
-        "| --- | --- | --- | --- |\n"
-        f"{rows}\n\n"
+        f"{validation_table(table)}\n\n"
         f"Validation polyp frames the head misses: {len(missed)}.\n"
     )

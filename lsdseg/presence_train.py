@@ -49,6 +49,9 @@ __all__ = [
     "frame_views",
     "pooled_features",
     "score_sets",
+    "summary",
+    "validation_table",
+    "with_head",
 ]
 
 
@@ -241,6 +244,18 @@ def summary(
     return out
 
 
+def validation_table(table: dict[str, dict[str, float]]) -> str:
+    """:func:`summary`'s table as Markdown, for model cards: each set's frames, share judged to
+    hold a polyp and AUROC against the polyp frames ("-" for the polyp frames themselves)."""
+    rows = [
+        f"| {name} | {int(r['frames'])} | {r['judged_polyp']:.3f} | "
+        + (f"{r['auroc']:.4f} |" if "auroc" in r else "- |")
+        for name, r in table.items()
+    ]
+    header = ["| validation set | frames | judged polyp | AUROC vs polyp frames |"]
+    return "\n".join([*header, "| --- | --- | --- | --- |", *rows])
+
+
 def with_head(model: LatentSegmenter, head: PresenceHead, threshold: float) -> LatentSegmenter:
     """A copy of ``model`` with ``head`` as its presence head and ``threshold`` in its sampler
     settings."""
@@ -255,12 +270,3 @@ def with_head(model: LatentSegmenter, head: PresenceHead, threshold: float) -> L
     state.update({f"presence.{k}": v for k, v in head.state_dict().items()})
     new.load_state_dict(state)
     return new.to(next(model.parameters()).device).eval()
-
-
-def split_by_blocks(pairs: Sequence[Pair], block: int) -> list[Pair]:
-    """Group images of a folder without sequences into runs of ``block`` neighbours in name
-    order (near-duplicate video frames share a run), so a by-group split holds out whole runs."""
-    return [
-        dataclasses.replace(p, group=f"block{i // block}") if p.group == p.name else p
-        for i, p in enumerate(pairs)
-    ]

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from lsdseg.checkpoint import load_checkpoint, save_checkpoint
+from lsdseg.presence_train import validation_table
 from lsdseg.segmenter import bundled_weights
 
 NEGATIVES_TERMS = (
@@ -80,11 +81,6 @@ def _strip_section(card: str) -> str:
 
 
 def _section(report: dict, command: str, figures: str, head_state: dict, hidden: int) -> str:
-    rows = "\n".join(
-        f"| {name} | {int(r['frames'])} | {r['judged_polyp']:.3f} | "
-        + (f"{r['auroc']:.4f} |" if "auroc" in r else "- |")
-        for name, r in report["validation"].items()
-    )
     missed = report["missed_polyp_frames"]
     missed_text = (
         "none"
@@ -113,9 +109,7 @@ def _section(report: dict, command: str, figures: str, head_state: dict, hidden:
         "of 50 neighbouring normal-colon frames, and the largest polyp-free crop of each "
         "validation polyp frame; the threshold keeps "
         f"{report['settings']['min_sensitivity']:.0%} of the validation polyp frames\n\n"
-        "| validation set | frames | judged polyp | AUROC vs polyp frames |\n"
-        "| --- | --- | --- | --- |\n"
-        f"{rows}\n\n"
+        f"{validation_table(report['validation'])}\n\n"
         f"Validation polyp frames the head misses: {missed_text}.\n"
         + (f"\n{figures}\n" if figures else "")
     )

@@ -22,11 +22,10 @@ import sys
 from collections import defaultdict
 
 import numpy as np
-import torch
 
 from lsdseg.data import DataError, find_pairs, load_pairs, load_sample, natural_key
 from lsdseg.decision import PresenceFilter
-from lsdseg.presence_train import pooled_features
+from lsdseg.presence_train import pooled_features, score_sets
 from lsdseg.segmenter import load
 
 # (window, on, off); (1, 1, 1) is no filter
@@ -38,9 +37,7 @@ def scores(seg, images: list[np.ndarray]) -> np.ndarray:
     model = seg.model
     if model.presence is None:
         raise ValueError("these weights have no presence head: every frame scores 1")
-    with torch.inference_mode():
-        v = pooled_features(model, images)
-        return torch.sigmoid(model.presence.forward_pooled(v)).numpy()
+    return score_sets(model.presence, {"frames": pooled_features(model, images)})["frames"]
 
 
 def replay(decisions: np.ndarray, setting: tuple[int, int, int]) -> np.ndarray:
